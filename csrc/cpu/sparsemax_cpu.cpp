@@ -1,0 +1,713 @@
+// CPU kernels of the sparsemax family: sparsemax, sparsemax_backward, sparsemax_loss, sparsemax_loss_backward.
+//
+// Per row (d values): one vectorized pass for the maximum m, one for the candidates u = x - m > -1 (only they
+// can be in the support, because tau >= max - 1), Newton/Michelot on the candidates (usually a handful of
+// values), one vectorized pass writing max(u - t, 0). Rows run in parallel with at::parallel_for; a few very
+// long rows split each pass across threads instead. Half and bfloat16 are computed in float.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "../common/sparsemax_common.h"
+#include "simd.h"
+
+namespace torchxc {
+namespace {
+
+template <typename S>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+template <typename S>
+using acc_t = typename AccType<S>::type;
+
+// Elements per parallel task, and the row length from which a row is split across threads when there are
+// fewer rows than threads.
+constexpr int64_t kGrainElems = 1 << 15;
+constexpr int64_t kLongRow = 1 << 16;
+constexpr int64_t kChunk = 1 << 14;
+
+// ---------------------------------------------------------------------------------------------------------
+// Row primitives. Written once as inline templates; instantiated below as multiversioned overloads.
+
+// Reductions keep kLanes independent accumulators (four vector registers) so that the loop is limited by
+// loads, not by the latency of a single accumulator chain.
+template <typename T>
+constexpr int kLanes = 256 / sizeof(T);
+
+template <typename S>
+TORCHXC_ALWAYS_INLINE acc_t<S> row_max_impl(const S* x, int64_t n) {
+  using T = acc_t<S>;
+  constexpr int U = kLanes<T>;
+  T acc[U];
+  int nan[U];
+  for (int i = 0; i < U; ++i) {
+    acc[i] = -std::numeric_limits<T>::infinity();
+    nan[i] = 0;
+  }
+  int64_t j = 0;
+  for (; j + U <= n; j += U) {
+    TORCHXC_PRAGMA(omp simd)
+    for (int i = 0; i < U; ++i) {
+      const T v = static_cast<T>(x[j + i]);
+      acc[i] = acc[i] > v ? acc[i] : v;
+      nan[i] |= (v != v);
+    }
+  }
+  for (int64_t i = 0; j + i < n; ++i) {
+    const T v = static_cast<T>(x[j + i]);
+    acc[i] = acc[i] > v ? acc[i] : v;
+    nan[i] |= (v != v);
+  }
+  for (int w = U / 2; w >= 1; w /= 2) {  // tree: vectorized halvings instead of U scalar steps
+    TORCHXC_PRAGMA(omp simd)
+    for (int i = 0; i < w; ++i) {
+      acc[i] = acc[i] > acc[i + w] ? acc[i] : acc[i + w];
+      nan[i] |= nan[i + w];
+    }
+  }
+  return nan[0] ? std::numeric_limits<T>::quiet_NaN() : acc[0];
+}
+
+// Stores x - shift for every x with u = x - m > -1 at the front of `cand`; returns their number. (shift = m
+// stores u itself; shift = 0 stores the values, for the long-row path that learns m later.) A vectorized compare
+// builds a bit mask per block of 32 values and only the set bits are visited (typically a few per row).
+template <typename S>
+TORCHXC_ALWAYS_INLINE int64_t collect_impl(const S* x, int64_t n, acc_t<S> m, acc_t<S> shift, acc_t<S>* cand) {
+  using T = acc_t<S>;
+  int64_t k = 0;
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    uint32_t mask = 0;
+    TORCHXC_PRAGMA(omp simd reduction(| : mask))
+    for (int i = 0; i < 32; ++i) {
+      mask |= static_cast<uint32_t>(static_cast<T>(x[j + i]) - m > T(-1)) << i;
+    }
+    while (mask) {
+      const int i = __builtin_ctz(mask);
+      cand[k++] = static_cast<T>(x[j + i]) - shift;
+      mask &= mask - 1;
+    }
+  }
+  for (; j < n; ++j) {
+    const T v = static_cast<T>(x[j]);
+    if (v - m > T(-1)) cand[k++] = v - shift;
+  }
+  return k;
+}
+
+#if TORCHXC_HAVE_AVX512_COLLECT
+// The same with AVX-512 compress-stores: no per-candidate work at all. Same arithmetic as collect_impl.
+TORCHXC_AVX512 inline __m512 load16(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
+TORCHXC_AVX512 inline __m512 load16(const c10::Half* p, __mmask16 k) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
+}
+TORCHXC_AVX512 inline __m512 load16(const c10::BFloat16* p, __mmask16 k) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
+}
+
+template <typename S>
+TORCHXC_AVX512 int64_t collect_avx512(const S* x, int64_t n, float m, float shift, float* cand) {
+  const __m512 vm = _mm512_set1_ps(m), vs = _mm512_set1_ps(shift), minus_one = _mm512_set1_ps(-1.0f);
+  int64_t k = 0;
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 valid = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
+    const __m512 v = load16(x + j, valid);
+    const __mmask16 keep = _mm512_mask_cmp_ps_mask(valid, _mm512_sub_ps(v, vm), minus_one, _CMP_GT_OQ);
+    _mm512_mask_compressstoreu_ps(cand + k, keep, _mm512_sub_ps(v, vs));  // branchless: keep is unpredictable
+    k += __builtin_popcount(keep);
+  }
+  return k;
+}
+
+TORCHXC_AVX512 int64_t collect_avx512(const double* x, int64_t n, double m, double shift, double* cand) {
+  const __m512d vm = _mm512_set1_pd(m), vs = _mm512_set1_pd(shift), minus_one = _mm512_set1_pd(-1.0);
+  int64_t k = 0;
+  for (int64_t j = 0; j < n; j += 8) {
+    const __mmask8 valid = n - j >= 8 ? __mmask8(0xFF) : __mmask8((1u << (n - j)) - 1);
+    const __m512d v = _mm512_maskz_loadu_pd(valid, x + j);
+    const __mmask8 keep = _mm512_mask_cmp_pd_mask(valid, _mm512_sub_pd(v, vm), minus_one, _CMP_GT_OQ);
+    _mm512_mask_compressstoreu_pd(cand + k, keep, _mm512_sub_pd(v, vs));
+    k += __builtin_popcount(keep);
+  }
+  return k;
+}
+
+// Newton steps over at most 64 candidates held in eight registers of doubles (padded with -inf, which is
+// never above a threshold): no memory traffic and no per-candidate branches.
+constexpr int64_t kRegisterCandidates = 64;
+
+struct RegisterCandidates {
+  __m512d v[kRegisterCandidates / 8];
+  int64_t nvec;
+
+  TORCHXC_AVX512 SumCount<double> operator()(double t, bool /*shrink*/) const {
+    const __m512d vt = _mm512_set1_pd(t);
+    __m512d acc = _mm512_setzero_pd();
+    int64_t count = 0;
+    for (int64_t i = 0; i < nvec; ++i) {
+      const __mmask8 k = _mm512_cmp_pd_mask(v[i], vt, _CMP_GT_OQ);
+      acc = _mm512_mask_add_pd(acc, k, acc, v[i]);
+      count += __builtin_popcount(k);
+    }
+    return {_mm512_reduce_add_pd(acc), count};
+  }
+};
+
+template <typename T>
+TORCHXC_AVX512 double search_in_registers(const T* cand, int64_t n, int max_newton) {
+  RegisterCandidates rc;
+  rc.nvec = (n + 7) / 8;
+  const __m512d neg_inf = _mm512_set1_pd(-std::numeric_limits<double>::infinity());
+  for (int64_t i = 0; i < rc.nvec; ++i) {
+    const int64_t left = n - 8 * i;
+    const __mmask8 valid = left >= 8 ? __mmask8(0xFF) : __mmask8((1u << left) - 1);
+    if constexpr (std::is_same_v<T, float>) {
+      rc.v[i] = _mm512_mask_cvtps_pd(neg_inf, valid, _mm256_maskz_loadu_ps(valid, cand + 8 * i));
+    } else {
+      rc.v[i] = _mm512_mask_loadu_pd(neg_inf, valid, cand + 8 * i);
+    }
+  }
+  return sparsemax_threshold<double>(rc, max_newton);
+}
+
+const bool kCpuHasAVX512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                           __builtin_cpu_supports("avx512vl");
+#endif
+
+template <typename S>
+TORCHXC_ALWAYS_INLINE void write_impl(const S* x, S* y, int64_t n, acc_t<S> m, acc_t<S> t) {
+  using T = acc_t<S>;
+  TORCHXC_PRAGMA(omp simd)
+  for (int64_t j = 0; j < n; ++j) {
+    const T p = (static_cast<T>(x[j]) - m) - t;
+    y[j] = static_cast<S>(p > T(0) ? p : T(0));
+  }
+}
+
+// Sum and count of g over the support (p > 0).
+template <typename S>
+TORCHXC_ALWAYS_INLINE SumCount<double> support_sum_impl(const S* p, const S* g, int64_t n) {
+  using T = acc_t<S>;
+  constexpr int U = kLanes<T>;
+  using C = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;  // same width as T: vectorizes
+  T s[U];
+  C c[U];
+  for (int i = 0; i < U; ++i) {
+    s[i] = T(0);
+    c[i] = 0;
+  }
+  int64_t j = 0;
+  for (; j + U <= n; j += U) {
+    TORCHXC_PRAGMA(omp simd)
+    for (int i = 0; i < U; ++i) {
+      const bool in = static_cast<T>(p[j + i]) > T(0);
+      s[i] += in ? static_cast<T>(g[j + i]) : T(0);
+      c[i] += in;
+    }
+  }
+  for (int64_t i = 0; j + i < n; ++i) {
+    const bool in = static_cast<T>(p[j + i]) > T(0);
+    s[i] += in ? static_cast<T>(g[j + i]) : T(0);
+    c[i] += in;
+  }
+  for (int w = U / 2; w >= 1; w /= 2) {
+    TORCHXC_PRAGMA(omp simd)
+    for (int i = 0; i < w; ++i) {
+      s[i] += s[i + w];
+      c[i] += c[i + w];
+    }
+  }
+  return {static_cast<double>(s[0]), static_cast<int64_t>(c[0])};
+}
+
+// g_in = g - mean on the support, 0 off it, NaN where the forward output was NaN.
+template <typename S>
+TORCHXC_ALWAYS_INLINE void backward_write_impl(const S* p, const S* g, S* out, int64_t n, acc_t<S> mean) {
+  using T = acc_t<S>;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  TORCHXC_PRAGMA(omp simd)
+  for (int64_t j = 0; j < n; ++j) {
+    const T pj = static_cast<T>(p[j]);
+    const T v = pj > T(0) ? static_cast<T>(g[j]) - mean : (pj == pj ? T(0) : nan);
+    out[j] = static_cast<S>(v);
+  }
+}
+
+// sum_j 1/2 (p_j - q_j)^2 + q_j max(t - u_j, 0) with q = e_y: the sparsemax loss written as
+// 1/2 ||p - q||^2 + sum_j q_j (tau - z_j)_+, which is non-negative term by term and shift invariant.
+// Loss sums are accumulated in double: a row may have millions of classes.
+template <typename S>
+TORCHXC_ALWAYS_INLINE double loss_index_impl(const S* x, int64_t n, acc_t<S> m, acc_t<S> t, int64_t y) {
+  using T = acc_t<S>;
+  double sq = 0;
+  TORCHXC_PRAGMA(omp simd reduction(+ : sq))
+  for (int64_t j = 0; j < n; ++j) {
+    T p = (static_cast<T>(x[j]) - m) - t;
+    p = p > T(0) ? p : T(0);
+    const double dlt = static_cast<double>(p) - (j == y ? 1.0 : 0.0);
+    sq += dlt * dlt;
+  }
+  const T gap = t - (static_cast<T>(x[y]) - m);
+  return 0.5 * sq + static_cast<double>(gap > T(0) ? gap : T(0));
+}
+
+// Sum of the label weights; `bad` counts negative, NaN or infinite weights.
+template <typename S>
+TORCHXC_ALWAYS_INLINE double target_mass_impl(const S* tg, int64_t n, int64_t* bad) {
+  using T = acc_t<S>;
+  double s = 0;
+  int64_t b = 0;
+  const T inf = std::numeric_limits<T>::infinity();
+  TORCHXC_PRAGMA(omp simd reduction(+ : s, b))
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = static_cast<T>(tg[j]);
+    s += static_cast<double>(v);
+    b += !(v >= T(0) && v < inf);
+  }
+  *bad = b;
+  return s;
+}
+
+template <typename S>
+TORCHXC_ALWAYS_INLINE double loss_dense_impl(const S* x, const S* tg, int64_t n, acc_t<S> m, acc_t<S> t,
+                                             acc_t<S> inv_mass) {
+  using T = acc_t<S>;
+  double acc = 0;
+  TORCHXC_PRAGMA(omp simd reduction(+ : acc))
+  for (int64_t j = 0; j < n; ++j) {
+    const T u = static_cast<T>(x[j]) - m;
+    T p = u - t;
+    p = p > T(0) ? p : T(0);
+    const T q = static_cast<T>(tg[j]) * inv_mass;
+    const T dlt = p - q;
+    const T gap = t - u;
+    acc += static_cast<double>(T(0.5) * dlt * dlt + ((q > T(0) && gap > T(0)) ? q * gap : T(0)));  // q=0 skips -inf
+  }
+  return acc;
+}
+
+template <typename S>
+TORCHXC_ALWAYS_INLINE void loss_grad_index_impl(const S* x, S* out, int64_t n, acc_t<S> m, acc_t<S> t, int64_t y,
+                                                acc_t<S> scale) {
+  using T = acc_t<S>;
+  TORCHXC_PRAGMA(omp simd)
+  for (int64_t j = 0; j < n; ++j) {
+    T p = (static_cast<T>(x[j]) - m) - t;
+    p = p > T(0) ? p : T(0);
+    out[j] = static_cast<S>(scale * (p - (j == y ? T(1) : T(0))));
+  }
+}
+
+template <typename S>
+TORCHXC_ALWAYS_INLINE void loss_grad_dense_impl(const S* x, const S* tg, S* out, int64_t n, acc_t<S> m,
+                                                acc_t<S> t, acc_t<S> inv_mass, acc_t<S> scale) {
+  using T = acc_t<S>;
+  TORCHXC_PRAGMA(omp simd)
+  for (int64_t j = 0; j < n; ++j) {
+    T p = (static_cast<T>(x[j]) - m) - t;
+    p = p > T(0) ? p : T(0);
+    out[j] = static_cast<S>(scale * (p - static_cast<T>(tg[j]) * inv_mass));
+  }
+}
+
+// Sum and count of the candidates above t, in double precision.
+template <typename T>
+TORCHXC_ALWAYS_INLINE SumCount<double> candidate_sum_above_impl(const T* cand, int64_t n, double t) {
+  double s = 0;
+  int64_t k = 0;
+  TORCHXC_PRAGMA(omp simd reduction(+ : s, k))
+  for (int64_t i = 0; i < n; ++i) {
+    const double u = static_cast<double>(cand[i]);
+    const bool keep = u > t;
+    s += keep ? u : 0.0;
+    k += keep;
+  }
+  return {s, k};
+}
+
+TORCHXC_CPU_MULTIVERSION SumCount<double> candidate_sum_above(const float* cand, int64_t n, double t) {
+  return candidate_sum_above_impl(cand, n, t);
+}
+TORCHXC_CPU_MULTIVERSION SumCount<double> candidate_sum_above(const double* cand, int64_t n, double t) {
+  return candidate_sum_above_impl(cand, n, t);
+}
+
+#define TORCHXC_DEFINE_ROW_PRIMITIVES(S)                                                                         \
+  TORCHXC_CPU_MULTIVERSION acc_t<S> row_max(const S* x, int64_t n) { return row_max_impl(x, n); }               \
+  TORCHXC_CPU_MULTIVERSION int64_t collect_generic(const S* x, int64_t n, acc_t<S> m, acc_t<S> shift,           \
+                                                    acc_t<S>* cand) {                                           \
+    return collect_impl(x, n, m, shift, cand);                                                                  \
+  }                                                                                                             \
+  TORCHXC_CPU_MULTIVERSION void write(const S* x, S* y, int64_t n, acc_t<S> m, acc_t<S> t) {                   \
+    write_impl(x, y, n, m, t);                                                                                  \
+  }                                                                                                             \
+  TORCHXC_CPU_MULTIVERSION SumCount<double> support_sum(const S* p, const S* g, int64_t n) {                   \
+    return support_sum_impl(p, g, n);                                                                           \
+  }                                                                                                             \
+  TORCHXC_CPU_MULTIVERSION void backward_write(const S* p, const S* g, S* out, int64_t n, acc_t<S> mean) {     \
+    backward_write_impl(p, g, out, n, mean);                                                                    \
+  }                                                                                                             \
+  TORCHXC_CPU_MULTIVERSION double loss_index(const S* x, int64_t n, acc_t<S> m, acc_t<S> t, int64_t y) {       \
+    return loss_index_impl(x, n, m, t, y);                                                                      \
+  }                                                                                                             \
+  TORCHXC_CPU_MULTIVERSION double target_mass(const S* tg, int64_t n, int64_t* bad) {                          \
+    return target_mass_impl(tg, n, bad);                                                                        \
+  }                                                                                                             \
+  TORCHXC_CPU_MULTIVERSION double loss_dense(const S* x, const S* tg, int64_t n, acc_t<S> m, acc_t<S> t,       \
+                                             acc_t<S> inv_mass) {                                               \
+    return loss_dense_impl(x, tg, n, m, t, inv_mass);                                                           \
+  }                                                                                                             \
+  TORCHXC_CPU_MULTIVERSION void loss_grad_index(const S* x, S* out, int64_t n, acc_t<S> m, acc_t<S> t,         \
+                                                int64_t y, acc_t<S> scale) {                                    \
+    loss_grad_index_impl(x, out, n, m, t, y, scale);                                                            \
+  }                                                                                                             \
+  TORCHXC_CPU_MULTIVERSION void loss_grad_dense(const S* x, const S* tg, S* out, int64_t n, acc_t<S> m,        \
+                                                acc_t<S> t, acc_t<S> inv_mass, acc_t<S> scale) {                \
+    loss_grad_dense_impl(x, tg, out, n, m, t, inv_mass, scale);                                                 \
+  }
+
+TORCHXC_DEFINE_ROW_PRIMITIVES(float)
+TORCHXC_DEFINE_ROW_PRIMITIVES(double)
+TORCHXC_DEFINE_ROW_PRIMITIVES(c10::Half)
+TORCHXC_DEFINE_ROW_PRIMITIVES(c10::BFloat16)
+#undef TORCHXC_DEFINE_ROW_PRIMITIVES
+
+template <typename S>
+int64_t collect(const S* x, int64_t n, acc_t<S> m, acc_t<S> shift, acc_t<S>* cand) {
+#if TORCHXC_HAVE_AVX512_COLLECT
+  if (kCpuHasAVX512) return collect_avx512(x, n, m, shift, cand);
+#endif
+  return collect_generic(x, n, m, shift, cand);
+}
+
+// Threshold t = tau - max over the candidates u in (-1, 0] (see sparsemax_threshold.h). Newton steps scan the
+// candidates with vectorized double-precision sums; while many remain, they also compact the buffer so that
+// later steps read fewer values.
+constexpr int64_t kCompactAbove = 256;
+
+template <typename T>
+double search_candidates(T* cand, int64_t n, int max_newton) {
+#if TORCHXC_HAVE_AVX512_COLLECT
+  if (kCpuHasAVX512 && n <= kRegisterCandidates) return search_in_registers(cand, n, max_newton);
+#endif
+  auto sum_above = [&](double t, bool shrink) -> SumCount<double> {
+    if (!(shrink && n > kCompactAbove)) return candidate_sum_above(cand, n, t);
+    double s = 0;
+    int64_t k = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const T u = cand[i];
+      const bool keep = static_cast<double>(u) > t;
+      cand[k] = u;
+      k += keep;
+      s += keep ? static_cast<double>(u) : 0.0;
+    }
+    n = k;
+    return {s, k};
+  };
+  return sparsemax_threshold<double>(sum_above, max_newton);
+}
+
+template <typename T>
+std::unique_ptr<T[]> scratch(int64_t n) {
+  return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
+}
+
+// Row maximum and threshold of one row; false when the maximum is not finite (the row's output is NaN).
+template <typename S>
+bool row_threshold(const S* x, int64_t d, acc_t<S>* cand, int max_newton, acc_t<S>* m_out, acc_t<S>* t_out) {
+  using T = acc_t<S>;
+  const T m = row_max(x, d);
+  *m_out = m;
+  if (!std::isfinite(m)) {
+    *t_out = std::numeric_limits<T>::quiet_NaN();
+    return false;
+  }
+  const int64_t n = collect(x, d, m, m, cand);
+  *t_out = static_cast<T>(search_candidates(cand, n, max_newton));
+  return true;
+}
+
+template <typename S>
+void fill_nan(S* y, int64_t n) {
+  std::fill(y, y + n, static_cast<S>(std::numeric_limits<float>::quiet_NaN()));
+}
+
+// Few rows, each long: the row is split into chunks processed by all threads (chunk order is fixed, so the
+// result does not depend on the thread count). Pass 1 reads each chunk once, while it is in cache: its maximum
+// mc, then its values with x - mc > -1 (a superset of the row's candidates, as mc <= m). The row maximum then
+// filters those few values, and pass 2 writes the output.
+template <typename S>
+void sparsemax_long_row(const S* x, S* y, int64_t d, acc_t<S>* cand, int max_newton) {
+  using T = acc_t<S>;
+  const int64_t nchunks = (d + kChunk - 1) / kChunk;
+  auto chunk_len = [&](int64_t c) { return std::min(kChunk, d - c * kChunk); };
+  std::vector<T> maxes(nchunks);
+  std::vector<int64_t> counts(nchunks);
+  at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) {
+      const S* xc = x + c * kChunk;
+      maxes[c] = row_max(xc, chunk_len(c));
+      counts[c] = std::isfinite(maxes[c]) ? collect(xc, chunk_len(c), maxes[c], T(0), cand + c * kChunk) : 0;
+    }
+  });
+  T m = -std::numeric_limits<T>::infinity();
+  for (T v : maxes) m = (v != v || v > m) ? v : m;
+  if (!std::isfinite(m)) {
+    at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) fill_nan(y + c * kChunk, chunk_len(c));
+    });
+    return;
+  }
+  int64_t n = 0;
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const T* vals = cand + c * kChunk;
+    for (int64_t i = 0; i < counts[c]; ++i) {  // n <= c * kChunk + i: never overwrites an unread value
+      const T u = vals[i] - m;
+      if (u > T(-1)) cand[n++] = u;
+    }
+  }
+  const T t = static_cast<T>(search_candidates(cand, n, max_newton));
+  at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) write(x + c * kChunk, y + c * kChunk, chunk_len(c), m, t);
+  });
+}
+
+bool use_long_row_path(int64_t rows, int64_t d) {
+  return d >= kLongRow && rows < at::get_num_threads();
+}
+
+int64_t row_grain(int64_t d) {
+  return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(d, 1));
+}
+
+template <typename S>
+void sparsemax_forward_kernel(const S* x, S* y, int64_t rows, int64_t d, int max_newton) {
+  using T = acc_t<S>;
+  if (use_long_row_path(rows, d)) {
+    auto cand = scratch<T>(d);
+    for (int64_t r = 0; r < rows; ++r) sparsemax_long_row(x + r * d, y + r * d, d, cand.get(), max_newton);
+    return;
+  }
+  at::parallel_for(0, rows, row_grain(d), [&](int64_t begin, int64_t end) {
+    auto cand = scratch<T>(d);
+    for (int64_t r = begin; r < end; ++r) {
+      const S* xr = x + r * d;
+      S* yr = y + r * d;
+      T m, t;
+      if (row_threshold(xr, d, cand.get(), max_newton, &m, &t)) {
+        write(xr, yr, d, m, t);
+      } else {
+        fill_nan(yr, d);
+      }
+    }
+  });
+}
+
+template <typename S>
+void sparsemax_backward_kernel(const S* g, const S* p, S* out, int64_t rows, int64_t d) {
+  using T = acc_t<S>;
+  if (use_long_row_path(rows, d)) {
+    const int64_t nchunks = (d + kChunk - 1) / kChunk;
+    auto chunk_len = [&](int64_t c) { return std::min(kChunk, d - c * kChunk); };
+    std::vector<SumCount<double>> partial(nchunks);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t off = r * d;
+      at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
+        for (int64_t c = b; c < e; ++c) {
+          partial[c] = support_sum(p + off + c * kChunk, g + off + c * kChunk, chunk_len(c));
+        }
+      });
+      double s = 0;
+      int64_t k = 0;
+      for (const auto& sc : partial) {
+        s += sc.sum;
+        k += sc.count;
+      }
+      const T mean = static_cast<T>(s / static_cast<double>(k));
+      at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
+        for (int64_t c = b; c < e; ++c) {
+          const int64_t o = off + c * kChunk;
+          backward_write(p + o, g + o, out + o, chunk_len(c), mean);
+        }
+      });
+    }
+    return;
+  }
+  at::parallel_for(0, rows, row_grain(d), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t off = r * d;
+      const SumCount<double> sc = support_sum(p + off, g + off, d);
+      const T mean = static_cast<T>(sc.sum / static_cast<double>(sc.count));
+      backward_write(p + off, g + off, out + off, d, mean);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Op entry points
+
+at::Tensor sparsemax_cpu(const at::Tensor& input, int64_t dim) {
+  constexpr const char* op = "torchxc::sparsemax";
+  check_float_input(input, op, "input");
+  const RowLayout L = RowLayout::make(input, dim, op);
+  at::Tensor out = at::empty({L.rows, L.d}, L.rows2d.options());
+  if (L.rows > 0) {
+    const int max_newton = sparsemax_max_newton();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sparsemax_cpu", [&] {
+      sparsemax_forward_kernel<scalar_t>(L.rows2d.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                                         L.rows, L.d, max_newton);
+    });
+  }
+  return L.unflatten(out);
+}
+
+at::Tensor sparsemax_backward_cpu(const at::Tensor& grad_output, const at::Tensor& output, int64_t dim) {
+  constexpr const char* op = "torchxc::sparsemax_backward";
+  check_float_input(output, op, "output");
+  check_same_device(grad_output, output, op, "grad_output", "output");
+  TORCH_CHECK(grad_output.scalar_type() == output.scalar_type(), op,
+              ": expected grad_output and output of the same dtype, but got ", grad_output.scalar_type(), " and ",
+              output.scalar_type());
+  TORCH_CHECK(grad_output.sizes() == output.sizes(), op, ": expected grad_output of shape ", output.sizes(),
+              " (the output's), but got ", grad_output.sizes());
+  const RowLayout P = RowLayout::make(output, dim, op);
+  const RowLayout G = RowLayout::make(grad_output, dim, op);
+  at::Tensor out = at::empty({P.rows, P.d}, P.rows2d.options());
+  if (P.rows > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, output.scalar_type(), "sparsemax_backward_cpu", [&] {
+      sparsemax_backward_kernel<scalar_t>(G.rows2d.const_data_ptr<scalar_t>(), P.rows2d.const_data_ptr<scalar_t>(),
+                                          out.mutable_data_ptr<scalar_t>(), P.rows, P.d);
+    });
+  }
+  return P.unflatten(out);
+}
+
+std::tuple<at::Tensor, at::Tensor> sparsemax_loss_cpu(const at::Tensor& input, const at::Tensor& target,
+                                                       int64_t ignore_index) {
+  constexpr const char* op = "torchxc::sparsemax_loss";
+  const bool index_target = check_sparsemax_loss_inputs(input, target, op);
+  const auto batch = input.sizes().slice(0, input.dim() - 1);
+  const int64_t d = input.size(-1);
+  const int64_t rows = c10::multiply_integers(batch);
+  TORCH_CHECK(d > 0 || rows == 0, op, ": expected at least one class, but got input of shape ", input.sizes());
+  std::vector<int64_t> stats_shape(batch.begin(), batch.end());
+  stats_shape.push_back(3);
+  at::Tensor loss = at::empty(batch, input.options());
+  at::Tensor stats = at::empty(stats_shape, input.options().dtype(stats_dtype(input.scalar_type())));
+  if (rows == 0) return {loss, stats};
+  const at::Tensor x = input.contiguous();
+  const at::Tensor tg = target.contiguous();
+  const int max_newton = sparsemax_max_newton();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sparsemax_loss_cpu", [&] {
+    using T = acc_t<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* lp = loss.mutable_data_ptr<scalar_t>();
+    T* sp = stats.mutable_data_ptr<T>();
+    const int64_t* yp = index_target ? tg.const_data_ptr<int64_t>() : nullptr;
+    const scalar_t* tp = index_target ? nullptr : tg.const_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, row_grain(d), [&](int64_t begin, int64_t end) {
+      auto cand = scratch<T>(d);
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* xr = xp + r * d;
+        T mass;
+        int64_t y = -1;
+        if (index_target) {
+          y = yp[r];
+          TORCH_CHECK(y == ignore_index || (y >= 0 && y < d), op, ": target class index ", y,
+                      " is out of range for ", d, " classes (ignore_index=", ignore_index, ")");
+          mass = y == ignore_index ? T(0) : T(1);
+        } else {
+          int64_t bad = 0;
+          mass = static_cast<T>(target_mass(tp + r * d, d, &bad));
+          TORCH_CHECK(bad == 0, op, ": label-weight target must be finite and non-negative, but row ", r,
+                      " has a negative, infinite or NaN entry");
+        }
+        T m, t;
+        const bool finite = row_threshold(xr, d, cand.get(), max_newton, &m, &t);
+        sp[3 * r] = m;
+        sp[3 * r + 1] = t;
+        sp[3 * r + 2] = mass;
+        double l;
+        if (mass == T(0)) {
+          l = 0.0;  // no target: the row is ignored
+        } else if (!finite) {
+          l = std::numeric_limits<double>::quiet_NaN();
+        } else if (index_target) {
+          l = loss_index(xr, d, m, t, y);
+        } else {
+          l = loss_dense(xr, tp + r * d, d, m, t, T(1) / mass);
+        }
+        lp[r] = static_cast<scalar_t>(l);
+      }
+    });
+  });
+  return {loss, stats};
+}
+
+at::Tensor sparsemax_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
+                                       const at::Tensor& stats) {
+  constexpr const char* op = "torchxc::sparsemax_loss_backward";
+  const bool index_target = check_sparsemax_loss_inputs(input, target, op);
+  const auto batch = input.sizes().slice(0, input.dim() - 1);
+  TORCH_CHECK(grad_loss.sizes() == batch, op, ": expected grad_loss of shape ", batch, ", but got ",
+              grad_loss.sizes());
+  TORCH_CHECK(stats.dim() == input.dim() && stats.sizes().slice(0, input.dim() - 1) == batch &&
+                  stats.size(-1) == 3 && stats.scalar_type() == stats_dtype(input.scalar_type()),
+              op, ": stats must be the second output of sparsemax_loss for this input");
+  check_same_device(input, grad_loss, op, "input", "grad_loss");
+  check_same_device(input, stats, op, "input", "stats");
+  const int64_t d = input.size(-1);
+  const int64_t rows = c10::multiply_integers(batch);
+  at::Tensor grad = at::empty(input.sizes(), input.options());
+  if (rows == 0 || d == 0) return grad;
+  const at::Tensor x = input.contiguous();
+  const at::Tensor tg = target.contiguous();
+  const at::Tensor st = stats.contiguous();
+  const at::Tensor gl = grad_loss.to(stats.scalar_type()).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sparsemax_loss_backward_cpu", [&] {
+    using T = acc_t<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const T* sp = st.const_data_ptr<T>();
+    const T* glp = gl.const_data_ptr<T>();
+    scalar_t* op_ = grad.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, row_grain(d), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const T m = sp[3 * r], t = sp[3 * r + 1], mass = sp[3 * r + 2];
+        scalar_t* out = op_ + r * d;
+        if (mass == T(0)) {  // ignored row (zero target mass)
+          std::fill(out, out + d, scalar_t(0));
+        } else if (index_target) {
+          loss_grad_index(xp + r * d, out, d, m, t, tg.const_data_ptr<int64_t>()[r], glp[r]);
+        } else {
+          loss_grad_dense(xp + r * d, tg.const_data_ptr<scalar_t>() + r * d, out, d, m, t, T(1) / mass, glp[r]);
+        }
+      }
+    });
+  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torchxc, CPU, m) {
+  m.impl("sparsemax", &sparsemax_cpu);
+  m.impl("sparsemax_backward", &sparsemax_backward_cpu);
+  m.impl("sparsemax_loss", &sparsemax_loss_cpu);
+  m.impl("sparsemax_loss_backward", &sparsemax_loss_backward_cpu);
+}
+
+}  // namespace torchxc

@@ -1,0 +1,19 @@
+// The torchxc operator library: every op's schema, and nothing else. Kernels register themselves per backend
+// in csrc/cpu/<family>_cpu.cpp and csrc/cuda/<family>_cuda.cu; Python wrappers, fake (meta) kernels and
+// autograd formulas live in python/torchxc/<family>.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(torchxc, m) {
+  // ---- sparsemax family (python/torchxc/sparsemax.py) ----
+  // Euclidean projection of each slice along `dim` onto the probability simplex: max(input - tau, 0).
+  m.def("sparsemax(Tensor input, int dim=-1) -> Tensor");
+  // Vector-Jacobian product of sparsemax, from its output: s * (grad - mean over s of grad), s = output > 0.
+  m.def("sparsemax_backward(Tensor grad_output, Tensor output, int dim=-1) -> Tensor");
+  // Per-row sparsemax loss with classes on the last dim. target: int64 class indices (input's shape without
+  // the class dim; rows equal to ignore_index are skipped) or label weights shaped like input (normalised
+  // per row; all-zero rows are skipped). Returns (loss [...], stats [..., 3] = (row max, tau - row max,
+  // target mass)); stats feed the backward and mark skipped rows by a zero target mass.
+  m.def("sparsemax_loss(Tensor input, Tensor target, int ignore_index=-100) -> (Tensor loss, Tensor stats)");
+  // Gradient of sum(grad_loss * loss) with respect to input: grad_loss * (sparsemax(input) - q).
+  m.def("sparsemax_loss_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor stats) -> Tensor");
+}

@@ -1,0 +1,20 @@
+"""torchxc: fast, exact PyTorch ops for multi-label and extreme classification.
+
+Ops are registered with the PyTorch dispatcher as ``torch.ops.torchxc.*`` (CPU and, when built with CUDA,
+CUDA kernels) and wrapped here with typed, documented Python functions that work under autograd,
+``torch.compile(fullgraph=True)`` and ``torch.library.opcheck``.
+"""
+import torch
+
+from . import _C  # noqa: F401  (loads the shared library, which registers the ops)
+from . import nn
+from .sparsemax import sparsemax, sparsemax_loss
+
+__version__ = "0.1.0"
+
+__all__ = ["sparsemax", "sparsemax_loss", "nn", "cuda_kernels_built"]
+
+
+def cuda_kernels_built() -> bool:
+    """True when this build of torchxc contains CUDA kernels (independent of whether a GPU is present)."""
+    return bool(_C.with_cuda)

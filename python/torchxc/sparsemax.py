@@ -1,0 +1,205 @@
+"""Sparsemax and the sparsemax loss (Martins & Astudillo, ICML 2016).
+
+sparsemax(z) = argmin_{p in simplex} ||p - z||^2 = max(z - tau, 0), with tau the unique number such that the
+output sums to 1. Unlike softmax it gives exact zeros. The kernels find tau exactly (Newton/Michelot steps
+that end on the true support, with a bisection fallback over representable numbers; see
+csrc/common/sparsemax_threshold.h), in float32 for half/bfloat16 inputs.
+
+Conventions for special values, per slice along ``dim``:
+
+* ``-inf`` entries get probability exactly 0 (attention-mask convention), as long as one entry is finite;
+* a slice whose maximum is not finite (all ``-inf``, any ``+inf``, or any NaN) gives NaN everywhere in that
+  slice, as ``torch.softmax`` does; other slices are unaffected.
+
+The sparsemax loss of a score vector z against a target distribution q is
+
+    L(z; q) = -q.z + 1/2 sum_{j in S(z)} (z_j^2 - tau^2) + 1/2 ||q||^2
+            = 1/2 ||p - q||^2 + sum_j q_j max(tau - z_j, 0),       p = sparsemax(z),
+
+whose gradient is p - q. The second form (used by the kernels) is shift invariant and non-negative term by
+term, so it stays accurate for large scores and handles ``-inf`` scores (L = +inf when a masked class has
+target mass, while masked classes without target mass contribute nothing).
+"""
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["sparsemax", "sparsemax_loss"]
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def sparsemax(input: Tensor, dim: int = -1) -> Tensor:
+    """Sparsemax along ``dim``: the Euclidean projection of each slice onto the probability simplex.
+
+    Args:
+        input: float16, bfloat16, float32 or float64 tensor of any shape, on the CPU or a CUDA device;
+            non-contiguous and zero-size tensors are accepted.
+        dim: the dimension that sums to 1.
+
+    Returns:
+        A tensor of ``input``'s shape and dtype, non-negative, summing to 1 along ``dim`` and usually sparse.
+        ``-inf`` entries get exactly 0; slices with a non-finite maximum are NaN (see the module docstring).
+
+    Example::
+
+        >>> torchxc.sparsemax(torch.tensor([1.0, 0.5, -1.0]))
+        tensor([0.7500, 0.2500, 0.0000])
+    """
+    return torch.ops.torchxc.sparsemax.default(input, dim)
+
+
+def sparsemax_loss(
+    input: Tensor,
+    target: Tensor,
+    dim: int = -1,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+) -> Tensor:
+    """The sparsemax loss, single- or multi-label; its gradient with respect to ``input`` is sparsemax(input) - q.
+
+    Args:
+        input: scores, float16/bfloat16/float32/float64, classes along ``dim``.
+        target: either
+            * class indices: an integer tensor with ``input``'s shape without ``dim`` (q is one-hot); entries
+              equal to ``ignore_index`` skip their row, other entries must lie in [0, C); or
+            * label weights shaped like ``input``: proportions, or a multi-hot (bool/0-1) vector for the
+              multi-label loss. Each row is normalised to sum 1 (q = target / target.sum(dim)); weights must be
+              finite and non-negative. Rows whose weights are all zero have no label and are skipped.
+            No gradient flows into ``target``.
+        dim: the class dimension.
+        reduction: ``"none"`` (the loss of every row, shape of ``input`` without ``dim``; skipped rows give 0),
+            ``"sum"``, or ``"mean"`` (over the rows that are not skipped; NaN when every row is skipped, as in
+            ``torch.nn.functional.cross_entropy`` with ``ignore_index``).
+        ignore_index: the class index that marks a row without a label (class-index targets only).
+
+    Bad targets (index out of range, negative or non-finite weights) raise an error on the CPU and trigger a
+    device-side assertion on CUDA, as ``cross_entropy`` does.
+
+    Example::
+
+        >>> z = torch.randn(8, 5, requires_grad=True)
+        >>> torchxc.sparsemax_loss(z, torch.randint(5, (8,))).backward()
+        >>> multi_hot = torch.rand(8, 5) > 0.6
+        >>> torchxc.sparsemax_loss(z, multi_hot, reduction="none").shape
+        torch.Size([8])
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"torchxc.sparsemax_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if input.dim() == 0:
+        raise ValueError("torchxc.sparsemax_loss: expected input with a class dimension, got a 0-d tensor")
+    dim = _wrap_dim(dim, input.dim(), "torchxc.sparsemax_loss")
+    scores = input.movedim(dim, -1)
+    if target.shape == input.shape and not (target.dim() == 0):
+        target = target.movedim(dim, -1)
+        if target.dtype != input.dtype:
+            target = target.to(input.dtype)
+    elif not target.is_floating_point() and not target.is_complex() and target.shape == scores.shape[:-1]:
+        target = target.long()
+    else:
+        raise ValueError(
+            "torchxc.sparsemax_loss: target must be class indices of shape "
+            f"{tuple(scores.shape[:-1])} (input's shape without dim={dim}) or label weights of the input's shape "
+            f"{tuple(input.shape)}, but got a {target.dtype} tensor of shape {tuple(target.shape)}"
+        )
+    loss, stats = torch.ops.torchxc.sparsemax_loss.default(scores, target, ignore_index)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / (stats[..., 2] > 0).sum()
+
+
+def _wrap_dim(dim: int, ndim: int, op: str) -> int:
+    rank = max(ndim, 1)
+    if not -rank <= dim < rank:
+        raise IndexError(f"{op}: dim must be in [{-rank}, {rank - 1}], got {dim}")
+    return dim % rank
+
+
+def _empty_rows_like(x: Tensor, dim: int) -> Tensor:
+    # Same shape and strides as the CPU/CUDA kernels' output: rows of `dim` laid out contiguously.
+    if x.dim() == 0:
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    dim = _wrap_dim(dim, x.dim(), "torchxc.sparsemax")
+    return x.new_empty(x.movedim(dim, -1).shape).movedim(-1, dim)
+
+
+# ---- fake (meta) kernels: shapes and strides for torch.compile / FakeTensor -----------------------------------
+
+
+@torch.library.register_fake("torchxc::sparsemax")
+def _sparsemax_fake(input: Tensor, dim: int = -1) -> Tensor:
+    return _empty_rows_like(input, dim)
+
+
+@torch.library.register_fake("torchxc::sparsemax_backward")
+def _sparsemax_backward_fake(grad_output: Tensor, output: Tensor, dim: int = -1) -> Tensor:
+    return _empty_rows_like(output, dim)
+
+
+@torch.library.register_fake("torchxc::sparsemax_loss")
+def _sparsemax_loss_fake(input: Tensor, target: Tensor, ignore_index: int = -100) -> Tuple[Tensor, Tensor]:
+    stats_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    batch = input.shape[:-1]
+    return input.new_empty(batch), input.new_empty((*batch, 3), dtype=stats_dtype)
+
+
+@torch.library.register_fake("torchxc::sparsemax_loss_backward")
+def _sparsemax_loss_backward_fake(grad_loss: Tensor, input: Tensor, target: Tensor, stats: Tensor) -> Tensor:
+    return input.new_empty(input.shape)
+
+
+# ---- autograd ---------------------------------------------------------------------------------------------------
+
+
+def _sparsemax_setup_context(ctx, inputs, output):
+    _, dim = inputs
+    ctx.dim = dim
+    ctx.save_for_backward(output)
+
+
+def _sparsemax_autograd(ctx, grad):
+    (output,) = ctx.saved_tensors
+    return torch.ops.torchxc.sparsemax_backward.default(grad, output, ctx.dim), None
+
+
+torch.library.register_autograd(
+    "torchxc::sparsemax", _sparsemax_autograd, setup_context=_sparsemax_setup_context
+)
+
+
+# The backward is linear in grad_output with the same symmetric Jacobian, and piecewise constant in output
+# (its support only changes on a measure-zero set), so double backward is the same op again.
+def _sparsemax_backward_setup_context(ctx, inputs, output):
+    _, out, dim = inputs
+    ctx.dim = dim
+    ctx.save_for_backward(out)
+
+
+def _sparsemax_backward_autograd(ctx, grad):
+    (out,) = ctx.saved_tensors
+    return torch.ops.torchxc.sparsemax_backward.default(grad, out, ctx.dim), None, None
+
+
+torch.library.register_autograd(
+    "torchxc::sparsemax_backward", _sparsemax_backward_autograd, setup_context=_sparsemax_backward_setup_context
+)
+
+
+def _sparsemax_loss_setup_context(ctx, inputs, output):
+    input, target, _ = inputs
+    _, stats = output
+    ctx.save_for_backward(input, target, stats)
+
+
+def _sparsemax_loss_autograd(ctx, grad_loss, grad_stats):
+    input, target, stats = ctx.saved_tensors
+    grad = torch.ops.torchxc.sparsemax_loss_backward.default(grad_loss, input, target, stats)
+    return grad, None, None
+
+
+torch.library.register_autograd(
+    "torchxc::sparsemax_loss", _sparsemax_loss_autograd, setup_context=_sparsemax_loss_setup_context
+)

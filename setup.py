@@ -1,0 +1,77 @@
+"""Build torchxc: the CPU kernels always, the CUDA kernels when a CUDA toolkit and a CUDA build of torch are
+present. Nothing here probes for a GPU, so the CUDA kernels build on machines without one.
+
+Switches (environment):
+  FORCE_CUDA=1      build the CUDA kernels (fails clearly if torch or the toolkit lacks CUDA)
+  FORCE_ONLY_CPU=1  never build the CUDA kernels
+  TORCH_CUDA_ARCH_LIST="9.0"  GPU architectures (torch's default otherwise)
+  MAX_JOBS=N        parallel compile jobs (ninja)
+
+Install with `pip install --no-build-isolation .` so the build sees the torch you already have.
+"""
+import glob
+import os
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.getenv(name, "0") == "1"
+
+
+def with_cuda():
+    if _flag("FORCE_ONLY_CPU"):
+        return False
+    has_torch_cuda = torch.version.cuda is not None
+    if _flag("FORCE_CUDA"):
+        if not has_torch_cuda or CUDA_HOME is None:
+            raise RuntimeError(
+                "FORCE_CUDA=1 needs a CUDA build of torch and the CUDA toolkit "
+                f"(torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME})"
+            )
+        return True
+    return has_torch_cuda and CUDA_HOME is not None
+
+
+def extensions():
+    cuda = with_cuda()
+    rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+    sources = ["csrc/schema.cpp", "csrc/python_module.cpp"] + rel("csrc/cpu/*.cpp")
+    sources += rel("csrc/cuda/*.cu") if cuda else ["csrc/cuda_unavailable.cpp"]
+    debug = _flag("DEBUG")
+    cxx = ["-O0", "-g"] if debug else ["-O3"]
+    # -fopenmp: at::parallel_for is an inline OpenMP region in ATen's headers; without the flag it runs serially.
+    cxx += ["-fopenmp", "-DPy_LIMITED_API=0x03090000", f"-DTORCHXC_WITH_CUDA={int(cuda)}"]
+    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", f"-DTORCHXC_WITH_CUDA={int(cuda)}"]
+    Extension = CUDAExtension if cuda else CppExtension
+    print(f"torchxc: building {'CPU + CUDA' if cuda else 'CPU-only'} kernels", flush=True)
+    return [
+        Extension(
+            "torchxc._C",
+            sources,
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc} if cuda else {"cxx": cxx},
+            extra_link_args=["-fopenmp"],
+            py_limited_api=True,
+        )
+    ]
+
+
+setup(
+    name="torchxc",
+    version="0.1.0",
+    description="Fast, exact PyTorch ops for multi-label and extreme classification (CPU and CUDA)",
+    long_description=open(os.path.join(ROOT, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages("python"),
+    package_dir={"": "python"},
+    ext_modules=extensions(),
+    install_requires=["torch>=2.4"],
+    python_requires=">=3.9",
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    zip_safe=False,
+)

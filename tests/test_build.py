@@ -1,0 +1,32 @@
+"""Build-level checks: op registrations and the error of a build without CUDA kernels."""
+import pytest
+import torch
+
+import torchxc
+
+
+def torchxc_ops():
+    return sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("torchxc::"))
+
+
+def test_every_op_has_cpu_and_cuda_kernels():
+    ops = torchxc_ops()
+    assert "torchxc::sparsemax" in ops
+    for name in ops:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU"), name
+        # a real CUDA kernel, or (CPU-only build) the stub with a clear error: never the dispatcher's generic one
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA"), name
+
+
+@pytest.mark.skipif(torchxc.cuda_kernels_built(), reason="this build has CUDA kernels")
+def test_cpu_only_build_names_the_missing_cuda_kernels():
+    op = torch.ops.torchxc.sparsemax.default
+    with pytest.raises(RuntimeError, match=r"torchxc::sparsemax: this build of torchxc has no CUDA kernels"):
+        op.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA), torch.ones(3), -1)
+
+
+def test_public_api():
+    assert callable(torchxc.sparsemax) and callable(torchxc.sparsemax_loss)
+    assert isinstance(torchxc.cuda_kernels_built(), bool)
+    for fn in (torchxc.sparsemax, torchxc.sparsemax_loss):
+        assert fn.__doc__ and "Example" in fn.__doc__

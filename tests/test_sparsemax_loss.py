@@ -1,0 +1,248 @@
+"""torchxc.sparsemax_loss against the paper's formula in float64.
+
+Reference (Martins & Astudillo 2016, eq. 17, and its multi-label form with q = y / ||y||_1):
+    L(z; q) = -q.z + 1/2 sum_{j in S(z)} (z_j^2 - tau^2) + 1/2 ||q||^2,     dL/dz = sparsemax(z) - q.
+The loss is shift invariant (sum q = 1), so the reference evaluates it on z - max(z), where the formula has no
+catastrophic cancellation even for |z| ~ 1e30. Terms with q_j = 0 are left out of -q.z, so masked (-inf) classes
+without target mass contribute nothing, and a masked class with target mass gives +inf.
+"""
+import math
+
+import pytest
+import torch
+
+import torchxc
+from test_sparsemax import make_input, sparsemax_reference
+from testing import check_against_reference, devices, device_ids, dtypes, max_err, requires_cuda
+
+
+def sparsemax_loss_reference(z: torch.Tensor, q: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
+    """Per-row loss; z [..., C] with classes last, q [..., C] a distribution (rows of zeros give 0)."""
+    z = z.to(dtype)
+    q = q.to(dtype)
+    z = z - z.amax(-1, keepdim=True)
+    p = sparsemax_reference(z, -1, dtype=dtype)
+    support = p > 0
+    tau = ((z * support).nan_to_num(0).sum(-1) - 1) / support.sum(-1)
+    zz = torch.where(support, z * z - tau[..., None] ** 2, torch.zeros_like(z))
+    qz = torch.where(q > 0, q * z, torch.zeros_like(z))
+    loss = -qz.sum(-1) + 0.5 * zz.sum(-1) + 0.5 * (q * q).sum(-1)
+    return torch.where(q.sum(-1) > 0, loss, torch.zeros_like(loss))
+
+
+def one_hot_target(labels, num_classes, ignore_index=-100):
+    valid = labels != ignore_index
+    q = torch.nn.functional.one_hot(labels.clamp(min=0), num_classes).double()
+    return q * valid[..., None]
+
+
+def normalise(t):
+    t = t.double()
+    s = t.sum(-1, keepdim=True)
+    return torch.where(s > 0, t / s.clamp(min=1e-300), torch.zeros_like(t))
+
+
+def make_case(kind, shape, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    z = make_input(shape, dtype, device, scale=2.0, seed=seed)
+    C = shape[-1]
+    if kind == "index":
+        target = torch.randint(C, shape[:-1], generator=gen)
+        if target.numel() > 1:
+            target.view(-1)[0] = -100  # one ignored row
+        q = one_hot_target(target, C)
+    elif kind == "multi_hot":
+        target = torch.rand(shape, generator=gen) < 0.3
+        if target.dim() > 1:
+            target.view(-1, C)[-1] = False  # one row without labels: ignored
+        q = normalise(target)
+    else:  # proportions with exact zeros
+        target = torch.rand(shape, generator=gen, dtype=torch.float64) * (torch.rand(shape, generator=gen) < 0.5)
+        if target.dim() > 1:
+            target.view(-1, C)[-1] = 0.0  # one row without labels: ignored
+        q = normalise(target)
+        target = target.to(dtype)
+    return z, target.to(device), q.to(device)
+
+
+KINDS = ["index", "multi_hot", "proportions"]
+SHAPES = [(1, 1), (7, 1), (6, 2), (9, 31), (4, 1025), (3, 5, 17), (2, 40000), (1, 2 ** 20 + 3)]
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("dtype", dtypes, ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_loss_and_gradient_match_reference(device, dtype, kind, shape):
+    z, target, q = make_case(kind, shape, dtype, device)
+    ref = sparsemax_loss_reference(z, q)
+    z = z.requires_grad_(True)
+    loss = torchxc.sparsemax_loss(z, target, reduction="none")
+    assert loss.shape == shape[:-1] and loss.dtype == dtype
+    plain = sparsemax_loss_reference(z.detach(), q, dtype=dtype)
+    check_against_reference(loss, ref, plain, dtype)
+    assert (loss >= 0).all()
+    # gradient of the per-row losses weighted by w: w * (sparsemax(z) - q)
+    w = make_input(shape[:-1], torch.float64, device, seed=3)
+    (grad,) = torch.autograd.grad(loss, z, w.to(dtype))
+    valid = (q.sum(-1, keepdim=True) > 0).double()
+    grad_ref = w[..., None] * (sparsemax_reference(z.detach()) - q) * valid
+    plain_grad = (w[..., None] * (sparsemax_reference(z.detach(), dtype=dtype) - q.to(dtype)) * valid).to(dtype)
+    check_against_reference(grad, grad_ref, plain_grad, dtype)
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("kind", KINDS)
+def test_reductions(device, kind):
+    z, target, q = make_case(kind, (10, 13), torch.float64, device)
+    none = torchxc.sparsemax_loss(z, target, reduction="none")
+    valid = q.sum(-1) > 0
+    assert valid.sum() < 10  # the case has an ignored row
+    assert torch.allclose(torchxc.sparsemax_loss(z, target, reduction="sum"), none.sum())
+    mean = torchxc.sparsemax_loss(z, target)
+    assert torch.allclose(mean, none.sum() / valid.sum())
+    assert (none[~valid] == 0).all()
+    zr = z.clone().requires_grad_(True)
+    torchxc.sparsemax_loss(zr, target).backward()
+    grad_ref = (sparsemax_reference(z) - q) * valid[:, None] / valid.sum()
+    assert max_err(zr.grad, grad_ref) < 1e-12
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_all_rows_ignored_gives_nan_mean(device):
+    z = torch.randn(3, 4, device=device)
+    assert torchxc.sparsemax_loss(z, torch.full((3,), -100, device=device)).isnan()
+    assert torchxc.sparsemax_loss(z, torch.zeros(3, 4, device=device), reduction="sum") == 0
+    assert torchxc.sparsemax_loss(z, torch.full((3,), 7, device=device), ignore_index=7).isnan()
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("dim", [0, 1, 2, -1])
+def test_class_dim_and_noncontiguous(device, dim):
+    z = make_input((4, 6, 5), torch.float32, device).transpose(0, 2)  # [5, 6, 4], non-contiguous
+    zm = z.movedim(dim, -1)
+    labels = torch.randint(zm.shape[-1], zm.shape[:-1], generator=torch.Generator().manual_seed(0)).to(device)
+    out = torchxc.sparsemax_loss(z, labels, dim=dim, reduction="none")
+    ref = sparsemax_loss_reference(zm, one_hot_target(labels, zm.shape[-1]))
+    assert max_err(out, ref) < 1e-5
+    weights = torch.rand(z.shape, generator=torch.Generator().manual_seed(1)).to(device).transpose(0, 1)
+    weights = weights.transpose(0, 1)  # still non-contiguous, same shape as z
+    out = torchxc.sparsemax_loss(z, weights, dim=dim, reduction="none")
+    ref = sparsemax_loss_reference(zm, normalise(weights.movedim(dim, -1)))
+    assert max_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("dtype", dtypes, ids=str)
+def test_masks_and_extreme_magnitudes(device, dtype):
+    inf = math.inf
+    big = {torch.float16: 3e4, torch.bfloat16: 1e37, torch.float32: 1e30, torch.float64: 1e300}[dtype]
+    z = torch.tensor([[0.0, -inf, 1.0, 0.5],  # masked class, not the target
+                      [0.0, -inf, 1.0, 0.5],  # target on a masked class: +inf
+                      [big, -big, 0.0, big / 2],  # huge scores, correct class: loss 0
+                      [big, -big, 0.0, big / 2],  # huge scores, wrong class: loss ~ big
+                      [-inf, -inf, -inf, -inf]],  # all masked: NaN (unless ignored)
+                     dtype=torch.float64).to(dtype).to(device)
+    labels = torch.tensor([2, 1, 0, 1, 3], device=device)
+    loss = torchxc.sparsemax_loss(z, labels, reduction="none").double().cpu()
+    ref = sparsemax_loss_reference(z, one_hot_target(labels, 4)).cpu()
+    assert loss[1] == inf and ref[1] == inf
+    assert loss[2] == 0
+    assert loss[4].isnan()
+    rel = (loss[3] - ref[3]).abs() / ref[3]
+    assert rel < {torch.float16: 2e-3, torch.bfloat16: 1e-2}.get(dtype, 1e-6)
+    assert abs(float(loss[0] - ref[0])) < {torch.float16: 2e-3, torch.bfloat16: 1e-2}.get(dtype, 1e-6)
+    # gradient stays finite where the loss is finite, and is sparsemax - q
+    zr = z[:4].clone().requires_grad_(True)
+    torchxc.sparsemax_loss(zr, labels[:4], reduction="sum").backward()
+    assert torch.isfinite(zr.grad).all()
+    assert (zr.grad[0, 1] == 0) and (zr.grad[1, 1] == -1)
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_gradcheck(device):
+    for kind in KINDS:
+        z, target, _ = make_case(kind, (5, 7), torch.float64, device, seed=4)
+        z.requires_grad_(True)
+        for reduction in ("none", "mean"):
+            assert torch.autograd.gradcheck(lambda t: torchxc.sparsemax_loss(t, target, reduction=reduction), (z,))
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_opcheck(device):
+    for kind in KINDS:
+        for shape in [(5, 7), (2, 3, 1100)]:
+            z, target, _ = make_case(kind, shape, torch.float32, device)
+            if kind == "multi_hot":
+                target = target.float()
+            for requires_grad in (False, True):
+                zr = z.clone().requires_grad_(requires_grad)
+                torch.library.opcheck(torch.ops.torchxc.sparsemax_loss.default, (zr, target, -100))
+                loss, stats = torch.ops.torchxc.sparsemax_loss(z, target, -100)
+                gl = torch.randn_like(loss)
+                torch.library.opcheck(torch.ops.torchxc.sparsemax_loss_backward.default, (gl, z, target, stats))
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+    loss_fn = torchxc.nn.SparsemaxLoss()
+
+    def f(z, y):
+        return loss_fn(z * 3.0, y)
+
+    compiled = torch.compile(f, fullgraph=True)
+    z = make_input((16, 40), torch.float32, device).requires_grad_(True)
+    for y in (torch.randint(40, (16,)).to(device), (torch.rand(16, 40) < 0.2).to(device)):
+        val, val_c = f(z, y), compiled(z, y)
+        (g,) = torch.autograd.grad(val, z)
+        (g_c,) = torch.autograd.grad(val_c, z)
+        assert max_err(val, val_c) < 1e-5 and max_err(g, g_c) < 1e-6
+
+
+def test_nn_module_repr_and_defaults():
+    m = torchxc.nn.SparsemaxLoss(dim=0, reduction="sum", ignore_index=-1)
+    z = torch.randn(5, 3)
+    y = torch.tensor([0, 4, -1])
+    assert torch.equal(m(z, y), torchxc.sparsemax_loss(z, y, dim=0, reduction="sum", ignore_index=-1))
+    assert "reduction='sum'" in repr(m)
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_bad_input_errors(device):
+    z = torch.randn(4, 5, device=device)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        torchxc.sparsemax_loss(z, torch.zeros(4, dtype=torch.long, device=device), reduction="avg")
+    with pytest.raises(ValueError, match=r"target must be class indices of shape \(4,\).*got a torch.int64 "
+                                         r"tensor of shape \(5,\)"):
+        torchxc.sparsemax_loss(z, torch.zeros(5, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match="0-d tensor"):
+        torchxc.sparsemax_loss(torch.tensor(1.0), torch.tensor(0))
+    with pytest.raises(RuntimeError, match=r"torchxc::sparsemax_loss: expected target of dtype int64 \(class "
+                                           r"indices\) or Float"):
+        torch.ops.torchxc.sparsemax_loss(z, torch.zeros(4, 5, dtype=torch.float64, device=device), -100)
+    with pytest.raises(RuntimeError, match="expected at least one class"):
+        torchxc.sparsemax_loss(torch.randn(3, 0, device=device), torch.zeros(3, dtype=torch.long, device=device))
+    with pytest.raises(RuntimeError, match="expected input of dtype"):
+        torchxc.sparsemax_loss(z.long(), torch.zeros(4, dtype=torch.long, device=device))
+
+
+def test_bad_target_values_cpu():
+    z = torch.randn(4, 5)
+    with pytest.raises(RuntimeError, match=r"target class index 5 is out of range for 5 classes"):
+        torchxc.sparsemax_loss(z, torch.tensor([0, 1, 5, 2]))
+    with pytest.raises(RuntimeError, match=r"target class index -3 is out of range"):
+        torchxc.sparsemax_loss(z, torch.tensor([0, 1, -3, 2]))
+    bad = torch.rand(4, 5)
+    bad[2, 3] = -0.5
+    with pytest.raises(RuntimeError, match="finite and non-negative, but row 2"):
+        torchxc.sparsemax_loss(z, bad)
+    bad[2, 3] = math.nan
+    with pytest.raises(RuntimeError, match="finite and non-negative"):
+        torchxc.sparsemax_loss(z, bad)
+
+
+@requires_cuda
+def test_cuda_device_mismatch():
+    with pytest.raises(RuntimeError, match="same device"):
+        torch.ops.torchxc.sparsemax_loss(torch.randn(4, 5, device="cuda"), torch.zeros(4, dtype=torch.long), -100)

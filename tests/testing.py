@@ -1,0 +1,60 @@
+"""Shared test helpers: devices, dtypes, and the low-precision tolerance rule."""
+import pytest
+import torch
+
+import torchxc
+
+dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+grad_dtypes = [torch.float32, torch.float64]
+
+devices = [torch.device("cpu")]
+if torch.cuda.is_available() and torchxc.cuda_kernels_built():
+    devices.append(torch.device("cuda"))
+
+requires_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and torchxc.cuda_kernels_built()),
+    reason="needs a CUDA device and a CUDA build of torchxc",
+)
+
+
+def device_ids(devs):
+    return [d.type for d in devs]
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference, NaN-aware (NaN must match NaN), computed in float64."""
+    a = a.detach().double().cpu()
+    b = b.detach().double().cpu()
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert torch.equal(a.isnan(), b.isnan()), "NaN positions differ"
+    mask = ~a.isnan()
+    if not mask.any():
+        return 0.0
+    a, b = a[mask], b[mask]
+    same_inf = (a == b) & a.isinf()
+    return float((a - b).abs()[~same_inf].max()) if (~same_inf).any() else 0.0
+
+
+# Tolerance of float32/float64 kernels against a float64 reference, relative to max(1, largest |reference|).
+exact_atol = {torch.float32: 2e-6, torch.float64: 1e-12}
+
+
+def assert_close_lowp(out, ref, plain_lowp, dtype, slack=2.0, floor=None):
+    """flash-attention's rule for low precision: the kernel's error against the float64 reference must be at
+    most `slack` times the error of the plain PyTorch computation done in the same low precision (`plain_lowp`),
+    plus a floor of one unit of rounding of the output."""
+    if floor is None:
+        floor = {torch.float16: 2 ** -11, torch.bfloat16: 2 ** -8}.get(dtype, 0.0)
+    err = max_err(out, ref)
+    budget = slack * max_err(plain_lowp, ref) + floor
+    assert err <= budget, f"error {err:.3g} > budget {budget:.3g} ({dtype})"
+
+
+def check_against_reference(out, ref, plain_lowp, dtype):
+    if dtype in exact_atol:
+        err = max_err(out, ref)
+        finite = ref[torch.isfinite(ref)].double().abs()
+        tol = exact_atol[dtype] * max(1.0, float(finite.max()) if finite.numel() else 1.0)
+        assert err <= tol, f"error {err:.3g} > {tol:.1g} ({dtype})"
+    else:
+        assert_close_lowp(out, ref, plain_lowp, dtype)
