@@ -58,15 +58,18 @@ def providers():
     return out
 
 
-def measure(fn, x, g, mode, timer):
+def mode_callable(fn, x, g, mode):
+    """The timed call of `fn` for a mode: forward without autograd, backward of a kept graph, or both."""
     if mode == "fwd":
-        with torch.no_grad():
-            return timer(lambda: fn(x))
+        def run():
+            with torch.no_grad():
+                return fn(x)
+        return run
     xr = x.detach().clone().requires_grad_(True)
     if mode == "bwd":
         y = fn(xr)
-        return timer(lambda: torch.autograd.grad(y, xr, g, retain_graph=True))
-    return timer(lambda: torch.autograd.grad(fn(xr), xr, g))
+        return lambda: torch.autograd.grad(y, xr, g, retain_graph=True)
+    return lambda: torch.autograd.grad(fn(xr), xr, g)
 
 
 def datasheet_gbs(device):
@@ -80,11 +83,13 @@ def datasheet_gbs(device):
 
 
 def run(device, shapes, dtypes, budget_s, csv_path, png_path):
-    timer = Timer(device, budget_s=budget_s)
+    timer = Timer(device, budget_s=budget_s)  # per provider and measurement, spread over interleaved rounds
     copy_gbs = copy_bandwidth_gbs(device)
     sheet = datasheet_gbs(device)
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0") if device.type == "cpu" else "-"
     print(f"\n== sparsemax on {device_name(device)}: copy bandwidth {copy_gbs:.0f} GB/s"
-          + (f", datasheet {sheet:.0f} GB/s" if sheet else "") + f", torch {torch.__version__}")
+          + (f", datasheet {sheet:.0f} GB/s" if sheet else "") + f", torch {torch.__version__}"
+          + (f", THP_MEM_ALLOC_ENABLE={thp}" if device.type == "cpu" else ""))
     provs = providers()
     rows = []
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -99,20 +104,22 @@ def run(device, shapes, dtypes, budget_s, csv_path, png_path):
         x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
         g = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
         nbytes = BYTES_PER_ELEMENT_PASSES[mode] * x.numel() * x.element_size()
-        for name, fn in provs.items():
-            try:
-                m = measure(fn, x, g, mode, timer)
-                gbs = nbytes / (m.median_ms * 1e-3) / 1e9
-                rows.append(dict(op="sparsemax", provider=name, dtype=dtype_name, shape="x".join(map(str, shape)),
-                                 mode=mode, median_ms=m.median_ms, p20_ms=m.p20_ms, p80_ms=m.p80_ms, reps=m.reps,
-                                 gbs=gbs, pct_copy_bw=100 * gbs / copy_gbs,
-                                 pct_datasheet_bw=(100 * gbs / sheet) if sheet else None,
-                                 device=device_name(device), torch=torch.__version__, torchxc=torchxc.__version__))
-            except (RuntimeError, torch.OutOfMemoryError) as e:  # a baseline that cannot run this case
-                print(f"  {name} {dtype_name} {shape} {mode}: failed ({str(e).splitlines()[0][:80]})")
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        results = timer.compare({name: mode_callable(fn, x, g, mode) for name, fn in provs.items()})
+        for name, m in results.items():
+            if m is None:
+                continue
+            gbs = nbytes / (m.median_ms * 1e-3) / 1e9
+            rows.append(dict(op="sparsemax", provider=name, dtype=dtype_name, shape="x".join(map(str, shape)),
+                             mode=mode, median_ms=m.median_ms, p20_ms=m.p20_ms, p80_ms=m.p80_ms, reps=m.reps,
+                             gbs=gbs, pct_copy_bw=100 * gbs / copy_gbs,
+                             pct_datasheet_bw=(100 * gbs / sheet) if sheet else None,
+                             device=device_name(device), copy_gbs=copy_gbs, thp=thp, torch=torch.__version__,
+                             torchxc=torchxc.__version__))
+        del x, g, results
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     write_csv(csv_path, rows)
+    write_markdown(csv_path[:-4] + ".md", rows, list(provs), device, copy_gbs)
     print_table(rows, list(provs))
     plot(rows, png_path, device_name(device))
     print(f"wrote {csv_path} and {png_path}")
@@ -142,6 +149,25 @@ def print_table(rows, provider_names):
         print(f"{r['dtype']:9} {r['shape']:13} {r['mode']:8} {r['median_ms']:10.3f} {r['gbs']:7.1f} "
               f"{r['pct_copy_bw']:5.0f}% " + " ".join(f"{x:>15}" for x in ratios))
     print("(ratios: baseline time / torchxc time; above 1 means torchxc is faster)")
+
+
+def write_markdown(path, rows, provider_names, device, copy_gbs):
+    """Forward+backward summary as a Markdown table (pasted into README.md)."""
+    baselines = [p for p in provider_names if p != "torchxc"]
+    lines = [f"{device_name(device)}, copy bandwidth {copy_gbs:.0f} GB/s, torch {torch.__version__}"
+             + (f", THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}" if device.type == "cpu" else ""),
+             "", "| dtype | shape | torchxc fwd+bwd ms | GB/s | " + " | ".join(f"vs {b}" for b in baselines) + " |",
+             "|---|---|---|---|" + "---|" * len(baselines)]
+    for r in rows:
+        if r["provider"] != "torchxc" or r["mode"] != "fwd+bwd":
+            continue
+        cells = []
+        for b in baselines:
+            rb = _lookup(rows, provider=b, dtype=r["dtype"], shape=r["shape"], mode=r["mode"])
+            cells.append(fmt_ratio(rb["median_ms"] / r["median_ms"]) if rb else "-")
+        lines.append(f"| {r['dtype']} | {r['shape']} | {r['median_ms']:.3f} | {r['gbs']:.1f} | " + " | ".join(cells) + " |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def check_targets(rows, device):

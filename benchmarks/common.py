@@ -10,7 +10,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -58,6 +58,43 @@ class Timer:
             times.append(self._time_once(fn))
         times.sort()
         return Measurement(statistics.median(times), _percentile(times, 0.2), _percentile(times, 0.8), len(times))
+
+    def compare(self, fns: Dict[str, Callable[[], object]], rounds: int = 4,
+                setups: Optional[Dict[str, Callable[[], None]]] = None) -> Dict[str, Optional[Measurement]]:
+        """Times several providers of the same computation in interleaved rounds (each round gives every
+        provider a window of `budget_s / rounds` seconds, in a rotating order), so that a slow spell of the
+        machine hits all providers alike instead of one. A provider that raises gets None."""
+        setups = setups or {}
+        samples: Dict[str, List[float]] = {name: [] for name in fns}
+        failed = set()
+        for name, fn in fns.items():  # warm-up
+            try:
+                for _ in range(2):
+                    if name in setups:
+                        setups[name]()
+                    fn()
+                self.sync()
+            except (RuntimeError, torch.OutOfMemoryError) as e:
+                print(f"  {name}: failed ({str(e).splitlines()[0][:100]})")
+                failed.add(name)
+        names = [n for n in fns if n not in failed]
+        window = self.budget_s / rounds
+        for r in range(rounds):
+            order = names[r % max(len(names), 1):] + names[: r % max(len(names), 1)]
+            for name in order:
+                start = time.perf_counter()
+                while len(samples[name]) < self.max_reps and (
+                    time.perf_counter() - start < window or len(samples[name]) <= r
+                ):
+                    if name in setups:
+                        setups[name]()
+                    samples[name].append(self._time_once(fns[name]))
+        out: Dict[str, Optional[Measurement]] = {}
+        for name in fns:
+            t = sorted(samples[name])
+            out[name] = (Measurement(statistics.median(t), _percentile(t, 0.2), _percentile(t, 0.8), len(t))
+                         if t else None)
+        return out
 
     def sync(self):
         if self.device.type == "cuda":

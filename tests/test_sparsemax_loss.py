@@ -157,6 +157,11 @@ def test_masks_and_extreme_magnitudes(device, dtype):
     torchxc.sparsemax_loss(zr, labels[:4], reduction="sum").backward()
     assert torch.isfinite(zr.grad).all()
     assert (zr.grad[0, 1] == 0) and (zr.grad[1, 1] == -1)
+    # a row whose loss is NaN gets NaN gradients; a skipped row gets zeros even when its scores are NaN
+    zn = torch.tensor([[math.nan, 0.0, 1.0], [-inf, -inf, -inf], [math.nan, 1.0, 2.0]],
+                      dtype=dtype, device=device, requires_grad=True)
+    torchxc.sparsemax_loss(zn, torch.tensor([1, 0, -100], device=device), reduction="sum").backward()
+    assert zn.grad[:2].isnan().all() and (zn.grad[2] == 0).all()
 
 
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))

@@ -7,7 +7,7 @@
 //
 // f is convex, decreasing and piecewise linear. Newton's method started left of the root (t = -1, where
 // f(-1) >= 1 because the maximum alone contributes 1) is Michelot's algorithm: each step
-//   t <- (sum_{u > t} u - 1) / #{u > t}
+//   t <- t + (f(t) - 1) / #{u > t}  =  (sum_{u > t} u - 1) / #{u > t}
 // never overshoots, only shrinks the candidate set, and stops exactly when the set stops changing: then the
 // set *is* the support and t the exact threshold. It usually needs 2-6 steps. Its worst case is one element
 // per step, so after `max_newton` steps we switch to a bisection over the ordered bit patterns of the
@@ -64,17 +64,18 @@ C10_HOST_DEVICE inline acc_t from_ordered(typename OrderedBits<acc_t>::type key)
 
 }  // namespace detail
 
-// Returns t = tau - max(z). `sum_above(t, shrink)` must return the sum and count of the row's shifted
-// values u > t (the row must contain u = 0, its maximum). Every call site calls it with the same t on all
-// threads of a row, so device implementations may use collective reductions inside. `shrink == true` means
-// t will never decrease again, so an implementation may drop the values <= t for good (the CPU kernel
-// compacts its candidate buffer).
+// Returns t = tau - max(z). `sum_above(t, shrink)` must return, over the row's shifted values u > t, the sum of
+// (u - t) -- that is f(t) -- and their count (the row must contain u = 0, its maximum). Summing u - t rather
+// than u keeps the Newton step well conditioned: the terms are non-negative and add up to about 1.
+// Every call site calls it with the same t on all threads of a row, so device implementations may use
+// collective reductions inside. `shrink == true` means t will never decrease again, so an implementation may drop
+// the values <= t for good (the CPU kernel compacts its candidate buffer).
 template <typename acc_t, typename SumAbove>
 C10_HOST_DEVICE inline acc_t sparsemax_threshold(SumAbove&& sum_above, int max_newton) {
   acc_t t = acc_t(-1);
   SumCount<acc_t> sc = sum_above(t, true);
   for (int it = 0; it < max_newton; ++it) {
-    const acc_t tn = (sc.sum - acc_t(1)) / acc_t(sc.count);
+    const acc_t tn = t + (sc.sum - acc_t(1)) / acc_t(sc.count);
     if (!(tn > t)) {
       return tn;  // f(t) == 1: t's set is already the support
     }
@@ -93,14 +94,15 @@ C10_HOST_DEVICE inline acc_t sparsemax_threshold(SumAbove&& sum_above, int max_n
     const key_t mid = lo + (hi - lo) / 2;
     const acc_t v = detail::from_ordered<acc_t>(mid);
     const SumCount<acc_t> m = sum_above(v, false);
-    if (m.sum - acc_t(m.count) * v >= acc_t(1)) {
+    if (m.sum >= acc_t(1)) {
       lo = mid;
+      t = v;
       sc = m;
     } else {
       hi = mid;
     }
   }
-  return (sc.sum - acc_t(1)) / acc_t(sc.count);
+  return t + (sc.sum - acc_t(1)) / acc_t(sc.count);
 }
 
 // Steps of Newton before the bisection fallback. Typical rows need fewer than 8.

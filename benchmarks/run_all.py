@@ -1,0 +1,48 @@
+"""The benchmark suite: every benchmarks/bench_*.py against its pure-PyTorch baselines, on the CPU and, when a
+GPU is present, on CUDA. Each script prints its table, writes benchmarks/results/<op>_<device>.csv and .png,
+and checks the speed targets of its op; this script exits non-zero if a target was missed.
+
+    python benchmarks/run_all.py [--device cpu|cuda|all] [--quick]
+
+On the CPU the suite sets THP_MEM_ALLOC_ENABLE=1 (PyTorch's allocator then backs large tensors with huge pages,
+which removes most page-fault time from allocating outputs; it applies to every provider alike). Pass --no-thp
+to measure without it.
+"""
+import argparse
+import glob
+import importlib
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-thp", action="store_true", help="do not enable huge pages for large CPU tensors")
+    args, rest = ap.parse_known_args()
+    if not args.no_thp:
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # read once, at torch's first allocation
+    sys.path.insert(0, HERE)
+    failed = []
+    for path in sorted(glob.glob(os.path.join(HERE, "bench_*.py"))):
+        name = os.path.splitext(os.path.basename(path))[0]
+        module = importlib.import_module(name)
+        argv = ["--device", args.device] + (["--quick"] if args.quick else []) + rest
+        start = time.time()
+        print(f"\n######## {name} {' '.join(argv)}", flush=True)
+        if module.main(argv) != 0:
+            failed.append(name)
+        print(f"######## {name}: {time.time() - start:.0f}s", flush=True)
+    if failed:
+        print(f"\nspeed targets missed in: {', '.join(failed)}")
+        return 1
+    print("\nall speed targets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
