@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
@@ -95,6 +96,54 @@ inline bool check_sparsemax_loss_inputs(const at::Tensor& input, const at::Tenso
 
 inline at::ScalarType stats_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_sparsemax_backward_inputs(const at::Tensor& grad_output, const at::Tensor& output, const char* op) {
+  check_float_input(output, op, "output");
+  check_same_device(grad_output, output, op, "grad_output", "output");
+  TORCH_CHECK(grad_output.scalar_type() == output.scalar_type(), op,
+              ": expected grad_output and output of the same dtype, but got ", grad_output.scalar_type(), " and ",
+              output.scalar_type());
+  TORCH_CHECK(grad_output.sizes() == output.sizes(), op, ": expected grad_output of shape ", output.sizes(),
+              " (the output's), but got ", grad_output.sizes());
+}
+
+// The validated inputs of sparsemax_loss with its (uninitialised) outputs: loss [...] and stats [..., 3].
+struct SparsemaxLossProblem {
+  bool index_target;
+  int64_t rows, d;
+  at::Tensor x, target, loss, stats;  // x and target contiguous
+
+  static SparsemaxLossProblem make(const at::Tensor& input, const at::Tensor& target, const char* op) {
+    SparsemaxLossProblem p;
+    p.index_target = check_sparsemax_loss_inputs(input, target, op);
+    const auto batch = input.sizes().slice(0, input.dim() - 1);
+    p.d = input.size(-1);
+    p.rows = c10::multiply_integers(batch);
+    TORCH_CHECK(p.d > 0 || p.rows == 0, op, ": expected at least one class, but got input of shape ", input.sizes());
+    std::vector<int64_t> stats_shape(batch.begin(), batch.end());
+    stats_shape.push_back(3);
+    p.loss = at::empty(batch, input.options());
+    p.stats = at::empty(stats_shape, input.options().dtype(stats_dtype(input.scalar_type())));
+    p.x = input.contiguous();
+    p.target = target.contiguous();
+    return p;
+  }
+};
+
+// Checks the arguments of sparsemax_loss_backward; returns whether the target holds class indices.
+inline bool check_sparsemax_loss_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& input,
+                                                 const at::Tensor& target, const at::Tensor& stats, const char* op) {
+  const bool index_target = check_sparsemax_loss_inputs(input, target, op);
+  const auto batch = input.sizes().slice(0, input.dim() - 1);
+  TORCH_CHECK(grad_loss.sizes() == batch, op, ": expected grad_loss of shape ", batch, ", but got ",
+              grad_loss.sizes());
+  TORCH_CHECK(stats.dim() == input.dim() && stats.sizes().slice(0, input.dim() - 1) == batch &&
+                  stats.size(-1) == 3 && stats.scalar_type() == stats_dtype(input.scalar_type()),
+              op, ": stats must be the second output of sparsemax_loss for this input");
+  check_same_device(input, grad_loss, op, "input", "grad_loss");
+  check_same_device(input, stats, op, "input", "stats");
+  return index_target;
 }
 
 }  // namespace torchxc

@@ -600,13 +600,7 @@ at::Tensor sparsemax_cpu(const at::Tensor& input, int64_t dim) {
 
 at::Tensor sparsemax_backward_cpu(const at::Tensor& grad_output, const at::Tensor& output, int64_t dim) {
   constexpr const char* op = "torchxc::sparsemax_backward";
-  check_float_input(output, op, "output");
-  check_same_device(grad_output, output, op, "grad_output", "output");
-  TORCH_CHECK(grad_output.scalar_type() == output.scalar_type(), op,
-              ": expected grad_output and output of the same dtype, but got ", grad_output.scalar_type(), " and ",
-              output.scalar_type());
-  TORCH_CHECK(grad_output.sizes() == output.sizes(), op, ": expected grad_output of shape ", output.sizes(),
-              " (the output's), but got ", grad_output.sizes());
+  check_sparsemax_backward_inputs(grad_output, output, op);
   const RowLayout P = RowLayout::make(output, dim, op);
   const RowLayout G = RowLayout::make(grad_output, dim, op);
   at::Tensor out = at::empty({P.rows, P.d}, P.rows2d.options());
@@ -622,18 +616,14 @@ at::Tensor sparsemax_backward_cpu(const at::Tensor& grad_output, const at::Tenso
 std::tuple<at::Tensor, at::Tensor> sparsemax_loss_cpu(const at::Tensor& input, const at::Tensor& target,
                                                        int64_t ignore_index) {
   constexpr const char* op = "torchxc::sparsemax_loss";
-  const bool index_target = check_sparsemax_loss_inputs(input, target, op);
-  const auto batch = input.sizes().slice(0, input.dim() - 1);
-  const int64_t d = input.size(-1);
-  const int64_t rows = c10::multiply_integers(batch);
-  TORCH_CHECK(d > 0 || rows == 0, op, ": expected at least one class, but got input of shape ", input.sizes());
-  std::vector<int64_t> stats_shape(batch.begin(), batch.end());
-  stats_shape.push_back(3);
-  at::Tensor loss = at::empty(batch, input.options());
-  at::Tensor stats = at::empty(stats_shape, input.options().dtype(stats_dtype(input.scalar_type())));
+  SparsemaxLossProblem P = SparsemaxLossProblem::make(input, target, op);
+  const bool index_target = P.index_target;
+  const int64_t rows = P.rows, d = P.d;
+  at::Tensor& loss = P.loss;
+  at::Tensor& stats = P.stats;
   if (rows == 0) return {loss, stats};
-  const at::Tensor x = input.contiguous();
-  const at::Tensor tg = target.contiguous();
+  const at::Tensor& x = P.x;
+  const at::Tensor& tg = P.target;
   const int max_newton = sparsemax_max_newton();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sparsemax_loss_cpu", [&] {
     using T = acc_t<scalar_t>;
@@ -684,17 +674,9 @@ std::tuple<at::Tensor, at::Tensor> sparsemax_loss_cpu(const at::Tensor& input, c
 at::Tensor sparsemax_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
                                        const at::Tensor& stats) {
   constexpr const char* op = "torchxc::sparsemax_loss_backward";
-  const bool index_target = check_sparsemax_loss_inputs(input, target, op);
-  const auto batch = input.sizes().slice(0, input.dim() - 1);
-  TORCH_CHECK(grad_loss.sizes() == batch, op, ": expected grad_loss of shape ", batch, ", but got ",
-              grad_loss.sizes());
-  TORCH_CHECK(stats.dim() == input.dim() && stats.sizes().slice(0, input.dim() - 1) == batch &&
-                  stats.size(-1) == 3 && stats.scalar_type() == stats_dtype(input.scalar_type()),
-              op, ": stats must be the second output of sparsemax_loss for this input");
-  check_same_device(input, grad_loss, op, "input", "grad_loss");
-  check_same_device(input, stats, op, "input", "stats");
+  const bool index_target = check_sparsemax_loss_backward_inputs(grad_loss, input, target, stats, op);
   const int64_t d = input.size(-1);
-  const int64_t rows = c10::multiply_integers(batch);
+  const int64_t rows = c10::multiply_integers(input.sizes().slice(0, input.dim() - 1));
   at::Tensor grad = at::empty(input.sizes(), input.options());
   if (rows == 0 || d == 0) return grad;
   const at::Tensor x = input.contiguous();

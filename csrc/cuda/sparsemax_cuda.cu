@@ -215,13 +215,7 @@ at::Tensor sparsemax_cuda(const at::Tensor& input, int64_t dim) {
 
 at::Tensor sparsemax_backward_cuda(const at::Tensor& grad_output, const at::Tensor& output, int64_t dim) {
   constexpr const char* op = "torchxc::sparsemax_backward";
-  check_float_input(output, op, "output");
-  check_same_device(grad_output, output, op, "grad_output", "output");
-  TORCH_CHECK(grad_output.scalar_type() == output.scalar_type(), op,
-              ": expected grad_output and output of the same dtype, but got ", grad_output.scalar_type(), " and ",
-              output.scalar_type());
-  TORCH_CHECK(grad_output.sizes() == output.sizes(), op, ": expected grad_output of shape ", output.sizes(),
-              " (the output's), but got ", grad_output.sizes());
+  check_sparsemax_backward_inputs(grad_output, output, op);
   const c10::cuda::CUDAGuard guard(output.device());
   const RowLayout P = RowLayout::make(output, dim, op);
   const RowLayout G = RowLayout::make(grad_output, dim, op);

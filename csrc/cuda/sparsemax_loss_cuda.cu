@@ -270,46 +270,30 @@ void sparsemax_loss_cuda_kernel(const at::Tensor& x, const at::Tensor& target, a
 std::tuple<at::Tensor, at::Tensor> sparsemax_loss_cuda(const at::Tensor& input, const at::Tensor& target,
                                                         int64_t ignore_index) {
   constexpr const char* op = "torchxc::sparsemax_loss";
-  const bool index_target = check_sparsemax_loss_inputs(input, target, op);
-  const auto batch = input.sizes().slice(0, input.dim() - 1);
-  const int64_t d = input.size(-1);
-  const int64_t rows = c10::multiply_integers(batch);
-  TORCH_CHECK(d > 0 || rows == 0, op, ": expected at least one class, but got input of shape ", input.sizes());
-  check_cuda_row_limits(rows, d, op);
-  std::vector<int64_t> stats_shape(batch.begin(), batch.end());
-  stats_shape.push_back(3);
-  at::Tensor loss = at::empty(batch, input.options());
-  at::Tensor stats = at::empty(stats_shape, input.options().dtype(stats_dtype(input.scalar_type())));
-  if (rows == 0) return {loss, stats};
+  SparsemaxLossProblem P = SparsemaxLossProblem::make(input, target, op);
+  check_cuda_row_limits(P.rows, P.d, op);
+  if (P.rows == 0) return {P.loss, P.stats};
   const c10::cuda::CUDAGuard guard(input.device());
-  const at::Tensor x = input.contiguous();
-  const at::Tensor tg = target.contiguous();
   const int max_newton = sparsemax_max_newton();
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sparsemax_loss_cuda", [&] {
-    if (index_target) {
-      sparsemax_loss_cuda_kernel<scalar_t, true>(x, tg, loss, stats, rows, d, ignore_index, max_newton, stream);
+    if (P.index_target) {
+      sparsemax_loss_cuda_kernel<scalar_t, true>(P.x, P.target, P.loss, P.stats, P.rows, P.d, ignore_index,
+                                                 max_newton, stream);
     } else {
-      sparsemax_loss_cuda_kernel<scalar_t, false>(x, tg, loss, stats, rows, d, ignore_index, max_newton, stream);
+      sparsemax_loss_cuda_kernel<scalar_t, false>(P.x, P.target, P.loss, P.stats, P.rows, P.d, ignore_index,
+                                                  max_newton, stream);
     }
   });
-  return {loss, stats};
+  return {P.loss, P.stats};
 }
 
 at::Tensor sparsemax_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
                                         const at::Tensor& stats) {
   constexpr const char* op = "torchxc::sparsemax_loss_backward";
-  const bool index_target = check_sparsemax_loss_inputs(input, target, op);
-  const auto batch = input.sizes().slice(0, input.dim() - 1);
-  TORCH_CHECK(grad_loss.sizes() == batch, op, ": expected grad_loss of shape ", batch, ", but got ",
-              grad_loss.sizes());
-  TORCH_CHECK(stats.dim() == input.dim() && stats.sizes().slice(0, input.dim() - 1) == batch &&
-                  stats.size(-1) == 3 && stats.scalar_type() == stats_dtype(input.scalar_type()),
-              op, ": stats must be the second output of sparsemax_loss for this input");
-  check_same_device(input, grad_loss, op, "input", "grad_loss");
-  check_same_device(input, stats, op, "input", "stats");
+  const bool index_target = check_sparsemax_loss_backward_inputs(grad_loss, input, target, stats, op);
   const int64_t d = input.size(-1);
-  const int64_t rows = c10::multiply_integers(batch);
+  const int64_t rows = c10::multiply_integers(input.sizes().slice(0, input.dim() - 1));
   at::Tensor grad = at::empty(input.sizes(), input.options());
   if (rows == 0 || d == 0) return grad;
   const c10::cuda::CUDAGuard guard(input.device());
