@@ -18,7 +18,8 @@ void no_cuda_kernels(const c10::OperatorHandle& op, torch::jit::Stack*) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torchxc, CUDA, m) {
-  for (const char* name : {"sparsemax", "sparsemax_backward", "sparsemax_loss", "sparsemax_loss_backward"}) {
+  for (const char* name : {"sparsemax", "sparsemax_backward", "sparsemax_loss", "sparsemax_loss_backward",
+                           "zlpr_loss", "zlpr_loss_sparse"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&no_cuda_kernels>());
   }
 }

@@ -16,4 +16,12 @@ TORCH_LIBRARY(torchxc, m) {
   m.def("sparsemax_loss(Tensor input, Tensor target, int ignore_index=-100) -> (Tensor loss, Tensor stats)");
   // Gradient of sum(grad_loss * loss) with respect to input: grad_loss * (sparsemax(input) - q).
   m.def("sparsemax_loss_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor stats) -> Tensor");
+
+  // ---- ZLPR loss (python/torchxc/zlpr.py) ----
+  // Per-row ZLPR loss with classes last; target bool (hard) or the input's float dtype (soft, in [0, 1]); mask
+  // None, bool like input, or bool [C]. Returns (loss [...], grad): grad = dloss/dinput, computed in the same pass
+  // when compute_grad (else an empty tensor), so that the backward only scales it.
+  m.def("zlpr_loss(Tensor input, Tensor target, Tensor? mask=None, bool compute_grad=True) -> (Tensor loss, Tensor grad)");
+  // The same with positives int64 [..., P]: positive class indices padded with -1 (duplicates count once).
+  m.def("zlpr_loss_sparse(Tensor input, Tensor positives, Tensor? mask=None, bool compute_grad=True) -> (Tensor loss, Tensor grad)");
 }

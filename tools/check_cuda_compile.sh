@@ -27,7 +27,7 @@ FLAGS=(-c -std=c++20 -O1 "-gencode=arch=compute_${ARCH},code=sm_${ARCH}" --expt-
        "${TORCH_INC[@]}" "-I$PY_INC" "-I$WORK/shim")
 
 status=0
-for f in csrc/cuda/*.cu; do
+for f in ${CU_FILES:-csrc/cuda/*.cu}; do
   start=$(date +%s)
   if "$NVCC" "${FLAGS[@]}" "$f" -o "$WORK/$(basename "$f").o" ${NVCC_EXTRA:-}; then
     echo "check_cuda_compile: ok   $f ($(( $(date +%s) - start ))s)"

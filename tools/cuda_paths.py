@@ -3,7 +3,8 @@
 Meant to run under compute-sanitizer (memcheck, racecheck), where the full test suite would be too slow:
     compute-sanitizer --tool memcheck --error-exitcode 1 python tools/cuda_paths.py
 Paths: warp per row (d <= 1024), block per row (d <= 32768), split rows (longer), with vector and scalar loads
-(odd d), every dtype, forward, backward, loss (index and weight targets) and its backward.
+(odd d), every dtype: sparsemax forward, backward, loss (index and weight targets) and its backward; ZLPR with
+hard, soft and sparse labels, with and without a mask, with and without the gradient.
 """
 import sys
 
@@ -53,9 +54,39 @@ def main():
                 (glc,) = torch.autograd.grad(lc.sum(), xc)
                 (glr,) = torch.autograd.grad(lr.sum(), xr)
                 ok &= check(f"sparsemax_loss backward[{tname}] {dtype} d={d}", glc, glr, tol * 10)
+    ok &= zlpr_paths(gen)
     torch.cuda.synchronize()
     print("ALL OK" if ok else "SOME FAILED")
     return 0 if ok else 1
+
+
+def zlpr_paths(gen):
+    ok = True
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        tol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 2e-2)
+        for d in (1, 7, 32, 100, 1024, 1500, 5000, 20000, 32768, 40000, 100003):
+            rows = 3
+            s = torch.randn(rows, d, generator=gen).to(dtype)
+            hard = torch.rand(rows, d, generator=gen) < 0.05
+            soft = torch.rand(rows, d, generator=gen).to(dtype)
+            pos = torch.randint(-1, d, (rows, 8), generator=gen)
+            mask = torch.rand(d, generator=gen) < 0.9
+            for name, fn, target in (("hard", torchxc.zlpr_loss, hard), ("soft", torchxc.zlpr_loss, soft),
+                                     ("sparse", torchxc.zlpr_loss_sparse, pos)):
+                for m in (None, mask):
+                    sc = s.cuda().requires_grad_()
+                    sr = s.clone().requires_grad_()
+                    lc = fn(sc, target.cuda(), None if m is None else m.cuda(), reduction="none")
+                    lr = fn(sr, target, m, reduction="none")
+                    tag = f"zlpr[{name}{', mask' if m is not None else ''}] {dtype} d={d}"
+                    ok &= check(tag, lc, lr, tol * max(1.0, lr.abs().max().item()))
+                    (gc,) = torch.autograd.grad(lc.sum(), sc)
+                    (gr,) = torch.autograd.grad(lr.sum(), sr)
+                    ok &= check(tag + " grad", gc, gr, tol)
+                with torch.no_grad():  # the forward without the gradient pass
+                    ok &= check(f"zlpr[{name}, no grad] {dtype} d={d}", fn(s.cuda(), target.cuda(), reduction="none"),
+                                fn(s, target, reduction="none"), tol * 10)
+    return ok
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define TORCHXC_ALWAYS_INLINE inline __attribute__((always_inline))
+#define TORCHXC_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
 #else
 #define TORCHXC_ALWAYS_INLINE inline
+#define TORCHXC_ALWAYS_INLINE_LAMBDA
 #endif
 
 // `omp simd` pragmas take effect with -fopenmp (set by setup.py and CMakeLists.txt for at::parallel_for).

@@ -18,52 +18,16 @@
 #include <vector>
 
 #include "../common/sparsemax_common.h"
+#include "convert.h"
+#include "rows.h"
 #include "simd.h"
 
 namespace torchxc {
 namespace {
 
-template <typename S>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
-template <typename S>
-using acc_t = typename AccType<S>::type;
-
-// Elements per parallel task, and the row length from which a row is split across threads when there are
-// fewer rows than threads.
-constexpr int64_t kGrainElems = 1 << 15;
-constexpr int64_t kLongRow = 1 << 16;
-constexpr int64_t kChunk = 1 << 14;
 
 // ---------------------------------------------------------------------------------------------------------
 // Row primitives. Written once as inline templates; instantiated below as multiversioned overloads.
-
-// Conversions to and from the accumulation type. bfloat16 uses bit operations that vectorize (c10's conversion
-// branches on NaN, which keeps GCC from vectorizing any loop that stores bfloat16); same rounding as c10.
-template <typename S>
-TORCHXC_ALWAYS_INLINE acc_t<S> load_acc(S v) {
-  return static_cast<acc_t<S>>(v);
-}
-template <>
-TORCHXC_ALWAYS_INLINE float load_acc(c10::BFloat16 v) {
-  return __builtin_bit_cast(float, static_cast<uint32_t>(v.x) << 16);
-}
-
-template <typename S>
-TORCHXC_ALWAYS_INLINE S store_acc(acc_t<S> v) {
-  return static_cast<S>(v);
-}
-template <>
-TORCHXC_ALWAYS_INLINE c10::BFloat16 store_acc(float v) {
-  const uint32_t u = __builtin_bit_cast(uint32_t, v);
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;  // round to nearest even
-  return c10::BFloat16(static_cast<uint16_t>(v != v ? 0x7FC0u : rounded), c10::BFloat16::from_bits());
-}
 
 // Reductions keep kLanes independent accumulators (four vector registers) so that the loop is limited by
 // loads, not by the latency of a single accumulator chain.
@@ -444,10 +408,6 @@ double search_candidates(T* cand, int64_t n, int max_newton) {
   return sparsemax_threshold<double>(sum_above, max_newton);
 }
 
-template <typename T>
-std::unique_ptr<T[]> scratch(int64_t n) {
-  return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
-}
 
 // Row maximum and threshold of one row; false when the maximum is not finite (the row's output is NaN).
 template <typename S>
@@ -476,22 +436,22 @@ void fill_nan(S* y, int64_t n) {
 template <typename S>
 void sparsemax_long_row(const S* x, S* y, int64_t d, acc_t<S>* cand, int max_newton) {
   using T = acc_t<S>;
-  const int64_t nchunks = (d + kChunk - 1) / kChunk;
-  auto chunk_len = [&](int64_t c) { return std::min(kChunk, d - c * kChunk); };
+  const int64_t nchunks = num_chunks(d);
+  auto len = [&](int64_t c) { return chunk_len(d, c); };
   std::vector<T> maxes(nchunks);
   std::vector<int64_t> counts(nchunks);
   at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c) {
       const S* xc = x + c * kChunk;
-      maxes[c] = row_max(xc, chunk_len(c));
-      counts[c] = std::isfinite(maxes[c]) ? collect(xc, chunk_len(c), maxes[c], T(0), cand + c * kChunk) : 0;
+      maxes[c] = row_max(xc, len(c));
+      counts[c] = std::isfinite(maxes[c]) ? collect(xc, len(c), maxes[c], T(0), cand + c * kChunk) : 0;
     }
   });
   T m = -std::numeric_limits<T>::infinity();
   for (T v : maxes) m = (v != v || v > m) ? v : m;
   if (!std::isfinite(m)) {
     at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
-      for (int64_t c = b; c < e; ++c) fill_nan(y + c * kChunk, chunk_len(c));
+      for (int64_t c = b; c < e; ++c) fill_nan(y + c * kChunk, len(c));
     });
     return;
   }
@@ -505,16 +465,8 @@ void sparsemax_long_row(const S* x, S* y, int64_t d, acc_t<S>* cand, int max_new
   }
   const T t = static_cast<T>(search_candidates(cand, n, max_newton));
   at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c) write(x + c * kChunk, y + c * kChunk, chunk_len(c), m, t);
+    for (int64_t c = b; c < e; ++c) write(x + c * kChunk, y + c * kChunk, len(c), m, t);
   });
-}
-
-bool use_long_row_path(int64_t rows, int64_t d) {
-  return d >= kLongRow && rows < at::get_num_threads();
-}
-
-int64_t row_grain(int64_t d) {
-  return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(d, 1));
 }
 
 template <typename S>
@@ -544,14 +496,14 @@ template <typename S>
 void sparsemax_backward_kernel(const S* g, const S* p, S* out, int64_t rows, int64_t d) {
   using T = acc_t<S>;
   if (use_long_row_path(rows, d)) {
-    const int64_t nchunks = (d + kChunk - 1) / kChunk;
-    auto chunk_len = [&](int64_t c) { return std::min(kChunk, d - c * kChunk); };
+    const int64_t nchunks = num_chunks(d);
+    auto len = [&](int64_t c) { return chunk_len(d, c); };
     std::vector<SumCount<double>> partial(nchunks);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t off = r * d;
       at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
         for (int64_t c = b; c < e; ++c) {
-          partial[c] = support_sum(p + off + c * kChunk, g + off + c * kChunk, chunk_len(c));
+          partial[c] = support_sum(p + off + c * kChunk, g + off + c * kChunk, len(c));
         }
       });
       double s = 0;
@@ -564,7 +516,7 @@ void sparsemax_backward_kernel(const S* g, const S* p, S* out, int64_t rows, int
       at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
         for (int64_t c = b; c < e; ++c) {
           const int64_t o = off + c * kChunk;
-          backward_write(p + o, g + o, out + o, chunk_len(c), mean);
+          backward_write(p + o, g + o, out + o, len(c), mean);
         }
       });
     }

@@ -98,6 +98,27 @@ __device__ __forceinline__ void tile_load(acc_t (&v)[ITEMS], const scalar_t* __r
   }
 }
 
+// Loads a row of bools (same layout as tile_load) straight into a bit mask: bit i is item i (0 past d).
+template <int TPR, int ITEMS, int VEC>
+__device__ __forceinline__ uint32_t tile_load_bits(const bool* __restrict__ row, int64_t d, int lane, bool valid) {
+  static_assert(ITEMS <= 32, "bit masks are 32-bit");
+  uint32_t bits = 0;
+#pragma unroll
+  for (int i = 0; i < ITEMS; i += VEC) {
+    const int64_t col = tile_col<TPR, ITEMS, VEC>(i, lane);
+    if (valid && col < d) {
+      if constexpr (VEC > 1) {
+        const auto pack = *reinterpret_cast<const AlignedVec<bool, VEC>*>(row + col);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) bits |= uint32_t(pack.v[e]) << (i + e);
+      } else {
+        bits |= uint32_t(row[col]) << i;
+      }
+    }
+  }
+  return bits;
+}
+
 template <int TPR, int ITEMS, int VEC, typename acc_t, typename scalar_t>
 __device__ __forceinline__ void tile_store(const acc_t (&v)[ITEMS], scalar_t* __restrict__ row, int64_t d, int lane,
                                            bool valid) {

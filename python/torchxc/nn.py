@@ -2,9 +2,12 @@
 import torch
 from torch import Tensor
 
-from .sparsemax import sparsemax, sparsemax_loss
+from typing import Optional
 
-__all__ = ["Sparsemax", "SparsemaxLoss"]
+from .sparsemax import sparsemax, sparsemax_loss
+from .zlpr import zlpr_loss, zlpr_loss_sparse
+
+__all__ = ["Sparsemax", "SparsemaxLoss", "ZLPRLoss"]
 
 
 class Sparsemax(torch.nn.Module):
@@ -46,3 +49,27 @@ class SparsemaxLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, reduction={self.reduction!r}, ignore_index={self.ignore_index}"
+
+
+class ZLPRLoss(torch.nn.Module):
+    """The ZLPR multi-label loss; see :func:`torchxc.zlpr_loss`. With ``sparse=True`` the target is a padded
+    list of positive class indices (:func:`torchxc.zlpr_loss_sparse`).
+
+    Example::
+
+        >>> loss_fn = torchxc.nn.ZLPRLoss()
+        >>> loss = loss_fn(logits, multi_hot)          # logits [N, C], multi_hot bool [N, C]
+        >>> loss = torchxc.nn.ZLPRLoss(sparse=True)(logits, positives)   # positives int64 [N, P], -1 padded
+    """
+
+    def __init__(self, reduction: str = "mean", sparse: bool = False):
+        super().__init__()
+        self.reduction = reduction
+        self.sparse = sparse
+
+    def forward(self, input: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        fn = zlpr_loss_sparse if self.sparse else zlpr_loss
+        return fn(input, target, mask, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}, sparse={self.sparse}"

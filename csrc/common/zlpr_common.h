@@ -1,0 +1,77 @@
+// Boundary checks and outputs of the ZLPR ops, shared by the CPU and CUDA kernels.
+//
+// ZLPR (Su et al., arXiv 2208.02955), classes on the last dim, per row:
+//   L = log(1 + sum_i w_i e^{s_i}) + log(1 + sum_i t_i e^{-s_i}),   w_i = 1 - t_i,
+// where hard labels have t_i in {0, 1} and soft labels t_i in [0, 1]. A class with t_i = 1 is excluded from the
+// first sum and one with t_i = 0 from the second, exactly (the weights are 0, not an epsilon). Masked classes
+// (mask False) and -inf scores are excluded from both sums. The kernels evaluate both terms as log-sum-exps with
+// their own maximum, so scores of any magnitude stay finite, and compute the gradient
+//   dL/ds_i = w_i e^{s_i} / (1 + sum w e^s) - t_i e^{-s_i} / (1 + sum t e^{-s})
+// in the same pass (stored when compute_grad, so that the backward only scales it).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include <vector>
+
+#include "sparsemax_common.h"
+
+namespace torchxc {
+
+// How a row's labels are given to the kernels.
+enum class ZlprLabels {
+  kHard,  // bool tensor like the input
+  kSoft,  // float tensor like the input, values in [0, 1]
+  kBits,  // bitmask [rows, ceil(C / 32)] built from sparse positive indices
+};
+
+struct ZlprProblem {
+  int64_t rows = 0, d = 0;
+  at::Tensor x;           // [rows * d] contiguous scores
+  at::Tensor labels;      // dense target (contiguous) or positives [rows, P] (contiguous)
+  at::Tensor mask;        // undefined, or contiguous bool of d (class mask) or rows * d elements
+  bool mask_per_row = false;
+  at::Tensor loss, grad;  // outputs: loss [...], grad like input (or empty when not computed)
+
+  static ZlprProblem make(const at::Tensor& input, const at::Tensor& labels, const c10::optional<at::Tensor>& mask,
+                          bool compute_grad, bool sparse, const char* op) {
+    check_float_input(input, op, "input");
+    TORCH_CHECK(input.dim() >= 1, op, ": expected input with at least 1 dimension (classes last), but got a 0-d tensor");
+    check_same_device(input, labels, op, "input", sparse ? "positives" : "target");
+    const auto batch = input.sizes().slice(0, input.dim() - 1);
+    if (sparse) {
+      TORCH_CHECK(labels.scalar_type() == at::kLong, op, ": expected positives of dtype int64, but got ",
+                  labels.scalar_type());
+      TORCH_CHECK(labels.dim() == input.dim() && labels.sizes().slice(0, input.dim() - 1) == batch, op,
+                  ": expected positives of shape [", batch, ", P] (the input's leading dims, then the padded list of "
+                  "positive classes), but got ", labels.sizes());
+    } else {
+      TORCH_CHECK(labels.scalar_type() == at::kBool || labels.scalar_type() == input.scalar_type(), op,
+                  ": expected target of dtype bool (hard labels) or ", input.scalar_type(),
+                  " (soft labels, the input's dtype), but got ", labels.scalar_type());
+      TORCH_CHECK(labels.sizes() == input.sizes(), op, ": expected target of the input's shape ", input.sizes(),
+                  ", but got ", labels.sizes());
+    }
+    ZlprProblem p;
+    p.d = input.size(-1);
+    p.rows = c10::multiply_integers(batch);
+    if (mask.has_value() && mask->defined()) {
+      check_same_device(input, *mask, op, "input", "mask");
+      TORCH_CHECK(mask->scalar_type() == at::kBool, op, ": expected mask of dtype bool, but got ", mask->scalar_type());
+      p.mask_per_row = mask->sizes() == input.sizes();
+      TORCH_CHECK(p.mask_per_row || (mask->dim() == 1 && mask->size(0) == p.d), op,
+                  ": expected mask of the input's shape ", input.sizes(), " or of shape [", p.d,
+                  "] (one flag per class), but got ", mask->sizes(), " (torchxc.zlpr_loss broadcasts other shapes)");
+      p.mask = mask->contiguous();
+    }
+    p.x = input.contiguous();
+    p.labels = labels.contiguous();
+    p.loss = at::empty(batch, input.options());
+    p.grad = compute_grad ? at::empty(input.sizes(), input.options()) : at::empty({0}, input.options());
+    return p;
+  }
+};
+
+}  // namespace torchxc

@@ -1,0 +1,324 @@
+// CPU kernels of the ZLPR loss (math in csrc/common/zlpr_common.h).
+//
+// Per row, three vectorized passes over data that stays in cache: the two maxima m_neg = max(0, s_i over the
+// first sum) and m_pos = max(0, -s_i over the second), then the two sums of exponentials relative to them, then
+// (when the gradient is wanted) the gradient. Hard labels cost one exponential per class and pass (each class is
+// in exactly one sum), soft labels two. Rows run in parallel; a few long rows are split into chunks instead.
+// Sparse positives become a per-row bitmask, after which they are hard labels.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../common/zlpr_common.h"
+#include "convert.h"
+#include "rows.h"
+#include "simd.h"
+#include "vec_math.h"
+
+namespace torchxc {
+namespace {
+
+// Labels of one row (or chunk): exactly one of the pointers is used, chosen by L.
+template <typename S>
+struct LabelPtr {
+  const uint8_t* hard = nullptr;  // bool
+  const S* soft = nullptr;
+  const uint32_t* bits = nullptr;  // bit i of word i / 32; chunks start at multiples of 32
+  LabelPtr offset(int64_t c0) const {
+    LabelPtr r = *this;
+    if (hard) r.hard += c0;
+    if (soft) r.soft += c0;
+    if (bits) r.bits += c0 / 32;
+    return r;
+  }
+};
+
+// Every pass works on blocks of kBlock classes: the block's labels are first converted into a local float array
+// t[] (0/1 for hard labels and bitmasks), so that the main loops only see float lanes and GCC vectorizes them
+// at full width (mixing byte and float lanes makes it fall back to 4-lane vectors even with AVX-512).
+constexpr int64_t kBlock = 256;
+
+template <ZlprLabels L, typename S>
+TORCHXC_ALWAYS_INLINE void load_labels(const LabelPtr<S>& lab, int64_t j, int64_t len, acc_t<S>* t) {
+  using T = acc_t<S>;
+  if constexpr (L == ZlprLabels::kSoft) {
+    TORCHXC_PRAGMA(omp simd)
+    for (int64_t i = 0; i < len; ++i) t[i] = load_acc(lab.soft[j + i]);
+  } else if constexpr (L == ZlprLabels::kHard) {
+    TORCHXC_PRAGMA(omp simd)
+    for (int64_t i = 0; i < len; ++i) t[i] = static_cast<T>(lab.hard[j + i] != 0);
+  } else {  // j is a multiple of 32
+    for (int64_t w = 0; w * 32 < len; ++w) {
+      const uint32_t word = lab.bits[(j >> 5) + w];
+      TORCHXC_PRAGMA(omp simd)
+      for (int b = 0; b < 32; ++b) t[w * 32 + b] = static_cast<T>((word >> b) & 1u);
+    }
+  }
+}
+
+template <typename T>
+struct ZlprMax {
+  T m_neg, m_pos;
+  int nan;
+  int64_t bad;  // soft labels outside [0, 1]
+};
+
+template <typename T>
+struct ZlprSum {
+  T s_neg, s_pos;
+};
+
+// Pass 1: maxima over each sum (at least 0: the "1 +" term), NaN scores, soft labels outside [0, 1].
+template <typename S, ZlprLabels L, bool kMask>
+TORCHXC_CPU_MULTIVERSION ZlprMax<acc_t<S>> zlpr_max(const S* x, LabelPtr<S> lab, const bool* mask, int64_t n) {
+  using T = acc_t<S>;
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  T mneg = 0, mpos = 0;
+  int nan = 0;
+  int64_t bad = 0;
+  alignas(64) T t[kBlock];
+  for (int64_t j = 0; j < n; j += kBlock) {
+    const int64_t len = std::min(kBlock, n - j);
+    load_labels<L>(lab, j, len, t);
+    TORCHXC_PRAGMA(omp simd reduction(max : mneg, mpos) reduction(| : nan) reduction(+ : bad))
+    for (int64_t i = 0; i < len; ++i) {
+      const T s = load_acc(x[j + i]);
+      const bool valid = (kMask ? mask[j + i] : true) & (s != neg_inf);
+      bad += !((t[i] >= T(0)) & (t[i] <= T(1)));
+      const T a = bsel(valid & (t[i] < T(1)), s, neg_inf), b = bsel(valid & (t[i] > T(0)), -s, neg_inf);
+      mneg = mneg > a ? mneg : a;
+      mpos = mpos > b ? mpos : b;
+      nan |= valid & (s != s);
+    }
+  }
+  return {mneg, mpos, nan, bad};
+}
+
+// Pass 2: sum_i (1 - t_i) e^{s_i - m_neg} and sum_i t_i e^{-s_i - m_pos}. Excluded terms select 0 rather than
+// being multiplied by a zero weight: never 0 * inf. Hard labels need one exponential per class.
+template <typename S, ZlprLabels L, bool kMask>
+TORCHXC_CPU_MULTIVERSION ZlprSum<acc_t<S>> zlpr_sum(const S* x, LabelPtr<S> lab, const bool* mask, int64_t n,
+                                                    acc_t<S> mneg, acc_t<S> mpos) {
+  using T = acc_t<S>;
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  T sneg = 0, spos = 0;
+  alignas(64) T t[kBlock];
+  for (int64_t j = 0; j < n; j += kBlock) {
+    const int64_t len = std::min(kBlock, n - j);
+    load_labels<L>(lab, j, len, t);
+    TORCHXC_PRAGMA(omp simd reduction(+ : sneg, spos))
+    for (int64_t i = 0; i < len; ++i) {
+      const T s = load_acc(x[j + i]);
+      const bool valid = (kMask ? mask[j + i] : true) & (s != neg_inf);
+      if constexpr (L == ZlprLabels::kSoft) {
+        sneg += bsel(valid & (t[i] < T(1)), (T(1) - t[i]) * vexp(s - mneg), T(0));
+        spos += bsel(valid & (t[i] > T(0)), t[i] * vexp(-s - mpos), T(0));
+      } else {
+        const bool pos = t[i] > T(0);
+        const T e = vexp(bsel(pos, -s - mpos, s - mneg));  // each class is in exactly one sum
+        sneg += bsel(valid & !pos, e, T(0));
+        spos += bsel(valid & pos, e, T(0));
+      }
+    }
+  }
+  return {sneg, spos};
+}
+
+// Pass 3: the gradient (1 - t_i) e^{s_i} / Z_neg - t_i e^{-s_i} / Z_pos, with inv_zneg = e^{-m_neg} / Z_neg etc.
+template <typename S, ZlprLabels L, bool kMask>
+TORCHXC_CPU_MULTIVERSION void zlpr_grad(const S* x, LabelPtr<S> lab, const bool* mask, S* grad, int64_t n,
+                                        acc_t<S> mneg, acc_t<S> mpos, acc_t<S> inv_zneg, acc_t<S> inv_zpos) {
+  using T = acc_t<S>;
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  alignas(64) T t[kBlock];
+  for (int64_t j = 0; j < n; j += kBlock) {
+    const int64_t len = std::min(kBlock, n - j);
+    load_labels<L>(lab, j, len, t);
+    TORCHXC_PRAGMA(omp simd)
+    for (int64_t i = 0; i < len; ++i) {
+      const T s = load_acc(x[j + i]);
+      const bool valid = (kMask ? mask[j + i] : true) & (s != neg_inf);
+      T g;
+      if constexpr (L == ZlprLabels::kSoft) {
+        const T gn = bsel(valid & (t[i] < T(1)), (T(1) - t[i]) * vexp(s - mneg) * inv_zneg, T(0));
+        const T gp = bsel(valid & (t[i] > T(0)), t[i] * vexp(-s - mpos) * inv_zpos, T(0));
+        g = gn - gp;
+      } else {
+        const bool pos = t[i] > T(0);
+        const T e = vexp(bsel(pos, -s - mpos, s - mneg));
+        g = bsel(valid, e * bsel(pos, -inv_zpos, inv_zneg), T(0));
+      }
+      grad[j + i] = store_acc<S>(g);
+    }
+  }
+}
+
+// log(e^{-m} + s) + m = log(1 + sum), accurate when the sum is tiny (a fitted model).
+inline double zlpr_term(double m, double s) {
+  return m == 0.0 ? std::log1p(s) : m + std::log(std::exp(-m) + s);
+}
+
+template <typename S, ZlprLabels L, bool kMask>
+struct ZlprRow {
+  using T = acc_t<S>;
+  const char* op;
+
+  // Loss of one row; writes its gradient when grad != nullptr. Splits the row across threads when `split`.
+  double operator()(const S* x, LabelPtr<S> lab, const bool* mask, S* grad, int64_t d, bool split) const {
+    ZlprMax<T> mx{0, 0, 0, 0};
+    if (split) {
+      const int64_t nchunks = num_chunks(d);
+      std::vector<ZlprMax<T>> part(nchunks);
+      at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
+        for (int64_t c = b; c < e; ++c) part[c] = run_max(x, lab, mask, c * kChunk, chunk_len(d, c));
+      });
+      for (const auto& p : part) {
+        mx.m_neg = std::max(mx.m_neg, p.m_neg);
+        mx.m_pos = std::max(mx.m_pos, p.m_pos);
+        mx.nan |= p.nan;
+        mx.bad += p.bad;
+      }
+    } else {
+      mx = run_max(x, lab, mask, 0, d);
+    }
+    TORCH_CHECK(mx.bad == 0, op, ": soft labels must lie in [0, 1], but a row has ", mx.bad, " values outside");
+    if (mx.nan) {
+      if (grad) std::fill(grad, grad + d, store_acc<S>(std::numeric_limits<T>::quiet_NaN()));
+      return std::numeric_limits<double>::quiet_NaN();
+    }
+    double sneg = 0, spos = 0;
+    if (split) {
+      const int64_t nchunks = num_chunks(d);
+      std::vector<ZlprSum<T>> part(nchunks);
+      at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
+        for (int64_t c = b; c < e; ++c) part[c] = run_sum(x, lab, mask, c * kChunk, chunk_len(d, c), mx);
+      });
+      for (const auto& p : part) {  // fixed order: the result does not depend on the thread count
+        sneg += p.s_neg;
+        spos += p.s_pos;
+      }
+    } else {
+      const ZlprSum<T> sm = run_sum(x, lab, mask, 0, d, mx);
+      sneg = sm.s_neg;
+      spos = sm.s_pos;
+    }
+    if (grad) {
+      const double zneg = std::exp(-static_cast<double>(mx.m_neg)) + sneg;
+      const double zpos = std::exp(-static_cast<double>(mx.m_pos)) + spos;
+      const T inv_zneg = static_cast<T>(1.0 / zneg), inv_zpos = static_cast<T>(1.0 / zpos);
+      auto write = [&](int64_t c0, int64_t n) {
+        const bool* mk = mask ? mask + c0 : nullptr;
+        zlpr_grad<S, L, kMask>(x + c0, lab.offset(c0), mk, grad + c0, n, mx.m_neg, mx.m_pos, inv_zneg, inv_zpos);
+      };
+      if (split) {
+        at::parallel_for(0, num_chunks(d), 1, [&](int64_t b, int64_t e) {
+          for (int64_t c = b; c < e; ++c) write(c * kChunk, chunk_len(d, c));
+        });
+      } else {
+        write(0, d);
+      }
+    }
+    return zlpr_term(mx.m_neg, sneg) + zlpr_term(mx.m_pos, spos);
+  }
+
+  static ZlprMax<T> run_max(const S* x, LabelPtr<S> lab, const bool* mask, int64_t c0, int64_t n) {
+    return zlpr_max<S, L, kMask>(x + c0, lab.offset(c0), mask ? mask + c0 : nullptr, n);
+  }
+  static ZlprSum<T> run_sum(const S* x, LabelPtr<S> lab, const bool* mask, int64_t c0, int64_t n,
+                            const ZlprMax<T>& mx) {
+    return zlpr_sum<S, L, kMask>(x + c0, lab.offset(c0), mask ? mask + c0 : nullptr, n, mx.m_neg, mx.m_pos);
+  }
+};
+
+template <typename S, ZlprLabels L>
+void zlpr_cpu_kernel(const ZlprProblem& P, const char* op) {
+  const int64_t rows = P.rows, d = P.d;
+  const S* x = P.x.const_data_ptr<S>();
+  S* loss = P.loss.mutable_data_ptr<S>();
+  S* grad = P.grad.numel() > 0 ? P.grad.mutable_data_ptr<S>() : nullptr;
+  const bool* mask = P.mask.defined() ? P.mask.const_data_ptr<bool>() : nullptr;
+  const int64_t mask_stride = P.mask_per_row ? d : 0;
+  const int64_t words = (d + 31) / 32;
+  std::vector<uint32_t> bits_long;  // the long-row path's bitmask (rows run one after the other)
+  if (L == ZlprLabels::kBits && use_long_row_path(rows, d)) bits_long.resize(words);
+  auto body = [&](auto row_fn, int64_t r, bool split, uint32_t* bits) {
+    LabelPtr<S> lab;
+    if constexpr (L == ZlprLabels::kHard) {
+      lab.hard = reinterpret_cast<const uint8_t*>(P.labels.const_data_ptr<bool>()) + r * d;
+    } else if constexpr (L == ZlprLabels::kSoft) {
+      lab.soft = P.labels.const_data_ptr<S>() + r * d;
+    } else {
+      const int64_t np = P.labels.size(-1);
+      const int64_t* pos = P.labels.const_data_ptr<int64_t>() + r * np;
+      std::fill(bits, bits + words, 0u);
+      for (int64_t k = 0; k < np; ++k) {  // duplicates set the same bit: counted once
+        const int64_t j = pos[k];
+        TORCH_CHECK(j >= -1 && j < d, op, ": positive class index ", j, " is out of range for ", d,
+                    " classes (-1 pads the list)");
+        if (j >= 0) bits[j >> 5] |= 1u << (j & 31);
+      }
+      lab.bits = bits;
+    }
+    const bool* mk = mask ? mask + r * mask_stride : nullptr;
+    loss[r] = store_acc<S>(static_cast<acc_t<S>>(
+        row_fn(x + r * d, lab, mk, grad ? grad + r * d : nullptr, d, split)));
+  };
+  auto run = [&](auto row_fn) {
+    if (use_long_row_path(rows, d)) {
+      for (int64_t r = 0; r < rows; ++r) body(row_fn, r, true, bits_long.data());
+      return;
+    }
+    at::parallel_for(0, rows, row_grain(d), [&](int64_t b, int64_t e) {
+      std::vector<uint32_t> bits(L == ZlprLabels::kBits ? words : 0);
+      for (int64_t r = b; r < e; ++r) body(row_fn, r, false, bits.data());
+    });
+  };
+  if (mask) {
+    run(ZlprRow<S, L, true>{op});
+  } else {
+    run(ZlprRow<S, L, false>{op});
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> zlpr_loss_cpu(const at::Tensor& input, const at::Tensor& target,
+                                                 const c10::optional<at::Tensor>& mask, bool compute_grad) {
+  constexpr const char* op = "torchxc::zlpr_loss";
+  ZlprProblem P = ZlprProblem::make(input, target, mask, compute_grad, /*sparse=*/false, op);
+  if (P.rows > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "zlpr_loss_cpu", [&] {
+      if (target.scalar_type() == at::kBool) {
+        zlpr_cpu_kernel<scalar_t, ZlprLabels::kHard>(P, op);
+      } else {
+        zlpr_cpu_kernel<scalar_t, ZlprLabels::kSoft>(P, op);
+      }
+    });
+  }
+  return {P.loss, P.grad};
+}
+
+std::tuple<at::Tensor, at::Tensor> zlpr_loss_sparse_cpu(const at::Tensor& input, const at::Tensor& positives,
+                                                        const c10::optional<at::Tensor>& mask, bool compute_grad) {
+  constexpr const char* op = "torchxc::zlpr_loss_sparse";
+  ZlprProblem P = ZlprProblem::make(input, positives, mask, compute_grad, /*sparse=*/true, op);
+  if (P.rows > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "zlpr_loss_sparse_cpu", [&] {
+      zlpr_cpu_kernel<scalar_t, ZlprLabels::kBits>(P, op);
+    });
+  }
+  return {P.loss, P.grad};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torchxc, CPU, m) {
+  m.impl("zlpr_loss", &zlpr_loss_cpu);
+  m.impl("zlpr_loss_sparse", &zlpr_loss_sparse_cpu);
+}
+
+}  // namespace torchxc

@@ -1,0 +1,380 @@
+// CUDA kernels of the ZLPR loss (math in csrc/common/zlpr_common.h).
+//
+// Rows that fit in registers (warp per row up to 1024 classes, block per row up to 16384 with soft labels and
+// 32768 with hard ones) are read once: the two maxima and the two sums of exponentials are row reductions over
+// registers, and the gradient is written from the same registers. Longer rows (e.g. a million classes) are split
+// into chunks of 8192: each chunk reduces its maxima and sums relative to its own maxima, a small kernel merges
+// them per row (rescaling the sums), and the gradient pass reads the chunk again. Hard labels and masks are kept
+// as bits; sparse positives become a per-row bitmask first, after which they are hard labels. Soft labels
+// outside [0, 1] and positive indices out of range trigger device-side assertions. Current stream, launch
+// checks, no host synchronisation.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../common/zlpr_common.h"
+#include "sparsemax_cuda.cuh"
+
+namespace torchxc {
+namespace cuda {
+namespace {
+
+struct ZlprArgs {
+  const void* labels;       // bool [rows, d], scalar_t [rows, d], or uint32 bitmask [rows, words]
+  const bool* mask;         // nullptr, or bool rows of d with stride mask_stride (0: one mask for all rows)
+  int64_t mask_stride;
+  int64_t words;            // bitmask words per row
+};
+
+// Two row reductions in one round (two values per barrier pair on block rows).
+template <int TPR, typename acc_t, typename OpA, typename OpB>
+__device__ __forceinline__ void row_allreduce2(acc_t& a, acc_t& b, OpA op_a, OpB op_b, RowSmem<acc_t>& smem_a,
+                                               RowSmem<acc_t>& smem_b) {
+  constexpr int W = TPR < kWarp ? TPR : kWarp;
+  const unsigned mask = row_lane_mask<TPR>();
+#pragma unroll
+  for (int o = W / 2; o > 0; o /= 2) {
+    a = op_a(a, __shfl_xor_sync(mask, a, o));
+    b = op_b(b, __shfl_xor_sync(mask, b, o));
+  }
+  if constexpr (TPR > kWarp) {
+    const int warp = threadIdx.x / kWarp;
+    if (threadIdx.x % kWarp == 0) {
+      smem_a.f[warp] = a;
+      smem_b.f[warp] = b;
+    }
+    __syncthreads();
+    a = smem_a.f[0];
+    b = smem_b.f[0];
+#pragma unroll
+    for (int w = 1; w < TPR / kWarp; ++w) {
+      a = op_a(a, smem_a.f[w]);
+      b = op_b(b, smem_b.f[w]);
+    }
+    __syncthreads();
+  }
+}
+
+// log(1 + sum) from its maximum m and the sum of exponentials relative to it, accurate for tiny sums.
+template <typename acc_t>
+__device__ __forceinline__ acc_t zlpr_term(acc_t m, acc_t s) {
+  return m == acc_t(0) ? log1p(s) : m + log(exp(-m) + s);
+}
+
+// A row's scores in registers with their labels: bits (hard, sparse) or values (soft), and validity bits.
+template <typename scalar_t, int TPR, int ITEMS, int VEC, ZlprLabels L>
+struct ZlprTile {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t s[ITEMS];
+  acc_t t[L == ZlprLabels::kSoft ? ITEMS : 1];
+  uint32_t pos = 0, valid = 0;
+
+  // Loads elements [c0, c0 + n) of row `row` (n <= TPR * ITEMS).
+  __device__ __forceinline__ void load(const scalar_t* x, const ZlprArgs& a, int64_t row, int64_t d, int64_t c0,
+                                       int64_t n, int lane, bool row_valid) {
+    tile_load<TPR, ITEMS, VEC>(s, x + row * d + c0, n, lane, row_valid, neg_inf<acc_t>());
+    if constexpr (L == ZlprLabels::kSoft) {
+      tile_load<TPR, ITEMS, VEC>(t, static_cast<const scalar_t*>(a.labels) + row * d + c0, n, lane, row_valid,
+                                 acc_t(0));
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        CUDA_KERNEL_ASSERT_MSG(t[i] >= acc_t(0) && t[i] <= acc_t(1), "torchxc::zlpr_loss: soft labels must lie in [0, 1]");
+      }
+    } else if constexpr (L == ZlprLabels::kHard) {
+      pos = tile_load_bits<TPR, ITEMS, VEC>(static_cast<const bool*>(a.labels) + row * d + c0, n, lane, row_valid);
+    } else {
+      const uint32_t* bits = static_cast<const uint32_t*>(a.labels) + row * a.words;
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        const int64_t col = c0 + tile_col<TPR, ITEMS, VEC>(i, lane);
+        if (row_valid && col - c0 < n) pos |= ((__ldg(bits + (col >> 5)) >> (col & 31)) & 1u) << i;
+      }
+    }
+    const uint32_t mask_bits =
+        a.mask ? tile_load_bits<TPR, ITEMS, VEC>(a.mask + row * a.mask_stride + c0, n, lane, row_valid) : ~0u;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) valid |= uint32_t(s[i] != neg_inf<acc_t>()) << i;  // padding is -inf
+    valid &= mask_bits;
+  }
+
+  __device__ __forceinline__ bool in_neg(int i) const {
+    const bool v = (valid >> i) & 1u;
+    if constexpr (L == ZlprLabels::kSoft) return v && t[i] < acc_t(1);
+    else return v && !((pos >> i) & 1u);
+  }
+  __device__ __forceinline__ bool in_pos(int i) const {
+    const bool v = (valid >> i) & 1u;
+    if constexpr (L == ZlprLabels::kSoft) return v && t[i] > acc_t(0);
+    else return v && ((pos >> i) & 1u);
+  }
+  __device__ __forceinline__ acc_t w_neg(int i) const {
+    if constexpr (L == ZlprLabels::kSoft) return acc_t(1) - t[i];
+    else return acc_t(1);
+  }
+  __device__ __forceinline__ acc_t w_pos(int i) const {
+    if constexpr (L == ZlprLabels::kSoft) return t[i];
+    else return acc_t(1);
+  }
+
+  // Thread-local maxima over each sum (NaN-propagating; 0 stands for the "1 +" term).
+  __device__ __forceinline__ void local_max(acc_t& mneg, acc_t& mpos) const {
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      if (in_neg(i)) mneg = MaxNaN()(mneg, s[i]);
+      if (in_pos(i)) mpos = MaxNaN()(mpos, -s[i]);
+    }
+  }
+
+  __device__ __forceinline__ void local_sum(acc_t mneg, acc_t mpos, acc_t& sneg, acc_t& spos) const {
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      if (in_neg(i)) sneg += w_neg(i) * exp(s[i] - mneg);
+      if (in_pos(i)) spos += w_pos(i) * exp(-s[i] - mpos);
+    }
+  }
+
+  // Gradient into s (then stored): w e^{s - m_neg} inv_zneg - t e^{-s - m_pos} inv_zpos; all NaN for a NaN row.
+  __device__ __forceinline__ void gradient(acc_t mneg, acc_t mpos, acc_t inv_zneg, acc_t inv_zpos) {
+    const bool nan_row = mneg != mneg || mpos != mpos;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      acc_t g = 0;
+      if (in_neg(i)) g += w_neg(i) * exp(s[i] - mneg) * inv_zneg;
+      if (in_pos(i)) g -= w_pos(i) * exp(-s[i] - mpos) * inv_zpos;
+      s[i] = nan_row ? quiet_nan<acc_t>() : g;
+    }
+  }
+};
+
+template <typename scalar_t, int TPR, int ITEMS, int VEC, int BLOCK, ZlprLabels L>
+__global__ void __launch_bounds__(BLOCK) zlpr_rows_kernel(const scalar_t* __restrict__ x, ZlprArgs a,
+                                                          scalar_t* __restrict__ loss, scalar_t* __restrict__ grad,
+                                                          int64_t rows, int64_t d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ RowSmem<acc_t> smem_a, smem_b;
+  const int lane = threadIdx.x % TPR;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (BLOCK / TPR) + threadIdx.x / TPR;
+  const bool valid = row < rows;
+  ZlprTile<scalar_t, TPR, ITEMS, VEC, L> tile;
+  tile.load(x, a, row, d, 0, d, lane, valid);
+  acc_t mneg = 0, mpos = 0;
+  tile.local_max(mneg, mpos);
+  row_allreduce2<TPR>(mneg, mpos, MaxNaN(), MaxNaN(), smem_a, smem_b);
+  acc_t sneg = 0, spos = 0;
+  tile.local_sum(mneg, mpos, sneg, spos);
+  row_allreduce2<TPR>(sneg, spos, Sum(), Sum(), smem_a, smem_b);
+  if (valid && lane == 0) loss[row] = static_cast<scalar_t>(zlpr_term(mneg, sneg) + zlpr_term(mpos, spos));
+  if (grad) {
+    // 1 / (1 + sum) in the units of the shifted exponentials: e^{-m} / Z = 1 / (e^{-m} + s)
+    tile.gradient(mneg, mpos, acc_t(1) / (exp(-mneg) + sneg), acc_t(1) / (exp(-mpos) + spos));
+    tile_store<TPR, ITEMS, VEC>(tile.s, grad + row * d, d, lane, valid);
+  }
+}
+
+// ---- split rows ------------------------------------------------------------------------------------------------
+
+// Per chunk: maxima and the sums of exponentials relative to them, [rows, nchunks] each.
+template <typename scalar_t, int VEC, ZlprLabels L>
+__global__ void __launch_bounds__(kChunkThreads) zlpr_chunk_kernel(const scalar_t* __restrict__ x, ZlprArgs a,
+                                                                   at::opmath_type<scalar_t>* __restrict__ part,
+                                                                   int64_t rows, int64_t d, int64_t nchunks) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ RowSmem<acc_t> smem_a, smem_b;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kChunk;
+  const int64_t len = d - c0 < kChunk ? d - c0 : kChunk;
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    ZlprTile<scalar_t, kChunkThreads, kChunkItems, VEC, L> tile;
+    tile.load(x, a, row, d, c0, len, threadIdx.x, true);
+    acc_t mneg = 0, mpos = 0;
+    tile.local_max(mneg, mpos);
+    row_allreduce2<kChunkThreads>(mneg, mpos, MaxNaN(), MaxNaN(), smem_a, smem_b);
+    acc_t sneg = 0, spos = 0;
+    tile.local_sum(mneg, mpos, sneg, spos);
+    row_allreduce2<kChunkThreads>(sneg, spos, Sum(), Sum(), smem_a, smem_b);
+    if (threadIdx.x == 0) {
+      acc_t* p = part + (row * nchunks + blockIdx.x) * 4;
+      p[0] = mneg;
+      p[1] = sneg;
+      p[2] = mpos;
+      p[3] = spos;
+    }
+  }
+}
+
+// Per row (one warp): merges the chunks (rescaling each sum to the row maximum, in a fixed order), writes the
+// loss and the row statistics (m_neg, inv_zneg, m_pos, inv_zpos) for the gradient pass.
+template <typename scalar_t>
+__global__ void zlpr_merge_kernel(const at::opmath_type<scalar_t>* __restrict__ part,
+                                  at::opmath_type<scalar_t>* __restrict__ stats, scalar_t* __restrict__ loss,
+                                  int64_t rows, int64_t nchunks) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  if (row >= rows) return;  // whole warps exit together
+  const int lane = threadIdx.x % kWarp;
+  const acc_t* p = part + row * nchunks * 4;
+  acc_t mneg = 0, mpos = 0;
+  for (int64_t k = lane; k < nchunks; k += kWarp) {
+    mneg = MaxNaN()(mneg, p[4 * k]);
+    mpos = MaxNaN()(mpos, p[4 * k + 2]);
+  }
+  mneg = row_allreduce<kWarp>(mneg, MaxNaN(), static_cast<acc_t*>(nullptr));
+  mpos = row_allreduce<kWarp>(mpos, MaxNaN(), static_cast<acc_t*>(nullptr));
+  acc_t sneg = 0, spos = 0;
+  for (int64_t k = lane; k < nchunks; k += kWarp) {
+    sneg += p[4 * k + 1] * exp(p[4 * k] - mneg);
+    spos += p[4 * k + 3] * exp(p[4 * k + 2] - mpos);
+  }
+  sneg = row_allreduce<kWarp>(sneg, Sum(), static_cast<acc_t*>(nullptr));
+  spos = row_allreduce<kWarp>(spos, Sum(), static_cast<acc_t*>(nullptr));
+  if (lane == 0) {
+    loss[row] = static_cast<scalar_t>(zlpr_term(mneg, sneg) + zlpr_term(mpos, spos));
+    stats[4 * row] = mneg;
+    stats[4 * row + 1] = acc_t(1) / (exp(-mneg) + sneg);
+    stats[4 * row + 2] = mpos;
+    stats[4 * row + 3] = acc_t(1) / (exp(-mpos) + spos);
+  }
+}
+
+template <typename scalar_t, int VEC, ZlprLabels L>
+__global__ void __launch_bounds__(kChunkThreads) zlpr_chunk_grad_kernel(
+    const scalar_t* __restrict__ x, ZlprArgs a, const at::opmath_type<scalar_t>* __restrict__ stats,
+    scalar_t* __restrict__ grad, int64_t rows, int64_t d) {
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kChunk;
+  const int64_t len = d - c0 < kChunk ? d - c0 : kChunk;
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    ZlprTile<scalar_t, kChunkThreads, kChunkItems, VEC, L> tile;
+    tile.load(x, a, row, d, c0, len, threadIdx.x, true);
+    const auto* st = stats + 4 * row;
+    tile.gradient(st[0], st[2], st[1], st[3]);
+    tile_store<kChunkThreads, kChunkItems, VEC>(tile.s, grad + row * d + c0, len, threadIdx.x, true);
+  }
+}
+
+// ---- sparse positives to bitmask -------------------------------------------------------------------------------
+
+__global__ void positives_to_bits_kernel(const int64_t* __restrict__ positives, uint32_t* __restrict__ bits,
+                                         int64_t n, int64_t num_pos, int64_t d, int64_t words) {
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t j = positives[k];
+    CUDA_KERNEL_ASSERT_MSG(j >= -1 && j < d, "torchxc::zlpr_loss_sparse: positive class index out of range");
+    if (j >= 0) atomicOr(bits + (k / num_pos) * words + (j >> 5), 1u << (j & 31));  // duplicates: same bit
+  }
+}
+
+// ---- host ---------------------------------------------------------------------------------------------------------
+
+template <typename scalar_t, ZlprLabels L>
+void zlpr_cuda_kernel(const ZlprProblem& P, const void* labels, int64_t words, cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const ZlprArgs a{labels, P.mask.defined() ? P.mask.const_data_ptr<bool>() : nullptr, P.mask_per_row ? P.d : 0,
+                   words};
+  const int64_t rows = P.rows, d = P.d;
+  const scalar_t* xp = P.x.const_data_ptr<scalar_t>();
+  scalar_t* lp = P.loss.mutable_data_ptr<scalar_t>();
+  scalar_t* gp = P.grad.numel() > 0 ? P.grad.mutable_data_ptr<scalar_t>() : nullptr;
+  // Vector loads need every row start aligned: scores, gradient, and byte/float labels and mask.
+  const void* label_ptr = L == ZlprLabels::kBits ? static_cast<const void*>(xp) : labels;
+  auto aligned = [&](int vec) {
+    return rows_aligned(d, vec, {xp, gp ? static_cast<const void*>(gp) : static_cast<const void*>(xp), label_ptr,
+                                 a.mask ? static_cast<const void*>(a.mask) : static_cast<const void*>(xp)});
+  };
+  constexpr int kWords = static_cast<int>(sizeof(acc_t) / 4) * (L == ZlprLabels::kSoft ? 2 : 1);
+  const bool done = dispatch_row_config<kWords>(d, [&](auto cfg) {
+    using C = decltype(cfg);
+    constexpr int V = max_vec<scalar_t, C::ITEMS>();
+    const dim3 grid(static_cast<unsigned>(ceil_div(rows, C::ROWS_PER_BLOCK)));
+    if (aligned(V)) {
+      zlpr_rows_kernel<scalar_t, C::TPR, C::ITEMS, V, C::BLOCK, L><<<grid, C::BLOCK, 0, stream>>>(xp, a, lp, gp, rows, d);
+    } else {
+      zlpr_rows_kernel<scalar_t, C::TPR, C::ITEMS, 1, C::BLOCK, L><<<grid, C::BLOCK, 0, stream>>>(xp, a, lp, gp, rows, d);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  });
+  if (done) return;
+  const int64_t nchunks = ceil_div(d, kChunk);
+  const auto acc_opts = P.x.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  at::Tensor part = at::empty({rows, nchunks, 4}, acc_opts);
+  at::Tensor stats = at::empty({rows, 4}, acc_opts);
+  const dim3 grid = chunk_row_grid(nchunks, rows);
+  constexpr int V = 16 / sizeof(scalar_t);
+  const bool vec = aligned(V);
+  if (vec) {
+    zlpr_chunk_kernel<scalar_t, V, L><<<grid, kChunkThreads, 0, stream>>>(xp, a, part.mutable_data_ptr<acc_t>(), rows,
+                                                                          d, nchunks);
+  } else {
+    zlpr_chunk_kernel<scalar_t, 1, L><<<grid, kChunkThreads, 0, stream>>>(xp, a, part.mutable_data_ptr<acc_t>(), rows,
+                                                                          d, nchunks);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  constexpr int kMergeThreads = 256;
+  zlpr_merge_kernel<scalar_t>
+      <<<static_cast<unsigned>(ceil_div(rows, kMergeThreads / kWarp)), kMergeThreads, 0, stream>>>(
+          part.const_data_ptr<acc_t>(), stats.mutable_data_ptr<acc_t>(), lp, rows, nchunks);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (!gp) return;
+  if (vec) {
+    zlpr_chunk_grad_kernel<scalar_t, V, L><<<grid, kChunkThreads, 0, stream>>>(xp, a, stats.const_data_ptr<acc_t>(),
+                                                                               gp, rows, d);
+  } else {
+    zlpr_chunk_grad_kernel<scalar_t, 1, L><<<grid, kChunkThreads, 0, stream>>>(xp, a, stats.const_data_ptr<acc_t>(),
+                                                                               gp, rows, d);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<at::Tensor, at::Tensor> zlpr_loss_cuda(const at::Tensor& input, const at::Tensor& target,
+                                                  const c10::optional<at::Tensor>& mask, bool compute_grad) {
+  constexpr const char* op = "torchxc::zlpr_loss";
+  ZlprProblem P = ZlprProblem::make(input, target, mask, compute_grad, /*sparse=*/false, op);
+  check_cuda_row_limits(P.rows, P.d, op);
+  if (P.rows == 0) return {P.loss, P.grad};
+  const c10::cuda::CUDAGuard guard(input.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "zlpr_loss_cuda", [&] {
+    if (P.labels.scalar_type() == at::kBool) {
+      zlpr_cuda_kernel<scalar_t, ZlprLabels::kHard>(P, P.labels.const_data_ptr<bool>(), 0, stream);
+    } else {
+      zlpr_cuda_kernel<scalar_t, ZlprLabels::kSoft>(P, P.labels.const_data_ptr<scalar_t>(), 0, stream);
+    }
+  });
+  return {P.loss, P.grad};
+}
+
+std::tuple<at::Tensor, at::Tensor> zlpr_loss_sparse_cuda(const at::Tensor& input, const at::Tensor& positives,
+                                                         const c10::optional<at::Tensor>& mask, bool compute_grad) {
+  constexpr const char* op = "torchxc::zlpr_loss_sparse";
+  ZlprProblem P = ZlprProblem::make(input, positives, mask, compute_grad, /*sparse=*/true, op);
+  check_cuda_row_limits(P.rows, P.d, op);
+  if (P.rows == 0) return {P.loss, P.grad};
+  const c10::cuda::CUDAGuard guard(input.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t words = ceil_div(P.d, 32);
+  at::Tensor bits = at::zeros({P.rows, words}, input.options().dtype(at::kInt));
+  const int64_t n = P.labels.numel();
+  if (n > 0) {
+    const int threads = 256;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(n, threads), 65535));
+    positives_to_bits_kernel<<<blocks, threads, 0, stream>>>(
+        P.labels.const_data_ptr<int64_t>(), reinterpret_cast<uint32_t*>(bits.mutable_data_ptr<int>()), n,
+        P.labels.size(-1), P.d, words);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "zlpr_loss_sparse_cuda", [&] {
+    zlpr_cuda_kernel<scalar_t, ZlprLabels::kBits>(P, bits.const_data_ptr<int>(), words, stream);
+  });
+  return {P.loss, P.grad};
+}
+
+}  // namespace
+}  // namespace cuda
+
+TORCH_LIBRARY_IMPL(torchxc, CUDA, m) {
+  m.impl("zlpr_loss", &cuda::zlpr_loss_cuda);
+  m.impl("zlpr_loss_sparse", &cuda::zlpr_loss_sparse_cuda);
+}
+
+}  // namespace torchxc

@@ -1,0 +1,166 @@
+"""The ZLPR loss ("multi-label softmax + cross-entropy", Su et al., arXiv 2208.02955).
+
+With scores s over C classes (classes on the last dim) and labels t in [0, 1] (hard labels are 0/1):
+
+    L = log(1 + sum_i (1 - t_i) e^{s_i}) + log(1 + sum_i t_i e^{-s_i})
+
+For hard labels this is log(1 + sum_{neg} e^{s_i}) + log(1 + sum_{pos} e^{-s_j}): every positive is pushed above
+0 and every negative below it, so the decision rule is s_i > 0 (no threshold to tune). For soft labels the
+per-class optimum is t = sigmoid(2 s), hence :func:`zlpr_probs` with ``soft=True``.
+
+What torchxc does differently from the formulas usually copied around:
+
+* t = 1 and t = 0 remove the class from the other sum exactly (weight 0), with no epsilon clipping. (Clipping t to
+  [1e-7, 1 - 1e-7] leaks a confident positive into the negative sum: a correct score s = 25 then costs 8.9.)
+* Masks are real exclusions, not 1e12 constants (which overflow float16 into NaN).
+* The sparse form never computes log(1 - e^x): positives are excluded from the negative sum exactly, so it stays
+  finite and exact when every positive is fitted.
+* Both sums are log-sum-exps with their own maximum: scores of +-1e4 in float32 give finite, exact losses.
+* One fused pass computes the loss and its gradient; the backward only scales the stored gradient. float16 and
+  bfloat16 are computed in float32.
+
+Masked classes (mask False) and -inf scores are excluded from both sums. Scores should otherwise be finite: a NaN
+score makes its row's loss and gradient NaN.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["zlpr_loss", "zlpr_loss_sparse", "zlpr_probs"]
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def zlpr_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+    """ZLPR loss with dense labels.
+
+    Args:
+        input: scores [..., C], float16/bfloat16/float32/float64, CPU or CUDA (GlobalPointer users flatten their
+            span dims into the leading dims).
+        target: labels of the input's shape: bool or integer {0, 1} (hard), or float in [0, 1] (soft). Values
+            outside [0, 1] raise an error (a device-side assertion on CUDA).
+        mask: optional bool, broadcastable to ``input``; False removes the class from both sums.
+        reduction: ``"none"`` (loss per row, shape ``input.shape[:-1]``), ``"mean"`` (over rows) or ``"sum"``.
+
+    Example::
+
+        >>> logits = torch.randn(8, 20, requires_grad=True)
+        >>> labels = torch.rand(8, 20) < 0.2
+        >>> torchxc.zlpr_loss(logits, labels).backward()
+        >>> predicted = logits > 0                     # the ZLPR decision rule
+    """
+    _check(input, reduction, "torchxc.zlpr_loss")
+    if target.dtype != torch.bool and target.dtype != input.dtype:
+        target = target.to(input.dtype)  # integer labels take the soft path, whose kernel checks their range
+    loss, _ = torch.ops.torchxc.zlpr_loss.default(input, target, _class_mask(mask, input), _wants_grad(input))
+    return _reduce(loss, reduction)
+
+
+def zlpr_loss_sparse(input: Tensor, positives: Tensor, mask: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+    """ZLPR loss with sparse labels, for C up to millions where a dense target would not fit.
+
+    Args:
+        input: scores [..., C].
+        positives: int64 [..., P], the positive class indices of each row padded with -1 (rows may have any number
+            of positives up to P). A class listed twice counts once. Indices >= C or < -1 raise an error.
+        mask, reduction: as in :func:`zlpr_loss`.
+
+    Gives the same value and gradient as :func:`zlpr_loss` with the corresponding dense hard target.
+
+    Example::
+
+        >>> logits = torch.randn(4, 1_000_000, requires_grad=True)
+        >>> positives = torch.tensor([[3, 17, -1], [5, -1, -1], [0, 1, 2], [-1, -1, -1]])
+        >>> torchxc.zlpr_loss_sparse(logits, positives).backward()
+    """
+    _check(input, reduction, "torchxc.zlpr_loss_sparse")
+    if positives.dtype != torch.long:
+        positives = positives.long()
+    loss, _ = torch.ops.torchxc.zlpr_loss_sparse.default(
+        input, positives, _class_mask(mask, input), _wants_grad(input)
+    )
+    return _reduce(loss, reduction)
+
+
+def zlpr_probs(input: Tensor, soft: bool = False) -> Tensor:
+    """Probabilities of a ZLPR model: sigmoid(s), or sigmoid(2 s) for a model trained on soft labels (whose
+    per-class optimum is t = sigmoid(2 s)). Either way p > 0.5 exactly when s > 0.
+
+    Example::
+
+        >>> torchxc.zlpr_probs(torch.tensor([-2.0, 0.0, 3.0]))
+        tensor([0.1192, 0.5000, 0.9526])
+    """
+    return torch.sigmoid(input * 2 if soft else input)
+
+
+def _check(input: Tensor, reduction: str, op: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if input.dim() == 0:
+        raise ValueError(f"{op}: expected input with a class dimension, got a 0-d tensor")
+
+
+def _wants_grad(input: Tensor) -> bool:
+    return torch.is_grad_enabled() and input.requires_grad
+
+
+def _class_mask(mask: Optional[Tensor], input: Tensor) -> Optional[Tensor]:
+    """A mask the kernels take: the input's shape, or [C] when it only varies along the class dim."""
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool:
+        raise TypeError(f"torchxc.zlpr_loss: mask must be a bool tensor, got {mask.dtype}")
+    if mask.shape == input.shape:
+        return mask
+    try:
+        shape = torch.broadcast_shapes(mask.shape, input.shape)
+    except RuntimeError:
+        shape = None
+    if shape != input.shape:
+        raise ValueError(f"torchxc.zlpr_loss: mask of shape {tuple(mask.shape)} does not broadcast to the input's "
+                         f"shape {tuple(input.shape)}")
+    if all(s == 1 for s in mask.shape[:-1]) and mask.shape[-1] == input.shape[-1]:
+        return mask.reshape(input.shape[-1])
+    return mask.expand(input.shape)
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.mean()
+
+
+# ---- fake kernels and autograd ----------------------------------------------------------------------------------
+
+
+def _zlpr_fake(input: Tensor, labels: Tensor, mask: Optional[Tensor] = None,
+               compute_grad: bool = True) -> Tuple[Tensor, Tensor]:
+    grad = input.new_empty(input.shape) if compute_grad else input.new_empty((0,))
+    return input.new_empty(input.shape[:-1]), grad
+
+
+torch.library.register_fake("torchxc::zlpr_loss")(_zlpr_fake)
+torch.library.register_fake("torchxc::zlpr_loss_sparse")(_zlpr_fake)
+
+
+def _zlpr_setup_context(ctx, inputs, output):
+    input = inputs[0]
+    compute_grad = inputs[3] if len(inputs) > 3 else True
+    ctx.compute_grad = compute_grad
+    ctx.input_shape = input.shape
+    ctx.save_for_backward(output[1])
+
+
+def _zlpr_autograd(ctx, grad_loss, grad_unused):
+    # The gradient was computed with the loss; the backward only scales it by the incoming row gradients.
+    # (No double backward: the stored gradient is treated as a constant.)
+    if not ctx.compute_grad:
+        raise RuntimeError("torchxc::zlpr_loss: backward needs the gradient, but the op ran with compute_grad=False")
+    (grad,) = ctx.saved_tensors
+    return grad * grad_loss.unsqueeze(-1).to(grad.dtype), None, None, None
+
+
+torch.library.register_autograd("torchxc::zlpr_loss", _zlpr_autograd, setup_context=_zlpr_setup_context)
+torch.library.register_autograd("torchxc::zlpr_loss_sparse", _zlpr_autograd, setup_context=_zlpr_setup_context)

@@ -1,0 +1,310 @@
+"""torchxc.zlpr_loss / zlpr_loss_sparse against a float64 reference written with plain logsumexp.
+
+Reference (Su et al., arXiv 2208.02955), per row, classes last:
+    L = logsumexp([0] + [s_i + log(1 - t_i) : i valid, t_i < 1]) + logsumexp([0] + [-s_i + log(t_i) : i valid, t_i > 0])
+where a class is valid when its mask is True and its score is not -inf. Gradients come from autograd on it.
+"""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import torchxc
+from testing import check_against_reference, devices, device_ids, dtypes, max_err, requires_cuda
+
+NEG_INF = -math.inf
+
+
+def zlpr_reference(s, t, mask=None, dtype=torch.float64):
+    """ZLPR computed in `dtype` with explicit masks (float64 for the reference; the input's dtype gives the plain
+    PyTorch computation of the low-precision tolerance rule)."""
+    s = s.to(dtype)
+    t = t.to(dtype)
+    valid = s != NEG_INF
+    if mask is not None:
+        valid = valid & mask.to(s.device).expand(s.shape)
+    ninf = torch.full_like(s, NEG_INF)
+    a = torch.where(valid & (t < 1), s + torch.log1p(-t.clamp(max=1)), ninf)
+    b = torch.where(valid & (t > 0), -s + torch.log(t.clamp(min=0)), ninf)
+    zeros = torch.zeros_like(s[..., :1])
+    return torch.logsumexp(torch.cat([a, zeros], -1), -1) + torch.logsumexp(torch.cat([b, zeros], -1), -1)
+
+
+def bert4keras_zlpr(y_pred, y_true):
+    """The widely copied hard-label formula (bert4keras' multilabel_categorical_crossentropy), ported to PyTorch."""
+    y_true = y_true.to(y_pred.dtype)
+    y_pred = (1 - 2 * y_true) * y_pred
+    y_pred_neg = y_pred - y_true * 1e12
+    y_pred_pos = y_pred - (1 - y_true) * 1e12
+    zeros = torch.zeros_like(y_pred[..., :1])
+    y_pred_neg = torch.cat([y_pred_neg, zeros], dim=-1)
+    y_pred_pos = torch.cat([y_pred_pos, zeros], dim=-1)
+    return torch.logsumexp(y_pred_neg, dim=-1) + torch.logsumexp(y_pred_pos, dim=-1)
+
+
+def dense_to_positives(t):
+    """Padded positive lists [..., P] (-1 padding) for a bool target [..., C]."""
+    flat = t.reshape(-1, t.shape[-1])
+    P = max(1, int(flat.sum(-1).max()) if flat.numel() else 1)
+    pos = torch.full((flat.shape[0], P), -1, dtype=torch.long)
+    for r in range(flat.shape[0]):
+        idx = flat[r].nonzero().flatten()
+        pos[r, : len(idx)] = idx
+    return pos.reshape(*t.shape[:-1], P)
+
+
+def make_case(shape, dtype, device, kind="hard", seed=0, scale=3.0, density=0.2):
+    gen = torch.Generator().manual_seed(seed)
+    s = (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+    hard = torch.rand(shape, generator=gen) < density
+    if kind == "hard":
+        t = hard
+    else:  # soft, with exact 0 and 1 entries
+        t = torch.rand(shape, generator=gen, dtype=torch.float64)
+        t = torch.where(torch.rand(shape, generator=gen) < 0.3, hard.double(), t).to(dtype)
+    return s.to(device), t.to(device)
+
+
+SHAPES = [(1, 1), (7, 5), (3, 1025), (2, 3, 17), (2, 40000), (1, 2 ** 20 + 3)]
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("dtype", dtypes, ids=str)
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("masked", [False, True])
+def test_loss_and_gradient_match_reference(device, dtype, kind, shape, masked):
+    s, t = make_case(shape, dtype, device, kind)
+    mask = None
+    if masked:  # a per-element mask on even shapes, a class mask on odd ones
+        gen = torch.Generator().manual_seed(7)
+        mshape = shape if shape[-1] % 2 == 0 else shape[-1:]
+        mask = (torch.rand(mshape, generator=gen) < 0.8).to(device)
+    ref = zlpr_reference(s, t, mask)
+    s = s.requires_grad_(True)
+    loss = torchxc.zlpr_loss(s, t, mask, reduction="none")
+    assert loss.shape == shape[:-1] and loss.dtype == dtype
+    check_against_reference(loss, ref, zlpr_reference(s.detach(), t, mask, dtype=dtype), dtype)
+    w = torch.randn(shape[:-1], generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(device)
+    (grad,) = torch.autograd.grad(loss, s, w.to(dtype))
+    sr = s.detach().double().requires_grad_(True)
+    (grad_ref,) = torch.autograd.grad(zlpr_reference(sr, t, mask), sr, w)
+    sl = s.detach().clone().requires_grad_(True)
+    (grad_plain,) = torch.autograd.grad(zlpr_reference(sl, t, mask, dtype=dtype), sl, w.to(dtype))
+    check_against_reference(grad, grad_ref, grad_plain, dtype)
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_matches_bert4keras_formula(device):
+    s, t = make_case((16, 50), torch.float64, device)
+    assert max_err(torchxc.zlpr_loss(s, t, reduction="none"), bert4keras_zlpr(s, t)) < 1e-12
+    s = s.requires_grad_(True)
+    (g,) = torch.autograd.grad(torchxc.zlpr_loss(s, t, reduction="sum"), s)
+    (g_ref,) = torch.autograd.grad(bert4keras_zlpr(s, t).sum(), s)
+    assert max_err(g, g_ref) < 1e-12
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_fitted_model_has_tiny_loss(device, dtype):
+    # A correct positive at s = 25 costs log(1 + e^-25) ~ 1.4e-11, not the 8.9 of epsilon-clipped soft labels.
+    # (float16 cannot hold 1.4e-11 and rounds it to 0.)
+    lo = 0.0 if dtype == torch.float16 else 1e-12
+    s = torch.tensor([[25.0, -25.0, -30.0]], dtype=dtype, device=device)
+    for t in (torch.tensor([[True, False, False]], device=device), torch.tensor([[1.0, 0.0, 0.0]], dtype=dtype,
+                                                                                 device=device)):
+        loss = torchxc.zlpr_loss(s, t, reduction="none").double().item()
+        assert lo <= loss < 1e-10
+    pos = torch.tensor([[0, -1]], device=device)
+    assert lo <= torchxc.zlpr_loss_sparse(s, pos, reduction="none").double().item() < 1e-10
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("dtype", dtypes, ids=str)
+def test_extreme_magnitudes_and_masks(device, dtype):
+    big = {torch.float16: 2e4, torch.bfloat16: 1e4, torch.float32: 1e4, torch.float64: 1e4}[dtype]  # loss ~ 2 big
+    s = torch.tensor([[big, -big, 3.0, NEG_INF, 0.5],
+                      [-big, big, 0.0, 1.0, NEG_INF],
+                      [NEG_INF] * 5],
+                     dtype=torch.float64).to(dtype).to(device)
+    t = torch.tensor([[1, 0, 0, 1, 0], [1, 0, 1, 0, 0], [1, 0, 1, 0, 0]], dtype=torch.bool, device=device)
+    loss = torchxc.zlpr_loss(s, t, reduction="none")
+    ref = zlpr_reference(s, t)
+    assert torch.isfinite(loss).all()
+    rel = ((loss.double() - ref).abs() / ref.abs().clamp(min=1)).max()
+    assert rel < {torch.float16: 2e-3, torch.bfloat16: 8e-3}.get(dtype, 1e-6)
+    assert loss[2] == 0  # every class masked by -inf: log(1) + log(1)
+    # -inf scores behave exactly like masked classes
+    mask = s != NEG_INF
+    s_masked = torch.where(mask, s, torch.zeros_like(s))
+    assert torch.equal(torchxc.zlpr_loss(s_masked, t, mask, reduction="none"), loss)
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("shape", [(6, 9), (3, 1025), (2, 40000), (1, 2 ** 20 + 3), (2, 3, 33)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_sparse_equals_dense(device, shape, dtype):
+    s, t = make_case(shape, dtype, device, density=0.01 if shape[-1] > 1000 else 0.3)
+    t.view(-1, shape[-1])[0] = False  # a row without positives
+    pos = dense_to_positives(t.cpu())
+    pos = torch.cat([pos, pos[..., :1]], -1).to(device)  # a duplicate entry per row (counted once), and -1 padding
+    mask = (torch.rand(shape[-1], generator=torch.Generator().manual_seed(2)) < 0.9).to(device)
+    for m in (None, mask):
+        sd = s.clone().requires_grad_(True)
+        ss = s.clone().requires_grad_(True)
+        ld = torchxc.zlpr_loss(sd, t, m, reduction="none")
+        ls = torchxc.zlpr_loss_sparse(ss, pos, m, reduction="none")
+        assert torch.equal(ld, ls)
+        (gd,) = torch.autograd.grad(ld.sum(), sd)
+        (gs,) = torch.autograd.grad(ls.sum(), ss)
+        assert torch.equal(gd, gs)
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_sparse_stable_when_all_positives_fit(device):
+    # the log(1 - e^x) formulation returns NaN here; the exact exclusion gives the tiny true loss
+    C = 1000
+    s = torch.full((2, C), -30.0, device=device)
+    s[:, :5] = 30.0
+    pos = torch.tensor([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]], device=device)
+    loss = torchxc.zlpr_loss_sparse(s, pos, reduction="none").double()
+    expected = math.log1p((C - 5) * math.exp(-30.0)) + math.log1p(5 * math.exp(-30.0))
+    assert torch.allclose(loss, torch.full_like(loss, expected), rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_reductions_and_nan_rows(device):
+    s, t = make_case((5, 8), torch.float64, device)
+    none = torchxc.zlpr_loss(s, t, reduction="none")
+    assert torch.allclose(torchxc.zlpr_loss(s, t), none.mean())
+    assert torch.allclose(torchxc.zlpr_loss(s, t, reduction="sum"), none.sum())
+    s[1, 2] = math.nan
+    s.requires_grad_(True)
+    loss = torchxc.zlpr_loss(s, t, reduction="none")
+    assert loss[1].isnan() and not loss[[0, 2, 3, 4]].isnan().any()
+    (g,) = torch.autograd.grad(loss.sum(), s)
+    assert g[1].isnan().all() and not g[[0, 2, 3, 4]].isnan().any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(0.001, 0.999))
+def test_soft_label_optimum_is_sigmoid_2s(t):
+    # the per-class optimum of the soft-label loss is t = sigmoid(2 s)
+    s = torch.tensor([[0.5 * math.log(t / (1 - t))]], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(torchxc.zlpr_loss(s, torch.tensor([[t]], dtype=torch.float64)), s)
+    assert abs(g.item()) < 1e-12
+    assert abs(torchxc.zlpr_probs(s.detach(), soft=True).item() - t) < 1e-12
+
+
+def test_probs_and_decision_rule():
+    s = torch.tensor([-2.0, 0.0, 3.0])
+    assert torch.allclose(torchxc.zlpr_probs(s), torch.sigmoid(s))
+    assert torch.allclose(torchxc.zlpr_probs(s, soft=True), torch.sigmoid(2 * s))
+    assert torch.equal(torchxc.zlpr_probs(s) > 0.5, s > 0)
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_gradcheck(device):
+    for kind in ("hard", "soft"):
+        s, t = make_case((4, 9), torch.float64, device, kind, seed=5)
+        mask = torch.rand(9, generator=torch.Generator().manual_seed(1)).to(device) < 0.7
+        for m in (None, mask):
+            assert torch.autograd.gradcheck(lambda x: torchxc.zlpr_loss(x, t, m, "none"), (s.requires_grad_(),))
+    s, t = make_case((3, 11), torch.float64, device, seed=6)
+    pos = dense_to_positives(t.cpu()).to(device)
+    assert torch.autograd.gradcheck(lambda x: torchxc.zlpr_loss_sparse(x, pos, reduction="mean"),
+                                    (s.requires_grad_(),))
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_opcheck(device):
+    for shape in [(5, 7), (2, 3, 1100)]:
+        for kind in ("hard", "soft"):
+            s, t = make_case(shape, torch.float32, device, kind)
+            for mask in (None, (torch.rand(shape[-1]) < 0.5).to(device), (torch.rand(shape) < 0.5).to(device)):
+                for requires_grad in (False, True):
+                    x = s.clone().requires_grad_(requires_grad)
+                    torch.library.opcheck(torch.ops.torchxc.zlpr_loss.default, (x, t, mask, requires_grad))
+        s, t = make_case(shape, torch.float32, device)
+        pos = dense_to_positives(t.cpu()).to(device)
+        for requires_grad in (False, True):
+            x = s.clone().requires_grad_(requires_grad)
+            torch.library.opcheck(torch.ops.torchxc.zlpr_loss_sparse.default, (x, pos, None, requires_grad))
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+
+    def f(x, t, pos):
+        return torchxc.zlpr_loss(x * 2.0, t) + torchxc.zlpr_loss_sparse(x, pos, reduction="sum")
+
+    compiled = torch.compile(f, fullgraph=True)
+    s, t = make_case((8, 30), torch.float32, device)
+    pos = dense_to_positives(t.cpu()).to(device)
+    x = s.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(x, t, pos), x)
+    (gc,) = torch.autograd.grad(compiled(x, t, pos), x)
+    assert max_err(g, gc) < 1e-5
+
+
+def test_result_independent_of_thread_count():
+    s, t = make_case((3, 300000), torch.float32, "cpu", density=0.001)  # long-row path
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = torchxc.zlpr_loss(s, t, reduction="none")
+        torch.set_num_threads(max(2, before))
+        assert torch.equal(a, torchxc.zlpr_loss(s, t, reduction="none"))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_nn_module():
+    s, t = make_case((4, 6), torch.float32, "cpu")
+    assert torch.equal(torchxc.nn.ZLPRLoss()(s, t), torchxc.zlpr_loss(s, t))
+    pos = dense_to_positives(t)
+    assert torch.equal(torchxc.nn.ZLPRLoss(reduction="sum", sparse=True)(s, pos),
+                       torchxc.zlpr_loss_sparse(s, pos, reduction="sum"))
+    assert "sparse=True" in repr(torchxc.nn.ZLPRLoss(sparse=True))
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_bad_input_errors(device):
+    s = torch.randn(4, 5, device=device)
+    t = torch.rand(4, 5, device=device) < 0.5
+    with pytest.raises(RuntimeError, match=r"torchxc::zlpr_loss: expected target of the input's shape \[4, 5\], "
+                                           r"but got \[4, 6\]"):
+        torchxc.zlpr_loss(s, torch.zeros(4, 6, dtype=torch.bool, device=device))
+    with pytest.raises(RuntimeError, match="expected target of dtype bool"):
+        torch.ops.torchxc.zlpr_loss(s, t.double(), None, False)
+    with pytest.raises(TypeError, match="mask must be a bool tensor"):
+        torchxc.zlpr_loss(s, t, torch.ones(5, device=device))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        torchxc.zlpr_loss(s, t, torch.ones(3, dtype=torch.bool, device=device))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        torchxc.zlpr_loss(s, t, reduction="avg")
+    with pytest.raises(RuntimeError, match=r"expected positives of shape \[\[4\], P\]"):
+        torchxc.zlpr_loss_sparse(s, torch.zeros(5, 2, dtype=torch.long, device=device))
+    with pytest.raises(RuntimeError, match="expected input of dtype"):
+        torchxc.zlpr_loss(s.long(), t)
+
+
+def test_bad_label_values_cpu():
+    s = torch.randn(4, 5)
+    with pytest.raises(RuntimeError, match=r"soft labels must lie in \[0, 1\]"):
+        torchxc.zlpr_loss(s, torch.full((4, 5), 1.5))
+    with pytest.raises(RuntimeError, match=r"soft labels must lie in \[0, 1\]"):
+        torchxc.zlpr_loss(s, torch.full((4, 5), 2, dtype=torch.long))  # integer labels must be 0 or 1
+    with pytest.raises(RuntimeError, match="positive class index 5 is out of range for 5 classes"):
+        torchxc.zlpr_loss_sparse(s, torch.tensor([[0], [5], [1], [2]]))
+    with pytest.raises(RuntimeError, match="positive class index -2 is out of range"):
+        torchxc.zlpr_loss_sparse(s, torch.tensor([[0], [-2], [1], [2]]))
+
+
+@requires_cuda
+def test_cuda_device_mismatch():
+    with pytest.raises(RuntimeError, match="same device"):
+        torchxc.zlpr_loss(torch.randn(4, 5, device="cuda"), torch.zeros(4, 5, dtype=torch.bool))
