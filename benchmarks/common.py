@@ -146,3 +146,157 @@ def fmt_ratio(x: Optional[float]) -> str:
     if x is None:
         return "-"
     return f"{x:.1f}x" if x >= 10 else f"{x:.2f}x"
+
+
+# Datasheet memory bandwidth (GB/s) of GPUs we have measured on.
+DATASHEET_GBS = {"H100 80GB HBM3": 3350.0, "H100 PCIe": 2000.0, "H200": 4800.0}
+
+
+def datasheet_gbs(device: torch.device) -> Optional[float]:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, gbs in DATASHEET_GBS.items():
+        if key in name:
+            return gbs
+    return None
+
+
+def lookup(rows: List[Dict], **key) -> Optional[Dict]:
+    for r in rows:
+        if all(r[k] == v for k, v in key.items()):
+            return r
+    return None
+
+
+def ratio(rows: List[Dict], base: str, main: str = "torchxc", **key) -> Optional[float]:
+    """Time of `base` over time of `main` for the case `key` (above 1: main is faster)."""
+    a = lookup(rows, provider=main, **key)
+    b = lookup(rows, provider=base, **key)
+    return (b["median_ms"] / a["median_ms"]) if a and b else None
+
+
+def run_suite(op: str, device: torch.device, cases, modes, make_callables, nbytes, budget_s: float, csv_path: str,
+              baselines: List[str], main: str = "torchxc") -> List[Dict]:
+    """Times every provider on every (dtype, shape) case and mode, in interleaved rounds, prints the table and
+    writes the CSV, a Markdown summary (mode fwd+bwd) and the plot.
+
+    make_callables(dtype_name, shape, mode) -> {provider: zero-argument callable}
+    nbytes(dtype_name, shape, mode) -> the bytes the computation must move at least (for effective GB/s)."""
+    timer = Timer(device, budget_s=budget_s)  # per provider and measurement, spread over interleaved rounds
+    copy_gbs = copy_bandwidth_gbs(device)
+    sheet = datasheet_gbs(device)
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0") if device.type == "cpu" else "-"
+    print(f"\n== {op} on {device_name(device)}: copy bandwidth {copy_gbs:.0f} GB/s"
+          + (f", datasheet {sheet:.0f} GB/s" if sheet else "") + f", torch {torch.__version__}"
+          + (f", THP_MEM_ALLOC_ENABLE={thp}" if device.type == "cpu" else ""))
+    import torchxc
+
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    jobs = [(dt, shape, mode) for dt, shape in cases for mode in modes]
+    rows = []
+    for dtype_name, shape, mode in (tqdm(jobs, desc=f"{op} {device.type}", leave=False) if tqdm else jobs):
+        results = timer.compare(make_callables(dtype_name, shape, mode))
+        moved = nbytes(dtype_name, shape, mode)
+        for name, m in results.items():
+            if m is None:
+                continue
+            gbs = moved / (m.median_ms * 1e-3) / 1e9
+            rows.append(dict(op=op, provider=name, dtype=dtype_name, shape="x".join(map(str, shape)), mode=mode,
+                             median_ms=m.median_ms, p20_ms=m.p20_ms, p80_ms=m.p80_ms, reps=m.reps, gbs=gbs,
+                             pct_copy_bw=100 * gbs / copy_gbs, pct_datasheet_bw=(100 * gbs / sheet) if sheet else None,
+                             device=device_name(device), copy_gbs=copy_gbs, thp=thp, torch=torch.__version__,
+                             torchxc=torchxc.__version__))
+        del results
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    write_csv(csv_path, rows)
+    header = (f"{device_name(device)}, copy bandwidth {copy_gbs:.0f} GB/s, torch {torch.__version__}"
+              + (f", THP_MEM_ALLOC_ENABLE={thp}" if device.type == "cpu" else ""))
+    write_markdown(csv_path[:-4] + ".md", rows, baselines, header, main)
+    print_table(rows, baselines, main)
+    plot(rows, csv_path[:-4] + ".png", op, device_name(device), modes)
+    print(f"wrote {csv_path} and the .md / .png beside it")
+    return rows
+
+
+def print_table(rows: List[Dict], baselines: List[str], main: str = "torchxc") -> None:
+    head = f"{'provider':15} {'dtype':9} {'shape':13} {'mode':8} {'ms':>9} {'GB/s':>7} {'%copy':>6} " + " ".join(
+        f"{'vs ' + b:>15}" for b in baselines)
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if r["provider"] in baselines:
+            continue
+        key = dict(dtype=r["dtype"], shape=r["shape"], mode=r["mode"])
+        cells = [fmt_ratio(ratio(rows, b, r["provider"], **key)) for b in baselines]
+        print(f"{r['provider']:15} {r['dtype']:9} {r['shape']:13} {r['mode']:8} {r['median_ms']:9.3f} {r['gbs']:7.1f} "
+              f"{r['pct_copy_bw']:5.0f}% " + " ".join(f"{x:>15}" for x in cells))
+    print(f"(ratios: baseline time / {main} time; above 1 means torchxc is faster)")
+
+
+def write_markdown(path: str, rows: List[Dict], baselines: List[str], header: str, main: str = "torchxc",
+                   mode: str = "fwd+bwd") -> None:
+    """The `mode` rows of the main provider as a Markdown table (pasted into README.md)."""
+    lines = [header, "", f"| dtype | shape | {main} {mode} ms | GB/s | " + " | ".join(f"vs {b}" for b in baselines)
+             + " |", "|---|---|---|---|" + "---|" * len(baselines)]
+    for r in rows:
+        if r["provider"] != main or r["mode"] != mode:
+            continue
+        key = dict(dtype=r["dtype"], shape=r["shape"], mode=mode)
+        cells = [fmt_ratio(ratio(rows, b, main, **key)) for b in baselines]
+        lines.append(f"| {r['dtype']} | {r['shape']} | {r['median_ms']:.3f} | {r['gbs']:.1f} | " + " | ".join(cells)
+                     + " |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def plot(rows: List[Dict], path: str, op: str, title: str, modes) -> None:
+    """Effective GB/s of every provider, per dtype (rows of panels) and mode (columns), log scale."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+
+    def ordered(key):
+        out = []
+        for r in rows:
+            if r[key] not in out:
+                out.append(r[key])
+        return out
+
+    dtypes, shapes, provs = ordered("dtype"), ordered("shape"), ordered("provider")
+    fig, axes = plt.subplots(len(dtypes), len(modes), figsize=(7 * len(modes), 4.5 * len(dtypes)), squeeze=False)
+    width = 0.8 / max(len(provs), 1)
+    for i, dt in enumerate(dtypes):
+        for j, mode in enumerate(modes):
+            ax = axes[i][j]
+            for k, p in enumerate(provs):
+                vals = [(lookup(rows, provider=p, dtype=dt, shape=s, mode=mode) or {}).get("gbs", 0) for s in shapes]
+                ax.bar([x + k * width for x in range(len(shapes))], vals, width, label=p)
+            ax.set_xticks([x + width * (len(provs) - 1) / 2 for x in range(len(shapes))])
+            ax.set_xticklabels(shapes)
+            ax.set_yscale("log")
+            ax.set_ylabel("effective GB/s (higher is better)")
+            ax.set_title(f"{op} {mode}, {dt}")
+            ax.grid(axis="y", alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{op}: torchxc vs pure-PyTorch baselines on {title}")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_targets(lines) -> bool:
+    print("\ntargets:")
+    for name, ok, val in lines:
+        print(f"  [{'PASS' if ok else 'MISS'}] {name}: {val}")
+    return all(ok for _, ok, _ in lines)
