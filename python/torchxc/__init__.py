@@ -8,12 +8,22 @@ import torch
 
 from . import _C  # noqa: F401  (loads the shared library, which registers the ops)
 from . import nn
+from .fused_linear import fused_linear_zlpr_loss
 from .sparsemax import sparsemax, sparsemax_loss
 from .zlpr import zlpr_loss, zlpr_loss_sparse, zlpr_probs
 
 __version__ = "0.1.0"
 
-__all__ = ["sparsemax", "sparsemax_loss", "zlpr_loss", "zlpr_loss_sparse", "zlpr_probs", "nn", "cuda_kernels_built"]
+__all__ = [
+    "sparsemax",
+    "sparsemax_loss",
+    "zlpr_loss",
+    "zlpr_loss_sparse",
+    "zlpr_probs",
+    "fused_linear_zlpr_loss",
+    "nn",
+    "cuda_kernels_built",
+]
 
 
 def cuda_kernels_built() -> bool:

@@ -1,0 +1,178 @@
+"""ZLPR on top of a linear classifier without materialising the [N, C] logits.
+
+``fused_linear_zlpr_loss(hidden, weight, bias, labels)`` equals
+``zlpr_loss(hidden @ weight.T + bias, labels)`` (or ``zlpr_loss_sparse``), but runs over chunks of rows: each
+chunk's logits go through the fused ZLPR kernel, which returns the loss and the logit gradient in one pass, and
+the chunk's contributions to the gradients of hidden, weight and bias are accumulated right away (the approach of
+Liger-Kernel's fused linear cross-entropy). Peak extra memory is one chunk of logits and its gradient, plus the
+weight gradient, instead of several [N, C] tensors. The backward only scales the stored gradients.
+"""
+import math
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["fused_linear_zlpr_loss"]
+
+
+def fused_linear_zlpr_loss(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    target_or_positives: Tensor,
+    mask: Optional[Tensor] = None,
+    reduction: str = "mean",
+    sparse: Optional[bool] = None,
+    chunk_size: Optional[int] = None,
+) -> Tensor:
+    """ZLPR loss of ``hidden @ weight.T + bias`` computed in chunks of rows.
+
+    Args:
+        hidden: [..., H] features (float16/bfloat16/float32/float64).
+        weight: [C, H] classifier weights; bias: [C] or None. Same dtype and device as ``hidden``.
+        target_or_positives: dense labels [..., C] (bool/{0,1} hard or float soft, as in :func:`torchxc.zlpr_loss`),
+            or padded positive indices int64 [..., P] (as in :func:`torchxc.zlpr_loss_sparse`).
+        mask: optional bool class mask [C] or [..., C].
+        reduction: ``"mean"`` (over rows) or ``"sum"``. (``"none"`` would need the backward to rerun every chunk;
+            use :func:`torchxc.zlpr_loss` on the logits for per-row losses.)
+        sparse: whether ``target_or_positives`` holds positive indices; by default, an integer tensor whose last
+            dim is not C does.
+        chunk_size: rows per chunk; by default about N * H / C rows, so that a chunk of logits is about as large
+            as ``hidden``.
+
+    Returns:
+        The scalar loss; gradients flow to hidden, weight and bias. For float16/bfloat16 the weight and bias
+        gradients are accumulated in float32 across chunks.
+
+    Example::
+
+        >>> hidden = torch.randn(4096, 1024, requires_grad=True)
+        >>> head = torch.nn.Linear(1024, 131072)
+        >>> positives = torch.randint(131072, (4096, 5))
+        >>> loss = torchxc.fused_linear_zlpr_loss(hidden, head.weight, head.bias, positives)
+        >>> loss.backward()
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"torchxc.fused_linear_zlpr_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
+    if hidden.dim() < 1 or weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(f"torchxc.fused_linear_zlpr_loss: expected hidden [..., H] and weight [C, H], got "
+                         f"{tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"torchxc.fused_linear_zlpr_loss: expected bias of shape ({weight.shape[0]},), got "
+                         f"{tuple(bias.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dtype != hidden.dtype or t.device != hidden.device):
+            raise ValueError(f"torchxc.fused_linear_zlpr_loss: {name} must have hidden's dtype and device "
+                             f"({hidden.dtype}, {hidden.device}), got {t.dtype}, {t.device}")
+    C, H = weight.shape
+    lead = hidden.shape[:-1]
+    labels = target_or_positives
+    if sparse is None:
+        sparse = not labels.is_floating_point() and labels.dtype != torch.bool and labels.shape[-1] != C
+    if labels.shape[:-1] != lead or (not sparse and labels.shape[-1] != C):
+        raise ValueError(f"torchxc.fused_linear_zlpr_loss: labels must be [{', '.join(map(str, lead))}, "
+                         f"{'P' if sparse else C}], got {tuple(labels.shape)}")
+    N = math.prod(lead)
+    h2 = hidden.reshape(N, H)
+    labels2 = labels.reshape(N, labels.shape[-1])
+    if sparse:
+        labels2 = labels2.long()
+    elif labels2.dtype != torch.bool and labels2.dtype != hidden.dtype:
+        labels2 = labels2.to(hidden.dtype)
+    mask2 = None
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise TypeError(f"torchxc.fused_linear_zlpr_loss: mask must be a bool tensor, got {mask.dtype}")
+        mask2 = mask.reshape(C) if mask.numel() == C else mask.expand(*lead, C).reshape(N, C)
+    if chunk_size is None:
+        chunk_size = max(1, 2 ** math.ceil(math.log2(max(1.0, N / max(1, math.ceil(C / max(H, 1)))))))
+    grads = [h2.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad]
+    scale = 1.0 / N if reduction == "mean" and N > 0 else 1.0
+    loss, _, _, _ = torch.ops.torchxc.fused_linear_zlpr.default(
+        h2, weight, bias, labels2, mask2, sparse, int(min(chunk_size, max(N, 1))), scale, grads
+    )
+    return loss
+
+
+@torch.library.custom_op("torchxc::fused_linear_zlpr", mutates_args=())
+def _fused_linear_zlpr(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    labels: Tensor,
+    mask: Optional[Tensor],
+    sparse: bool,
+    chunk_size: int,
+    scale: float,
+    grads: List[bool],
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """scale * sum of the ZLPR losses of hidden @ weight.T + bias, with the gradients of that value wrt hidden,
+    weight and bias (empty tensors where grads[i] is False)."""
+    N, H = hidden.shape
+    C = weight.shape[0]
+    want_h, want_w, want_b = grads
+    reduced = hidden.dtype in (torch.float16, torch.bfloat16)
+    acc = torch.float32 if reduced else hidden.dtype
+    grad_h = torch.empty_like(hidden) if want_h else hidden.new_empty(0)
+    grad_w = torch.zeros(C, H, dtype=acc, device=hidden.device) if want_w else hidden.new_empty(0)
+    grad_b = torch.zeros(C, dtype=acc, device=hidden.device) if want_b else hidden.new_empty(0)
+    total = torch.zeros((), dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32,
+                        device=hidden.device)
+    op = torch.ops.torchxc.zlpr_loss_sparse.default if sparse else torch.ops.torchxc.zlpr_loss.default
+    need_grad = want_h or want_w or want_b
+    for start in range(0, N, chunk_size):
+        end = min(start + chunk_size, N)
+        h = hidden[start:end]
+        logits = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
+        m = mask if mask is None or mask.dim() == 1 else mask[start:end]
+        loss, g = op(logits, labels[start:end], m, need_grad)
+        total += loss.sum(dtype=total.dtype)
+        del logits
+        if not need_grad:
+            continue
+        g.mul_(scale)
+        if want_h:
+            torch.mm(g, weight, out=grad_h[start:end])
+        if want_w:
+            if reduced:
+                grad_w.addmm_(g.t().float(), h.float())
+            else:
+                grad_w.addmm_(g.t(), h)
+        if want_b:
+            grad_b += g.sum(0, dtype=acc)
+    loss = (total * scale).to(hidden.dtype)
+    return loss, grad_h, grad_w.to(weight.dtype) if want_w else grad_w, grad_b.to(weight.dtype) if want_b else grad_b
+
+
+@_fused_linear_zlpr.register_fake
+def _(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads):
+    want_h, want_w, want_b = grads
+    return (
+        hidden.new_empty(()),
+        torch.empty_like(hidden) if want_h else hidden.new_empty(0),
+        weight.new_empty(weight.shape) if want_w else hidden.new_empty(0),
+        weight.new_empty(weight.shape[:1]) if want_b else hidden.new_empty(0),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.grads = inputs[8]
+    _, grad_h, grad_w, grad_b = output
+    ctx.save_for_backward(grad_h, grad_w, grad_b)
+    ctx.set_materialize_grads(False)  # the gradient outputs get no gradient: no [C, H] zeros in the backward
+
+
+def _backward(ctx, grad_loss, _gh, _gw, _gb):
+    # The gradients were computed with the loss; the backward only scales them by the incoming scalar.
+    grad_h, grad_w, grad_b = ctx.saved_tensors
+    want_h, want_w, want_b = ctx.grads
+    return (
+        grad_h * grad_loss.to(grad_h.dtype) if want_h else None,
+        grad_w * grad_loss.to(grad_w.dtype) if want_w else None,
+        grad_b * grad_loss.to(grad_b.dtype) if want_b else None,
+        None, None, None, None, None, None,
+    )
+
+
+_fused_linear_zlpr.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,101 @@
+"""torchxc.fused_linear_zlpr_loss equals zlpr_loss on the materialised logits, in value and gradients."""
+import pytest
+import torch
+
+import torchxc
+from test_zlpr import dense_to_positives
+from testing import devices, device_ids, max_err
+
+
+def make(N, H, C, dtype, device, seed=0, bias=True):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(N, H, generator=gen, dtype=torch.float64)).to(dtype).to(device)
+    weight = (torch.randn(C, H, generator=gen, dtype=torch.float64) / H ** 0.5).to(dtype).to(device)
+    b = (torch.randn(C, generator=gen, dtype=torch.float64)).to(dtype).to(device) if bias else None
+    labels = (torch.rand(N, C, generator=gen) < 0.1).to(device)
+    return hidden, weight, b, labels
+
+
+def unfused(hidden, weight, bias, labels, mask=None, reduction="mean", sparse=False):
+    logits = hidden @ weight.t() + (bias if bias is not None else 0)
+    fn = torchxc.zlpr_loss_sparse if sparse else torchxc.zlpr_loss
+    return fn(logits, labels, mask, reduction)
+
+
+def grads(loss, tensors):
+    return torch.autograd.grad(loss, [t for t in tensors if t is not None and t.requires_grad])
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("labels_kind", ["hard", "soft", "sparse"])
+@pytest.mark.parametrize("chunk_size", [None, 1, 3, 1000])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_matches_unfused(device, dtype, labels_kind, chunk_size, reduction):
+    hidden, weight, bias, hard = make(13, 8, 37, dtype, device)
+    labels = {"hard": hard, "soft": torch.rand(13, 37, dtype=dtype, device=device) * hard,
+              "sparse": dense_to_positives(hard.cpu()).to(device)}[labels_kind]
+    mask = torch.rand(37, generator=torch.Generator().manual_seed(1)).to(device) < 0.9
+    sparse = labels_kind == "sparse"
+    ts = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+    tu = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+    lf = torchxc.fused_linear_zlpr_loss(*ts, labels, mask, reduction, chunk_size=chunk_size)
+    lu = unfused(*tu, labels, mask, reduction, sparse)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert max_err(lf, lu) <= tol * max(1.0, float(lu.detach().abs()))
+    for a, b in zip(grads(lf, ts), grads(lu, tu)):
+        assert max_err(a, b) <= tol * max(1.0, float(b.abs().max()))
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_leading_dims_no_bias_frozen_weight_bf16(device):
+    hidden, weight, _, labels = make(12, 16, 40, torch.float32, device, bias=False)
+    h3 = hidden.reshape(3, 4, 16).requires_grad_(True)
+    l3 = labels.reshape(3, 4, 40)
+    lf = torchxc.fused_linear_zlpr_loss(h3, weight, None, l3, chunk_size=5)  # weight does not require grad
+    hu = h3.detach().clone().requires_grad_(True)
+    lu = unfused(hu, weight, None, l3)
+    assert max_err(lf, lu) < 1e-5
+    (gf,) = torch.autograd.grad(lf, h3)
+    (gu,) = torch.autograd.grad(lu, hu)
+    assert max_err(gf, gu) < 1e-6
+    # bfloat16: within 2x the error of the unfused computation in bfloat16 (both against float64)
+    h64, w64, b64, lab = make(32, 64, 300, torch.float64, device)
+    ref = [t.clone().requires_grad_(True) for t in (h64, w64, b64)]
+    gref = grads(unfused(*ref, lab), ref)
+    fb = [t.to(torch.bfloat16).requires_grad_(True) for t in (h64, w64, b64)]
+    ub = [t.to(torch.bfloat16).requires_grad_(True) for t in (h64, w64, b64)]
+    gf = grads(torchxc.fused_linear_zlpr_loss(*fb, lab, chunk_size=7), fb)
+    gu = grads(unfused(*ub, lab), ub)
+    for a, b, r in zip(gf, gu, gref):
+        assert max_err(a, r) <= 2 * max_err(b, r) + 1e-3
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_gradcheck_opcheck_compile(device):
+    hidden, weight, bias, labels = make(6, 5, 9, torch.float64, device)
+    args = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+    assert torch.autograd.gradcheck(lambda h, w, b: torchxc.fused_linear_zlpr_loss(h, w, b, labels, chunk_size=4),
+                                    args)
+    h32, w32, b32, lab = make(6, 5, 9, torch.float32, device)
+    for flags in ([True, True, True], [False, True, False], [False, False, False]):
+        torch.library.opcheck(torch.ops.torchxc.fused_linear_zlpr.default,
+                              (h32, w32, b32, lab, None, False, 4, 1 / 6, flags))
+    torch._dynamo.reset()
+    f = torch.compile(lambda h, w, b: torchxc.fused_linear_zlpr_loss(h, w, b, lab, chunk_size=2), fullgraph=True)
+    ts = [t.clone().requires_grad_(True) for t in (h32, w32, b32)]
+    tu = [t.clone().requires_grad_(True) for t in (h32, w32, b32)]
+    for a, b in zip(grads(f(*ts), ts), grads(unfused(*tu, lab), tu)):
+        assert max_err(a, b) < 1e-5
+
+
+def test_bad_input_errors():
+    hidden, weight, bias, labels = make(4, 3, 5, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        torchxc.fused_linear_zlpr_loss(hidden, weight, bias, labels, reduction="none")
+    with pytest.raises(ValueError, match=r"expected hidden \[..., H\] and weight \[C, H\]"):
+        torchxc.fused_linear_zlpr_loss(hidden, weight.t(), bias, labels)
+    with pytest.raises(ValueError, match="labels must be"):
+        torchxc.fused_linear_zlpr_loss(hidden, weight, bias, labels[:3])
+    with pytest.raises(ValueError, match="weight must have hidden's dtype"):
+        torchxc.fused_linear_zlpr_loss(hidden, weight.double(), bias, labels)
