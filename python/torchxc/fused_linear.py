@@ -167,6 +167,8 @@ def _backward(ctx, grad_loss, _gh, _gw, _gb):
     # The gradients were computed with the loss; the backward only scales them by the incoming scalar.
     grad_h, grad_w, grad_b = ctx.saved_tensors
     want_h, want_w, want_b = ctx.grads
+    if grad_loss is None:  # only the (non-differentiable) gradient outputs were used
+        return None, None, None, None, None, None, None, None, None
     return (
         grad_h * grad_loss.to(grad_h.dtype) if want_h else None,
         grad_w * grad_loss.to(grad_w.dtype) if want_w else None,
