@@ -6,7 +6,7 @@ VENV := .venv
 PYTHON ?= $(VENV)/bin/python
 STAMP := $(dir $(PYTHON)).torchxc-deps
 
-.PHONY: setup build test bench bench-cpu gpu-check cuda-compile-check cmake-check ci clean
+.PHONY: setup build test bench bench-cpu lint gpu-check cuda-compile-check cmake-check ci clean
 
 setup: $(STAMP) build
 
@@ -30,6 +30,10 @@ bench: setup
 bench-cpu: setup
 	$(PYTHON) benchmarks/run_all.py --device cpu
 
+# Static checks of the Python code: undefined names, unused imports, syntax errors.
+lint: $(STAMP)
+	$(PYTHON) -m ruff check --select F,E9 --line-length 120 python benchmarks tests tools
+
 # On a GPU machine: build with CUDA, full tests, compute-sanitizer, benchmarks; results under $$OUT.
 gpu-check:
 	PYTHON=$(if $(filter $(VENV)/bin/python,$(PYTHON)),python3,$(PYTHON)) tools/gpu_check.sh
@@ -42,7 +46,7 @@ cuda-compile-check: $(STAMP)
 cmake-check: $(STAMP)
 	PYTHON=$(PYTHON) tools/cmake_check.sh
 
-ci: test cuda-compile-check cmake-check
+ci: test lint cuda-compile-check cmake-check
 
 clean:
 	rm -rf build dist *.egg-info python/torchxc/*.so gpu-check-out

@@ -10,7 +10,6 @@ one's, with equal loss and gradients.
     python benchmarks/bench_fused_linear_zlpr.py [--device cpu|cuda|all] [--N 4096 --H 1024 --C 131072]
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS_DIR, device_name, print_targets, write_csv  # noqa: E402
+from common import RESULTS_DIR, device_name, print_targets, selected_devices, write_csv  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -124,12 +123,9 @@ def main(argv=None):
         return 0
     if args.quick:
         args.N, args.C = 1024, 32768
-    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
-    if args.device in ("cuda", "all") and torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
     os.makedirs(args.out, exist_ok=True)
     ok = True
-    for dev in devices:
+    for dev in selected_devices(args.device):
         ok &= run(dev, args.N, args.H, args.C, args.dtype, args.out)
     return 0 if ok else 1
 

@@ -13,7 +13,6 @@ Effective bandwidth counts what any implementation must move: the scores read, o
 
     python benchmarks/bench_zlpr.py [--device cpu|cuda|all] [--quick]
 """
-import argparse
 import os
 import sys
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS_DIR, lookup, print_targets, ratio, run_suite  # noqa: E402
+from common import lookup, print_targets, ratio, run_suite, suite_main  # noqa: E402
 
 import torchxc  # noqa: E402
 
@@ -118,22 +117,7 @@ def check_targets(rows, device):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    ap.add_argument("--quick", action="store_true", help="float32 only, short timing budget")
-    ap.add_argument("--budget", type=float, default=0.4, help="seconds of repeats per provider and measurement")
-    ap.add_argument("--out", default=RESULTS_DIR)
-    args = ap.parse_args(argv)
-    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
-    if args.device in ("cuda", "all") and torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("no CUDA device available")
-    ok = True
-    for dev in devices:
-        rows = run(dev, ["float32"] if args.quick else list(DTYPES), 0.1 if args.quick else args.budget, args.out)
-        ok &= check_targets(rows, dev)
-    return 0 if ok else 1
+    return suite_main(argv, __doc__, run, check_targets, list(DTYPES))
 
 
 if __name__ == "__main__":

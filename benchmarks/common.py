@@ -295,6 +295,34 @@ def plot(rows: List[Dict], path: str, op: str, title: str, modes) -> None:
     plt.close(fig)
 
 
+def selected_devices(choice: str) -> List[torch.device]:
+    """--device cpu|cuda|all: `all` is the CPU, plus CUDA when a GPU is present."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device available")
+    devices = [torch.device("cpu")] if choice in ("cpu", "all") else []
+    if choice in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    return devices
+
+
+def suite_main(argv, doc: str, run, check_targets, dtypes: List[str]) -> int:
+    """Command line of the speed benchmarks: run(device, dtypes, budget_s, out_dir) -> rows, then check_targets."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                    help="all = the CPU, and CUDA when a GPU is present")
+    ap.add_argument("--quick", action="store_true", help="float32 only, short timing budget")
+    ap.add_argument("--budget", type=float, default=0.4, help="seconds of repeats per provider and measurement")
+    ap.add_argument("--out", default=RESULTS_DIR)
+    args = ap.parse_args(argv)
+    ok = True
+    for dev in selected_devices(args.device):
+        rows = run(dev, ["float32"] if args.quick else dtypes, 0.1 if args.quick else args.budget, args.out)
+        ok &= check_targets(rows, dev)
+    return 0 if ok else 1
+
+
 def print_targets(lines) -> bool:
     print("\ntargets:")
     for name, ok, val in lines:

@@ -7,7 +7,6 @@ reference exact for huge magnitudes too. Rows with a non-finite maximum give NaN
 """
 import itertools
 import math
-import os
 
 import pytest
 import torch

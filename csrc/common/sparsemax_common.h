@@ -131,19 +131,33 @@ struct SparsemaxLossProblem {
   }
 };
 
-// Checks the arguments of sparsemax_loss_backward; returns whether the target holds class indices.
-inline bool check_sparsemax_loss_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& input,
-                                                 const at::Tensor& target, const at::Tensor& stats, const char* op) {
-  const bool index_target = check_sparsemax_loss_inputs(input, target, op);
-  const auto batch = input.sizes().slice(0, input.dim() - 1);
-  TORCH_CHECK(grad_loss.sizes() == batch, op, ": expected grad_loss of shape ", batch, ", but got ",
-              grad_loss.sizes());
-  TORCH_CHECK(stats.dim() == input.dim() && stats.sizes().slice(0, input.dim() - 1) == batch &&
-                  stats.size(-1) == 3 && stats.scalar_type() == stats_dtype(input.scalar_type()),
-              op, ": stats must be the second output of sparsemax_loss for this input");
-  check_same_device(input, grad_loss, op, "input", "grad_loss");
-  check_same_device(input, stats, op, "input", "stats");
-  return index_target;
-}
+// The validated inputs of sparsemax_loss_backward (contiguous; grad_loss in the stats' dtype) and its output.
+struct SparsemaxLossBackwardProblem {
+  bool index_target;
+  int64_t rows, d;
+  at::Tensor x, target, stats, grad_loss, grad;
+
+  static SparsemaxLossBackwardProblem make(const at::Tensor& grad_loss, const at::Tensor& input,
+                                           const at::Tensor& target, const at::Tensor& stats, const char* op) {
+    SparsemaxLossBackwardProblem p;
+    p.index_target = check_sparsemax_loss_inputs(input, target, op);
+    const auto batch = input.sizes().slice(0, input.dim() - 1);
+    TORCH_CHECK(grad_loss.sizes() == batch, op, ": expected grad_loss of shape ", batch, ", but got ",
+                grad_loss.sizes());
+    TORCH_CHECK(stats.dim() == input.dim() && stats.sizes().slice(0, input.dim() - 1) == batch &&
+                    stats.size(-1) == 3 && stats.scalar_type() == stats_dtype(input.scalar_type()),
+                op, ": stats must be the second output of sparsemax_loss for this input");
+    check_same_device(input, grad_loss, op, "input", "grad_loss");
+    check_same_device(input, stats, op, "input", "stats");
+    p.d = input.size(-1);
+    p.rows = c10::multiply_integers(batch);
+    p.grad = at::empty(input.sizes(), input.options());
+    p.x = input.contiguous();
+    p.target = target.contiguous();
+    p.stats = stats.contiguous();
+    p.grad_loss = grad_loss.to(stats.scalar_type()).contiguous();
+    return p;
+  }
+};
 
 }  // namespace torchxc

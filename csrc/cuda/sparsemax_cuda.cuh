@@ -47,32 +47,38 @@ struct RowSmem {
   int i[32];
 };
 
-// Sum and count over the row, in one reduction round (one pair of barriers for block rows).
-template <int TPR, typename acc_t>
-__device__ __forceinline__ void row_allreduce_sum_count(acc_t& s, int& c, RowSmem<acc_t>& smem) {
+// Two row reductions in one round (one pair of barriers for block rows); smem_a and smem_b need 32 slots each.
+template <int TPR, typename A, typename B, typename OpA, typename OpB>
+__device__ __forceinline__ void row_allreduce2(A& a, B& b, OpA op_a, OpB op_b, A* smem_a, B* smem_b) {
   constexpr int W = TPR < kWarp ? TPR : kWarp;
   const unsigned mask = row_lane_mask<TPR>();
 #pragma unroll
   for (int o = W / 2; o > 0; o /= 2) {
-    s += __shfl_xor_sync(mask, s, o);
-    c += __shfl_xor_sync(mask, c, o);
+    a = op_a(a, __shfl_xor_sync(mask, a, o));
+    b = op_b(b, __shfl_xor_sync(mask, b, o));
   }
   if constexpr (TPR > kWarp) {
     const int warp = threadIdx.x / kWarp;
     if (threadIdx.x % kWarp == 0) {
-      smem.f[warp] = s;
-      smem.i[warp] = c;
+      smem_a[warp] = a;
+      smem_b[warp] = b;
     }
     __syncthreads();
-    s = smem.f[0];
-    c = smem.i[0];
+    a = smem_a[0];
+    b = smem_b[0];
 #pragma unroll
     for (int w = 1; w < TPR / kWarp; ++w) {
-      s += smem.f[w];
-      c += smem.i[w];
+      a = op_a(a, smem_a[w]);
+      b = op_b(b, smem_b[w]);
     }
     __syncthreads();
   }
+}
+
+// Sum and count over the row, in one reduction round.
+template <int TPR, typename acc_t>
+__device__ __forceinline__ void row_allreduce_sum_count(acc_t& s, int& c, RowSmem<acc_t>& smem) {
+  row_allreduce2<TPR>(s, c, Sum(), Sum(), smem.f, smem.i);
 }
 
 template <int TPR, int ITEMS, typename acc_t>

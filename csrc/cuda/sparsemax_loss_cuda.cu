@@ -291,16 +291,13 @@ std::tuple<at::Tensor, at::Tensor> sparsemax_loss_cuda(const at::Tensor& input, 
 at::Tensor sparsemax_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
                                         const at::Tensor& stats) {
   constexpr const char* op = "torchxc::sparsemax_loss_backward";
-  const bool index_target = check_sparsemax_loss_backward_inputs(grad_loss, input, target, stats, op);
-  const int64_t d = input.size(-1);
-  const int64_t rows = c10::multiply_integers(input.sizes().slice(0, input.dim() - 1));
-  at::Tensor grad = at::empty(input.sizes(), input.options());
+  SparsemaxLossBackwardProblem P = SparsemaxLossBackwardProblem::make(grad_loss, input, target, stats, op);
+  const bool index_target = P.index_target;
+  const int64_t rows = P.rows, d = P.d;
+  at::Tensor& grad = P.grad;
   if (rows == 0 || d == 0) return grad;
   const c10::cuda::CUDAGuard guard(input.device());
-  const at::Tensor x = input.contiguous();
-  const at::Tensor tg = target.contiguous();
-  const at::Tensor st = stats.contiguous();
-  const at::Tensor gl = grad_loss.to(stats.scalar_type()).contiguous();
+  const at::Tensor &x = P.x, &tg = P.target, &st = P.stats, &gl = P.grad_loss;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid = chunk_row_grid(ceil_div(d, kBackwardChunk), rows);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sparsemax_loss_backward_cuda", [&] {

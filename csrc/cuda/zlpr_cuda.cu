@@ -28,35 +28,6 @@ struct ZlprArgs {
   int64_t words;            // bitmask words per row
 };
 
-// Two row reductions in one round (two values per barrier pair on block rows).
-template <int TPR, typename acc_t, typename OpA, typename OpB>
-__device__ __forceinline__ void row_allreduce2(acc_t& a, acc_t& b, OpA op_a, OpB op_b, RowSmem<acc_t>& smem_a,
-                                               RowSmem<acc_t>& smem_b) {
-  constexpr int W = TPR < kWarp ? TPR : kWarp;
-  const unsigned mask = row_lane_mask<TPR>();
-#pragma unroll
-  for (int o = W / 2; o > 0; o /= 2) {
-    a = op_a(a, __shfl_xor_sync(mask, a, o));
-    b = op_b(b, __shfl_xor_sync(mask, b, o));
-  }
-  if constexpr (TPR > kWarp) {
-    const int warp = threadIdx.x / kWarp;
-    if (threadIdx.x % kWarp == 0) {
-      smem_a.f[warp] = a;
-      smem_b.f[warp] = b;
-    }
-    __syncthreads();
-    a = smem_a.f[0];
-    b = smem_b.f[0];
-#pragma unroll
-    for (int w = 1; w < TPR / kWarp; ++w) {
-      a = op_a(a, smem_a.f[w]);
-      b = op_b(b, smem_b.f[w]);
-    }
-    __syncthreads();
-  }
-}
-
 // log(1 + sum) from its maximum m and the sum of exponentials relative to it, accurate for tiny sums.
 template <typename acc_t>
 __device__ __forceinline__ acc_t zlpr_term(acc_t m, acc_t s) {
@@ -161,10 +132,10 @@ __global__ void __launch_bounds__(BLOCK) zlpr_rows_kernel(const scalar_t* __rest
   tile.load(x, a, row, d, 0, d, lane, valid);
   acc_t mneg = 0, mpos = 0;
   tile.local_max(mneg, mpos);
-  row_allreduce2<TPR>(mneg, mpos, MaxNaN(), MaxNaN(), smem_a, smem_b);
+  row_allreduce2<TPR>(mneg, mpos, MaxNaN(), MaxNaN(), smem_a.f, smem_b.f);
   acc_t sneg = 0, spos = 0;
   tile.local_sum(mneg, mpos, sneg, spos);
-  row_allreduce2<TPR>(sneg, spos, Sum(), Sum(), smem_a, smem_b);
+  row_allreduce2<TPR>(sneg, spos, Sum(), Sum(), smem_a.f, smem_b.f);
   if (valid && lane == 0) loss[row] = static_cast<scalar_t>(zlpr_term(mneg, sneg) + zlpr_term(mpos, spos));
   if (grad) {
     // 1 / (1 + sum) in the units of the shifted exponentials: e^{-m} / Z = 1 / (e^{-m} + s)
@@ -189,10 +160,10 @@ __global__ void __launch_bounds__(kChunkThreads) zlpr_chunk_kernel(const scalar_
     tile.load(x, a, row, d, c0, len, threadIdx.x, true);
     acc_t mneg = 0, mpos = 0;
     tile.local_max(mneg, mpos);
-    row_allreduce2<kChunkThreads>(mneg, mpos, MaxNaN(), MaxNaN(), smem_a, smem_b);
+    row_allreduce2<kChunkThreads>(mneg, mpos, MaxNaN(), MaxNaN(), smem_a.f, smem_b.f);
     acc_t sneg = 0, spos = 0;
     tile.local_sum(mneg, mpos, sneg, spos);
-    row_allreduce2<kChunkThreads>(sneg, spos, Sum(), Sum(), smem_a, smem_b);
+    row_allreduce2<kChunkThreads>(sneg, spos, Sum(), Sum(), smem_a.f, smem_b.f);
     if (threadIdx.x == 0) {
       acc_t* p = part + (row * nchunks + blockIdx.x) * 4;
       p[0] = mneg;

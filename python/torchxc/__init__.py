@@ -4,7 +4,7 @@ Ops are registered with the PyTorch dispatcher as ``torch.ops.torchxc.*`` (CPU a
 CUDA kernels) and wrapped here with typed, documented Python functions that work under autograd,
 ``torch.compile(fullgraph=True)`` and ``torch.library.opcheck``.
 """
-import torch
+import torch  # noqa: F401  (libtorch must be loaded before _C)
 
 from . import _C  # noqa: F401  (loads the shared library, which registers the ops)
 from . import nn

@@ -1,0 +1,104 @@
+"""Mulan multi-label datasets: ARFF files (dense or sparse) plus an XML file naming the label attributes.
+
+Mulan stores the labels as {0,1} attributes of the ARFF file and lists their names in ``<name>.xml``. They are
+usually the last attributes, but not always in the XML's order (yeast), so labels are located by name. Parsing
+uses liac-arff, which reads both the dense and the sparse (``{index value, ...}``) ARFF formats.
+"""
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["MultiLabelData", "load_arff", "load_mulan", "read_mulan_labels"]
+
+
+@dataclass
+class MultiLabelData:
+    """features float32 [N, F], labels bool [N, L], with the attribute names of both."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    feature_names: List[str]
+    label_names: List[str]
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
+def read_mulan_labels(xml_path: str) -> List[str]:
+    """Label names from a Mulan XML file (``<labels><label name="..."/>...``), in file order."""
+    root = ET.parse(xml_path).getroot()
+    return [el.attrib["name"] for el in root.iter() if el.tag.split("}")[-1] == "label"]
+
+
+def _scan_arff(path: str):
+    """(sparse format?, number of data rows). Sparse rows may be empty, so liac-arff's COO output alone cannot
+    tell how many rows there are."""
+    sparse, rows, in_data = False, 0, False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            s = line.strip()
+            if not s or s.startswith("%"):
+                continue
+            if in_data:
+                if rows == 0:
+                    sparse = s.startswith("{")
+                rows += 1
+            else:
+                in_data = s.lower().startswith("@data")
+    return sparse, rows
+
+
+def load_arff(path: str, label_names: Optional[Sequence[str]] = None, num_labels: Optional[int] = None) -> MultiLabelData:
+    """Reads a multi-label ARFF file.
+
+    Args:
+        path: the .arff file (dense or sparse format).
+        label_names: names of the label attributes (e.g. from :func:`read_mulan_labels`); or
+        num_labels: the number of label attributes at the end of the file (when no names are given).
+    """
+    import arff  # liac-arff
+
+    sparse, num_rows = _scan_arff(path)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        data = arff.load(f, return_type=arff.COO if sparse else arff.DENSE)
+    names = [a[0] for a in data["attributes"]]
+    if label_names is None:
+        if num_labels is None:
+            raise ValueError("load_arff: give label_names or num_labels")
+        label_names = names[len(names) - num_labels:]
+    index = {n: i for i, n in enumerate(names)}
+    missing = [n for n in label_names if n not in index]
+    if missing:
+        raise ValueError(f"load_arff: {path} has no attributes named {missing[:5]}")
+    label_cols = [index[n] for n in label_names]
+    label_set = set(label_cols)
+    feature_cols = [i for i in range(len(names)) if i not in label_set]
+    if sparse:
+        values, rows, cols = data["data"]
+        full = np.zeros((num_rows, len(names)), dtype=np.float32)
+        full[np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)] = np.asarray(values, dtype=np.float32)
+    else:
+        full = np.asarray(data["data"], dtype=np.float32)
+    return MultiLabelData(
+        features=np.ascontiguousarray(full[:, feature_cols]),
+        labels=full[:, label_cols] > 0.5,
+        feature_names=[names[i] for i in feature_cols],
+        label_names=list(label_names),
+    )
+
+
+def load_mulan(root: str, name: str, split: str) -> MultiLabelData:
+    """``root/<name>/<name>-<split>.arff`` with labels named by ``root/<name>/<name>.xml`` (Mulan's layout).
+
+    Example::
+
+        >>> train = load_mulan("../shared/data/mulan", "scene", "train")
+        >>> train.features.shape, train.labels.shape
+        ((1211, 294), (1211, 6))
+    """
+    folder = os.path.join(root, name)
+    labels = read_mulan_labels(os.path.join(folder, f"{name}.xml"))
+    return load_arff(os.path.join(folder, f"{name}-{split}.arff"), label_names=labels)

@@ -1,0 +1,72 @@
+"""Dataset loaders: small ARFF files written here, and the real Mulan sets when ../shared/data is present."""
+import os
+
+import numpy as np
+import pytest
+
+from torchxc.datasets import load_arff, load_mulan, read_mulan_labels
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+DENSE = """% a comment
+@relation toy
+@attribute f1 numeric
+@attribute L2 {0,1}
+@attribute f2 numeric
+@attribute L1 {0,1}
+@data
+1.5,1,-2,0
+0,0,3.25,1
+"""
+
+SPARSE = """@relation toy
+@attribute a {0,1}
+@attribute b numeric
+@attribute c {0,1}
+@attribute lab1 {0,1}
+@attribute lab2 {0,1}
+@data
+{0 1,3 1}
+{}
+{1 2.5,4 1}
+{}
+"""
+
+XML = """<?xml version="1.0" encoding="utf-8"?>
+<labels xmlns="http://mulan.sourceforge.net/labels"><label name="L1"></label><label name="L2"></label></labels>"""
+
+
+def test_dense_arff_labels_by_name(tmp_path):
+    (tmp_path / "toy.arff").write_text(DENSE)
+    (tmp_path / "toy.xml").write_text(XML)
+    names = read_mulan_labels(str(tmp_path / "toy.xml"))
+    assert names == ["L1", "L2"]
+    d = load_arff(str(tmp_path / "toy.arff"), label_names=names)
+    assert d.feature_names == ["f1", "f2"] and d.label_names == ["L1", "L2"]
+    np.testing.assert_array_equal(d.features, [[1.5, -2.0], [0.0, 3.25]])
+    np.testing.assert_array_equal(d.labels, [[False, True], [True, False]])  # XML order, not file order
+
+
+def test_sparse_arff_keeps_empty_rows(tmp_path):
+    (tmp_path / "s.arff").write_text(SPARSE)
+    d = load_arff(str(tmp_path / "s.arff"), num_labels=2)
+    assert len(d) == 4  # the empty last row is a row
+    np.testing.assert_array_equal(d.features, [[1, 0, 0], [0, 0, 0], [0, 2.5, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(d.labels, [[True, False], [False, False], [False, True], [False, False]])
+    with pytest.raises(ValueError, match="no attributes named"):
+        load_arff(str(tmp_path / "s.arff"), label_names=["nope"])
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "mulan")), reason="../shared/data/mulan not present")
+@pytest.mark.parametrize("name,n_train,n_test,features,labels,card", [
+    ("scene", 1211, 1196, 294, 6, 1.07), ("emotions", 391, 202, 72, 6, 1.87), ("yeast", 1500, 917, 103, 14, 4.24),
+    ("medical", 333, 645, 1449, 45, 1.25), ("bibtex", 4880, 2515, 1836, 159, 2.40),
+    ("delicious", 12920, 3185, 500, 983, 19.0),
+])
+def test_real_mulan_sets(name, n_train, n_test, features, labels, card):
+    root = os.path.join(SHARED, "mulan")
+    train, test = load_mulan(root, name, "train"), load_mulan(root, name, "test")
+    assert train.features.shape == (n_train, features) and test.features.shape == (n_test, features)
+    assert train.labels.shape == (n_train, labels) and test.labels.shape == (n_test, labels)
+    both = np.concatenate([train.labels, test.labels])
+    assert abs(both.sum(1).mean() - card) < 0.02  # label cardinality in the data README
