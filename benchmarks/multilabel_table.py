@@ -20,6 +20,7 @@ distribution); ZLPR and BCE train on them (all labels negative).
     python benchmarks/multilabel_table.py --datasets scene,emotions --models linear --seeds 2
 """
 import argparse
+import csv
 import json
 import os
 import sys
@@ -157,11 +158,22 @@ def train_one(kind, model_kind, fit, val, lr, wd, seed, max_epochs, patience, ba
     return model, (mi + ma) / 2, thr, best[2] + 1
 
 
+def read_partial(path):
+    """Rows a previous, interrupted run left in its partial CSV (``--resume``)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    text = ("dataset", "model", "loss")
+    return [{k: (v if k in text else None if v in ("", "None") else float(v)) for k, v in r.items()} for r in rows]
+
+
 def run(args):
     datasets = args.datasets.split(",")
     losses = args.losses.split(",")
     models = args.models.split(",")
-    rows = []
+    rows = read_partial(args.partial) if args.resume else []
+    done = {(r["dataset"], r["model"], r["loss"]) for r in rows}
     try:
         from tqdm import tqdm
     except ImportError:
@@ -174,6 +186,10 @@ def run(args):
         fit0, val0 = holdout(train, 0)
         for model_kind in models:
             for kind in losses:
+                if (name, model_kind, kind) in done:
+                    if bar:
+                        bar.update(1)
+                    continue
                 start = time.time()
                 # 1. hyper-parameters on seed 0's validation split
                 grid = [(lr, wd) for lr in LR_GRID[model_kind] for wd in WD_GRID]
@@ -281,6 +297,7 @@ def main(argv=None):
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--out", default=RESULTS_DIR)
+    ap.add_argument("--resume", action="store_true", help="keep the rows of an interrupted run's partial CSV")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     args.partial = os.path.join(args.out, "multilabel_table.partial.csv")

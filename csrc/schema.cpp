@@ -24,4 +24,14 @@ TORCH_LIBRARY(torchxc, m) {
   m.def("zlpr_loss(Tensor input, Tensor target, Tensor? mask=None, bool compute_grad=True) -> (Tensor loss, Tensor grad)");
   // The same with positives int64 [..., P]: positive class indices padded with -1 (duplicates count once).
   m.def("zlpr_loss_sparse(Tensor input, Tensor positives, Tensor? mask=None, bool compute_grad=True) -> (Tensor loss, Tensor grad)");
+
+  // ---- adversarial tree sampler (python/torchxc/sampling.py; tree in csrc/common/tree_common.h) ----
+  // num_samples independent draws per row of z [B, k] from q(. | z): (labels int64 [B, S], log q [B, S]). The
+  // draws are a function of (seed, row, sample) alone (Philox counters).
+  m.def("tree_sample(Tensor z, Tensor node_weight, Tensor node_bias, Tensor leaf_to_label, int num_labels, int num_samples, int seed) -> (Tensor labels, Tensor log_q)");
+  // log q(labels | z) for labels int64 [B, P]; label_to_leaf [C] is the inverse of leaf_to_label.
+  m.def("tree_log_prob(Tensor z, Tensor node_weight, Tensor node_bias, Tensor label_to_leaf, Tensor labels) -> Tensor");
+  m.def("tree_log_prob_backward(Tensor grad, Tensor z, Tensor node_weight, Tensor node_bias, Tensor label_to_leaf, Tensor labels) -> (Tensor grad_z, Tensor grad_node_weight, Tensor grad_node_bias)");
+  // log q(y | z) for every label: [B, C].
+  m.def("tree_log_prob_all(Tensor z, Tensor node_weight, Tensor node_bias, Tensor label_to_leaf) -> Tensor");
 }

@@ -9,20 +9,32 @@ import torch  # noqa: F401  (libtorch must be loaded before _C)
 from . import _C  # noqa: F401  (loads the shared library, which registers the ops)
 from . import nn
 from .fused_linear import fused_linear_zlpr_loss
+from .sampling import (
+    TreeSampler,
+    WeightTree,
+    adversarial_negative_sampling_loss,
+    corrected_logits,
+    sampled_softmax_loss,
+)
 from .sparsemax import sparsemax, sparsemax_loss
 from .zlpr import zlpr_loss, zlpr_loss_sparse, zlpr_probs
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "TreeSampler",
+    "WeightTree",
+    "adversarial_negative_sampling_loss",
+    "corrected_logits",
+    "cuda_kernels_built",
+    "fused_linear_zlpr_loss",
+    "nn",
+    "sampled_softmax_loss",
     "sparsemax",
     "sparsemax_loss",
     "zlpr_loss",
     "zlpr_loss_sparse",
     "zlpr_probs",
-    "fused_linear_zlpr_loss",
-    "nn",
-    "cuda_kernels_built",
 ]
 
 

@@ -1,0 +1,132 @@
+// The label tree of the adversarial sampler (Bamler & Mandt, ICLR 2020), shared by its CPU and CUDA kernels.
+//
+// C labels, depth D = ceil(log2 C) (0 for C = 1). Internal nodes in heap order: root 0, children of i are 2i+1
+// (left) and 2i+2 (right); 2^D - 1 of them. Leaves are numbered 0..2^D-1 left to right; leaf j < C holds label
+// leaf_to_label[j], leaves >= C are padding. Node i has weights w_i (k values) and bias b_i, and
+// P(right | z) = sigmoid(w_i . z + b_i) -- unless the right subtree holds only padding, in which case the walk goes
+// left with probability 1 (and that level adds nothing to log q). q(y | z) is the product of the branch
+// probabilities on the path to y's leaf.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+
+#include "philox.h"
+#include "sparsemax_common.h"
+
+namespace torchxc {
+
+inline int64_t tree_depth(int64_t num_labels) {
+  int64_t d = 0;
+  while ((int64_t(1) << d) < num_labels) ++d;
+  return d;
+}
+
+// Checks z [B, k], node_weight [2^D - 1, k], node_bias [2^D - 1] for C labels; returns D.
+inline int64_t check_tree_inputs(const at::Tensor& z, const at::Tensor& weight, const at::Tensor& bias,
+                                 int64_t num_labels, const char* op) {
+  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble, op,
+              ": expected z of dtype float32 or float64, but got ", z.scalar_type());
+  TORCH_CHECK(z.dim() == 2, op, ": expected z of shape [B, k], but got ", z.sizes());
+  TORCH_CHECK(weight.scalar_type() == z.scalar_type() && bias.scalar_type() == z.scalar_type(), op,
+              ": expected node_weight and node_bias of z's dtype ", z.scalar_type(), ", but got ",
+              weight.scalar_type(), " and ", bias.scalar_type());
+  check_same_device(z, weight, op, "z", "node_weight");
+  check_same_device(z, bias, op, "z", "node_bias");
+  TORCH_CHECK(num_labels >= 1 && num_labels <= (int64_t(1) << 40), op, ": expected 1 <= num_labels <= 2^40, but got ",
+              num_labels);
+  const int64_t depth = tree_depth(num_labels);
+  const int64_t nodes = (int64_t(1) << depth) - 1;
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == nodes && weight.size(1) == z.size(1), op,
+              ": expected node_weight of shape [", nodes, ", ", z.size(1), "] (2^D - 1 nodes for ", num_labels,
+              " labels, k matching z), but got ", weight.sizes());
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == nodes, op, ": expected node_bias of shape [", nodes, "], but got ",
+              bias.sizes());
+  return depth;
+}
+
+// Whether the right child of the node at `level`, position p within the level, holds only padding leaves.
+C10_HOST_DEVICE inline bool right_child_empty(int64_t p, int64_t level, int64_t depth, int64_t num_labels) {
+  return ((2 * p + 1) << (depth - level - 1)) >= num_labels;
+}
+
+// log(1 + e^x), without overflow.
+template <typename T>
+C10_HOST_DEVICE inline T softplus(T x) {
+  return x > T(0) ? x + ::log1p(::exp(-x)) : ::log1p(::exp(x));
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T tree_logit(const T* __restrict__ z, const T* __restrict__ weight, const T* __restrict__ bias,
+                                    int64_t node, int64_t k) {
+  T s = bias[node];
+  const T* w = weight + node * k;
+  for (int64_t j = 0; j < k; ++j) s += w[j] * z[j];
+  return s;
+}
+
+// Draw `sample` of row `row` from q(. | z): returns the leaf and its log-probability. Level l uses the (l % 4)-th
+// word of the Philox block with counter (sample, row, l / 4): a draw depends on (seed, row, sample) alone -- not on
+// the thread that computes it, nor on how many samples the call asks for.
+template <typename T>
+C10_HOST_DEVICE inline int64_t tree_draw(const T* z, const T* weight, const T* bias, int64_t k, int64_t depth,
+                                         int64_t num_labels, uint64_t seed, uint64_t row, uint64_t sample, T* log_q) {
+  int64_t node = 0;
+  T lq = 0;
+  Philox4x32 r{{0, 0, 0, 0}};
+  for (int64_t l = 0; l < depth; ++l) {
+    if (l % 4 == 0) {
+      r = philox4x32(seed, static_cast<uint32_t>(sample), static_cast<uint32_t>(row), static_cast<uint32_t>(l / 4),
+                     static_cast<uint32_t>(row >> 32));
+    }
+    const int64_t p = node - ((int64_t(1) << l) - 1);
+    int64_t right = 0;
+    if (!right_child_empty(p, l, depth, num_labels)) {
+      const T logit = tree_logit(z, weight, bias, node, k);
+      const T p_right = T(1) / (T(1) + ::exp(-logit));
+      right = static_cast<T>(uniform24(r.v[l % 4])) < p_right;
+      lq -= softplus(right ? -logit : logit);
+    }
+    node = 2 * node + 1 + right;
+  }
+  *log_q = lq;
+  return node - ((int64_t(1) << depth) - 1);
+}
+
+// log q(leaf | z); with nodes/coef (depth entries each), also the nodes on the path and d log q / d logit there
+// (0 where the walk was forced).
+template <typename T>
+C10_HOST_DEVICE inline T tree_path(const T* z, const T* weight, const T* bias, int64_t k, int64_t depth,
+                                   int64_t num_labels, int64_t leaf, int64_t* nodes, T* coef) {
+  int64_t node = 0;
+  T lq = 0;
+  for (int64_t l = 0; l < depth; ++l) {
+    const int64_t p = node - ((int64_t(1) << l) - 1);
+    const int64_t right = (leaf >> (depth - 1 - l)) & 1;
+    T c = 0;
+    if (!right_child_empty(p, l, depth, num_labels)) {
+      const T logit = tree_logit(z, weight, bias, node, k);
+      lq -= softplus(right ? -logit : logit);
+      c = right ? T(1) / (T(1) + ::exp(logit)) : -T(1) / (T(1) + ::exp(-logit));  // sigmoid(-x), -sigmoid(x)
+    }
+    if (nodes) {
+      nodes[l] = node;
+      coef[l] = c;
+    }
+    node = 2 * node + 1 + right;
+  }
+  return lq;
+}
+
+// The gradients of sum(grad * log q) wrt z, node_weight and node_bias, from the path nodes and coefficients
+// [B, P, D] (d log q / d logit per level) that the CPU and CUDA kernels compute (csrc/composite/tree_sampler.cpp).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_grads_from_paths(const at::Tensor& grad, const at::Tensor& z,
+                                                                     const at::Tensor& weight,
+                                                                     const at::Tensor& nodes, const at::Tensor& coef);
+
+}  // namespace torchxc

@@ -1,0 +1,59 @@
+// Device-agnostic parts of the tree sampler, written with ATen ops (so they run wherever the tensors are):
+// the evaluation-time log-probabilities of every label, and the gradient accumulation of the log-prob backward.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "../common/tree_common.h"
+
+namespace torchxc {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_grads_from_paths(const at::Tensor& grad, const at::Tensor& z,
+                                                                     const at::Tensor& weight,
+                                                                     const at::Tensor& nodes, const at::Tensor& coef) {
+  const int64_t B = z.size(0), k = z.size(1), depth = nodes.size(2);
+  const at::Tensor c = coef * grad.to(coef.scalar_type()).unsqueeze(-1);  // [B, P, D]
+  const at::Tensor flat_nodes = nodes.reshape({-1});
+  at::Tensor grad_bias = at::zeros({weight.size(0)}, weight.options()).index_add_(0, flat_nodes, c.reshape({-1}));
+  const at::Tensor zc = (c.unsqueeze(-1) * z.view({B, 1, 1, k})).reshape({-1, k});
+  at::Tensor grad_weight = at::zeros_like(weight).index_add_(0, flat_nodes, zc);
+  at::Tensor grad_z =
+      depth == 0 ? at::zeros_like(z)
+                 : (c.unsqueeze(-1) * weight.index_select(0, flat_nodes).view({B, -1, depth, k})).sum({1, 2});
+  return {grad_z, grad_weight, grad_bias};
+}
+
+namespace {
+
+// log q(y | z) for all C labels: level by level, the log-probabilities of the 2^l nodes of a level branch into
+// their children with one matrix product per level (O(B 2^D k) work, fine for evaluation).
+at::Tensor tree_log_prob_all(const at::Tensor& z, const at::Tensor& weight, const at::Tensor& bias,
+                             const at::Tensor& label_to_leaf) {
+  constexpr const char* op = "torchxc::tree_log_prob_all";
+  TORCH_CHECK(label_to_leaf.scalar_type() == at::kLong && label_to_leaf.dim() == 1, op,
+              ": expected label_to_leaf int64 of shape [C], but got ", label_to_leaf.scalar_type(), " ",
+              label_to_leaf.sizes());
+  check_same_device(z, label_to_leaf, op, "z", "label_to_leaf");
+  const int64_t C = label_to_leaf.size(0);
+  const int64_t depth = check_tree_inputs(z, weight, bias, C, op);
+  at::Tensor logp = at::zeros({z.size(0), 1}, z.options());
+  for (int64_t l = 0; l < depth; ++l) {
+    const int64_t first = (int64_t(1) << l) - 1, width = int64_t(1) << l;
+    const at::Tensor logits = at::addmm(bias.narrow(0, first, width), z, weight.narrow(0, first, width).t());
+    // right children holding only padding: probability 0 to the right, 1 to the left
+    const at::Tensor p = at::arange(width, z.options().dtype(at::kLong));
+    const at::Tensor empty = ((2 * p + 1) * (int64_t(1) << (depth - l - 1))) >= C;
+    const at::Tensor left = at::where(empty, at::zeros_like(logits), -at::softplus(logits));
+    const at::Tensor right =
+        at::where(empty, at::full_like(logits, -std::numeric_limits<double>::infinity()), -at::softplus(-logits));
+    logp = at::stack({logp + left, logp + right}, -1).reshape({z.size(0), 2 * width});
+  }
+  return logp.index_select(1, label_to_leaf);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torchxc, CompositeExplicitAutograd, m) {
+  m.impl("tree_log_prob_all", &tree_log_prob_all);
+}
+
+}  // namespace torchxc

@@ -1,0 +1,445 @@
+"""Negative sampling for extreme classification: the adversarial tree sampler of Bamler & Mandt (ICLR 2020),
+a frequency sampler, and the losses that correct for the sampling bias.
+
+Training a softmax over C classes costs O(C) per example; uniform negative sampling is cheap but its negatives are
+easy, so training learns slowly. Bamler & Mandt draw negatives from an auxiliary model q(y | x) that mimics the
+data -- a binary tree of logistic classifiers over the labels, O(log C) per sample -- and train the main model's
+logits xi_y(x) with a binary logistic loss between positives and those negatives. Its optimum is
+xi_y(x) = log p(y | x) - log q(y | x) (Theorem 1), so ``xi + log q`` are softmax logits: see
+:func:`adversarial_negative_sampling_loss` and :func:`corrected_logits`.
+
+The tree (exact definition in csrc/common/tree_common.h): C labels, depth D = ceil(log2 C); internal nodes in
+heap order (children of i are 2i+1 and 2i+2); leaf j < C holds label ``leaf_to_label[j]``, leaves >= C are
+padding. Node i has a logistic classifier P(right | z) = sigmoid(w_i . z + b_i) on z = (x - mean) @ projection;
+a node whose right subtree holds only padding goes left with probability 1. q(y | x) is the product of the branch
+probabilities on the path to y's leaf and sums to 1 over the C labels.
+"""
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "TreeSampler",
+    "WeightTree",
+    "adversarial_negative_sampling_loss",
+    "corrected_logits",
+    "sampled_softmax_loss",
+]
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _depth(num_labels: int) -> int:
+    return max(0, math.ceil(math.log2(num_labels))) if num_labels > 1 else 0
+
+
+def _seed_from(generator: torch.Generator | None) -> int:
+    """A 62-bit seed for the counter-based generator of the kernels, drawn on the host from a CPU `generator` (or
+    from torch's default CPU generator, so torch.manual_seed makes sampling reproducible). The draws themselves run
+    on the features' device."""
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError("TreeSampler.sample: pass a CPU torch.Generator (it only seeds the kernels' counter-based "
+                         "generator; the draws run on the features' device)")
+    return int(torch.randint(0, 2 ** 62, (1,), generator=generator).item())
+
+
+class TreeSampler(torch.nn.Module):
+    """The adversarial tree sampler q(y | x). Build it with :meth:`fit` (from data) or :meth:`from_parameters`.
+
+    Its node classifiers are parameters (``node_weight`` [2^D - 1, k], ``node_bias`` [2^D - 1]), so the tree can
+    also be trained by gradient descent through :meth:`log_prob`. Move it with ``.to(device)``.
+
+    Example::
+
+        >>> sampler = torchxc.TreeSampler.fit(features, labels, num_labels=C, dim=16)
+        >>> neg, neg_log_q = sampler.sample(x_batch, num_samples=64)          # [B, 64] each
+        >>> pos_log_q = sampler.log_prob(x_batch, y_batch[:, None])[:, 0]
+    """
+
+    def __init__(self, node_weight: Tensor, node_bias: Tensor, num_labels: int, leaf_to_label: Tensor | None = None,
+                 projection: Tensor | None = None, mean: Tensor | None = None):
+        super().__init__()
+        D = _depth(num_labels)
+        nodes = (1 << D) - 1
+        if node_weight.dim() != 2 or node_weight.shape[0] != nodes:
+            raise ValueError(f"TreeSampler: node_weight must be [2^D - 1 = {nodes}, k] for {num_labels} labels, got "
+                             f"{tuple(node_weight.shape)}")
+        if tuple(node_bias.shape) != (nodes,):
+            raise ValueError(f"TreeSampler: node_bias must be [{nodes}], got {tuple(node_bias.shape)}")
+        k = node_weight.shape[1]
+        if leaf_to_label is None:
+            leaf_to_label = torch.arange(1 << D)
+            leaf_to_label[num_labels:] = -1
+        leaf_to_label = leaf_to_label.to(torch.long)
+        real = leaf_to_label[:num_labels]
+        if leaf_to_label.shape != (1 << D,) or not torch.equal(real.sort().values, torch.arange(num_labels,
+                                                                                              device=real.device)):
+            raise ValueError(f"TreeSampler: leaf_to_label must have {1 << D} entries whose first {num_labels} are a "
+                             "permutation of the labels")
+        label_to_leaf = torch.empty(num_labels, dtype=torch.long, device=real.device)
+        label_to_leaf[real] = torch.arange(num_labels, device=real.device)
+        if projection is not None and (projection.dim() != 2 or projection.shape[1] != k):
+            raise ValueError(f"TreeSampler: projection must be [F, {k}], got {tuple(projection.shape)}")
+        self.num_labels = int(num_labels)
+        self.depth = D
+        self.node_weight = torch.nn.Parameter(node_weight.detach().clone())
+        self.node_bias = torch.nn.Parameter(node_bias.detach().clone())
+        self.register_buffer("leaf_to_label", leaf_to_label.clone())
+        self.register_buffer("label_to_leaf", label_to_leaf)
+        self.register_buffer("projection", None if projection is None else projection.detach().clone())
+        self.register_buffer("mean", None if mean is None else mean.detach().clone())
+
+    @classmethod
+    def from_parameters(cls, node_weight: Tensor, node_bias: Tensor, num_labels: int,
+                        leaf_to_label: Tensor | None = None, projection: Tensor | None = None,
+                        mean: Tensor | None = None) -> "TreeSampler":
+        """A sampler with the given node classifiers (and optionally the leaf order and the input projection
+        z = (x - mean) @ projection; identity when None)."""
+        return cls(node_weight, node_bias, num_labels, leaf_to_label, projection, mean)
+
+    def project(self, features: Tensor) -> Tensor:
+        """z = (x - mean) @ projection, in the nodes' dtype."""
+        x = features.to(self.node_weight.dtype)
+        if self.mean is not None:
+            x = x - self.mean
+        return x @ self.projection if self.projection is not None else x
+
+    def sample(self, features: Tensor, num_samples: int, generator: torch.Generator | None = None
+               ) -> tuple[Tensor, Tensor]:
+        """``num_samples`` independent draws (with replacement) from q(. | x) per row of ``features`` [B, F]:
+        (labels int64 [B, S], log q float [B, S]). Deterministic for a seeded generator; with none, torch's
+        default generator seeds the draw (so ``torch.manual_seed`` makes it reproducible)."""
+        with torch.no_grad():
+            z = self.project(features)
+            return torch.ops.torchxc.tree_sample.default(z, self.node_weight, self.node_bias, self.leaf_to_label,
+                                                         self.num_labels, int(num_samples), _seed_from(generator))
+
+    def log_prob(self, features: Tensor, labels: Tensor) -> Tensor:
+        """log q(labels | x) for labels int64 [B, P] in [0, C); differentiable with respect to the node classifiers
+        (and to ``features``)."""
+        z = self.project(features)
+        return torch.ops.torchxc.tree_log_prob.default(z, self.node_weight, self.node_bias, self.label_to_leaf,
+                                                       labels)
+
+    def log_prob_all(self, features: Tensor) -> Tensor:
+        """log q(y | x) for every label: [B, C] (O(B C k); for evaluation)."""
+        with torch.no_grad():
+            z = self.project(features)
+            return torch.ops.torchxc.tree_log_prob_all.default(z, self.node_weight, self.node_bias,
+                                                               self.label_to_leaf)
+
+    # ---- fitting --------------------------------------------------------------------------------------------
+
+    @classmethod
+    def fit(cls, features: Tensor, labels: Tensor | tuple[Tensor, Tensor], num_labels: int, dim: int = 16,
+            iterations: int = 3, newton_steps: int = 3, l2: float = 1.0, progress: bool = True,
+            seed: int = 0) -> "TreeSampler":
+        """Fits the tree to data, top down (the construction of Bamler & Mandt):
+
+        1. a whitened PCA projection of the features to ``dim`` dimensions (randomised SVD);
+        2. at every level, each node splits its labels in two balanced halves (sized by the leaves below each
+           child), fits an L2-regularised logistic regression (``l2`` on the weights) on the examples that reach
+           it, and reassigns its labels to the children by their mean score, within the children's capacity;
+           this repeats ``iterations`` times, then the next level refines each half.
+
+        Every level is one batched Newton solve over all its nodes (no Python loop per node).
+
+        Args:
+            features: [N, F] float tensor.
+            labels: int64 [N] (one label per example), int64 [N, P] padded with -1 (multi-label), or a CSR pair
+                (indptr [N + 1], indices [nnz]). Each positive counts as one example.
+            num_labels: C.
+        """
+        features = features.detach()
+        device = features.device
+        x = features.to(torch.float32)
+        N, F = x.shape
+        k = int(min(dim, F, max(N - 1, 1)))
+        mean = x.mean(0)
+        # 1. whitened PCA: z has (about) unit variance in every direction
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            _, s, v = torch.pca_lowrank(x, q=k, center=True, niter=4)
+        finally:
+            torch.random.set_rng_state(gen_state)
+        std = (s / math.sqrt(max(N - 1, 1))).clamp(min=1e-6)
+        projection = v[:, :k] / std[:k]
+        z = (x - mean) @ projection
+        ex, lab = _pairs(labels, N, num_labels, device)
+        zt = torch.cat([z[ex], torch.ones(len(ex), 1, device=device)], 1)  # [E, k + 1]: a bias column
+        C, D = num_labels, _depth(num_labels)
+        node_weight = torch.zeros((1 << D) - 1, k, device=device)
+        node_bias = torch.zeros((1 << D) - 1, device=device)
+        # initial order: labels by the mean of their examples' first component (labels without examples last)
+        count = torch.zeros(C, device=device).index_add_(0, lab, torch.ones(len(lab), device=device))
+        centroid = torch.zeros(C, device=device).index_add_(0, lab, zt[:, 0]) / count.clamp(min=1)
+        centroid = torch.where(count > 0, centroid, torch.full_like(centroid, float("inf")))
+        pos = torch.empty(C, dtype=torch.long, device=device)
+        pos[torch.argsort(centroid, stable=True)] = torch.arange(C, device=device)
+        levels = range(D)
+        if progress:
+            try:
+                from tqdm import tqdm
+
+                levels = tqdm(levels, desc=f"fitting the tree ({C} labels, {len(ex)} examples)")
+            except ImportError:
+                pass
+        for level in levels:
+            span = 1 << (D - level)  # leaves under a node of this level
+            n_nodes = 1 << level
+            start = torch.arange(n_nodes, device=device) * span
+            size = (C - start).clamp(min=0, max=span)  # labels per node
+            n_left = size.clamp(max=span // 2)
+            theta = torch.zeros(n_nodes, k + 1, device=device)
+            for _ in range(max(1, iterations)):
+                node_of_label = pos // span
+                side = (pos - start[node_of_label]) >= n_left[node_of_label]  # True: right child
+                node_e = node_of_label[lab]
+                theta = _newton_logistic(zt, node_e, side[lab].to(zt.dtype), theta, n_nodes, newton_steps, l2)
+                # reassign: within each node, labels sorted by mean score; the lowest n_left go left
+                score_e = (zt * theta[node_e]).sum(1)
+                score = torch.zeros(C, device=device).index_add_(0, lab, score_e) / count.clamp(min=1)
+                order = torch.argsort(score, stable=True)
+                order = order[torch.argsort(node_of_label[order], stable=True)]  # by node, then by score
+                rank = torch.empty(C, dtype=torch.long, device=device)
+                rank[order] = torch.arange(C, device=device)
+                pos = rank  # node p's labels keep the positions [start_p, start_p + size_p), now ordered by score
+            first = n_nodes - 1
+            node_weight[first:first + n_nodes] = theta[:, :k]
+            node_bias[first:first + n_nodes] = theta[:, k]
+        leaf_to_label = torch.full((1 << D,), -1, dtype=torch.long, device=device)
+        leaf_to_label[pos] = torch.arange(C, device=device)
+        return cls(node_weight.to(features.dtype if features.is_floating_point() else torch.float32),
+                   node_bias.to(node_weight.dtype), C, leaf_to_label, projection, mean)
+
+
+def _pairs(labels, N, num_labels, device) -> tuple[Tensor, Tensor]:
+    """(example index, label) of every positive, from int64 [N], padded [N, P] or CSR (indptr, indices)."""
+    if isinstance(labels, (tuple, list)):
+        indptr, indices = (torch.as_tensor(t, device=device, dtype=torch.long) for t in labels)
+        ex = torch.repeat_interleave(torch.arange(N, device=device), indptr[1:] - indptr[:-1])
+        lab = indices
+    else:
+        labels = labels.to(device=device, dtype=torch.long)
+        if labels.dim() == 1:
+            ex, lab = torch.arange(N, device=device), labels
+        else:
+            ex, col = (labels >= 0).nonzero(as_tuple=True)
+            lab = labels[ex, col]
+    if lab.numel() and (lab.min() < 0 or lab.max() >= num_labels):
+        raise ValueError(f"TreeSampler.fit: labels must lie in [0, {num_labels})")
+    return ex, lab
+
+
+def _newton_logistic(zt: Tensor, node_e: Tensor, target: Tensor, theta: Tensor, n_nodes: int, steps: int,
+                     l2: float, chunk: int = 1 << 17) -> Tensor:
+    """Batched Newton steps for one L2-regularised logistic regression per node: example e (features zt[e],
+    [.., k + 1] with a bias column) belongs to node node_e[e]. The weights (not the bias) are regularised."""
+    k1 = zt.shape[1]
+    reg = torch.full((k1,), l2, device=zt.device)
+    reg[-1] = 1e-6  # the bias: only enough to keep nodes without examples solvable
+    for _ in range(steps):
+        grad = theta * reg
+        hess = torch.diag_embed(reg).expand(n_nodes, k1, k1).clone()
+        for i in range(0, len(node_e), chunk):
+            zc, nc, tc = zt[i:i + chunk], node_e[i:i + chunk], target[i:i + chunk]
+            p = torch.sigmoid((zc * theta[nc]).sum(1))
+            grad.index_add_(0, nc, zc * (p - tc)[:, None])
+            w = (p * (1 - p))[:, None, None]
+            hess.index_add_(0, nc, w * zc[:, :, None] * zc[:, None, :])
+        theta = theta - torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
+    return theta
+
+
+# ---- frequency sampler -------------------------------------------------------------------------------------------
+
+
+class WeightTree:
+    """A sum tree over non-negative weights [C]: draws y with probability w_y / sum(w), gives log-probabilities and
+    takes weight updates, all in O(log C) per item and batched (a label-frequency or popularity sampler).
+
+    Example::
+
+        >>> tree = torchxc.WeightTree(label_counts.double())
+        >>> negatives = tree.sample(4096 * 64).view(4096, 64)
+        >>> tree.update(torch.tensor([3, 17]), torch.tensor([10.0, 0.0]))
+    """
+
+    def __init__(self, weights: Tensor):
+        w = weights.detach().to(torch.float64).flatten()
+        if w.numel() == 0 or (w < 0).any() or not torch.isfinite(w).all():
+            raise ValueError("WeightTree: expected a non-empty tensor of finite, non-negative weights")
+        self.num_labels = w.numel()
+        self.depth = _depth(self.num_labels)
+        self.offset = (1 << self.depth) - 1  # index of leaf 0 in the heap array
+        self.tree = torch.zeros(2 * (1 << self.depth) - 1, dtype=torch.float64, device=w.device)
+        self.tree[self.offset:self.offset + self.num_labels] = w
+        for level in range(self.depth - 1, -1, -1):  # each level from its children: exact sums, no drift
+            first, n = (1 << level) - 1, 1 << level
+            self.tree[first:first + n] = self.tree[2 * first + 1:2 * first + 1 + 2 * n:2] + \
+                self.tree[2 * first + 2:2 * first + 2 + 2 * n:2]
+
+    @property
+    def weights(self) -> Tensor:
+        return self.tree[self.offset:self.offset + self.num_labels]
+
+    @property
+    def total(self) -> Tensor:
+        return self.tree[0]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n independent labels (int64 [n]), each with probability w_y / sum(w)."""
+        if not self.total > 0:
+            raise ValueError("WeightTree.sample: every weight is zero")
+        u = torch.rand(n, dtype=torch.float64, device=self.tree.device, generator=generator) * self.total
+        node = torch.zeros(n, dtype=torch.long, device=self.tree.device)
+        for _ in range(self.depth):
+            left = 2 * node + 1
+            lw, rw = self.tree[left], self.tree[left + 1]
+            right = ((u >= lw) & (rw > 0)) | (lw <= 0)  # never into a subtree of zero weight
+            u = torch.where(right, u - lw, u)
+            node = left + right.long()
+        return node - self.offset
+
+    def log_prob(self, idx: Tensor) -> Tensor:
+        """log(w_idx / sum(w)) for labels idx (any shape)."""
+        return torch.log(self.tree[self.offset + idx]) - torch.log(self.total)
+
+    def update(self, idx: Tensor, new_weights: Tensor) -> None:
+        """Sets w[idx] = new_weights (with repeated indices, the last one wins) and refreshes their ancestors."""
+        idx = idx.to(device=self.tree.device, dtype=torch.long).flatten()
+        new_weights = new_weights.to(device=self.tree.device, dtype=torch.float64).flatten().expand(idx.shape)
+        if idx.numel() and (idx.min() < 0 or idx.max() >= self.num_labels):
+            raise ValueError(f"WeightTree.update: indices must lie in [0, {self.num_labels})")
+        if (new_weights < 0).any() or not torch.isfinite(new_weights).all():
+            raise ValueError("WeightTree.update: weights must be finite and non-negative")
+        # last occurrence of each index wins
+        order = torch.arange(idx.numel(), device=idx.device)
+        last = torch.zeros(self.num_labels, dtype=torch.long, device=idx.device).scatter_reduce_(
+            0, idx, order, reduce="amax", include_self=False)
+        keep = last[idx] == order
+        nodes = self.offset + idx[keep]
+        self.tree[nodes] = new_weights[keep]
+        for _ in range(self.depth):
+            nodes = torch.unique((nodes - 1) // 2)
+            self.tree[nodes] = self.tree[2 * nodes + 1] + self.tree[2 * nodes + 2]
+
+
+# ---- losses ---------------------------------------------------------------------------------------------------------
+
+
+def _reduce(loss: Tensor, reduction: str, op: str) -> Tensor:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.mean()
+
+
+def adversarial_negative_sampling_loss(pos_logits: Tensor, neg_logits: Tensor, pos_log_q: Tensor,
+                                       neg_log_q: Tensor, reg: float = 0.0, reduction: str = "mean") -> Tensor:
+    """The binary logistic objective of Bamler & Mandt (2020) for negatives drawn from q(. | x).
+
+    Per example: -log sigmoid(xi_pos) - mean_s log sigmoid(-xi_neg_s) + reg * [(xi_pos + log q_pos)^2 +
+    mean_s (xi_neg_s + log q_neg_s)^2]. Positives and negatives weigh the same (a mean over the S negatives), so
+    the optimum is xi_y(x) = log p(y | x) - log q(y | x) and ``xi + log q`` are the softmax logits
+    (:func:`corrected_logits`); the regulariser ties down the scale those logits leave free.
+
+    Args:
+        pos_logits [B], neg_logits [B, S]: the model's logits xi of the positive and the sampled labels.
+        pos_log_q [B], neg_log_q [B, S]: their log q (from :meth:`TreeSampler.log_prob` / :meth:`~TreeSampler.sample`).
+        reg: lambda. reduction: ``"none"`` ([B]), ``"mean"`` or ``"sum"``.
+
+    Example::
+
+        >>> neg, neg_lq = sampler.sample(x, 64)
+        >>> pos_lq = sampler.log_prob(x, y[:, None])[:, 0]
+        >>> loss = torchxc.adversarial_negative_sampling_loss(xi(x, y), xi(x, neg), pos_lq, neg_lq, reg=1e-3)
+    """
+    if neg_logits.dim() != 2 or pos_logits.shape != neg_logits.shape[:1] or neg_log_q.shape != neg_logits.shape \
+            or pos_log_q.shape != pos_logits.shape:
+        raise ValueError("adversarial_negative_sampling_loss: expected pos_logits/pos_log_q [B] and "
+                         f"neg_logits/neg_log_q [B, S], got {tuple(pos_logits.shape)}, {tuple(neg_logits.shape)}, "
+                         f"{tuple(pos_log_q.shape)}, {tuple(neg_log_q.shape)}")
+    loss = torch.nn.functional.softplus(-pos_logits) + torch.nn.functional.softplus(neg_logits).mean(-1)
+    if reg:
+        loss = loss + reg * ((pos_logits + pos_log_q) ** 2 + ((neg_logits + neg_log_q) ** 2).mean(-1))
+    return _reduce(loss, reduction, "adversarial_negative_sampling_loss")
+
+
+def corrected_logits(logits: Tensor, log_q: Tensor) -> Tensor:
+    """Softmax logits from a model trained with :func:`adversarial_negative_sampling_loss`: xi + log q
+    (Theorem 1 of Bamler & Mandt). With ``log_q = sampler.log_prob_all(x)`` they rank and normalise over all
+    labels."""
+    return logits + log_q
+
+
+def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Tensor, neg_log_q: Tensor,
+                         pos_labels: Tensor, pos_log_q: Tensor | None = None, positives: Tensor | None = None,
+                         remove_accidental_hits: bool = True, reduction: str = "mean") -> Tensor:
+    """Sampled softmax with the log-Q correction (Jean et al. 2015; Bengio & Senecal 2008), per-example negatives.
+
+    Per example: -log softmax([pos - log q_pos, neg_1 - log q_1, ..., neg_S - log q_S])[0], where sampled labels
+    that are positives of the example (accidental hits) are removed from the denominator.
+
+    Args:
+        pos_logits [B], pos_labels int64 [B]: the positive's logit and label.
+        neg_logits [B, S], neg_labels int64 [B, S], neg_log_q [B, S]: the sampled labels, their logits and log q.
+        pos_log_q [B]: log q of the positive (optional: without it the positive's logit is not corrected, as in
+            the usual formulation where the positive is not a sample).
+        positives: int64 [B, P] padded with -1, every positive of each example for the accidental-hit check
+            (default: pos_labels).
+    """
+    if neg_logits.dim() != 2 or neg_labels.shape != neg_logits.shape or neg_log_q.shape != neg_logits.shape \
+            or pos_logits.shape != neg_logits.shape[:1] or pos_labels.shape != pos_logits.shape:
+        raise ValueError("sampled_softmax_loss: expected pos_logits/pos_labels [B] and neg_logits/neg_labels/"
+                         f"neg_log_q [B, S], got {tuple(pos_logits.shape)}, {tuple(pos_labels.shape)}, "
+                         f"{tuple(neg_logits.shape)}, {tuple(neg_labels.shape)}, {tuple(neg_log_q.shape)}")
+    pos = pos_logits - (pos_log_q if pos_log_q is not None else 0)
+    neg = neg_logits - neg_log_q
+    if remove_accidental_hits:
+        pos_set = positives if positives is not None else pos_labels[:, None]
+        hit = (neg_labels[:, :, None] == pos_set[:, None, :]).any(-1)
+        neg = neg.masked_fill(hit, float("-inf"))
+    logits = torch.cat([pos[:, None], neg], 1)
+    loss = torch.logsumexp(logits, 1) - pos
+    return _reduce(loss, reduction, "sampled_softmax_loss")
+
+
+# ---- fake kernels and autograd of the tree ops ---------------------------------------------------------------------
+
+
+@torch.library.register_fake("torchxc::tree_sample")
+def _tree_sample_fake(z, node_weight, node_bias, leaf_to_label, num_labels, num_samples, seed):
+    B = z.shape[0]
+    return z.new_empty((B, num_samples), dtype=torch.long), z.new_empty((B, num_samples))
+
+
+@torch.library.register_fake("torchxc::tree_log_prob")
+def _tree_log_prob_fake(z, node_weight, node_bias, label_to_leaf, labels):
+    return z.new_empty(labels.shape)
+
+
+@torch.library.register_fake("torchxc::tree_log_prob_backward")
+def _tree_log_prob_backward_fake(grad, z, node_weight, node_bias, label_to_leaf, labels):
+    return torch.empty_like(z), torch.empty_like(node_weight), torch.empty_like(node_bias)
+
+
+@torch.library.register_fake("torchxc::tree_log_prob_all")
+def _tree_log_prob_all_fake(z, node_weight, node_bias, label_to_leaf):
+    return z.new_empty((z.shape[0], label_to_leaf.shape[0]))
+
+
+def _tree_log_prob_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _tree_log_prob_autograd(ctx, grad):
+    z, w, b, label_to_leaf, labels = ctx.saved_tensors
+    gz, gw, gb = torch.ops.torchxc.tree_log_prob_backward.default(grad, z, w, b, label_to_leaf, labels)
+    return gz, gw, gb, None, None
+
+
+torch.library.register_autograd("torchxc::tree_log_prob", _tree_log_prob_autograd, setup_context=_tree_log_prob_setup)

@@ -1,0 +1,343 @@
+"""The adversarial tree sampler, the frequency sampler and the sampling losses.
+
+Reference: q(y | z) is the product over the path to y's leaf of sigmoid(+-(w_i . z + b_i)), except at nodes whose
+right subtree holds only padding, where the walk goes left with probability 1. The reference below enumerates
+every leaf's path explicitly in float64.
+"""
+import math
+import types
+
+import pytest
+import torch
+import torchxc
+from scipy.stats import chisquare
+from testing import device_ids, devices, max_err, requires_cuda
+
+
+def make_tree(C, k, dtype=torch.float64, device="cpu", seed=0, scale=1.5):
+    g = torch.Generator().manual_seed(seed)
+    D = math.ceil(math.log2(C)) if C > 1 else 0
+    W = (torch.randn((1 << D) - 1, k, generator=g, dtype=torch.float64) * scale).to(dtype)
+    b = torch.randn((1 << D) - 1, generator=g, dtype=torch.float64).to(dtype)
+    leaf_to_label = torch.full((1 << D,), -1, dtype=torch.long)
+    leaf_to_label[:C] = torch.randperm(C, generator=g)
+    return torchxc.TreeSampler.from_parameters(W, b, C, leaf_to_label).to(device)
+
+
+def chi2_pvalue(counts, probs):
+    """Chi-square goodness-of-fit p-value of counts against probabilities, pooling bins expected below 5."""
+    n = counts.sum()
+    expected = probs.double() * n
+    big = expected >= 5
+    obs, exp_ = counts[big].double(), expected[big]
+    if expected[~big].sum() > 0:
+        obs = torch.cat([obs, counts[~big].double().sum(0, keepdim=True)])
+        exp_ = torch.cat([exp_, expected[~big].sum(0, keepdim=True)])
+    exp_ = exp_ * obs.sum() / exp_.sum()
+    return chisquare(obs.numpy(), exp_.numpy()).pvalue
+
+
+def reference_log_q(sampler, z):
+    """log q(y | z) for every label by walking each leaf's path, in float64: [B, C]."""
+    W, b = sampler.node_weight.detach().double().cpu(), sampler.node_bias.detach().double().cpu()
+    z = z.double().cpu()
+    C, D = sampler.num_labels, sampler.depth
+    out = torch.empty(z.shape[0], C, dtype=torch.float64)
+    for leaf in range(C):
+        lq = torch.zeros(z.shape[0], dtype=torch.float64)
+        node = 0
+        for level in range(D):
+            right = (leaf >> (D - 1 - level)) & 1
+            p = node - ((1 << level) - 1)
+            if ((2 * p + 1) << (D - level - 1)) < C:  # the right subtree holds a label
+                logit = z @ W[node] + b[node]
+                lq += torch.nn.functional.logsigmoid(logit if right else -logit)
+            node = 2 * node + 1 + right
+        out[:, sampler.leaf_to_label[leaf].item()] = lq
+    return out
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("C", [1, 2, 3, 37, 64, 1000])
+def test_log_prob_all_matches_reference_and_sums_to_one(device, C):
+    sampler = make_tree(C, 5, device=device)
+    z = torch.randn(7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
+    lqa = sampler.log_prob_all(z)
+    assert lqa.shape == (7, C)
+    assert max_err(lqa, reference_log_q(sampler, z)) < 1e-12
+    assert max_err(lqa.exp().sum(1), torch.ones(7, dtype=torch.float64)) < 1e-12
+    labels = torch.randint(C, (7, 11), generator=torch.Generator().manual_seed(2)).to(device)
+    assert max_err(sampler.log_prob(z, labels), lqa.gather(1, labels)) < 1e-12
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("C", [37, 1000])
+def test_sample_frequencies_match_log_prob_all(device, C):
+    # chi-square goodness of fit of many draws against exp(log_prob_all), per row (C is not a power of two)
+    sampler = make_tree(C, 4, dtype=torch.float32, device=device, seed=C)
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(3)).to(device)
+    n = 400_000
+    labels, log_q = sampler.sample(z, n, generator=torch.Generator().manual_seed(4))
+    probs = sampler.log_prob_all(z).double().exp().cpu()
+    for row in range(3):
+        assert chi2_pvalue(torch.bincount(labels[row].cpu(), minlength=C), probs[row]) > 1e-4
+    # padding leaves are never drawn
+    assert labels.min() >= 0 and labels.max() < C
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_sampled_log_q_is_log_prob(device, dtype):
+    sampler = make_tree(1000, 8, dtype=dtype, device=device)
+    z = torch.randn(9, 8, generator=torch.Generator().manual_seed(5)).to(device, dtype)
+    labels, log_q = sampler.sample(z, 50, generator=torch.Generator().manual_seed(6))
+    assert labels.dtype == torch.long and log_q.dtype == dtype
+    assert max_err(sampler.log_prob(z, labels), log_q) < (1e-12 if dtype == torch.float64 else 2e-5)
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_seeded_draws_are_reproducible(device):
+    sampler = make_tree(500, 6, dtype=torch.float32, device=device)
+    z = torch.randn(64, 6, generator=torch.Generator().manual_seed(7)).to(device)
+    a = sampler.sample(z, 32, generator=torch.Generator().manual_seed(8))
+    b = sampler.sample(z, 32, generator=torch.Generator().manual_seed(8))
+    c = sampler.sample(z, 48, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(c[0][:, :32], a[0])  # draw s of row b does not depend on how many draws the call makes
+    torch.manual_seed(9)
+    d = sampler.sample(z, 32)
+    torch.manual_seed(9)
+    assert torch.equal(sampler.sample(z, 32)[0], d[0])  # the default generator seeds it
+    assert not torch.equal(sampler.sample(z, 32)[0], d[0])
+    if device.type == "cpu":
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            e = sampler.sample(z, 32, generator=torch.Generator().manual_seed(8))
+        finally:
+            torch.set_num_threads(before)
+        assert torch.equal(e[0], a[0])
+
+
+@requires_cuda
+def test_cuda_draws_equal_cpu_draws():
+    sampler = make_tree(300, 4, dtype=torch.float64)
+    z = torch.randn(16, 4, dtype=torch.float64)
+    a = sampler.sample(z, 20, generator=torch.Generator().manual_seed(1))
+    b = sampler.to("cuda").sample(z.cuda(), 20, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a[0], b[0].cpu())
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_gradcheck_log_prob(device):
+    for C in (2, 13):
+        sampler = make_tree(C, 3, device=device, seed=C)
+        z = torch.randn(4, 3, dtype=torch.float64, device=device, requires_grad=True)
+        labels = torch.randint(C, (4, 5), generator=torch.Generator().manual_seed(C)).to(device)
+        W = sampler.node_weight.detach().clone().requires_grad_(True)
+        b = sampler.node_bias.detach().clone().requires_grad_(True)
+        f = lambda z_, W_, b_: torch.ops.torchxc.tree_log_prob(z_, W_, b_, sampler.label_to_leaf, labels)
+        assert torch.autograd.gradcheck(f, (z, W, b))
+    # through the module: the parameters get gradients
+    sampler = make_tree(40, 3, device=device)
+    sampler.log_prob(torch.randn(2, 3, dtype=torch.float64, device=device), torch.tensor([[1, 5], [39, 0]],
+                                                                                          device=device)).sum().backward()
+    assert sampler.node_weight.grad is not None and sampler.node_weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_opcheck(device):
+    sampler = make_tree(37, 4, dtype=torch.float32, device=device)
+    z = torch.randn(5, 4, device=device)
+    W, b = sampler.node_weight.detach(), sampler.node_bias.detach()
+    labels = torch.randint(37, (5, 3)).to(device)
+    torch.library.opcheck(torch.ops.torchxc.tree_sample.default, (z, W, b, sampler.leaf_to_label, 37, 6, 123))
+    for rg in (False, True):
+        torch.library.opcheck(torch.ops.torchxc.tree_log_prob.default,
+                              (z.clone().requires_grad_(rg), W.clone().requires_grad_(rg), b, sampler.label_to_leaf,
+                               labels))
+    torch.library.opcheck(torch.ops.torchxc.tree_log_prob_all.default, (z, W, b, sampler.label_to_leaf))
+    torch.library.opcheck(torch.ops.torchxc.tree_log_prob_backward.default,
+                          (torch.randn(5, 3, device=device), z, W, b, sampler.label_to_leaf, labels))
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+    sampler = make_tree(100, 4, dtype=torch.float32, device=device)
+    x = torch.randn(8, 4, device=device)
+    y = torch.randint(100, (8, 2)).to(device)
+    f = torch.compile(lambda x_, y_: sampler.log_prob(x_, y_).sum(), fullgraph=True)
+    assert max_err(f(x, y), sampler.log_prob(x, y).sum()) < 1e-4
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_bad_input_errors(device):
+    sampler = make_tree(37, 4, dtype=torch.float32, device=device)
+    z = torch.randn(5, 4, device=device)
+    W, b, l2l = sampler.node_weight.detach(), sampler.node_bias.detach(), sampler.leaf_to_label
+    with pytest.raises(RuntimeError, match=r"tree_sample: expected node_weight of shape \[63, 4\]"):
+        torch.ops.torchxc.tree_sample(z, W[:10], b, l2l, 37, 3, 0)
+    with pytest.raises(RuntimeError, match=r"expected node_weight of shape \[63, 3\]"):
+        torch.ops.torchxc.tree_sample(z[:, :3], W, b, l2l, 37, 3, 0)  # k mismatch
+    with pytest.raises(RuntimeError, match=r"expected node_weight of shape \[31, 4\]"):
+        torch.ops.torchxc.tree_sample(z, W, b, l2l, 20, 3, 0)  # a tree for another C
+    with pytest.raises(RuntimeError, match=r"expected leaf_to_label int64 of shape \[64\]"):
+        torch.ops.torchxc.tree_sample(z, W, b, l2l[:10], 37, 3, 0)
+    with pytest.raises(RuntimeError, match="expected z of dtype float32 or float64"):
+        torch.ops.torchxc.tree_sample(z.half(), W, b, l2l, 37, 3, 0)
+    with pytest.raises(RuntimeError, match=r"expected labels int64 of shape \[5, P\], but got Long \[4, 2\]"):
+        sampler.log_prob(z, torch.zeros(4, 2, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match="leaf_to_label must have 64 entries"):
+        torchxc.TreeSampler.from_parameters(W, b, 37, torch.zeros(64, dtype=torch.long))
+    with pytest.raises(ValueError, match="pass a CPU torch.Generator"):
+        sampler.sample(z, 2, generator=types.SimpleNamespace(device=torch.device("cuda")))  # a CUDA generator
+
+
+def test_bad_labels_cpu():
+    sampler = make_tree(37, 4, dtype=torch.float32)
+    z = torch.randn(2, 4)
+    with pytest.raises(RuntimeError, match="label 37 is out of range for 37 labels"):
+        sampler.log_prob(z, torch.tensor([[0], [37]]))
+    with pytest.raises(RuntimeError, match="label -1 is out of range"):
+        sampler.log_prob(z, torch.tensor([[0], [-1]]))
+
+
+# ---- fitting ---------------------------------------------------------------------------------------------------
+
+
+def clustered_data(C, F, N, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(C, F, generator=g) * 2
+    y = torch.randint(C, (N,), generator=g)
+    return centers[y] + torch.randn(N, F, generator=g), y
+
+
+@pytest.mark.parametrize("label_form", ["index", "padded", "csr"])
+def test_fit_learns_the_data(label_form):
+    C, F, N = 300, 32, 20000
+    x, y = clustered_data(C, F, N)
+    if label_form == "index":
+        labels = y
+    elif label_form == "padded":  # one positive per example, padded to 3 columns
+        labels = torch.full((N, 3), -1)
+        labels[:, 1] = y
+    else:
+        labels = (torch.arange(N + 1), y)
+    sampler = torchxc.TreeSampler.fit(x, labels, C, dim=8, progress=False)
+    assert sampler.node_weight.shape == (511, 8) and sampler.projection.shape == (F, 8)
+    assert torch.equal(sampler.leaf_to_label[:C].sort().values, torch.arange(C))
+    assert (sampler.leaf_to_label[C:] == -1).all()
+    lq = sampler.log_prob(x[:2000], y[:2000, None]).mean().item()
+    assert lq > -math.log(C) + 3  # far better than uniform: the true label gets e^3 = 20x its share
+    assert max_err(sampler.log_prob_all(x[:4]).exp().sum(1), torch.ones(4)) < 1e-4
+
+
+def test_fit_multilabel_and_tiny_cases():
+    x, y = clustered_data(5, 4, 500, seed=1)
+    multi = torch.stack([y, (y + 1) % 5], 1)  # two positives per example
+    s = torchxc.TreeSampler.fit(x, multi, 5, dim=2, progress=False)
+    assert s.log_prob(x[:10], multi[:10]).shape == (10, 2)
+    one = torchxc.TreeSampler.fit(x, torch.zeros(500, dtype=torch.long), 1, dim=2, progress=False)
+    labels, log_q = one.sample(x[:3], 4)
+    assert (labels == 0).all() and (log_q == 0).all()
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
+        torchxc.TreeSampler.fit(x, y + 1, 5, progress=False)
+
+
+# ---- WeightTree ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("C", [1, 7, 1000])
+def test_weight_tree_matches_multinomial(C):
+    g = torch.Generator().manual_seed(C)
+    w = torch.rand(C, generator=g, dtype=torch.float64) ** 3
+    if C > 1:
+        w[0] = 0.0  # never drawn
+    tree = torchxc.WeightTree(w)
+    assert torch.allclose(tree.total, w.sum())
+    n = 300_000
+    draws = tree.sample(n, generator=g)
+    counts = torch.bincount(draws, minlength=C).double()
+    if C > 1:
+        assert counts[0] == 0
+    ref = torch.bincount(torch.multinomial(w, n, replacement=True, generator=g), minlength=C).double()
+    p = w / w.sum()
+    if C > 1:  # the tree's draws and torch.multinomial's draws both fit p
+        assert chi2_pvalue(counts, p) > 1e-4 and chi2_pvalue(ref, p) > 1e-4
+    idx = torch.arange(C)
+    assert max_err(tree.log_prob(idx), torch.log(p)) < 1e-12
+
+
+def test_weight_tree_updates():
+    w = torch.ones(10, dtype=torch.float64)
+    tree = torchxc.WeightTree(w)
+    tree.update(torch.tensor([3, 4, 3]), torch.tensor([5.0, 0.0, 7.0]))  # the last value of a repeated index wins
+    expected = w.clone()
+    expected[3], expected[4] = 7.0, 0.0
+    assert torch.equal(tree.weights, expected) and tree.total.item() == expected.sum().item()
+    draws = tree.sample(200_000, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(draws, minlength=10).double()
+    assert counts[4] == 0
+    assert chi2_pvalue(counts, expected / expected.sum()) > 1e-4
+    with pytest.raises(ValueError, match="indices must lie"):
+        tree.update(torch.tensor([10]), torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="non-negative"):
+        tree.update(torch.tensor([1]), torch.tensor([-1.0]))
+    with pytest.raises(ValueError, match="non-negative weights"):
+        torchxc.WeightTree(torch.tensor([1.0, -2.0]))
+
+
+# ---- losses ------------------------------------------------------------------------------------------------------
+
+
+def test_adversarial_loss_value_and_optimum():
+    g = torch.Generator().manual_seed(0)
+    pos, neg = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(6, 4, generator=g, dtype=torch.float64)
+    plq, nlq = -torch.rand(6, generator=g, dtype=torch.float64), -torch.rand(6, 4, generator=g, dtype=torch.float64)
+    sp = torch.nn.functional.softplus
+    ref = sp(-pos) + sp(neg).mean(1) + 0.1 * ((pos + plq) ** 2 + ((neg + nlq) ** 2).mean(1))
+    out = torchxc.adversarial_negative_sampling_loss(pos, neg, plq, nlq, reg=0.1, reduction="none")
+    assert max_err(out, ref) < 1e-12
+    # Theorem 1: with positives from p and negatives from q (equal weights), the optimum is xi = log p - log q,
+    # so xi + log q = log p up to normalisation. Exact expectations over 5 labels:
+    p = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05], dtype=torch.float64)
+    q = torch.tensor([0.1, 0.1, 0.2, 0.3, 0.3], dtype=torch.float64)
+    xi = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([xi], max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14)
+
+    def closure():
+        opt.zero_grad()
+        per_label = torchxc.adversarial_negative_sampling_loss(xi, xi[:, None], torch.log(q), torch.log(q)[:, None],
+                                                               reduction="none")
+        # per_label[y] = softplus(-xi_y) + softplus(xi_y); weight the two halves by p and q
+        loss = (p * torch.nn.functional.softplus(-xi)).sum() + (q * torch.nn.functional.softplus(xi)).sum()
+        loss = loss + 0 * per_label.sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert max_err(torch.softmax(torchxc.corrected_logits(xi.detach(), torch.log(q)), 0), p) < 1e-6
+
+
+def test_sampled_softmax_loss():
+    g = torch.Generator().manual_seed(1)
+    C, B = 6, 4
+    logits = torch.randn(B, C, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 3, 5, 2])
+    # every label sampled once with uniform q: the correction cancels and, with the positive removed from the
+    # negatives as an accidental hit, the loss is the full softmax cross-entropy
+    neg_labels = torch.arange(C).expand(B, C)
+    loss = torchxc.sampled_softmax_loss(logits.gather(1, y[:, None])[:, 0], logits, neg_labels,
+                                        torch.full((B, C), -math.log(C), dtype=torch.float64), y,
+                                        pos_log_q=torch.full((B,), -math.log(C), dtype=torch.float64),
+                                        reduction="none")
+    assert max_err(loss, torch.nn.functional.cross_entropy(logits, y, reduction="none")) < 1e-12
+    # without removal, the positive also counts among the negatives
+    kept = torchxc.sampled_softmax_loss(logits.gather(1, y[:, None])[:, 0], logits, neg_labels,
+                                        torch.zeros(B, C, dtype=torch.float64), y, remove_accidental_hits=False,
+                                        reduction="sum")
+    ref = (torch.logsumexp(torch.cat([logits.gather(1, y[:, None]), logits], 1), 1) - logits.gather(1, y[:, None])[:, 0])
+    assert max_err(kept, ref.sum()) < 1e-12
+    with pytest.raises(ValueError, match="expected pos_logits/pos_labels"):
+        torchxc.sampled_softmax_loss(logits[:, 0], logits, neg_labels[:2], logits, y)
