@@ -61,6 +61,15 @@ C10_HOST_DEVICE inline T softplus(T x) {
   return x > T(0) ? x + ::log1p(::exp(-x)) : ::log1p(::exp(x));
 }
 
+// sigmoid(x) as the samplers compare it with the uniform: 1 / (1 + a) or a / (1 + a) with a = e^{-|x|}, so the
+// CPU fast path (csrc/cpu/tree_sampler_cpu.cpp) and this scalar walk decide the same way.
+template <typename T>
+C10_HOST_DEVICE inline T sigmoid_right(T x) {
+  const T a = ::exp(-::fabs(x));
+  const T inv = T(1) / (T(1) + a);
+  return x >= T(0) ? inv : a * inv;
+}
+
 template <typename T>
 C10_HOST_DEVICE inline T tree_logit(const T* __restrict__ z, const T* __restrict__ weight, const T* __restrict__ bias,
                                     int64_t node, int64_t k) {
@@ -88,8 +97,7 @@ C10_HOST_DEVICE inline int64_t tree_draw(const T* z, const T* weight, const T* b
     int64_t right = 0;
     if (!right_child_empty(p, l, depth, num_labels)) {
       const T logit = tree_logit(z, weight, bias, node, k);
-      const T p_right = T(1) / (T(1) + ::exp(-logit));
-      right = static_cast<T>(uniform24(r.v[l % 4])) < p_right;
+      right = static_cast<T>(uniform24(r.v[l % 4])) < sigmoid_right(logit);
       lq -= softplus(right ? -logit : logit);
     }
     node = 2 * node + 1 + right;

@@ -1,0 +1,177 @@
+"""Draws per second of the adversarial tree sampler (torchxc.TreeSampler.sample) against pure PyTorch.
+
+Providers, all drawing S labels with replacement for each of B rows from the same tree distribution q(. | z):
+- torchxc: the tree_sample op (one walk per draw, D dot products of length k, counter-based RNG);
+- pytorch_levels: the same walk written level by level with tensor ops over all B*S draws at once (gather the node
+  weights, dot product, sigmoid, compare with a uniform, step to the child), i.e. the best a pure-PyTorch user
+  writes without a kernel;
+- multinomial: torch.multinomial over the full distribution exp(log q(. | z)) [B, C]. Only the multinomial call is
+  timed (the [B, C] probabilities are computed beforehand, which favours this baseline); at large C it runs on a
+  slice of the rows (rows are independent, draws/s is per row slice) so that [rows, C] fits in memory.
+
+The main case is the issue's: C = 2^18, k = 16, B = 4096, S = 64. A sweep over C gives the PNG (draws/s vs C).
+Targets: CPU >= 20x the pure-PyTorch sampler; GPU >= 1e9 draws/s (H100).
+
+    python benchmarks/bench_tree_sampler.py [--device cpu|cuda|all] [--quick]
+"""
+import argparse
+import math
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS_DIR, Timer, device_name, print_targets, selected_devices, write_csv  # noqa: E402
+
+import torchxc  # noqa: E402
+
+MAIN = dict(C=2 ** 18, k=16, B=4096, S=64)
+
+
+def make_sampler(C, k, device, seed=0):
+    """A random tree whose branch probabilities are neither degenerate nor uniform (logits of std ~1.5)."""
+    g = torch.Generator().manual_seed(seed)
+    D = max(0, math.ceil(math.log2(C))) if C > 1 else 0
+    nodes = (1 << D) - 1
+    W = torch.randn(nodes, k, generator=g) * (1.5 / math.sqrt(k))
+    b = torch.randn(nodes, generator=g) * 0.5
+    leaf_to_label = torch.cat([torch.randperm(C, generator=g), torch.full(((1 << D) - C,), -1, dtype=torch.long)])
+    return torchxc.TreeSampler.from_parameters(W.to(device), b.to(device), C, leaf_to_label.to(device))
+
+
+def pytorch_levels_sample(z, W, b, leaf_to_label, C, S, generator=None):
+    """Pure-PyTorch level-by-level sampler: all B*S walks advance one level per iteration."""
+    B = z.shape[0]
+    D = max(0, math.ceil(math.log2(C))) if C > 1 else 0
+    node = torch.zeros(B, S, dtype=torch.long, device=z.device)
+    log_q = torch.zeros(B, S, dtype=z.dtype, device=z.device)
+    u = torch.rand(B, S, D, dtype=z.dtype, device=z.device, generator=generator)
+    for level in range(D):
+        first = (1 << level) - 1
+        # right child empty: its first leaf (2p+1) << (D - level - 1) is padding
+        right_empty = ((2 * (node - first) + 1) << (D - level - 1)) >= C
+        logit = torch.einsum("bsk,bk->bs", W[node], z) + b[node]
+        right = (u[:, :, level] < torch.sigmoid(logit)) & ~right_empty
+        step = torch.nn.functional.logsigmoid(torch.where(right, logit, -logit))
+        log_q += torch.where(right_empty, torch.zeros_like(step), step)
+        node = 2 * node + 1 + right.long()
+    return leaf_to_label[node - ((1 << D) - 1)], log_q
+
+
+def measure(C, k, B, S, device, budget_s, multinomial_rows):
+    sampler = make_sampler(C, k, device)
+    g = torch.Generator(device=device).manual_seed(1)
+    z = torch.randn(B, k, device=device, generator=g)
+    W, b, l2l = sampler.node_weight.detach(), sampler.node_bias.detach(), sampler.leaf_to_label
+    rows = min(B, multinomial_rows)
+    probs = sampler.log_prob_all(z[:rows]).detach().exp()
+    fns = {
+        "torchxc": lambda: sampler.sample(z, S),
+        "pytorch_levels": lambda: pytorch_levels_sample(z, W, b, l2l, C, S),
+        "multinomial": lambda: torch.multinomial(probs, S, replacement=True),
+    }
+    draws = {"torchxc": B * S, "pytorch_levels": B * S, "multinomial": rows * S}
+    with torch.no_grad():
+        res = Timer(device, budget_s=budget_s, min_reps=3).compare(fns, rounds=3)
+    out = []
+    for name, m in res.items():
+        if m is None:
+            continue
+        out.append(dict(device=device_name(device), C=C, k=k, B=B, S=S, provider=name, draws=draws[name],
+                        median_ms=m.median_ms, p20_ms=m.p20_ms, p80_ms=m.p80_ms, reps=m.reps,
+                        draws_per_s=draws[name] / (m.median_ms * 1e-3)))
+    return out
+
+
+def check_draws(device):
+    """The two samplers draw from the same distribution: compare their label frequencies at small C."""
+    C, k, B, S = 37, 4, 2, 200_000
+    sampler = make_sampler(C, k, device)
+    z = torch.randn(B, k, device=device)
+    p = sampler.log_prob_all(z).detach().exp()
+    a = sampler.sample(z, S)[0]
+    c = pytorch_levels_sample(z, sampler.node_weight.detach(), sampler.node_bias.detach(), sampler.leaf_to_label, C,
+                              S)[0]
+    fa = torch.stack([torch.bincount(r, minlength=C) for r in a.cpu()]).double() / S
+    fc = torch.stack([torch.bincount(r, minlength=C) for r in c.cpu()]).double() / S
+    err = max((fa - p.cpu()).abs().max().item(), (fc - p.cpu()).abs().max().item())
+    assert err < 0.01, f"samplers disagree with log_prob_all: max frequency error {err}"
+
+
+def plot(rows, path, title):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(r["provider"] for r in rows):
+        sel = sorted((r for r in rows if r["provider"] == name), key=lambda r: r["C"])
+        ax.plot([r["C"] for r in sel], [r["draws_per_s"] for r in sel], "o-", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("number of labels C")
+    ax.set_ylabel("draws per second")
+    ax.set_title(f"tree sampler, k={rows[0]['k']}, B={rows[0]['B']}, S={rows[0]['S']}: {title}", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(device, quick, budget_s, out_dir):
+    check_draws(device)
+    cpu = device.type == "cpu"
+    sweep = [2 ** 10, 2 ** 14, 2 ** 18] if quick else [2 ** 10, 2 ** 12, 2 ** 14, 2 ** 16, 2 ** 18, 2 ** 20]
+    rows = []
+    for C in sweep:
+        mrows = max(1, min(MAIN["B"], (1 << 27) // C if cpu else (1 << 30) // C))  # [rows, C] <= 512 MB / 4 GB
+        if cpu:
+            mrows = min(mrows, 256)  # multinomial on the CPU costs O(C) per row: a slice is enough to time it
+        rows += measure(C, MAIN["k"], MAIN["B"], MAIN["S"], device, budget_s, mrows)
+        sel = [r for r in rows if r["C"] == C]
+        base = {r["provider"]: r["draws_per_s"] for r in sel}
+        print(f"C={C:>8}: " + "  ".join(f"{n} {v / 1e6:8.2f} M draws/s" for n, v in base.items()) +
+              f"  | torchxc/pytorch_levels {base['torchxc'] / base['pytorch_levels']:.1f}x"
+              f"  torchxc/multinomial {base['torchxc'] / base['multinomial']:.1f}x", flush=True)
+    name = "cuda" if device.type == "cuda" else "cpu"
+    os.makedirs(out_dir, exist_ok=True)
+    write_csv(os.path.join(out_dir, f"tree_sampler_{name}.csv"), rows)
+    plot(rows, os.path.join(out_dir, f"tree_sampler_{name}.png"), device_name(device))
+    return rows
+
+
+def check_targets(rows, device):
+    main = {r["provider"]: r["draws_per_s"] for r in rows if r["C"] == MAIN["C"]}
+    ratio = main["torchxc"] / main["pytorch_levels"]
+    lines = []
+    if device.type == "cpu":
+        lines.append(("CPU draws/s >= 20x pure-PyTorch level-by-level sampler at C=2^18", ratio >= 20, f"{ratio:.1f}x"))
+    else:
+        lines.append(("GPU >= 1e9 draws/s at C=2^18", main["torchxc"] >= 1e9, f"{main['torchxc']:.3g} draws/s"))
+    lines.append(("faster than torch.multinomial over the full distribution", main["torchxc"] > main["multinomial"],
+                  f"{main['torchxc'] / main['multinomial']:.1f}x"))
+    return print_targets(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    ap.add_argument("--quick", action="store_true", help="fewer C values, short timing budget")
+    ap.add_argument("--budget", type=float, default=1.5, help="seconds of repeats per provider and measurement")
+    ap.add_argument("--out", default=RESULTS_DIR)
+    args = ap.parse_args(argv)
+    ok = True
+    for dev in selected_devices(args.device):
+        print(f"\ntree sampler on {device_name(dev)} (torch threads: {torch.get_num_threads()})")
+        rows = run(dev, args.quick, 0.3 if args.quick else args.budget, args.out)
+        ok &= check_targets(rows, dev)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
