@@ -4,7 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from torchxc.datasets import load_arff, load_mulan, read_mulan_labels
+import torch
+
+from torchxc.datasets import load_arff, load_mulan, load_xc, read_mulan_labels
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
@@ -70,3 +72,35 @@ def test_real_mulan_sets(name, n_train, n_test, features, labels, card):
     assert train.labels.shape == (n_train, labels) and test.labels.shape == (n_test, labels)
     both = np.concatenate([train.labels, test.labels])
     assert abs(both.sum(1).mean() - card) < 0.02  # label cardinality in the data README
+
+
+def test_xc_format(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("3 5 4\n2,0,2 0:1 3:0.5\n 1:2\n3 4:1\n")  # duplicate label, a row without labels
+    d = load_xc(str(p))
+    np.testing.assert_allclose(d.features.numpy(), [[1, 0, 0, 0.5, 0], [0, 2, 0, 0, 0], [0, 0, 0, 0, 1]])
+    assert d.indptr.tolist() == [0, 2, 2, 3] and d.indices.tolist() == [0, 2, 3] and d.num_labels == 4
+    assert d.padded_labels().tolist() == [[0, 2], [-1, -1], [3, -1]]
+    sparse = load_xc(str(p), dense=False)
+    assert torch.equal(sparse.features.to_dense(), d.features)
+    p.write_text("3 5 4\n0 0:1\n")
+    with pytest.raises(ValueError, match="header says 3 rows, the file has 1"):
+        load_xc(str(p))
+    p.write_text("1 5 4\n4 0:1\n")
+    with pytest.raises(ValueError, match=r"label 4 outside \[0, 4\)"):
+        load_xc(str(p))
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "xc")), reason="../shared/data/xc not present")
+@pytest.mark.parametrize("name,n_train,n_test,features,labels", [
+    ("Bibtex/bibtex", 4880, 2515, 1836, 159), ("Delicious/delicious", 12920, 3185, 500, 983)])
+def test_real_xc_sets_match_mulan(name, n_train, n_test, features, labels):
+    train = load_xc(os.path.join(SHARED, "xc", name + "_train.txt"))
+    test = load_xc(os.path.join(SHARED, "xc", name + "_test.txt"))
+    assert train.features.shape == (n_train, features) and test.features.shape == (n_test, features)
+    assert train.num_labels == labels == test.num_labels
+    mulan = load_mulan(os.path.join(SHARED, "mulan"), name.split("/")[1], "test")  # same rows, same order
+    dense = torch.zeros(n_test, labels, dtype=torch.bool)
+    dense[torch.repeat_interleave(torch.arange(n_test), test.indptr.diff()), test.indices] = True
+    assert torch.equal(dense, torch.from_numpy(mulan.labels))
+    np.testing.assert_allclose(test.features.numpy(), mulan.features, rtol=1e-6)

@@ -234,12 +234,14 @@ def _pairs(labels, N, num_labels, device) -> tuple[Tensor, Tensor]:
 
 
 def _newton_logistic(zt: Tensor, node_e: Tensor, target: Tensor, theta: Tensor, n_nodes: int, steps: int,
-                     l2: float, chunk: int = 1 << 17) -> Tensor:
+                     l2: float, chunk: int = 1 << 17, max_step: float = 4.0) -> Tensor:
     """Batched Newton steps for one L2-regularised logistic regression per node: example e (features zt[e],
-    [.., k + 1] with a bias column) belongs to node node_e[e]. The weights (not the bias) are regularised."""
+    [.., k + 1] with a bias column) belongs to node node_e[e]. The weights are regularised with l2, the bias
+    lightly; each step is a trust-region step (norm at most `max_step`), so that a node whose examples are all on
+    one side, or whose probabilities saturate in float32, moves a bounded distance instead of diverging."""
     k1 = zt.shape[1]
     reg = torch.full((k1,), l2, device=zt.device)
-    reg[-1] = 1e-6  # the bias: only enough to keep nodes without examples solvable
+    reg[-1] = 1e-3  # the bias: a weak prior, which also keeps nodes without examples solvable
     for _ in range(steps):
         grad = theta * reg
         hess = torch.diag_embed(reg).expand(n_nodes, k1, k1).clone()
@@ -249,7 +251,9 @@ def _newton_logistic(zt: Tensor, node_e: Tensor, target: Tensor, theta: Tensor, 
             grad.index_add_(0, nc, zc * (p - tc)[:, None])
             w = (p * (1 - p))[:, None, None]
             hess.index_add_(0, nc, w * zc[:, :, None] * zc[:, None, :])
-        theta = theta - torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
+        step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
+        norm = step.norm(dim=1, keepdim=True)
+        theta = theta - step * (max_step / norm.clamp(min=max_step))
     return theta
 
 
