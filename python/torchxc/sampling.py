@@ -234,23 +234,42 @@ def _pairs(labels, N, num_labels, device) -> tuple[Tensor, Tensor]:
 
 
 def _newton_logistic(zt: Tensor, node_e: Tensor, target: Tensor, theta: Tensor, n_nodes: int, steps: int,
-                     l2: float, chunk: int = 1 << 17, max_step: float = 4.0) -> Tensor:
+                     l2: float, max_step: float = 4.0) -> Tensor:
     """Batched Newton steps for one L2-regularised logistic regression per node: example e (features zt[e],
     [.., k + 1] with a bias column) belongs to node node_e[e]. The weights are regularised with l2, the bias
     lightly; each step is a trust-region step (norm at most `max_step`), so that a node whose examples are all on
-    one side, or whose probabilities saturate in float32, moves a bounded distance instead of diverging."""
-    k1 = zt.shape[1]
-    reg = torch.full((k1,), l2, device=zt.device)
+    one side, or whose probabilities saturate in float32, moves a bounded distance instead of diverging.
+
+    The Hessians of all nodes, H_n = sum_{e in n} w_e z_e z_e^T, are one sparse @ dense product: the examples are
+    sorted by node, and row (n, i) of a CSR matrix holds w_e z_e,i for the examples e of node n."""
+    import warnings
+
+    E, k1 = zt.shape
+    device = zt.device
+    reg = torch.full((k1,), l2, device=device)
     reg[-1] = 1e-3  # the bias: a weak prior, which also keeps nodes without examples solvable
+    order = torch.argsort(node_e, stable=True)
+    zs, ns, ts = zt[order], node_e[order], target[order]
+    counts = torch.bincount(ns, minlength=n_nodes)
+    seg = torch.cumsum(counts, 0) - counts
+    # CSR layout: node n's block starts at k1 * seg[n]; row (n, i) is its i-th run of counts[n] values
+    pos = ((k1 * seg[ns] + torch.arange(E, device=device) - seg[ns])[:, None]
+           + torch.arange(k1, device=device)[None, :] * counts[ns][:, None]).flatten()
+    src = torch.empty(E * k1, dtype=torch.long, device=device)
+    src[pos] = torch.arange(E * k1, device=device)
+    col = torch.empty(E * k1, dtype=torch.long, device=device)
+    col[pos] = torch.arange(E, device=device).repeat_interleave(k1)
+    del pos
+    crow = torch.zeros(n_nodes * k1 + 1, dtype=torch.long, device=device)
+    crow[1:] = torch.cumsum(counts.repeat_interleave(k1), 0)
     for _ in range(steps):
-        grad = theta * reg
-        hess = torch.diag_embed(reg).expand(n_nodes, k1, k1).clone()
-        for i in range(0, len(node_e), chunk):
-            zc, nc, tc = zt[i:i + chunk], node_e[i:i + chunk], target[i:i + chunk]
-            p = torch.sigmoid((zc * theta[nc]).sum(1))
-            grad.index_add_(0, nc, zc * (p - tc)[:, None])
-            w = (p * (1 - p))[:, None, None]
-            hess.index_add_(0, nc, w * zc[:, :, None] * zc[:, None, :])
+        p = torch.sigmoid((zs * theta[ns]).sum(1))
+        grad = (theta * reg).index_add_(0, ns, zs * (p - ts)[:, None])
+        values = ((p * (1 - p))[:, None] * zs).flatten()[src]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            m = torch.sparse_csr_tensor(crow, col, values, size=(n_nodes * k1, E), check_invariants=False)
+            hess = (m @ zs).view(n_nodes, k1, k1) + torch.diag(reg)
         step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
         norm = step.norm(dim=1, keepdim=True)
         theta = theta - step * (max_step / norm.clamp(min=max_step))
