@@ -4,7 +4,8 @@ Meant to run under compute-sanitizer (memcheck, racecheck), where the full test 
     compute-sanitizer --tool memcheck --error-exitcode 1 python tools/cuda_paths.py
 Paths: warp per row (d <= 1024), block per row (d <= 32768), split rows (longer), with vector and scalar loads
 (odd d), every dtype: sparsemax forward, backward, loss (index and weight targets) and its backward; ZLPR with
-hard, soft and sparse labels, with and without a mask, with and without the gradient.
+hard, soft and sparse labels, with and without a mask, with and without the gradient; the tree sampler's draws
+(float32 and float64, C a power of two and not), log q of given labels and its backward.
 """
 import sys
 
@@ -55,6 +56,7 @@ def main():
                 (glr,) = torch.autograd.grad(lr.sum(), xr)
                 ok &= check(f"sparsemax_loss backward[{tname}] {dtype} d={d}", glc, glr, tol * 10)
     ok &= zlpr_paths(gen)
+    ok &= tree_paths(gen)
     torch.cuda.synchronize()
     print("ALL OK" if ok else "SOME FAILED")
     return 0 if ok else 1
@@ -86,6 +88,39 @@ def zlpr_paths(gen):
                 with torch.no_grad():  # the forward without the gradient pass
                     ok &= check(f"zlpr[{name}, no grad] {dtype} d={d}", fn(s.cuda(), target.cuda(), reduction="none"),
                                 fn(s, target, reduction="none"), tol * 10)
+    return ok
+
+
+def tree_paths(gen):
+    ok = True
+    for dtype in (torch.float32, torch.float64):
+        tol = 1e-4 if dtype == torch.float32 else 1e-10
+        for C in (1, 2, 37, 1024, 5000):
+            D = max(0, (C - 1).bit_length())
+            k = 5
+            W = torch.randn((1 << D) - 1, k, generator=gen, dtype=dtype)
+            b = torch.randn((1 << D) - 1, generator=gen, dtype=dtype)
+            l2l = torch.cat([torch.randperm(C, generator=gen), torch.full(((1 << D) - C,), -1)])
+            cpu = torchxc.TreeSampler.from_parameters(W, b, C, l2l)
+            gpu = torchxc.TreeSampler.from_parameters(W.cuda(), b.cuda(), C, l2l.cuda())
+            z = torch.randn(33, k, generator=gen, dtype=dtype)
+            lab, lq = gpu.sample(z.cuda(), 17, generator=torch.Generator().manual_seed(1))
+            lab_r, lq_r = cpu.sample(z, 17, generator=torch.Generator().manual_seed(1))
+            same = (lab.cpu() == lab_r).double().mean().item()
+            print(f"{'ok  ' if same > 0.99 else 'FAIL'} tree_sample {dtype} C={C}: {same:.4f} of draws equal the CPU's",
+                  flush=True)
+            ok &= same > 0.99
+            ok &= check(f"tree_sample log_q {dtype} C={C}", lq, cpu.log_prob(z, lab.cpu()), tol)
+            labels = torch.randint(C, (33, 9), generator=gen)
+            zc, zr = z.cuda().requires_grad_(), z.clone().requires_grad_()
+            lc, lr = gpu.log_prob(zc, labels.cuda()), cpu.log_prob(zr, labels)
+            ok &= check(f"tree_log_prob {dtype} C={C}", lc, lr, tol)
+            g = torch.randn(33, 9, generator=gen, dtype=dtype)
+            gc = torch.autograd.grad(lc, [zc, gpu.node_weight, gpu.node_bias], g.cuda())
+            gr = torch.autograd.grad(lr, [zr, cpu.node_weight, cpu.node_bias], g)
+            for name, a, r in zip(("z", "node_weight", "node_bias"), gc, gr):
+                ok &= check(f"tree_log_prob grad {name} {dtype} C={C}", a, r, tol * 10)
+            ok &= check(f"tree_log_prob_all {dtype} C={C}", gpu.log_prob_all(z.cuda()), cpu.log_prob_all(z), tol)
     return ok
 
 
