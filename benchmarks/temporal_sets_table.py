@@ -1,0 +1,150 @@
+"""Every temporal-sets model on every dataset: personal frequency, a vanilla transformer over time steps, and LANET
+with softmax and with sparsemax label attention (ZLPR loss), over several seeds. Prints the table (mean ± std)
+with the published DC numbers beside ours, and writes benchmarks/results/temporal_sets.{csv,md,json,png}.
+
+    python benchmarks/temporal_sets_table.py [--datasets DC,TaFeng] [--seeds 3] [--epochs 20]
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS_DIR, write_csv  # noqa: E402
+
+from torchxc.temporal_sets.__main__ import parser as cli_parser  # noqa: E402
+from torchxc.temporal_sets.train import load, run  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "temporal_sets"))
+VARIANTS = {"frequency": ["--model", "frequency"], "transformer": ["--model", "transformer"],
+            "lanet_softmax": ["--model", "lanet", "--attention", "softmax"],
+            "lanet_sparsemax": ["--model", "lanet", "--attention", "sparsemax"]}
+METRICS = ["recall@10", "ndcg@10", "phr@10", "recall@20", "ndcg@20", "micro_auc", "macro_auc", "weighted_f1",
+           "micro_f1", "train_seconds"]
+# DC, DNNTSP split, as rerun in the PIETSP manuscript's table: recall@10, NDCG@10, PHR@10
+PUBLISHED = {"DC": {"DNNTSP": (0.4609, 0.3282, 0.5528), "SFCNTSP": (0.4585, 0.3330, 0.5552),
+                    "PIETSP": (0.4615, 0.3463, 0.5613)}}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--datasets", default="DC,TaFeng")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--out", default=RESULTS_DIR)
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    partial = os.path.join(args.out, "temporal_sets.partial.csv")
+    runs = []
+    if os.path.exists(partial):  # resume an interrupted run
+        with open(partial) as f:
+            runs = [{k: (v if k in ("dataset", "variant") else float(v)) for k, v in r.items()}
+                    for r in csv.DictReader(f)]
+    done = {(r["dataset"], r["variant"], int(r["seed"])) for r in runs}
+    start = time.time()
+    for name in args.datasets.split(","):
+        path = os.path.join(args.data, name + ".json")
+        data = load(path)
+        for variant in args.variants.split(","):
+            for seed in range(1 if variant == "frequency" else args.seeds):
+                if (name, variant, seed) in done:
+                    continue
+                cli = cli_parser().parse_args(["--data", path, "--epochs", str(args.epochs), "--seed", str(seed),
+                                               "--max-tokens", str(args.max_tokens)] + VARIANTS[variant])
+                res = run(cli, data)
+                row = dict(dataset=name, variant=variant, seed=seed, **{m: res.get(m, float("nan")) for m in METRICS},
+                           epochs=res["epochs_run"], peak_rss_mb=res["peak_rss_mb"],
+                           zero_fraction=res.get("attention_zero_fraction", float("nan")))
+                runs.append(row)
+                print(f"{name} {variant} seed {seed}: " + ", ".join(f"{m} {row[m]:.4f}" for m in METRICS[:8]) +
+                      f", {row['train_seconds']:.0f} s", flush=True)
+                write_csv(partial, runs)
+    summary = summarise(runs)
+    print_table(summary)
+    write_csv(os.path.join(args.out, "temporal_sets.csv"), runs)
+    write_markdown(os.path.join(args.out, "temporal_sets.md"), summary)
+    with open(os.path.join(args.out, "temporal_sets.json"), "w") as f:
+        json.dump({"args": vars(args), "runs": runs, "summary": summary, "published": PUBLISHED,
+                   "seconds": time.time() - start}, f, indent=1)
+    plot(os.path.join(args.out, "temporal_sets.png"), summary)
+    os.remove(partial)
+    return 0
+
+
+def summarise(runs):
+    out = []
+    for key in dict.fromkeys((r["dataset"], r["variant"]) for r in runs):
+        sel = [r for r in runs if (r["dataset"], r["variant"]) == key]
+        row = dict(dataset=key[0], variant=key[1], seeds=len(sel))
+        for m in METRICS + ["zero_fraction", "peak_rss_mb", "epochs"]:
+            v = np.array([float(r[m]) for r in sel])
+            row[m], row[m + "_std"] = float(v.mean()), float(v.std())
+        out.append(row)
+    return out
+
+
+def print_table(summary):
+    cols = ["recall@10", "ndcg@10", "phr@10", "micro_auc", "weighted_f1"]
+    print(f"\n{'dataset':8} {'model':16} " + " ".join(f"{c:>17}" for c in cols) + f" {'train s':>8}")
+    for r in summary:
+        print(f"{r['dataset']:8} {r['variant']:16} " + " ".join(f"{r[c]:8.4f} ±{r[c + '_std']:.4f}" for c in cols) +
+              f" {r['train_seconds']:8.0f}")
+    for ds, models in PUBLISHED.items():
+        for m, (rec, ndcg, phr) in models.items():
+            print(f"{ds:8} {m + ' (published)':16} {rec:8.4f} {'':8} {ndcg:8.4f} {'':8} {phr:8.4f}")
+
+
+def write_markdown(path, summary):
+    cols = ["recall@10", "ndcg@10", "phr@10", "recall@20", "ndcg@20", "micro_auc", "macro_auc", "weighted_f1"]
+    lines = ["| dataset | model | seeds | " + " | ".join(cols) + " | zero attention | train s |",
+             "|" + "---|" * (len(cols) + 5)]
+    for r in summary:
+        z = f"{r['zero_fraction']:.3f}" if r["zero_fraction"] == r["zero_fraction"] else ""
+        lines.append(f"| {r['dataset']} | {r['variant']} | {r['seeds']} | " +
+                     " | ".join(f"{r[c]:.4f} ± {r[c + '_std']:.4f}" for c in cols) +
+                     f" | {z} | {r['train_seconds']:.0f} |")
+    for ds, models in PUBLISHED.items():
+        for m, (rec, ndcg, phr) in models.items():
+            lines.append(f"| {ds} | *{m} (published)* | | {rec:.4f} | {ndcg:.4f} | {phr:.4f} |" + " |" * 7)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def plot(path, summary):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    cols = ["recall@10", "ndcg@10", "phr@10", "micro_auc", "weighted_f1"]
+    datasets = list(dict.fromkeys(r["dataset"] for r in summary))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.5), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        sel = [r for r in summary if r["dataset"] == ds]
+        w = 0.8 / len(sel)
+        for i, r in enumerate(sel):
+            ax.bar([j + i * w for j in range(len(cols))], [r[c] for c in cols], w,
+                   yerr=[r[c + "_std"] for c in cols], label=r["variant"], capsize=2)
+        ax.set_xticks([j + w * (len(sel) - 1) / 2 for j in range(len(cols))])
+        ax.set_xticklabels(cols)
+        ax.set_title(ds)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Temporal sets: LANET (softmax / sparsemax label attention) vs baselines (test users)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""LANET (Kovtun et al., "Label Attention Network for sequential multi-label classification", arXiv 2303.00280):
+self-attention over labels, not over time steps.
+
+Each label c of the vocabulary is a token, the concatenation of
+  (a) its embedding,
+  (b) the sum, over the last ``look_back`` events of the history that contain c, of a time-gap embedding plus a
+      position embedding (zero when c is absent from the history),
+  (c) where the data has amounts, the same sum for an amount embedding (bucketed amounts);
+an optional learned id token goes in front, a TransformerEncoder mixes the tokens, and one shared Linear head gives
+each label token its logit. The attention normaliser is ``softmax`` or ``sparsemax`` (torchxc.sparsemax: sparse
+label attention); :attr:`LANET.zero_fraction` reports the share of exactly-zero attention weights of the last
+forward pass in eval mode.
+
+Large vocabularies: attention over all C tokens costs O(C^2) per example. When C exceeds ``max_tokens``, the tokens
+of an example are its candidates -- every label of its history plus the ``max_tokens`` - (history size) most
+popular labels of the training data -- and the other labels get only their learned per-label bias (a popularity
+prior that every label has). With C <= max_tokens (DC: 217 labels) every label is a token.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import torchxc
+
+__all__ = ["LANET", "TimeStepTransformer", "LabelAttentionLayer"]
+
+
+class LabelAttentionLayer(nn.Module):
+    """A post-norm transformer encoder layer whose attention normaliser is softmax or torchxc.sparsemax."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, attention: str = "softmax"):
+        super().__init__()
+        if attention not in ("softmax", "sparsemax"):
+            raise ValueError(f"attention must be 'softmax' or 'sparsemax', got {attention!r}")
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.attention, self.h = attention, n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+        self.zeros = 0.0  # fraction of exactly-zero attention weights (valid keys) in the last forward in eval mode
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.h, D // self.h).permute(2, 0, 3, 1, 4)
+        if key_padding_mask is not None and not bool(key_padding_mask.any()):
+            key_padding_mask = None
+        if self.attention == "softmax" and self.training:  # PyTorch's fused kernel; statistics only in eval
+            mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(D // self.h)  # [B, h, L, L]
+            if key_padding_mask is not None:
+                scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+            attn = torch.softmax(scores, -1) if self.attention == "softmax" else torchxc.sparsemax(scores, -1)
+            if not self.training:
+                with torch.no_grad():
+                    zeros = (attn == 0).sum().item()
+                    total = attn.numel()
+                    if key_padding_mask is not None:  # padded keys are zero by construction: not counted
+                        n_pad = key_padding_mask.sum().item() * self.h * L
+                        zeros, total = zeros - n_pad, total - n_pad
+                    self.zeros = zeros / max(total, 1)
+            y = attn @ v
+        y = y.transpose(1, 2).reshape(B, L, D)
+        x = self.norm1(x + self.drop(self.out(y)))
+        return self.norm2(x + self.drop(self.ff(x)))
+
+
+class LANET(nn.Module):
+    """Label attention network. Forward takes a batch from :func:`torchxc.temporal_sets.data.collate`:
+
+    - ``history`` bool [B, J, C]: label c is in the j-th most recent history event (j = 0 the latest);
+    - ``gap`` int64 [B, J]: time-gap bucket of each event (0 = padding event);
+    - ``amount`` int64 [B, J, C] or None: amount bucket of label c in event j (0 = none);
+    and returns logits [B, C] (class c predicted when its logit is high; ZLPR: > 0).
+    """
+
+    def __init__(self, num_labels: int, look_back: int = 3, d_label: int = 48, d_time: int = 16, d_amount: int = 0,
+                 n_layers: int = 2, n_heads: int = 4, d_ff: int = 128, dropout: float = 0.1,
+                 attention: str = "softmax", id_token: bool = True, max_tokens: int = 512,
+                 num_gaps: int = 32, num_amounts: int = 16, popularity: Tensor | None = None):
+        super().__init__()
+        self.C, self.look_back, self.max_tokens = num_labels, look_back, max_tokens
+        d_model = d_label + d_time + d_amount
+        self.label = nn.Embedding(num_labels, d_label)
+        self.gap = nn.Embedding(num_gaps, d_time)
+        self.pos = nn.Embedding(look_back, d_time)
+        self.amount = nn.Embedding(num_amounts, d_amount) if d_amount else None
+        self.id_token = nn.Parameter(torch.randn(d_model) * 0.02) if id_token else None
+        self.layers = nn.ModuleList(LabelAttentionLayer(d_model, n_heads, d_ff, dropout, attention)
+                                    for _ in range(n_layers))
+        self.head = nn.Linear(d_model, 1)
+        prior = torch.zeros(num_labels) if popularity is None else (popularity.float() + 1).log()
+        self.bias = nn.Parameter(prior - prior.mean())  # every label's logit offset (the only part of non-tokens)
+        order = torch.argsort(popularity.float(), descending=True) if popularity is not None \
+            else torch.arange(num_labels)
+        self.register_buffer("popular", order, persistent=False)
+
+    @property
+    def zero_fraction(self) -> float:
+        return sum(layer.zeros for layer in self.layers) / max(len(self.layers), 1)
+
+    def candidates(self, history: Tensor) -> tuple[Tensor, Tensor]:
+        """Token labels [B, L] and padding mask [B, L] (True = padding)."""
+        B = history.shape[0]
+        dev = history.device
+        if self.C <= self.max_tokens:
+            return torch.arange(self.C, device=dev).expand(B, -1), torch.zeros(B, self.C, dtype=torch.bool, device=dev)
+        seen = history.any(1)  # [B, C]
+        rank = torch.empty(self.C, dtype=torch.long, device=dev)
+        rank[self.popular] = torch.arange(self.C, device=dev)
+        # history labels first, then by popularity; keep max_tokens
+        key = rank[None, :].expand(B, -1) - seen.long() * (self.C + 1)
+        L = self.max_tokens
+        cand = torch.topk(key, L, dim=1, largest=False).indices
+        return cand, torch.zeros(B, L, dtype=torch.bool, device=dev)
+
+    def forward(self, history: Tensor, gap: Tensor, amount: Tensor | None = None) -> Tensor:
+        B, J, C = history.shape
+        cand, pad = self.candidates(history)
+        L = cand.shape[1]
+        member = history.gather(2, cand[:, None, :].expand(B, J, L)).to(self.label.weight.dtype)  # [B, J, L]
+        pos = torch.arange(J, device=history.device).clamp(max=self.look_back - 1)
+        event = self.gap(gap) + self.pos(pos)[None]  # [B, J, d_time]
+        parts = [self.label(cand), torch.einsum("bjl,bjd->bld", member, event)]
+        if self.amount is not None:
+            a = amount.gather(2, cand[:, None, :].expand(B, J, L)) if amount is not None else \
+                torch.zeros(B, J, L, dtype=torch.long, device=history.device)
+            parts.append((self.amount(a) * member[..., None]).sum(1))
+        x = torch.cat(parts, -1)
+        if self.id_token is not None:
+            x = torch.cat([self.id_token.expand(B, 1, -1), x], 1)
+            pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=pad.device), pad], 1)
+        for layer in self.layers:
+            x = layer(x, pad)
+        if self.id_token is not None:
+            x = x[:, 1:]
+        token_logits = self.head(x).squeeze(-1)  # [B, L]
+        logits = self.bias.expand(B, -1).clone()
+        return logits.scatter_add(1, cand, token_logits)
+
+
+class TimeStepTransformer(nn.Module):
+    """The vanilla baseline: one token per time step (the event's multi-hot vector projected to d_model, plus a
+    position embedding), a TransformerEncoder over the J steps, the latest step's output -> Linear -> C logits."""
+
+    def __init__(self, num_labels: int, look_back: int = 3, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
+                 d_ff: int = 128, dropout: float = 0.1, num_gaps: int = 32):
+        super().__init__()
+        self.inp = nn.Linear(num_labels, d_model)
+        self.pos = nn.Embedding(look_back, d_model)
+        self.gap = nn.Embedding(num_gaps, d_model)
+        self.layers = nn.ModuleList(LabelAttentionLayer(d_model, n_heads, d_ff, dropout) for _ in range(n_layers))
+        self.out = nn.Linear(d_model, num_labels)
+        self.look_back = look_back
+
+    def forward(self, history: Tensor, gap: Tensor, amount: Tensor | None = None) -> Tensor:
+        B, J, C = history.shape
+        pos = torch.arange(J, device=history.device).clamp(max=self.look_back - 1)
+        x = self.inp(history.float()) + self.pos(pos)[None] + self.gap(gap)
+        pad = gap == 0  # padding events
+        pad[:, 0] = False  # the latest step is always present
+        for layer in self.layers:
+            x = layer(x, pad)
+        return self.out(x[:, 0])
+
+
+def loss_fn(name: str, logits: Tensor, target: Tensor) -> Tensor:
+    """``zlpr`` (torchxc.zlpr_loss), ``bce``, or ``softmax``: the paper's softmax cross-entropy summed over the
+    positives of each example (mean over examples)."""
+    if name == "zlpr":
+        return torchxc.zlpr_loss(logits, target)
+    if name == "bce":
+        return F.binary_cross_entropy_with_logits(logits, target.float())
+    if name == "softmax":
+        return -(torch.log_softmax(logits, -1) * target.float()).sum(-1).mean()
+    raise ValueError(f"loss must be 'zlpr', 'bce' or 'softmax', got {name!r}")

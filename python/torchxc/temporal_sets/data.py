@@ -1,0 +1,163 @@
+"""Temporal-sets data: every user is a time-ordered sequence of events, each a set of labels.
+
+Protocol (DNNTSP): for every user the last set is the target and the preceding sets (the last ``look_back``) are
+the history; training users also give one example per prefix of their sequence (targets 2, 3, ..., last). The
+split is by user. The label vocabulary comes from the training users only; labels unseen in training stay in the
+targets as ``n_unseen`` (they count as misses in every metric).
+"""
+import csv
+import json
+import math
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["Example", "TemporalSets", "collate", "load_temporal_sets_csv", "load_temporal_sets_json"]
+
+NUM_GAPS = 32
+NUM_AMOUNTS = 16
+
+
+@dataclass
+class Example:
+    history: list  # the last look_back events, most recent first: lists of vocabulary ids
+    gaps: list  # time-gap bucket of each history event (>= 1)
+    target: list  # vocabulary ids of the target set
+    n_unseen: int = 0  # target labels outside the vocabulary
+    amounts: list | None = None  # per history event, {vocabulary id: amount bucket}
+    past_counts: dict = field(default_factory=dict)  # vocabulary id -> count over the whole past (baseline)
+    user: str = ""
+
+
+@dataclass
+class TemporalSets:
+    train: list
+    validate: list
+    test: list
+    vocab: list  # vocabulary id -> original label
+    popularity: torch.Tensor  # label counts over the training users' events
+    look_back: int
+    has_amounts: bool = False
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.vocab)
+
+
+def gap_bucket(delta: float) -> int:
+    """1 + floor(log2(1 + delta)), capped (0 is the padding bucket)."""
+    return 1 + min(NUM_GAPS - 2, int(math.log2(1 + max(delta, 0.0))))
+
+
+def amount_bucket(a: float) -> int:
+    return 1 + min(NUM_AMOUNTS - 2, int(math.log2(1 + max(a, 0.0))))
+
+
+def _build(splits: dict, look_back: int, times: dict | None = None, amounts: dict | None = None) -> TemporalSets:
+    """splits: {"train"|"validate"|"test": {user: [[label, ...], ...]}} (time-ordered); times/amounts optional
+    {user: [t, ...]} / {user: [{label: amount}, ...]}."""
+    if look_back < 1:
+        raise ValueError(f"look_back must be >= 1, got {look_back}")
+    counts = Counter(lab for seq in splits["train"].values() for event in seq for lab in set(event))
+    vocab = sorted(counts, key=lambda v: (-counts[v], str(v)))
+    index = {v: i for i, v in enumerate(vocab)}
+    popularity = torch.tensor([counts[v] for v in vocab], dtype=torch.long)
+
+    def examples(users: dict, every_prefix: bool) -> list:
+        out = []
+        for user, seq in users.items():
+            ids = [sorted({index[v] for v in event if v in index}) for event in seq]
+            targets = range(1, len(seq)) if every_prefix else ([len(seq) - 1] if len(seq) > 1 else [])
+            past = Counter()
+            for t in range(1, len(seq)):
+                past.update(ids[t - 1])
+                if t not in targets:
+                    continue
+                lo = max(0, t - look_back)
+                hist = [ids[j] for j in range(t - 1, lo - 1, -1)]
+                if times is not None:
+                    gaps = [gap_bucket(times[user][t] - times[user][j]) for j in range(t - 1, lo - 1, -1)]
+                else:
+                    gaps = [gap_bucket(t - j) for j in range(t - 1, lo - 1, -1)]
+                amts = None
+                if amounts is not None:
+                    amts = [{index[v]: amount_bucket(a) for v, a in amounts[user][j].items() if v in index}
+                            for j in range(t - 1, lo - 1, -1)]
+                target = set(seq[t])
+                out.append(Example(hist, gaps, sorted({index[v] for v in target if v in index}),
+                                   sum(v not in index for v in target), amts, dict(past), str(user)))
+        return out
+
+    return TemporalSets(examples(splits["train"], True), examples(splits["validate"], False),
+                        examples(splits["test"], False), vocab, popularity, look_back, amounts is not None)
+
+
+def load_temporal_sets_json(path: str, look_back: int = 3) -> TemporalSets:
+    """The DNNTSP JSON format: ``{"train"|"validate"|"test": {user: [[label, ...], ...]}}``."""
+    with open(path) as f:
+        data = json.load(f)
+    missing = {"train", "validate", "test"} - set(data)
+    if missing:
+        raise ValueError(f"load_temporal_sets_json: {path} lacks the split(s) {sorted(missing)}")
+    return _build(data, look_back)
+
+
+def _parse_time(s: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        from datetime import datetime
+
+        return datetime.fromisoformat(s).timestamp() / 86400.0  # days
+
+
+def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2), seed: int = 0) -> TemporalSets:
+    """A CSV with a header and columns ``user, time, label[, amount]`` (one row per label occurrence; rows of the
+    same user and time form one event). Time is a number or an ISO date (gaps in days). Users are split at random
+    (seeded) into train / validate / test with the given fractions."""
+    events = defaultdict(lambda: defaultdict(dict))
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = [h.strip().lower() for h in next(reader)]
+        if header[:3] != ["user", "time", "label"]:
+            raise ValueError(f"load_temporal_sets_csv: expected columns user,time,label[,amount], got {header}")
+        has_amount = len(header) > 3
+        for row in reader:
+            if not row:
+                continue
+            amount = float(row[3]) if has_amount and row[3] != "" else 0.0
+            d = events[row[0]][_parse_time(row[1])]
+            d[row[2]] = d.get(row[2], 0.0) + amount
+    users = sorted(events)
+    random.Random(seed).shuffle(users)
+    n_train, n_val = int(split[0] * len(users)), int(split[1] * len(users))
+    parts = {"train": users[:n_train], "validate": users[n_train:n_train + n_val], "test": users[n_train + n_val:]}
+    splits, times, amounts = {}, {}, {}
+    for name, us in parts.items():
+        splits[name] = {}
+        for u in us:
+            ts = sorted(events[u])
+            splits[name][u] = [sorted(events[u][t]) for t in ts]
+            times[u] = ts
+            amounts[u] = [events[u][t] for t in ts]
+    return _build(splits, look_back, times, amounts if has_amount else None)
+
+
+def collate(batch: list, num_labels: int, look_back: int, with_amounts: bool = False):
+    """history bool [B, J, C], gap int64 [B, J] (0 = no event), amount int64 [B, J, C] or None, target bool [B, C]."""
+    B, J = len(batch), look_back
+    history = torch.zeros(B, J, num_labels, dtype=torch.bool)
+    gap = torch.zeros(B, J, dtype=torch.long)
+    amount = torch.zeros(B, J, num_labels, dtype=torch.long) if with_amounts else None
+    target = torch.zeros(B, num_labels, dtype=torch.bool)
+    for b, ex in enumerate(batch):
+        for j, (ids, g) in enumerate(zip(ex.history, ex.gaps)):
+            history[b, j, ids] = True
+            gap[b, j] = g
+            if amount is not None and ex.amounts is not None:
+                for i, a in ex.amounts[j].items():
+                    amount[b, j, i] = a
+        target[b, ex.target] = True
+    return history, gap, amount, target

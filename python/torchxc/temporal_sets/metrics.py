@@ -1,0 +1,82 @@
+"""Metrics of temporal sets prediction.
+
+Ranking metrics as the DNNTSP code defines them, averaged over test users, with T the user's target set (labels
+outside the vocabulary included: they can never be hit, and count in |T|):
+- Recall@K = |topK ∩ T| / |T|;
+- NDCG@K = sum over ranks r <= K of 1[item r in T] / log2(r + 1), divided by the ideal DCG with min(|T|, K) hits;
+- PHR@K = share of users with at least one hit in the top K.
+No library has these for sets, so they are written here (and tested on worked examples). AUC and F1 come from
+scikit-learn: micro / macro ROC-AUC over the vocabulary labels (macro over labels with both classes in the test
+set), weighted / micro F1 with one threshold per label chosen on the validation split.
+"""
+import numpy as np
+import torch
+
+__all__ = ["evaluate_scores", "ndcg_at_k", "phr_at_k", "recall_at_k", "tune_thresholds"]
+
+
+def _hits(scores: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    top = scores.topk(min(k, scores.shape[1]), 1).indices
+    return target.gather(1, top).float()  # [N, k]: 1 where the rank-r item is a target
+
+
+def _sizes(target: torch.Tensor, n_unseen) -> torch.Tensor:
+    n = target.sum(1).float()
+    return n + (torch.as_tensor(n_unseen, dtype=torch.float32) if n_unseen is not None else 0)
+
+
+def recall_at_k(scores, target, k, n_unseen=None) -> float:
+    size = _sizes(target, n_unseen)
+    return (_hits(scores, target, k).sum(1) / size.clamp(min=1)).mean().item()
+
+
+def ndcg_at_k(scores, target, k, n_unseen=None) -> float:
+    hits = _hits(scores, target, k)
+    disc = 1.0 / torch.log2(torch.arange(2, hits.shape[1] + 2, dtype=torch.float32))
+    dcg = (hits * disc).sum(1)
+    ideal_n = _sizes(target, n_unseen).clamp(max=hits.shape[1]).long()
+    idcg = torch.cat([torch.zeros(1), disc.cumsum(0)])[ideal_n]
+    return (dcg / idcg.clamp(min=1e-12)).mean().item()
+
+
+def phr_at_k(scores, target, k) -> float:
+    return (_hits(scores, target, k).sum(1) > 0).float().mean().item()
+
+
+def tune_thresholds(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per label, the threshold (predict score >= threshold) that maximises F1 on (scores, target) [N, C];
+    +inf for labels without positives."""
+    s, order = scores.float().sort(0, descending=True)
+    y = target.gather(0, order).float()
+    tp = y.cumsum(0)
+    predicted = torch.arange(1, s.shape[0] + 1, dtype=torch.float32)[:, None]
+    f1 = 2 * tp / (predicted + y.sum(0, keepdim=True))
+    # a cut between equal scores is not a threshold: only the last index of a run of ties counts
+    last_of_tie = torch.ones_like(s, dtype=torch.bool)
+    last_of_tie[:-1] = s[:-1] != s[1:]
+    f1 = torch.where(last_of_tie, f1, torch.zeros_like(f1))
+    best = f1.argmax(0)
+    thr = s.gather(0, best[None])[0]
+    return torch.where(y.sum(0) > 0, thr, torch.full_like(thr, float("inf")))
+
+
+def evaluate_scores(scores, target, n_unseen, thresholds=None, ks=(10, 20)) -> dict:
+    """All metrics of the temporal-sets table for scores [N, C] against target bool [N, C] (+ n_unseen [N])."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    scores, target = scores.float(), target.bool()
+    out = {}
+    for k in ks:
+        out[f"recall@{k}"] = recall_at_k(scores, target, k, n_unseen)
+        out[f"ndcg@{k}"] = ndcg_at_k(scores, target, k, n_unseen)
+        out[f"phr@{k}"] = phr_at_k(scores, target, k)
+    y, s = target.numpy(), scores.numpy()
+    out["micro_auc"] = float(roc_auc_score(y.ravel(), s.ravel()))
+    both = (y.sum(0) > 0) & (y.sum(0) < y.shape[0])
+    out["macro_auc"] = float(roc_auc_score(y[:, both], s[:, both], average="macro")) if both.any() else float("nan")
+    if thresholds is not None:
+        pred = (scores >= thresholds[None, :]).numpy()
+        out["weighted_f1"] = float(f1_score(y, pred, average="weighted", zero_division=0))
+        out["micro_f1"] = float(f1_score(y, pred, average="micro", zero_division=0))
+    out["num_users"] = int(scores.shape[0])
+    return out

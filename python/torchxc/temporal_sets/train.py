@@ -1,0 +1,130 @@
+"""Training and evaluation of one model on one temporal-sets dataset (the CLI is ``python -m torchxc.temporal_sets``).
+
+Models: ``lanet`` (torchxc.models.LANET, attention softmax or sparsemax), ``transformer`` (a vanilla transformer
+over time steps) and ``frequency`` (personal frequency, no training). Neural models train with Adam and stop early
+on the validation split's NDCG@10 (patience epochs without improvement; the best epoch's weights are kept).
+"""
+import json
+import os
+import random
+import resource
+import time
+
+import torch
+
+from ..models.lanet import LANET, TimeStepTransformer, loss_fn
+from .baselines import personal_frequency_scores
+from .data import NUM_GAPS, TemporalSets, collate, load_temporal_sets_csv, load_temporal_sets_json
+from .metrics import evaluate_scores, ndcg_at_k, tune_thresholds
+
+__all__ = ["load", "run"]
+
+
+def load(path: str, look_back: int = 3, seed: int = 0) -> TemporalSets:
+    if path.endswith(".json"):
+        return load_temporal_sets_json(path, look_back)
+    if path.endswith(".csv"):
+        return load_temporal_sets_csv(path, look_back, seed=seed)
+    raise ValueError(f"unknown data format (expected .json or .csv): {path}")
+
+
+def _targets(examples, C):
+    target = torch.zeros(len(examples), C, dtype=torch.bool)
+    for i, ex in enumerate(examples):
+        target[i, ex.target] = True
+    return target, torch.tensor([ex.n_unseen for ex in examples], dtype=torch.float32)
+
+
+@torch.no_grad()
+def predict(model, examples, data: TemporalSets, device, batch_size=256):
+    model.eval()
+    out = []
+    for i in range(0, len(examples), batch_size):
+        h, g, a, _ = collate(examples[i:i + batch_size], data.num_labels, data.look_back, data.has_amounts)
+        out.append(model(h.to(device), g.to(device), None if a is None else a.to(device)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, data.num_labels)
+
+
+def build_model(args, data: TemporalSets):
+    if args.model == "lanet":
+        return LANET(data.num_labels, data.look_back, d_label=args.d_model - args.d_time, d_time=args.d_time,
+                     d_amount=args.d_time if data.has_amounts else 0, n_layers=args.layers, n_heads=args.heads,
+                     d_ff=2 * args.d_model, dropout=args.dropout, attention=args.attention,
+                     max_tokens=args.max_tokens, num_gaps=NUM_GAPS, popularity=data.popularity)
+    return TimeStepTransformer(data.num_labels, data.look_back, d_model=args.d_model, n_layers=args.layers,
+                               n_heads=args.heads, d_ff=2 * args.d_model, dropout=args.dropout, num_gaps=NUM_GAPS)
+
+
+def run(args, data: TemporalSets | None = None, progress: bool = True) -> dict:
+    """Trains (unless frequency) and evaluates; returns the result dict (also written to args.output if set)."""
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    if data is None:
+        data = load(args.data, args.look_back, args.seed)
+    C = data.num_labels
+    device = torch.device(args.device)
+    val_t, val_u = _targets(data.validate, C)
+    test_t, test_u = _targets(data.test, C)
+    start = time.perf_counter()
+    info = {}
+    if args.model == "frequency":
+        val_s = personal_frequency_scores(data.validate, data.popularity)
+        test_s = personal_frequency_scores(data.test, data.popularity)
+        epochs_run = 0
+    else:
+        model = build_model(args, data).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        best, best_state, bad, epochs_run = -1.0, None, 0, 0
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=args.epochs, desc=f"{args.model} {os.path.basename(str(args.data))}")
+        train = list(data.train)
+        for epoch in range(args.epochs):
+            model.train()
+            random.Random(args.seed * 1000 + epoch).shuffle(train)
+            total = 0.0
+            for i in range(0, len(train), args.batch_size):
+                h, g, a, t = collate(train[i:i + args.batch_size], C, data.look_back, data.has_amounts)
+                logits = model(h.to(device), g.to(device), None if a is None else a.to(device))
+                loss = loss_fn(args.loss, logits, t.to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * t.shape[0]
+            epochs_run += 1
+            val_s = predict(model, data.validate, data, device)
+            score = ndcg_at_k(val_s, val_t, 10, val_u)
+            if score > best:
+                best, bad = score, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{total / len(train):.4f}", val_ndcg10=f"{score:.4f}", best=f"{best:.4f}")
+            if bad >= args.patience:
+                break
+        if bar:
+            bar.close()
+        model.load_state_dict(best_state)
+        val_s = predict(model, data.validate, data, device)
+        test_s = predict(model, data.test, data, device)
+        if args.model == "lanet":
+            info["attention_zero_fraction"] = model.zero_fraction  # of the last test batch's forward
+        info["best_val_ndcg@10"] = best
+        info["parameters"] = sum(p.numel() for p in model.parameters())
+    seconds = time.perf_counter() - start
+    thresholds = tune_thresholds(val_s, val_t)
+    result = evaluate_scores(test_s, test_t, test_u, thresholds)
+    result.update(info)
+    result.update(train_seconds=seconds, epochs_run=epochs_run, num_labels=C, train_examples=len(data.train),
+                  test_users=len(data.test), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  threads=torch.get_num_threads(),
+                  config={k: v for k, v in vars(args).items() if k != "output"})
+    if getattr(args, "output", None):
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1)
+    return result

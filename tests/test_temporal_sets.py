@@ -1,0 +1,162 @@
+"""Temporal sets: metrics on worked examples, loaders, the frequency baseline, LANET and the command line."""
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from torchxc.models import LANET, TimeStepTransformer
+from torchxc.temporal_sets import (collate, load_temporal_sets_csv, load_temporal_sets_json, ndcg_at_k,
+                                   personal_frequency_scores, phr_at_k, recall_at_k, tune_thresholds)
+from torchxc.temporal_sets.__main__ import main as cli_main
+
+
+def test_ranking_metrics_worked_examples():
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.1, 0.0],    # top-2 = {0, 1}; T = {1, 3} + 1 unseen label: |T| = 3
+                           [0.9, 0.8, 0.7, 0.1, 0.0],    # T = {4}: no hit in the top 2
+                           [0.9, 0.8, 0.7, 0.1, 0.0]])   # T = {0, 1, 2}: |T| > K
+    target = torch.zeros(3, 5, dtype=torch.bool)
+    target[0, [1, 3]] = True
+    target[1, 4] = True
+    target[2, [0, 1, 2]] = True
+    unseen = torch.tensor([1.0, 0.0, 0.0])
+    r = [1 / 3, 0.0, 2 / 3]
+    assert recall_at_k(scores, target, 2, unseen) == pytest.approx(sum(r) / 3)
+    g = 1 / math.log2(3)
+    n = [g / (1 + g), 0.0, 1.0]  # row 0: one hit at rank 2, ideal = 2 hits (min(|T|, K) = 2)
+    assert ndcg_at_k(scores, target, 2, unseen) == pytest.approx(sum(n) / 3)
+    assert phr_at_k(scores, target, 2) == pytest.approx(2 / 3)
+    # K larger than |T|: the ideal DCG has |T| hits
+    assert ndcg_at_k(scores[1:2], target[1:2], 5) == pytest.approx((1 / math.log2(6)) / 1.0)
+
+
+def test_thresholds_maximise_f1_per_label():
+    scores = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.3], [0.2, 0.3]])
+    target = torch.tensor([[1, 0], [1, 0], [0, 0], [1, 0]], dtype=torch.bool)
+    thr = tune_thresholds(scores, target)
+    # label 0: cut after 0.8 gives F1 = 2*2/(2+3) = 0.8; after 0.2 (everything) 2*3/(4+3) = 0.857
+    assert thr[0].item() == pytest.approx(0.2)
+    assert math.isinf(thr[1].item())  # no positives
+
+
+SPLITS = {"train": {"u1": [["a"], ["a", "b"], ["c"]], "u2": [["b"], ["b"]]},
+          "validate": {"v1": [["a"], ["z", "a"]]}, "test": {"t1": [["c"], ["b"], ["a", "c", "y"]], "t2": [["a"]]}}
+
+
+def test_json_loader_protocol(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(SPLITS))
+    d = load_temporal_sets_json(str(p), look_back=3)
+    # training labels only ("y", "z" appear only in validate/test), most popular first (events with the label)
+    assert d.vocab == ["b", "a", "c"] and d.popularity.tolist() == [3, 2, 1]
+    ix = {v: i for i, v in enumerate(d.vocab)}
+    # training users: one example per prefix (u1: 2, u2: 1); most recent history event first
+    assert len(d.train) == 3
+    ex = [e for e in d.train if e.user == "u1"][1]
+    assert ex.history == [sorted([ix["a"], ix["b"]]), [ix["a"]]] and ex.target == [ix["c"]]
+    assert ex.gaps == [2, 2]  # 1 + floor(log2(1 + events back)): 1 and 2 events back
+    # validation/test users: the last set only; unseen labels counted; a user with one set has no example
+    (v,) = d.validate
+    assert v.target == [ix["a"]] and v.n_unseen == 1
+    (t,) = d.test
+    assert t.user == "t1" and t.n_unseen == 1 and t.history == [[ix["b"]], [ix["c"]]]
+    assert t.past_counts == {ix["b"]: 1, ix["c"]: 1}
+    d1 = load_temporal_sets_json(str(p), look_back=1)
+    assert d1.test[0].history == [[ix["b"]]]  # truncated to the last event
+    h, g, a, tgt = collate(d.test, d.num_labels, 3)
+    assert h.shape == (1, 3, 3) and h[0, 0, ix["b"]] and h[0, 1, ix["c"]] and not h[0, 2].any()
+    assert g[0, 2] == 0 and a is None and tgt[0, ix["a"]] and tgt[0, ix["c"]]
+    with pytest.raises(ValueError, match="lacks the split"):
+        p.write_text(json.dumps({"train": {}}))
+        load_temporal_sets_json(str(p))
+
+
+def test_csv_loader_events_gaps_amounts(tmp_path):
+    p = tmp_path / "d.csv"
+    rows = ["user,time,label,amount"]
+    rnd = random.Random(0)
+    for u in range(20):
+        for t in (0, 8, 9):
+            rows += [f"u{u},{t},{lab},{rnd.randint(1, 100)}" for lab in rnd.sample("abcde", 2)]
+    p.write_text("\n".join(rows) + "\n")
+    d = load_temporal_sets_csv(str(p), look_back=3, split=(0.6, 0.2, 0.2))
+    assert d.has_amounts and len(d.test) == 4 and len(d.validate) == 4 and len(d.train) == 12 * 2
+    ex = d.test[0]
+    assert len(ex.history) == 2 and len(ex.history[0]) == 2  # two labels per event
+    assert ex.gaps == [2, 4]  # 1 and 9 time units before the target: 1 + floor(log2(1 + delta))
+    h, g, a, t = collate(d.test, d.num_labels, 3, with_amounts=True)
+    assert a.shape == h.shape and (a[h] > 0).all() and (a[~h] == 0).all()
+
+
+def test_personal_frequency_ranks_own_history_first(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(SPLITS))
+    d = load_temporal_sets_json(str(p))
+    s = personal_frequency_scores(d.test, d.popularity)
+    ix = {v: i for i, v in enumerate(d.vocab)}
+    order = s[0].argsort(descending=True).tolist()
+    # t1 had b and c once each: ties broken by popularity (b: 3 > c: 1); a (never bought) after both
+    assert order == [ix["b"], ix["c"], ix["a"]]
+
+
+@pytest.mark.parametrize("attention", ["softmax", "sparsemax"])
+@pytest.mark.parametrize("max_tokens", [512, 8])
+def test_lanet_forward_backward(attention, max_tokens):
+    torch.manual_seed(0)
+    C, B, J = 50, 4, 3
+    m = LANET(C, J, d_label=24, d_time=8, n_layers=2, n_heads=2, attention=attention, max_tokens=max_tokens,
+              popularity=torch.randint(1, 100, (C,)))
+    history = torch.rand(B, J, C) < 0.1
+    gap = torch.tensor([[2, 2, 3]] * B)
+    out = m(history, gap)
+    assert out.shape == (B, C) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert m.label.weight.grad is not None and m.label.weight.grad.abs().sum() > 0
+    assert m.gap.weight.grad.abs().sum() > 0 and m.bias.grad.abs().sum() > 0
+    m.eval()
+    with torch.no_grad():
+        m(history, gap)
+    if attention == "sparsemax":
+        assert 0.0 < m.zero_fraction < 1.0  # exact zeros in the label attention
+    else:
+        assert m.zero_fraction == 0.0
+    if max_tokens == 8:  # labels outside an example's candidates get their bias only
+        with torch.no_grad():
+            cand, _ = m.candidates(history)
+            out = m(history, gap)
+            other = torch.ones(B, C, dtype=torch.bool).scatter_(1, cand, False)
+            assert torch.equal(out[other], m.bias.expand(B, -1)[other])
+            assert history.any(1)[0].nonzero().flatten().tolist() == sorted(
+                set(cand[0].tolist()) & set(history.any(1)[0].nonzero().flatten().tolist()))
+
+
+def test_time_step_transformer_shapes():
+    m = TimeStepTransformer(30, 3, d_model=16, n_layers=1, n_heads=2)
+    out = m(torch.rand(2, 3, 30) < 0.2, torch.tensor([[2, 2, 0], [2, 0, 0]]))
+    assert out.shape == (2, 30)
+    out.sum().backward()
+
+
+def test_cli_end_to_end(tmp_path):
+    rnd = random.Random(1)
+    labels = [f"l{i}" for i in range(12)]
+
+    def user():
+        fav = rnd.sample(labels, 3)
+        return [rnd.sample(fav, 2) for _ in range(rnd.randint(2, 5))]
+
+    data = {s: {f"{s}{u}": user() for u in range(n)} for s, n in (("train", 40), ("validate", 10), ("test", 10))}
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(data))
+    for model in ("lanet", "transformer", "frequency"):
+        out = tmp_path / f"{model}.json"
+        assert cli_main(["--data", str(p), "--model", model, "--epochs", "2", "--d-model", "16", "--d-time", "8",
+                         "--output", str(out)]) == 0
+        res = json.loads(out.read_text())
+        for key in ("micro_auc", "macro_auc", "weighted_f1", "micro_f1", "recall@10", "ndcg@10", "recall@20",
+                    "ndcg@20", "phr@10", "train_seconds", "num_labels"):
+            assert key in res, key
+        assert res["num_labels"] == 12 and 0 <= res["recall@10"] <= 1
+        if model == "frequency":  # each user's labels are 3 favourites: frequency finds most of them
+            assert res["recall@10"] > 0.9
