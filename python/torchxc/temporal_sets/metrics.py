@@ -9,7 +9,6 @@ No library has these for sets, so they are written here (and tested on worked ex
 scikit-learn: micro / macro ROC-AUC over the vocabulary labels (macro over labels with both classes in the test
 set), weighted / micro F1 with one threshold per label chosen on the validation split.
 """
-import numpy as np
 import torch
 
 __all__ = ["evaluate_scores", "ndcg_at_k", "phr_at_k", "recall_at_k", "tune_thresholds"]
