@@ -298,9 +298,19 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--out", default=RESULTS_DIR)
     ap.add_argument("--resume", action="store_true", help="keep the rows of an interrupted run's partial CSV")
+    ap.add_argument("--report", action="store_true",
+                    help="no training: write the table, markdown and plot from the rows on disk (partial or final)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     args.partial = os.path.join(args.out, "multilabel_table.partial.csv")
+    if args.report:
+        final = os.path.join(args.out, "multilabel_table.csv")
+        rows = read_partial(args.partial if os.path.exists(args.partial) else final)
+        print_table(rows, args.seeds)
+        write_markdown(os.path.join(args.out, "multilabel_table.md"), rows, args.seeds)
+        plot(os.path.join(args.out, "multilabel_table.png"), rows)
+        print(f"{len(rows)} rows; wrote {args.out}/multilabel_table.{{md,png}}")
+        return 0
     start = time.time()
     rows = run(args)
     print_table(rows, args.seeds)
