@@ -40,6 +40,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--out", default=RESULTS_DIR)
+    ap.add_argument("--report", action="store_true", help="no training: summarise the runs of the partial CSV")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     partial = os.path.join(args.out, "temporal_sets.partial.csv")
@@ -52,10 +53,10 @@ def main(argv=None):
     start = time.time()
     for name in args.datasets.split(","):
         path = os.path.join(args.data, name + ".json")
-        data = load(path)
+        data = None if args.report else load(path)
         for variant in args.variants.split(","):
             for seed in range(1 if variant == "frequency" else args.seeds):
-                if (name, variant, seed) in done:
+                if (name, variant, seed) in done or args.report:
                     continue
                 cli = cli_parser().parse_args(["--data", path, "--epochs", str(args.epochs), "--seed", str(seed),
                                                "--max-tokens", str(args.max_tokens)] + VARIANTS[variant])
