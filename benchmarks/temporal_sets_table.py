@@ -21,9 +21,13 @@ from torchxc.temporal_sets.train import load, run  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "temporal_sets"))
+# lanet_*: LANET as published (look-back window only); lanet_*_pc: plus each label's count over the user's whole past
+# (--past-counts, a torchxc extension: the window alone hides the older repeats that personal frequency ranks by).
 VARIANTS = {"frequency": ["--model", "frequency"], "transformer": ["--model", "transformer"],
             "lanet_softmax": ["--model", "lanet", "--attention", "softmax"],
-            "lanet_sparsemax": ["--model", "lanet", "--attention", "sparsemax"]}
+            "lanet_sparsemax": ["--model", "lanet", "--attention", "sparsemax"],
+            "lanet_softmax_pc": ["--model", "lanet", "--attention", "softmax", "--past-counts"],
+            "lanet_sparsemax_pc": ["--model", "lanet", "--attention", "sparsemax", "--past-counts"]}
 METRICS = ["recall@10", "ndcg@10", "phr@10", "recall@20", "ndcg@20", "micro_auc", "macro_auc", "weighted_f1",
            "micro_f1", "train_seconds"]
 # DC, DNNTSP split, as rerun in the PIETSP manuscript's table: recall@10, NDCG@10, PHR@10
@@ -37,8 +41,11 @@ def main(argv=None):
     ap.add_argument("--datasets", default="DC,TaFeng")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds-for", default="", help="per-variant seed counts, e.g. lanet_sparsemax_pc=1")
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--max-tokens", type=int, default=128, help="LANET label tokens per example (large vocabularies)")
+    ap.add_argument("--max-tokens-for", default="DC=512",
+                    help="per-dataset --max-tokens (DC's 217 labels are all tokens, as in the paper)")
     ap.add_argument("--out", default=RESULTS_DIR)
     ap.add_argument("--report", action="store_true", help="no training: summarise the runs of the partial CSV")
     args = ap.parse_args(argv)
@@ -50,16 +57,18 @@ def main(argv=None):
             runs = [{k: (v if k in ("dataset", "variant") else float(v)) for k, v in r.items()}
                     for r in csv.DictReader(f)]
     done = {(r["dataset"], r["variant"], int(r["seed"])) for r in runs}
+    tokens_for = {k: int(v) for k, v in (kv.split("=") for kv in args.max_tokens_for.split(",") if kv)}
+    seeds_for = {k: int(v) for k, v in (kv.split("=") for kv in args.seeds_for.split(",") if kv)}
     start = time.time()
     for name in args.datasets.split(","):
         path = os.path.join(args.data, name + ".json")
         data = None if args.report else load(path)
         for variant in args.variants.split(","):
-            for seed in range(1 if variant == "frequency" else args.seeds):
+            for seed in range(1 if variant == "frequency" else seeds_for.get(variant, args.seeds)):
                 if (name, variant, seed) in done or args.report:
                     continue
                 cli = cli_parser().parse_args(["--data", path, "--epochs", str(args.epochs), "--seed", str(seed),
-                                               "--max-tokens", str(args.max_tokens)] + VARIANTS[variant])
+                                               "--max-tokens", str(tokens_for.get(name, args.max_tokens))] + VARIANTS[variant])
                 res = run(cli, data)
                 row = dict(dataset=name, variant=variant, seed=seed, **{m: res.get(m, float("nan")) for m in METRICS},
                            epochs=res["epochs_run"], peak_rss_mb=res["peak_rss_mb"],
@@ -105,16 +114,17 @@ def print_table(summary):
 
 def write_markdown(path, summary):
     cols = ["recall@10", "ndcg@10", "phr@10", "recall@20", "ndcg@20", "micro_auc", "macro_auc", "weighted_f1"]
-    lines = ["| dataset | model | seeds | " + " | ".join(cols) + " | zero attention | train s |",
-             "|" + "---|" * (len(cols) + 5)]
+    lines = ["| dataset | model | seeds | " + " | ".join(cols) +
+             " | zero attention | train s | epochs | process peak RSS MB |",
+             "|" + "---|" * (len(cols) + 7)]
     for r in summary:
         z = f"{r['zero_fraction']:.3f}" if r["zero_fraction"] == r["zero_fraction"] else ""
         lines.append(f"| {r['dataset']} | {r['variant']} | {r['seeds']} | " +
                      " | ".join(f"{r[c]:.4f} ± {r[c + '_std']:.4f}" for c in cols) +
-                     f" | {z} | {r['train_seconds']:.0f} |")
+                     f" | {z} | {r['train_seconds']:.0f} | {r['epochs']:.1f} | {r['peak_rss_mb']:.0f} |")
     for ds, models in PUBLISHED.items():
         for m, (rec, ndcg, phr) in models.items():
-            lines.append(f"| {ds} | *{m} (published)* | | {rec:.4f} | {ndcg:.4f} | {phr:.4f} |" + " |" * 7)
+            lines.append(f"| {ds} | *{m} (published)* | | {rec:.4f} | {ndcg:.4f} | {phr:.4f} |" + " |" * 9)
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -8,7 +8,7 @@ import torch
 
 from torchxc.models import LANET, TimeStepTransformer
 from torchxc.temporal_sets import (collate, load_temporal_sets_csv, load_temporal_sets_json, ndcg_at_k,
-                                   personal_frequency_scores, phr_at_k, recall_at_k, tune_thresholds)
+                                   past_count_matrix, personal_frequency_scores, phr_at_k, recall_at_k, tune_thresholds)
 from torchxc.temporal_sets.__main__ import main as cli_main
 
 
@@ -129,6 +129,34 @@ def test_lanet_forward_backward(attention, max_tokens):
             assert torch.equal(out[other], m.bias.expand(B, -1)[other])
             assert history.any(1)[0].nonzero().flatten().tolist() == sorted(
                 set(cand[0].tolist()) & set(history.any(1)[0].nonzero().flatten().tolist()))
+
+
+def test_lanet_past_counts(tmp_path):
+    """The past-count token part: counts over the whole past (beyond look_back) reach the logits, labels with a past
+    count are candidates on large vocabularies, and a model built with it refuses a batch without counts."""
+    seqs = {"u": [["a"], ["b"], ["c"], ["d"], ["a", "e"]]}
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps({"train": seqs, "validate": {}, "test": seqs}))
+    d = load_temporal_sets_json(str(p), look_back=2)
+    ex = d.test[0]
+    ix = {v: i for i, v in enumerate(d.vocab)}
+    counts = past_count_matrix([ex], d.num_labels)
+    assert counts[0, ix["a"]] == 1 and counts[0, ix["d"]] == 1 and counts[0, ix["e"]] == 0
+    h, g, _, _ = collate([ex], d.num_labels, 2)
+    assert not h[0, :, ix["a"]].any()  # "a" is outside the look-back window but in the past counts
+    torch.manual_seed(0)
+    m = LANET(d.num_labels, 2, d_label=8, d_time=4, n_layers=1, n_heads=2, max_tokens=3,
+              popularity=d.popularity, past_counts=True)
+    with pytest.raises(ValueError, match="needs counts"):
+        m(h, g)
+    cand, _ = m.candidates(h, counts)
+    assert ix["a"] in cand[0].tolist()
+    out = m(h, g, counts=counts)
+    out.sum().backward()
+    assert m.count.weight.grad.abs().sum() > 0
+    m.eval()
+    with torch.no_grad():
+        assert not torch.equal(m(h, g, counts=counts), m(h, g, counts=torch.zeros_like(counts)))
 
 
 def test_time_step_transformer_shapes():

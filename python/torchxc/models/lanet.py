@@ -6,6 +6,9 @@ Each label c of the vocabulary is a token, the concatenation of
   (b) the sum, over the last ``look_back`` events of the history that contain c, of a time-gap embedding plus a
       position embedding (zero when c is absent from the history),
   (c) where the data has amounts, the same sum for an amount embedding (bucketed amounts);
+  (d) optionally (``past_counts=True``, a torchxc extension, not in the paper) a projection of how often the label
+      occurred in the user's *whole* past (log1p(count), count / the user's largest count, count > 0): the
+      look-back window alone hides older repeats, which is what the personal-frequency baseline ranks by;
 an optional learned id token goes in front, a TransformerEncoder mixes the tokens, and one shared Linear head gives
 each label token its logit. The attention normaliser is ``softmax`` or ``sparsemax`` (torchxc.sparsemax: sparse
 label attention); :attr:`LANET.zero_fraction` reports the share of exactly-zero attention weights of the last
@@ -77,16 +80,20 @@ class LANET(nn.Module):
     - ``history`` bool [B, J, C]: label c is in the j-th most recent history event (j = 0 the latest);
     - ``gap`` int64 [B, J]: time-gap bucket of each event (0 = padding event);
     - ``amount`` int64 [B, J, C] or None: amount bucket of label c in event j (0 = none);
+    - ``counts`` float [B, C] or None (required when ``past_counts``): the label's count over the whole past
+      (:func:`torchxc.temporal_sets.data.past_count_matrix`);
     and returns logits [B, C] (class c predicted when its logit is high; ZLPR: > 0).
     """
 
     def __init__(self, num_labels: int, look_back: int = 3, d_label: int = 48, d_time: int = 16, d_amount: int = 0,
                  n_layers: int = 2, n_heads: int = 4, d_ff: int = 128, dropout: float = 0.1,
                  attention: str = "softmax", id_token: bool = True, max_tokens: int = 512,
-                 num_gaps: int = 32, num_amounts: int = 16, popularity: Tensor | None = None):
+                 num_gaps: int = 32, num_amounts: int = 16, popularity: Tensor | None = None,
+                 past_counts: bool = False):
         super().__init__()
         self.C, self.look_back, self.max_tokens = num_labels, look_back, max_tokens
-        d_model = d_label + d_time + d_amount
+        d_model = d_label + d_time + d_amount + (d_time if past_counts else 0)
+        self.count = nn.Linear(3, d_time) if past_counts else None
         self.label = nn.Embedding(num_labels, d_label)
         self.gap = nn.Embedding(num_gaps, d_time)
         self.pos = nn.Embedding(look_back, d_time)
@@ -105,13 +112,15 @@ class LANET(nn.Module):
     def zero_fraction(self) -> float:
         return sum(layer.zeros for layer in self.layers) / max(len(self.layers), 1)
 
-    def candidates(self, history: Tensor) -> tuple[Tensor, Tensor]:
+    def candidates(self, history: Tensor, counts: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Token labels [B, L] and padding mask [B, L] (True = padding)."""
         B = history.shape[0]
         dev = history.device
         if self.C <= self.max_tokens:
             return torch.arange(self.C, device=dev).expand(B, -1), torch.zeros(B, self.C, dtype=torch.bool, device=dev)
         seen = history.any(1)  # [B, C]
+        if counts is not None:
+            seen = seen | (counts > 0)
         rank = torch.empty(self.C, dtype=torch.long, device=dev)
         rank[self.popular] = torch.arange(self.C, device=dev)
         # history labels first, then by popularity; keep max_tokens
@@ -120,9 +129,14 @@ class LANET(nn.Module):
         cand = torch.topk(key, L, dim=1, largest=False).indices
         return cand, torch.zeros(B, L, dtype=torch.bool, device=dev)
 
-    def forward(self, history: Tensor, gap: Tensor, amount: Tensor | None = None) -> Tensor:
+    def forward(self, history: Tensor, gap: Tensor, amount: Tensor | None = None,
+                counts: Tensor | None = None) -> Tensor:
         B, J, C = history.shape
-        cand, pad = self.candidates(history)
+        if self.count is not None and counts is None:
+            raise ValueError("LANET(past_counts=True).forward needs counts [B, C] (past_count_matrix)")
+        if self.count is None:
+            counts = None
+        cand, pad = self.candidates(history, counts)
         L = cand.shape[1]
         member = history.gather(2, cand[:, None, :].expand(B, J, L)).to(self.label.weight.dtype)  # [B, J, L]
         pos = torch.arange(J, device=history.device).clamp(max=self.look_back - 1)
@@ -132,6 +146,11 @@ class LANET(nn.Module):
             a = amount.gather(2, cand[:, None, :].expand(B, J, L)) if amount is not None else \
                 torch.zeros(B, J, L, dtype=torch.long, device=history.device)
             parts.append((self.amount(a) * member[..., None]).sum(1))
+        if self.count is not None:
+            c = counts.to(self.label.weight.dtype)
+            top = c.amax(1, keepdim=True).clamp(min=1)
+            c = c.gather(1, cand)
+            parts.append(self.count(torch.stack([c.log1p(), c / top, (c > 0).to(c.dtype)], -1)))
         x = torch.cat(parts, -1)
         if self.id_token is not None:
             x = torch.cat([self.id_token.expand(B, 1, -1), x], 1)

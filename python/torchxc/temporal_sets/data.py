@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Example", "TemporalSets", "collate", "load_temporal_sets_csv", "load_temporal_sets_json"]
+__all__ = ["Example", "TemporalSets", "collate", "load_temporal_sets_csv", "load_temporal_sets_json",
+           "past_count_matrix"]
 
 NUM_GAPS = 32
 NUM_AMOUNTS = 16
@@ -161,3 +162,13 @@ def collate(batch: list, num_labels: int, look_back: int, with_amounts: bool = F
                     amount[b, j, i] = a
         target[b, ex.target] = True
     return history, gap, amount, target
+
+
+def past_count_matrix(batch: list, num_labels: int) -> torch.Tensor:
+    """float32 [B, C]: how many of the example's past events (its whole past, not only the look-back window)
+    contained each label."""
+    counts = torch.zeros(len(batch), num_labels)
+    for b, ex in enumerate(batch):
+        if ex.past_counts:
+            counts[b, list(ex.past_counts.keys())] = torch.tensor(list(ex.past_counts.values()), dtype=torch.float32)
+    return counts

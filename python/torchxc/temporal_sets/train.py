@@ -14,7 +14,7 @@ import torch
 
 from ..models.lanet import LANET, TimeStepTransformer, loss_fn
 from .baselines import personal_frequency_scores
-from .data import NUM_GAPS, TemporalSets, collate, load_temporal_sets_csv, load_temporal_sets_json
+from .data import NUM_GAPS, TemporalSets, collate, load_temporal_sets_csv, load_temporal_sets_json, past_count_matrix
 from .metrics import evaluate_scores, ndcg_at_k, tune_thresholds
 
 __all__ = ["load", "run"]
@@ -35,13 +35,20 @@ def _targets(examples, C):
     return target, torch.tensor([ex.n_unseen for ex in examples], dtype=torch.float32)
 
 
+def _forward(model, batch, data: TemporalSets, device):
+    """(logits, target) of one batch of examples."""
+    h, g, a, t = collate(batch, data.num_labels, data.look_back, data.has_amounts)
+    extra = {}
+    if getattr(model, "count", None) is not None:
+        extra["counts"] = past_count_matrix(batch, data.num_labels).to(device)
+    return model(h.to(device), g.to(device), None if a is None else a.to(device), **extra), t
+
+
 @torch.no_grad()
 def predict(model, examples, data: TemporalSets, device, batch_size=256):
     model.eval()
-    out = []
-    for i in range(0, len(examples), batch_size):
-        h, g, a, _ = collate(examples[i:i + batch_size], data.num_labels, data.look_back, data.has_amounts)
-        out.append(model(h.to(device), g.to(device), None if a is None else a.to(device)).float().cpu())
+    out = [_forward(model, examples[i:i + batch_size], data, device)[0].float().cpu()
+           for i in range(0, len(examples), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, data.num_labels)
 
 
@@ -50,7 +57,8 @@ def build_model(args, data: TemporalSets):
         return LANET(data.num_labels, data.look_back, d_label=args.d_model - args.d_time, d_time=args.d_time,
                      d_amount=args.d_time if data.has_amounts else 0, n_layers=args.layers, n_heads=args.heads,
                      d_ff=2 * args.d_model, dropout=args.dropout, attention=args.attention,
-                     max_tokens=args.max_tokens, num_gaps=NUM_GAPS, popularity=data.popularity)
+                     max_tokens=args.max_tokens, num_gaps=NUM_GAPS, popularity=data.popularity,
+                     past_counts=getattr(args, "past_counts", False))
     return TimeStepTransformer(data.num_labels, data.look_back, d_model=args.d_model, n_layers=args.layers,
                                n_heads=args.heads, d_ff=2 * args.d_model, dropout=args.dropout, num_gaps=NUM_GAPS)
 
@@ -86,8 +94,7 @@ def run(args, data: TemporalSets | None = None, progress: bool = True) -> dict:
             random.Random(args.seed * 1000 + epoch).shuffle(train)
             total = 0.0
             for i in range(0, len(train), args.batch_size):
-                h, g, a, t = collate(train[i:i + args.batch_size], C, data.look_back, data.has_amounts)
-                logits = model(h.to(device), g.to(device), None if a is None else a.to(device))
+                logits, t = _forward(model, train[i:i + args.batch_size], data, device)
                 loss = loss_fn(args.loss, logits, t.to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
