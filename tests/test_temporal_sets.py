@@ -10,6 +10,8 @@ from torchxc.models import LANET, TimeStepTransformer
 from torchxc.temporal_sets import (collate, load_temporal_sets_csv, load_temporal_sets_json, ndcg_at_k,
                                    past_count_matrix, personal_frequency_scores, phr_at_k, recall_at_k, tune_thresholds)
 from torchxc.temporal_sets.__main__ import main as cli_main
+from torchxc.temporal_sets.__main__ import parser as cli_parser
+from torchxc.temporal_sets.train import run
 
 
 def test_ranking_metrics_worked_examples():
@@ -188,3 +190,17 @@ def test_cli_end_to_end(tmp_path):
         assert res["num_labels"] == 12 and 0 <= res["recall@10"] <= 1
         if model == "frequency":  # each user's labels are 3 favourites: frequency finds most of them
             assert res["recall@10"] > 0.9
+
+
+def test_run_hands_back_test_scores(tmp_path):
+    """run(..., scores=d) fills d with the test scores and targets the reported metrics were computed from."""
+    seqs = {f"u{i}": [["a", "b"], ["b", "c"], ["a"], ["a", "b"]] for i in range(4)}
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps({"train": seqs, "validate": seqs, "test": seqs}))
+    args = cli_parser().parse_args(["--data", str(p), "--model", "frequency"])
+    got = {}
+    res = run(args, scores=got)
+    assert got["test"].shape == got["test_target"].shape == (4, res["num_labels"])
+    assert got["test_target"].dtype == torch.bool
+    assert res["recall@10"] == pytest.approx(recall_at_k(got["test"], got["test_target"], 10,
+                                                         torch.zeros(4)))

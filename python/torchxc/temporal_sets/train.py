@@ -63,8 +63,9 @@ def build_model(args, data: TemporalSets):
                                n_heads=args.heads, d_ff=2 * args.d_model, dropout=args.dropout, num_gaps=NUM_GAPS)
 
 
-def run(args, data: TemporalSets | None = None, progress: bool = True) -> dict:
-    """Trains (unless frequency) and evaluates; returns the result dict (also written to args.output if set)."""
+def run(args, data: TemporalSets | None = None, progress: bool = True, scores: dict | None = None) -> dict:
+    """Trains (unless frequency) and evaluates; returns the result dict (also written to args.output if set).
+    ``scores``, if given, receives the test scores [N, C] and targets (keys ``test``, ``test_target``) for analysis."""
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     if data is None:
@@ -125,6 +126,8 @@ def run(args, data: TemporalSets | None = None, progress: bool = True) -> dict:
     seconds = time.perf_counter() - start
     thresholds = tune_thresholds(val_s, val_t)
     result = evaluate_scores(test_s, test_t, test_u, thresholds)
+    if scores is not None:
+        scores.update(test=test_s, test_target=test_t)
     result.update(info)
     result.update(train_seconds=seconds, epochs_run=epochs_run, num_labels=C, train_examples=len(data.train),
                   test_users=len(data.test), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
