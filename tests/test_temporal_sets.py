@@ -9,8 +9,7 @@ import torch
 from torchxc.models import LANET, TimeStepTransformer
 from torchxc.temporal_sets import (collate, load_temporal_sets_csv, load_temporal_sets_json, ndcg_at_k,
                                    past_count_matrix, personal_frequency_scores, phr_at_k, recall_at_k, tune_thresholds)
-from torchxc.temporal_sets.__main__ import main as cli_main
-from torchxc.temporal_sets.__main__ import parser as cli_parser
+from torchxc.temporal_sets.__main__ import main as cli_main, parser as cli_parser
 from torchxc.temporal_sets.train import run
 
 
