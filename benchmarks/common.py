@@ -31,6 +31,23 @@ def _percentile(sorted_vals: List[float], q: float) -> float:
     return sorted_vals[idx]
 
 
+_warmed = set()
+
+
+def warm_gpu(device: torch.device, seconds: float = 0.5) -> None:
+    """Keeps the GPU busy for a moment before the first measurement of a process, so that no case is timed while
+    the clocks ramp up from idle (an H200 idles at 345 MHz)."""
+    if device in _warmed:
+        return
+    _warmed.add(device)
+    a = torch.randn(4096, 4096, device=device)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(10):
+            a @ a
+        torch.cuda.synchronize(device)
+
+
 class Timer:
     def __init__(self, device: torch.device, budget_s: float = 0.5, min_reps: int = 3, max_reps: int = 200):
         self.device = device
@@ -41,6 +58,7 @@ class Timer:
         if device.type == "cuda":
             # Larger than any L2 so far (H100: 50 MB, H200: 60 MB).
             self._flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=device)
+            warm_gpu(device)
 
     def __call__(self, fn: Callable[[], object], setup: Optional[Callable[[], None]] = None) -> Measurement:
         for _ in range(2):  # warm-up: compilation, caches, allocator

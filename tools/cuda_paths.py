@@ -6,7 +6,9 @@ Paths: warp per row (d <= 1024), block per row (d <= 32768), split rows (longer)
 (odd d), every dtype: sparsemax forward, backward, loss (index and weight targets) and its backward; ZLPR with
 hard, soft and sparse labels, with and without a mask, with and without the gradient; the tree sampler's draws
 (float32 and float64, C a power of two and not), log q of given labels and its backward.
+--sizes / --dtypes narrow the run (racecheck, which only sees shared memory, needs the block and split paths only).
 """
+import argparse
 import sys
 
 import torch
@@ -23,12 +25,21 @@ def check(name, a, b, tol):
     return ok
 
 
-def main():
+SIZES = [1, 7, 32, 100, 1024, 1500, 5000, 20000, 32768, 40000, 100003]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="row lengths, comma-separated")
+    ap.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated, of " + ", ".join(DTYPES))
+    args = ap.parse_args(argv)
+    sizes = [int(v) for v in args.sizes.split(",")]
+    dtypes = [DTYPES[v] for v in args.dtypes.split(",")]
     assert torch.cuda.is_available() and torchxc.cuda_kernels_built(), "needs a GPU and a CUDA build"
     gen = torch.Generator().manual_seed(0)
     ok = True
-    sizes = [1, 7, 32, 100, 1024, 1500, 5000, 20000, 32768, 40000, 100003]
-    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+    for dtype in dtypes:
         tol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 1e-2)
         for d in sizes:
             rows = 3
@@ -55,18 +66,18 @@ def main():
                 (glc,) = torch.autograd.grad(lc.sum(), xc)
                 (glr,) = torch.autograd.grad(lr.sum(), xr)
                 ok &= check(f"sparsemax_loss backward[{tname}] {dtype} d={d}", glc, glr, tol * 10)
-    ok &= zlpr_paths(gen)
+    ok &= zlpr_paths(gen, sizes, dtypes)
     ok &= tree_paths(gen)
     torch.cuda.synchronize()
     print("ALL OK" if ok else "SOME FAILED")
     return 0 if ok else 1
 
 
-def zlpr_paths(gen):
+def zlpr_paths(gen, sizes, dtypes):
     ok = True
-    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+    for dtype in dtypes:
         tol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 2e-2)
-        for d in (1, 7, 32, 100, 1024, 1500, 5000, 20000, 32768, 40000, 100003):
+        for d in sizes:
             rows = 3
             s = torch.randn(rows, d, generator=gen).to(dtype)
             hard = torch.rand(rows, d, generator=gen) < 0.05

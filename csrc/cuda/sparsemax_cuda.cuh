@@ -16,6 +16,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 
 #include "../common/sparsemax_threshold.h"
@@ -136,12 +137,21 @@ struct RowConfig {
   static constexpr int ROWS_PER_BLOCK = BLOCK_ / TPR_;
 };
 
+// Rows longer than this take the split path even where a register path fits them: the environment variable
+// TORCHXC_CUDA_SPLIT_ABOVE, read at every call, for tuning experiments (tools/tune_split_threshold.py) and for
+// testing the split path on short rows (tools/cuda_paths.py). Default: only rows no register path fits.
+inline int64_t cuda_split_above() {
+  const char* s = std::getenv("TORCHXC_CUDA_SPLIT_ABOVE");
+  return s ? std::atoll(s) : std::numeric_limits<int64_t>::max();
+}
+
 // Calls f(RowConfig<...>{}) for the register path that fits d, or returns false when the row needs the split
 // path. WORDS is the number of 32-bit registers a kernel keeps per row value (2 for double, more when it also
 // holds a target); 1024-thread blocks have 64 registers per thread, so they get at most 32 words of values.
 // Configurations a kernel cannot use are not instantiated.
 template <int WORDS, typename F>
 bool dispatch_row_config(int64_t d, F&& f) {
+  if (d > cuda_split_above()) return false;
   if (d <= 8) return f(RowConfig<8, 1, 128>{});  // sub-warp groups: 4 rows per warp
   if (d <= 16) return f(RowConfig<16, 1, 128>{});
   if (d <= 32) return f(RowConfig<32, 1, 128>{});
