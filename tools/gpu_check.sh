@@ -1,53 +1,114 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: build the CUDA extension, run the whole test suite, run compute-sanitizer
-# (memcheck, racecheck) over every CUDA kernel path, and run the benchmarks. Logs and results go to $OUT
-# (default: ./gpu-check-out). Uses the python that already has a CUDA build of torch (PYTHON=python3).
-#   make gpu-check            or           OUT=/tmp/out tools/gpu_check.sh [build|test|sanitize|bench]...
+# One command for a GPU machine: build the CUDA extension, run the CUDA test cases, the benchmarks on CUDA,
+# compute-sanitizer (memcheck, racecheck) over every CUDA kernel path, the split path on every row length and its
+# timing against the register paths, then the rest of the test suite with this build.
+#   make gpu-check   or   OUT=/tmp/out tools/gpu_check.sh [build|test|bench|sanitize|split-paths|test-rest]...
+# Logs and benchmark results are written to $WORK (default $OUT/work, $OUT defaults to ./gpu-check-out) and packed
+# into $OUT/gpu_check.tgz after every step, with a one-line-per-step $OUT/summary.txt, so that a run cut short still
+# returns what it did. Each step has a time limit in seconds (T_BUILD, T_TEST_CUDA, T_TEST_REST, T_BENCH_SPARSEMAX,
+# T_BENCH_ZLPR, T_BENCH_TREE, T_BENCH_FUSED, T_MEMCHECK, T_RACECHECK, T_SPLIT_PATHS, T_SPLIT_MEMCHECK, T_TUNE), so
+# that one slow step cannot starve the rest.
+# PYTHON: the python that has a CUDA build of torch (default python3). If python/torchxc/ already holds a
+# CUDA-enabled _C*.so built elsewhere against the same torch (built with FORCE_CUDA=1 ... setup.py build_ext
+# --inplace), the build step uses it through PYTHONPATH instead of compiling again.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-$PWD/gpu-check-out}
-mkdir -p "$OUT"
+WORK=${WORK:-$OUT/work}
+mkdir -p "$OUT" "$WORK/results"
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test sanitize bench)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test bench sanitize split-paths test-rest)
 export PYTHONUNBUFFERED=1
+JOBS=${JOBS:-$(( $(nproc) > 8 ? 8 : $(nproc) ))}
+# pytest: with pytest-xdist (JOBS workers) where installed, each worker limited to nproc / JOBS threads (unlimited,
+# 12 workers of 16 threads each on 16 cores ran the CPU tests many times slower); -v prints every failure as it
+# happens, so a run stopped at its time limit still names its failures.
+PYTEST=(env)
+PYTEST_ARGS=(-p no:cacheprovider -v -rfE --durations=15)
+if $PY -c "import xdist" 2>/dev/null; then
+  PYTEST=(env OMP_NUM_THREADS="$(( $(nproc) / JOBS > 2 ? $(nproc) / JOBS : 2 ))")
+  PYTEST_ARGS+=(-n "$JOBS")
+fi
+PYTEST+=($PY -m pytest tests)
 status=0
+T0=$(date +%s)
 
-run() {  # run NAME CMD...: log to $OUT/NAME.log, record the status
-  local name=$1; shift
+pack() { tar czf "$OUT/gpu_check.tgz" -C "$WORK" . 2>/dev/null; }
+
+run() {  # run NAME LIMIT CMD...: log to $WORK/NAME.log, stop it after LIMIT seconds, record the status
+  local name=$1 limit=$2; shift 2
   local start=$(date +%s)
-  echo "== $name: $*"
-  "$@" > "$OUT/$name.log" 2>&1
+  echo "== $name (limit ${limit}s, at +$(( start - T0 ))s): $*"
+  timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
   local rc=$?
-  echo "== $name: exit $rc after $(( $(date +%s) - start ))s (log: $OUT/$name.log)"
-  tail -n 25 "$OUT/$name.log"
+  local line="$name: exit $rc after $(( $(date +%s) - start ))s$([ $rc -eq 124 ] && echo ' (time limit)')"
+  echo "== $line"
+  echo "$line" >> "$OUT/summary.txt"
+  tail -n "${TAIL:-15}" "$WORK/$name.log"
   [ $rc -eq 0 ] || status=1
+  pack
   return $rc
+}
+
+cuda_build_ok() {
+  (cd /tmp && $PY -c "import torch, torchxc; assert torchxc.cuda_kernels_built() and torch.cuda.is_available()
+print('torch', torch.__version__, '| torchxc from', torchxc.__file__, '| CUDA kernels built |', torch.cuda.get_device_name())")
 }
 
 for step in "${STEPS[@]}"; do
   case $step in
     build)
-      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-      cat "$OUT/gpu.txt"
-      if ls .whl/*.whl >/dev/null 2>&1; then  # test-only wheels carried to a machine without internet
+      { nvidia-smi; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; nproc; } \
+        > "$WORK/machine.txt" 2>&1
+      head -n 12 "$WORK/machine.txt"
+      if ls .whl/*.whl >/dev/null 2>&1; then  # test/benchmark-only wheels carried to a machine without internet
         $PY -m pip install -q --no-index --no-deps .whl/*.whl
       fi
-      run build env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
-        $PY -m pip install -v --no-build-isolation --no-deps --no-index . || exit 1
-      (cd /tmp && $PY -c "import torch, torchxc; print('torch', torch.__version__, 'cuda kernels', torchxc.cuda_kernels_built())")
+      if ls python/torchxc/_C*.so >/dev/null 2>&1 && PYTHONPATH=$PWD/python cuda_build_ok; then
+        export PYTHONPATH=$PWD/python
+        echo "build: using the prebuilt $(ls python/torchxc/_C*.so)" | tee -a "$OUT/summary.txt"
+      else
+        rm -f python/torchxc/_C*.so
+        run build "${T_BUILD:-400}" env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
+          MAX_JOBS="${MAX_JOBS:-$(nproc)}" $PY -m pip install -v --no-build-isolation --no-deps --no-index . || exit 1
+        cuda_build_ok || exit 1
+      fi
       ;;
-    test)
-      run test $PY -m pytest tests -q -p no:cacheprovider -x --durations=15
+    test)  # the CUDA cases (their test ids hold "cuda")
+      run test_cuda "${T_TEST_CUDA:-200}" "${PYTEST[@]}" "${PYTEST_ARGS[@]}" -k cuda
       ;;
-    sanitize)
-      run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 $PY tools/cuda_paths.py
-      run racecheck compute-sanitizer --tool racecheck --error-exitcode 1 $PY tools/cuda_paths.py
+    test-rest)  # the rest of the suite, with this CUDA build
+      run test_rest "${T_TEST_REST:-240}" "${PYTEST[@]}" "${PYTEST_ARGS[@]}" -k "not cuda"
       ;;
     bench)
-      run bench $PY benchmarks/bench_sparsemax.py --device cuda --out "$OUT"
+      R=$WORK/results
+      run bench_sparsemax "${T_BENCH_SPARSEMAX:-120}" $PY benchmarks/bench_sparsemax.py --device cuda \
+        --budget "${BENCH_BUDGET:-0.2}" --out "$R"
+      run bench_zlpr "${T_BENCH_ZLPR:-120}" $PY benchmarks/bench_zlpr.py --device cuda \
+        --budget "${BENCH_BUDGET:-0.2}" --out "$R"
+      run bench_tree_sampler "${T_BENCH_TREE:-90}" $PY benchmarks/bench_tree_sampler.py --device cuda \
+        --budget "${BENCH_BUDGET_TREE:-0.5}" --out "$R"
+      run bench_fused_linear_zlpr "${T_BENCH_FUSED:-90}" $PY benchmarks/bench_fused_linear_zlpr.py --device cuda \
+        --out "$R"
+      ;;
+    split-paths)  # the split path on every row length (it normally serves rows > 32768 only), then its timing
+      TAIL=4 run split_paths "${T_SPLIT_PATHS:-120}" env TORCHXC_CUDA_SPLIT_ABOVE=0 $PY tools/cuda_paths.py
+      TAIL=4 run split_paths_memcheck "${T_SPLIT_MEMCHECK:-120}" env TORCHXC_CUDA_SPLIT_ABOVE=0 \
+        PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 $PY tools/cuda_paths.py
+      TAIL=50 run tune_split_threshold "${T_TUNE:-120}" $PY tools/tune_split_threshold.py --out "$WORK/results"
+      ;;
+    sanitize)  # one cudaMalloc per tensor, so that an access past a tensor's end is outside any allocation
+      export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+      TAIL=4 run memcheck "${T_MEMCHECK:-150}" compute-sanitizer --tool memcheck --error-exitcode 1 \
+        $PY tools/cuda_paths.py
+      TAIL=4 run racecheck "${T_RACECHECK:-150}" compute-sanitizer --tool racecheck --error-exitcode 1 \
+        $PY tools/cuda_paths.py --sizes 1500,5000,32768,40000,100003
+      unset PYTORCH_NO_CUDA_MEMORY_CACHING
       ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done
+echo "total: $(( $(date +%s) - T0 ))s, status $status" | tee -a "$OUT/summary.txt"
+pack
 exit $status
