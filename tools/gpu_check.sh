@@ -100,12 +100,10 @@ for step in "${STEPS[@]}"; do
       TAIL=50 run tune_split_threshold "${T_TUNE:-120}" $PY tools/tune_split_threshold.py --out "$WORK/results"
       ;;
     sanitize)  # one cudaMalloc per tensor, so that an access past a tensor's end is outside any allocation
-      export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-      TAIL=4 run memcheck "${T_MEMCHECK:-150}" compute-sanitizer --tool memcheck --error-exitcode 1 \
-        $PY tools/cuda_paths.py
-      TAIL=4 run racecheck "${T_RACECHECK:-150}" compute-sanitizer --tool racecheck --error-exitcode 1 \
-        $PY tools/cuda_paths.py --sizes 1500,5000,32768,40000,100003
-      unset PYTORCH_NO_CUDA_MEMORY_CACHING
+      TAIL=4 run memcheck "${T_MEMCHECK:-150}" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+        compute-sanitizer --tool memcheck --error-exitcode 1 $PY tools/cuda_paths.py
+      TAIL=4 run racecheck "${T_RACECHECK:-150}" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+        compute-sanitizer --tool racecheck --error-exitcode 1 $PY tools/cuda_paths.py --sizes 1500,5000,32768,40000,100003
       ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac

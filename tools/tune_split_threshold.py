@@ -10,7 +10,6 @@ kernel times (CUDA events, L2 flushed, no autograd) and effective bandwidth:
     python tools/tune_split_threshold.py [--out DIR]
 """
 import argparse
-import csv
 import os
 import sys
 
@@ -19,7 +18,7 @@ import torch
 import torchxc
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
-from common import Timer  # noqa: E402  (flushes the L2 before each call, warms the GPU up first)
+from common import Timer, write_csv  # noqa: E402  (flushes the L2 before each call, warms the GPU up first)
 
 SHAPES = [(4096, 2048), (256, 8192), (4096, 8192), (256, 16384), (4096, 16384), (256, 32768), (1024, 32768),
           (4096, 32768)]
@@ -85,12 +84,8 @@ def main(argv=None):
                       f"{row['register_gbs']:9.0f} {row['split_gbs']:10.0f} {row['split_over_register']:9.2f} "
                       f"{diff:9.1e}", flush=True)
             torch.cuda.empty_cache()
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "split_threshold_cuda.csv")
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows_out[0]))
-        w.writeheader()
-        w.writerows(rows_out)
+    write_csv(path, rows_out)
     print(f"wrote {path}")
     return 0
 
