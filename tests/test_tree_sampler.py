@@ -5,6 +5,10 @@ right subtree holds only padding, where the walk goes left with probability 1. T
 every leaf's path explicitly in float64.
 """
 import math
+import os
+import subprocess
+import sys
+import tempfile
 import types
 
 import pytest
@@ -96,6 +100,19 @@ def test_sampled_log_q_is_log_prob(device, dtype):
 
 
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("C,k,S", [(3, 33, 500), (5, 8, 2000), (37, 5, 1000), (1000, 16, 7), (70000, 32, 3)])
+def test_sampled_log_q_is_log_prob_shapes(device, C, k, S):
+    """float32 draws over k with and without an 8-wide tail, rows straddling the kernel's blocks of walks, few and
+    many draws per row (upper levels shared or not), padded trees: log q of every draw is log_prob of its label."""
+    sampler = make_tree(C, k, dtype=torch.float32, device=device, scale=1.5 / math.sqrt(k))
+    z = torch.randn(13, k, generator=torch.Generator().manual_seed(C)).to(device)
+    labels, log_q = sampler.sample(z, S, generator=torch.Generator().manual_seed(2))
+    assert labels.shape == (13, S) and labels.min() >= 0 and labels.max() < C
+    exact = make_tree(C, k, dtype=torch.float64, device=device, scale=1.5 / math.sqrt(k))  # same values in float64
+    assert max_err(exact.log_prob(z.double(), labels), log_q) < 3e-5
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
 def test_seeded_draws_are_reproducible(device):
     sampler = make_tree(500, 6, dtype=torch.float32, device=device)
     z = torch.randn(64, 6, generator=torch.Generator().manual_seed(7)).to(device)
@@ -117,6 +134,44 @@ def test_seeded_draws_are_reproducible(device):
         finally:
             torch.set_num_threads(before)
         assert torch.equal(e[0], a[0])
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_float32_draws_equal_float64_draws(device):
+    """The float32 kernels (vectorized random numbers, shared upper levels) use the same uniform per (seed, row, draw,
+    level) as the float64 walk: on a tree whose float32 and float64 parameters are equal, the draws agree except
+    where a uniform falls within rounding of a branch probability (none for this seed)."""
+    f32 = make_tree(1000, 16, dtype=torch.float32, scale=0.4)
+    f64 = torchxc.TreeSampler.from_parameters(f32.node_weight.detach().double(), f32.node_bias.detach().double(),
+                                              1000, f32.leaf_to_label)
+    z = torch.randn(37, 16, generator=torch.Generator().manual_seed(11))
+    a = f32.to(device).sample(z.to(device), 300, generator=torch.Generator().manual_seed(12))
+    b = f64.to(device).sample(z.double().to(device), 300, generator=torch.Generator().manual_seed(12))
+    assert torch.equal(a[0], b[0])
+    assert max_err(a[1], b[1]) < 1e-5
+
+
+def test_portable_cpu_loops_match_avx2():
+    """The sampler's portable loops (CPUs without AVX2; forced here by TORCHXC_TREE_NO_AVX2) draw what the AVX2
+    loops draw: same Philox words, logits equal up to summation order."""
+    code = (
+        "import sys, torch, torchxc; sys.path.insert(0, sys.argv[1]); from test_tree_sampler import make_tree\n"
+        "s = make_tree(1000, 12, dtype=torch.float32, scale=0.4)\n"
+        "z = torch.randn(37, 12, generator=torch.Generator().manual_seed(11))\n"
+        "lab, lq = s.sample(z, 300, generator=torch.Generator().manual_seed(12))\n"
+        "torch.save((lab, lq), sys.argv[2])\n")
+    here = os.path.dirname(os.path.abspath(__file__))
+    outs = []
+    for flag in ("0", "1"):
+        env = {k: v for k, v in os.environ.items() if k != "TORCHXC_TREE_NO_AVX2"}
+        if flag == "1":
+            env["TORCHXC_TREE_NO_AVX2"] = "1"
+        path = os.path.join(tempfile.mkdtemp(), "draws.pt")
+        subprocess.run([sys.executable, "-c", code, here, path], env=env, check=True)
+        outs.append(torch.load(path))
+    assert (outs[0][0] != outs[1][0]).float().mean() < 1e-3  # a flip needs a uniform within rounding of p
+    same = outs[0][0] == outs[1][0]
+    assert max_err(outs[0][1][same], outs[1][1][same]) < 1e-5
 
 
 @requires_cuda

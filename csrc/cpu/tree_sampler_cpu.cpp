@@ -3,16 +3,21 @@
 //
 // Sampling in float32 walks a block of draws level by level (structure of arrays): the dot products of all the
 // block's walks at one level are independent, so their node loads overlap instead of each walk waiting on its
-// own chain of cache misses, and the branch decisions, random numbers and probabilities are vectorized loops.
-// The probability of the path is a running product in double, renormalized every 4 levels (exponent kept
-// apart), with one logarithm per draw at the end. float64 uses the scalar walk of tree_common.h. Both compare
-// the same uniform (Philox counter (sample, row, level / 4)) with sigmoid_right(logit).
+// own chain of cache misses, and the branch decisions, random numbers and probabilities are vectorized loops
+// (AVX2 where the CPU has it: dot products eight walks at a time, Philox on eight counters per vector).
+// The upper levels, where a block's rows have fewer nodes than the block has walks (levels below log2(S / 2) for
+// S draws per row), compute each (row, node) logit once and let the walks look it up.
+// The probability of the path is a running float product, renormalized at every level (exponent kept apart), with
+// one logarithm per draw at the end. float64 (and float32 trees deeper than 30 levels) use the scalar walk of
+// tree_common.h. Both compare the same uniform (Philox counter (sample, row, level / 4)) with
+// sigmoid_right(logit).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -25,92 +30,216 @@ namespace {
 
 constexpr int64_t kWalkBlock = 512;  // draws walked together by one thread
 
-// Keeps prod in [1, 2) and adds its binary exponent to expo (prod > 0 and normal).
-TORCHXC_ALWAYS_INLINE void renormalize(double& prod, int64_t& expo) {
-  const uint64_t bits = __builtin_bit_cast(uint64_t, prod);
-  expo += static_cast<int64_t>((bits >> 52) & 0x7ff) - 1023;
-  prod = __builtin_bit_cast(double, (bits & 0x000fffffffffffffull) | (1023ull << 52));
+// logit[i] = weight[node[i]] . z[zrow[i]] + bias[node[i]] for n (node, row) pairs. Every logit is summed in the
+// same order whichever position it has in the list, so a logit computed once for a row and shared by its draws
+// (tree_sample_block_f32's upper levels) equals the one a walk would have computed itself.
+//
+// x86 with AVX2+FMA: eight pairs at a time, each an 8-lane partial sum over k (masked tail), reduced together by a
+// transposing horizontal add, so one reduction serves eight dot products. Elsewhere: a scalar loop.
+#if TORCHXC_HAVE_AVX512_COLLECT
+// TORCHXC_TREE_NO_AVX2=1 selects the portable loops on an AVX2 machine too (tests compare the two).
+const bool kTreeAVX2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                       std::getenv("TORCHXC_TREE_NO_AVX2") == nullptr;
+
+// kChunks: k / 8 when the caller knows it at compile time (unrolled, no tail), else -1.
+template <int kChunks>
+__attribute__((target("avx2,fma"))) inline __m256 tree_partial_dot_avx2(const float* w, const float* zr, int64_t full,
+                                                                        int64_t tail, __m256i tail_mask) {
+  __m256 acc = _mm256_setzero_ps();
+  if constexpr (kChunks >= 0) {
+    for (int j = 0; j < 8 * kChunks; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(w + j), _mm256_loadu_ps(zr + j), acc);
+  } else {
+    for (int64_t j = 0; j < full; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(w + j), _mm256_loadu_ps(zr + j), acc);
+    if (tail) {
+      acc = _mm256_fmadd_ps(_mm256_maskload_ps(w + full, tail_mask), _mm256_maskload_ps(zr + full, tail_mask), acc);
+    }
+  }
+  return acc;
 }
 
-// logit[i] = weight[node[i]] . z[row[i]] + bias[node[i]] for the n walks of a block: one line of each walk's
-// node weights per 16 values of k, a masked tail, and a tree sum of the 16 lanes.
-#if TORCHXC_HAVE_AVX512_COLLECT
-const bool kTreeAVX512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+// Lane t: ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)) of a[t].
+__attribute__((target("avx2,fma"))) inline __m256 transpose_sum8(const __m256* a) {
+  const __m256 s01 = _mm256_hadd_ps(a[0], a[1]), s23 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 s45 = _mm256_hadd_ps(a[4], a[5]), s67 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+  return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
+}
 
-TORCHXC_AVX512 __attribute__((target("avx512dq"))) void tree_logits_avx512(const float* z, const float* weight,
-                                                                             const float* bias, int64_t k,
-                                                                             const int64_t* node, const int64_t* zrow,
-                                                                             int64_t n, bool prefetch_children,
-                                                                             float* logit) {
-  const __mmask16 tail = static_cast<__mmask16>((1u << (k % 16)) - 1u);
-  const int64_t full = k - k % 16;
-  for (int64_t i = 0; i < n; ++i) {
-    const float* w = weight + node[i] * k;
-    const float* zr = z + zrow[i] * k;
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t j = 0; j < full; j += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(w + j), _mm512_loadu_ps(zr + j), acc);
-    if (tail) acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w + full), _mm512_maskz_loadu_ps(tail, zr + full), acc);
-    logit[i] = _mm512_reduce_add_ps(acc) + bias[node[i]];
-    if (prefetch_children) {  // the next level reads one of the two children: fetch both while this one finishes
-      const int64_t child = 2 * node[i] + 1;
-      const char* cw = reinterpret_cast<const char*>(weight + child * k);
-      for (int64_t b = 0; b < 2 * k * static_cast<int64_t>(sizeof(float)); b += 64) _mm_prefetch(cw + b, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(bias + child), _MM_HINT_T0);
+template <int kChunks>
+__attribute__((target("avx2,fma"))) void tree_logits_avx2(const float* z, const float* weight, const float* bias,
+                                                          int64_t k, const int32_t* node, const int64_t* zrow,
+                                                          int64_t n, float* logit) {
+  const int64_t tail = k % 8, full = k - tail;
+  const __m256i tail_mask =
+      _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(tail)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  int64_t i0 = 0;
+  for (; i0 + 8 <= n; i0 += 8) {
+    __m256 a[8];
+    for (int t = 0; t < 8; ++t) {
+      a[t] = tree_partial_dot_avx2<kChunks>(weight + node[i0 + t] * k, z + zrow[i0 + t] * k, full, tail, tail_mask);
     }
+    const __m256 b = _mm256_i32gather_ps(bias, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(node + i0)), 4);
+    _mm256_storeu_ps(logit + i0, _mm256_add_ps(transpose_sum8(a), b));
+  }
+  if (i0 < n) {  // the last pairs, padded by repeating the last one
+    __m256 a[8];
+    for (int t = 0; t < 8; ++t) {
+      const int64_t i = std::min<int64_t>(i0 + t, n - 1);
+      a[t] = tree_partial_dot_avx2<kChunks>(weight + node[i] * k, z + zrow[i] * k, full, tail, tail_mask);
+    }
+    alignas(32) float out[8];
+    _mm256_store_ps(out, transpose_sum8(a));
+    for (int64_t i = i0; i < n; ++i) logit[i] = out[i - i0] + bias[node[i]];
   }
 }
 #endif
 
-// Draws i0 .. i0+n-1 of the flat [B, S] output (n <= kWalkBlock), float32.
+void tree_logits(const float* z, const float* weight, const float* bias, int64_t k, const int32_t* node,
+                 const int64_t* zrow, int64_t n, float* logit) {
+#if TORCHXC_HAVE_AVX512_COLLECT
+  if (kTreeAVX2) {
+    switch (k) {
+      case 8: return tree_logits_avx2<1>(z, weight, bias, k, node, zrow, n, logit);
+      case 16: return tree_logits_avx2<2>(z, weight, bias, k, node, zrow, n, logit);
+      case 32: return tree_logits_avx2<4>(z, weight, bias, k, node, zrow, n, logit);
+      default: return tree_logits_avx2<-1>(z, weight, bias, k, node, zrow, n, logit);
+    }
+  }
+#endif
+  for (int64_t i = 0; i < n; ++i) {
+    const float* w = weight + node[i] * k;
+    const float* zr = z + zrow[i] * k;
+    float acc = 0.0f;
+    for (int64_t j = 0; j < k; ++j) acc += w[j] * zr[j];
+    logit[i] = acc + bias[node[i]];
+  }
+}
+
+// rnd[w][i] = word w of philox4x32(seed, smp[i], row[i], ctr, hi[i]) for i < n. AVX2: eight counters per vector,
+// each 32x32->64-bit product split into its halves with even/odd-lane multiplies and blends (compilers vectorize
+// the scalar form through 64-bit lanes at about a sixth of this speed).
+#if TORCHXC_HAVE_AVX512_COLLECT
+__attribute__((target("avx2"))) inline void philox_mulhilo8(__m256i x, __m256i m, __m256i* hi, __m256i* lo) {
+  const __m256i even = _mm256_mul_epu32(x, m), odd = _mm256_mul_epu32(_mm256_srli_epi64(x, 32), m);
+  *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+__attribute__((target("avx2"))) void philox_block_avx2(uint64_t seed, const uint32_t* smp, const uint32_t* row,
+                                                       uint32_t ctr, const uint32_t* hi, int64_t n,
+                                                       uint32_t (*rnd)[kWalkBlock]) {
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(smp + i));
+    __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i));
+    __m256i x2 = _mm256_set1_epi32(static_cast<int>(ctr));
+    __m256i x3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi + i));
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int round = 0; round < 10; ++round) {
+      __m256i hi0, lo0, hi1, lo1;
+      philox_mulhilo8(x0, m0, &hi0, &lo0);
+      philox_mulhilo8(x2, m1, &hi1, &lo1);
+      x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), _mm256_set1_epi32(static_cast<int>(k0)));
+      x1 = lo1;
+      x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), _mm256_set1_epi32(static_cast<int>(k1)));
+      x3 = lo0;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(rnd[0] + i), x0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(rnd[1] + i), x1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(rnd[2] + i), x2);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(rnd[3] + i), x3);
+  }
+  for (; i < n; ++i) {
+    const Philox4x32 r = philox4x32(seed, smp[i], row[i], ctr, hi[i]);
+    for (int w = 0; w < 4; ++w) rnd[w][i] = r.v[w];
+  }
+}
+#endif
+
+void philox_block(uint64_t seed, const uint32_t* smp, const uint32_t* row, uint32_t ctr, const uint32_t* hi,
+                  int64_t n, uint32_t (*rnd)[kWalkBlock]) {
+#if TORCHXC_HAVE_AVX512_COLLECT
+  if (kTreeAVX2) return philox_block_avx2(seed, smp, row, ctr, hi, n, rnd);
+#endif
+  for (int64_t i = 0; i < n; ++i) {
+    const Philox4x32 r = philox4x32(seed, smp[i], row[i], ctr, hi[i]);
+    for (int w = 0; w < 4; ++w) rnd[w][i] = r.v[w];
+  }
+}
+
+// log(m) for m in [1, 2), vectorizable: with m = 2^e * y, y in [sqrt(1/2), sqrt(2)), log(y) = 2 atanh(t) for
+// t = (y - 1) / (y + 1), |t| < 0.1716, whose odd series to t^11 leaves a relative error below 1e-10.
+TORCHXC_ALWAYS_INLINE float log_1_2(float m) {
+  constexpr float kSqrt2 = 1.41421356237f, kLn2 = 0.693147180559945309f;
+  const bool high = m >= kSqrt2;
+  const float y = bsel(high, 0.5f * m, m);
+  const float t = (y - 1.0f) / (y + 1.0f), t2 = t * t;
+  const float series = 1.0f + t2 * (1.0f / 3 + t2 * (1.0f / 5 + t2 * (1.0f / 7 + t2 * (1.0f / 9 + t2 * (1.0f / 11)))));
+  return 2.0f * t * series + bsel(high, kLn2, 0.0f);
+}
+
+// The fast path's node numbers are int32: trees of depth <= 30 (a billion labels). Deeper trees use tree_draw.
+constexpr int64_t kMaxBlockDepth = 30;
+
+// Draws i0 .. i0+n-1 of the flat [B, S] output (n <= kWalkBlock), float32, depth <= kMaxBlockDepth. The loops over
+// the block's walks are 8 lanes wide on AVX2 (float and int32 state only). The path probability is a float
+// product renormalized to [1, 2) at every level, its binary exponent kept apart; one logarithm per draw at the end.
 TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float* weight, const float* bias, int64_t k,
                                                    int64_t depth, int64_t num_labels, uint64_t seed, int64_t S,
                                                    int64_t i0, int64_t n, const int64_t* leaf_to_label,
                                                    int64_t* labels, float* log_q) {
-  alignas(64) int64_t node[kWalkBlock], zrow[kWalkBlock];
+  alignas(64) int32_t node[kWalkBlock], expo[kWalkBlock];
+  alignas(64) int64_t zrow[kWalkBlock];
   alignas(64) uint32_t row[kWalkBlock], smp[kWalkBlock], hi[kWalkBlock];
   alignas(64) uint32_t rnd[4][kWalkBlock];
-  alignas(64) float logit[kWalkBlock];
-  alignas(64) double prod[kWalkBlock];
-  alignas(64) int64_t expo[kWalkBlock];
+  alignas(64) float logit[kWalkBlock], prod[kWalkBlock], tlogit[kWalkBlock / 2];
+  alignas(64) int32_t tnode[kWalkBlock / 2];
+  alignas(64) int64_t trow[kWalkBlock / 2];
+  {
+    int64_t r = i0 / S, sample = i0 - r * S;
+    for (int64_t i = 0; i < n; ++i) {
+      zrow[i] = r;
+      row[i] = static_cast<uint32_t>(r);
+      hi[i] = static_cast<uint32_t>(static_cast<uint64_t>(r) >> 32);
+      smp[i] = static_cast<uint32_t>(sample);
+      if (++sample == S) {
+        sample = 0;
+        ++r;
+      }
+    }
+  }
+  TORCHXC_PRAGMA(omp simd)
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t flat = i0 + i;
-    const int64_t r = flat / S;
-    zrow[i] = r;
-    row[i] = static_cast<uint32_t>(r);
-    hi[i] = static_cast<uint32_t>(static_cast<uint64_t>(r) >> 32);
-    smp[i] = static_cast<uint32_t>(flat - r * S);
     node[i] = 0;
-    prod[i] = 1.0;
+    prod[i] = 1.0f;
     expo[i] = 0;
   }
+  const int64_t row0 = i0 / S, shared_rows = (i0 + n - 1) / S - row0 + 1;
+  const auto shared = [&](int64_t l) { return (shared_rows << l) <= n / 2; };
   for (int64_t l = 0; l < depth; ++l) {
-    if (l % 4 == 0) {
-      TORCHXC_PRAGMA(omp simd)
-      for (int64_t i = 0; i < n; ++i) {
-        const Philox4x32 r = philox4x32(seed, smp[i], row[i], static_cast<uint32_t>(l / 4), hi[i]);
-        rnd[0][i] = r.v[0];
-        rnd[1][i] = r.v[1];
-        rnd[2][i] = r.v[2];
-        rnd[3][i] = r.v[3];
+    if (l % 4 == 0) philox_block(seed, smp, row, static_cast<uint32_t>(l / 4), hi, n, rnd);
+    const int32_t first = static_cast<int32_t>((int64_t(1) << l) - 1);
+    if (shared(l)) {
+      // Upper level: every node of the level for each of the block's rows, fewer dot products than walks; the
+      // walks look their logit up (bit-identical to computing it, see tree_logits).
+      const int64_t width = int64_t(1) << l, m = shared_rows << l;
+      for (int64_t j = 0; j < m; ++j) {
+        tnode[j] = first + static_cast<int32_t>(j & (width - 1));
+        trow[j] = row0 + (j >> l);
       }
+      tree_logits(z, weight, bias, k, tnode, trow, m, tlogit);
+      for (int64_t i = 0; i < n; ++i) logit[i] = tlogit[((zrow[i] - row0) << l) + (node[i] - first)];
+    } else {
+      tree_logits(z, weight, bias, k, node, zrow, n, logit);
     }
-    // independent loads: the walks' cache misses overlap
-#if TORCHXC_HAVE_AVX512_COLLECT
-    if (kTreeAVX512) {
-      tree_logits_avx512(z, weight, bias, k, node, zrow, n, l + 1 < depth, logit);
-    } else
-#endif
-    {
-      for (int64_t i = 0; i < n; ++i) {
-        const float* w = weight + node[i] * k;
-        const float* zr = z + zrow[i] * k;
-        float acc = 0.0f;
-        for (int64_t j = 0; j < k; ++j) acc += w[j] * zr[j];
-        logit[i] = acc + bias[node[i]];
-      }
-    }
-    const int64_t first = (int64_t(1) << l) - 1;
+    // The right child of the node at position p of this level holds only padding iff ((2p + 1) << shift) >= C,
+    // i.e. iff p >= ceil(C / 2^shift) / 2.
     const int64_t shift = depth - l - 1;
+    const int32_t empty_from = first + static_cast<int32_t>((((num_labels - 1) >> shift) + 1) / 2);
     const uint32_t* u32 = rnd[l % 4];
     TORCHXC_PRAGMA(omp simd)
     for (int64_t i = 0; i < n; ++i) {
@@ -120,23 +249,33 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
       const float inv = 1.0f / (1.0f + a);
       const float small = a * inv;
       const float p_right = bsel(pos, inv, small);
-      const bool empty = ((2 * (node[i] - first) + 1) << shift) >= num_labels;
+      const bool empty = node[i] >= empty_from;
       const bool right = (uniform24(u32[i]) < p_right) & !empty;
       const float taken = bsel(empty, 1.0f, bsel(right == pos, inv, small));
-      prod[i] *= static_cast<double>(taken);
-      node[i] = 2 * node[i] + 1 + static_cast<int64_t>(right);
+      // taken >= e^-86.9 > FLT_MIN (vexp's floor) whenever the walk can take that branch: prod stays normal
+      const uint32_t bits = __builtin_bit_cast(uint32_t, prod[i] * taken);
+      expo[i] += static_cast<int32_t>(bits >> 23) - 127;
+      prod[i] = __builtin_bit_cast(float, (bits & 0x007fffffu) | 0x3f800000u);
+      node[i] = 2 * node[i] + 1 + static_cast<int32_t>(right);
     }
-    if (l % 4 == 3) {
-      TORCHXC_PRAGMA(omp simd)
-      for (int64_t i = 0; i < n; ++i) renormalize(prod[i], expo[i]);
+    // Fetch the node each walk goes to (its weights and bias; at the end its label) ahead of the next pass, which
+    // reads them in the same order: one line per walk rather than both children.
+    if (l + 1 < depth && !shared(l + 1)) {
+      for (int64_t i = 0; i < n; ++i) {
+        const char* w = reinterpret_cast<const char*>(weight + node[i] * k);
+        for (int64_t b = 0; b < k * static_cast<int64_t>(sizeof(float)); b += 64) __builtin_prefetch(w + b);
+        __builtin_prefetch(bias + node[i]);
+      }
+    } else if (l + 1 == depth) {
+      const int64_t* l2l = leaf_to_label - ((int64_t(1) << depth) - 1);
+      for (int64_t i = 0; i < n; ++i) __builtin_prefetch(l2l + node[i]);
     }
   }
   const int64_t leaf0 = (int64_t(1) << depth) - 1;
-  constexpr double kLn2 = 0.69314718055994530942;
-  for (int64_t i = 0; i < n; ++i) {
-    labels[i0 + i] = leaf_to_label[node[i] - leaf0];
-    log_q[i0 + i] = static_cast<float>(std::log(prod[i]) + static_cast<double>(expo[i]) * kLn2);
-  }
+  constexpr float kLn2 = 0.693147180559945309f;
+  for (int64_t i = 0; i < n; ++i) labels[i0 + i] = leaf_to_label[node[i] - leaf0];
+  TORCHXC_PRAGMA(omp simd)
+  for (int64_t i = 0; i < n; ++i) log_q[i0 + i] = log_1_2(prod[i]) + static_cast<float>(expo[i]) * kLn2;
 }
 
 std::tuple<at::Tensor, at::Tensor> tree_sample_cpu(const at::Tensor& z_in, const at::Tensor& weight_in,
@@ -155,7 +294,7 @@ std::tuple<at::Tensor, at::Tensor> tree_sample_cpu(const at::Tensor& z_in, const
   const int64_t B = z.size(0), k = z.size(1), S = num_samples;
   at::Tensor labels = at::empty({B, S}, z.options().dtype(at::kLong));
   at::Tensor log_q = at::empty({B, S}, z.options());
-  if (z.scalar_type() == at::kFloat) {
+  if (z.scalar_type() == at::kFloat && depth <= kMaxBlockDepth && S > 0) {
     const float* zp = z.const_data_ptr<float>();
     const float* wp = weight.const_data_ptr<float>();
     const float* bp = bias.const_data_ptr<float>();
