@@ -61,8 +61,8 @@ C10_HOST_DEVICE inline T softplus(T x) {
   return x > T(0) ? x + ::log1p(::exp(-x)) : ::log1p(::exp(x));
 }
 
-// sigmoid(x) as the samplers compare it with the uniform: 1 / (1 + a) or a / (1 + a) with a = e^{-|x|}, so the
-// CPU fast path (csrc/cpu/tree_sampler_cpu.cpp) and this scalar walk decide the same way.
+// sigmoid(x) as the scalar walk and the CUDA kernel compare it with the uniform: 1 / (1 + a) or a / (1 + a) with
+// a = e^{-|x|} (the CPU float32 path compares u (1 + a) with 1 or a: the same test up to rounding).
 template <typename T>
 C10_HOST_DEVICE inline T sigmoid_right(T x) {
   const T a = ::exp(-::fabs(x));

@@ -7,10 +7,11 @@
 // (AVX2 where the CPU has it: dot products eight walks at a time, Philox on eight counters per vector).
 // The upper levels, where a block's rows have fewer nodes than the block has walks (levels below log2(S / 2) for
 // S draws per row), compute each (row, node) logit once and let the walks look it up.
-// The probability of the path is a running float product, renormalized at every level (exponent kept apart), with
-// one logarithm per draw at the end. float64 (and float32 trees deeper than 30 levels) use the scalar walk of
-// tree_common.h. Both compare the same uniform (Philox counter (sample, row, level / 4)) with
-// sigmoid_right(logit).
+// The probability of the path is kept as two float products (branch numerators, renormalized at every level with
+// the exponent kept apart, and denominators), with no division per level and two logarithms per draw at the end.
+// float64 (and float32 trees deeper than 30 levels) use the scalar walk of tree_common.h. Both draw level l with
+// the same uniform (word l % 4 of Philox block (sample, row, l / 4)), so their draws differ only where a uniform
+// falls within rounding of a branch probability.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -29,6 +30,26 @@ namespace torchxc {
 namespace {
 
 constexpr int64_t kWalkBlock = 512;  // draws walked together by one thread
+
+// One level of one walk: branch on the logit x with the walk's uniform u, multiply the path probability by the
+// branch taken, step to the child. empty: the right child holds only padding, the walk goes left with probability
+// 1. With a = e^-|x|, the branches have probabilities 1 / (1 + a) and a / (1 + a); the walk keeps the product of
+// the numerators (1 or a: in [1, 2) with its binary exponent in expo) and of the denominators (den, in [1, 2^depth))
+// apart, so a level needs no division: u < p_right is u (1 + a) < (1 or a).
+TORCHXC_ALWAYS_INLINE void tree_step(float x, uint32_t u, bool empty, int32_t& node, float& num, int32_t& expo,
+                                     float& den) {
+  const bool pos = x >= 0.0f;
+  const float a = vexp(-std::fabs(x));
+  const float one_a = 1.0f + a;
+  const bool right = (uniform24(u) * one_a < bsel(pos, 1.0f, a)) & !empty;
+  const float taken_num = bsel(empty | (right == pos), 1.0f, a);
+  den *= bsel(empty, 1.0f, one_a);
+  // a >= e^-86.9 > FLT_MIN (vexp's floor) whenever the walk can take that branch: num stays normal
+  const uint32_t bits = __builtin_bit_cast(uint32_t, num * taken_num);
+  expo += static_cast<int32_t>(bits >> 23) - 127;
+  num = __builtin_bit_cast(float, (bits & 0x007fffffu) | 0x3f800000u);
+  node = 2 * node + 1 + static_cast<int32_t>(right);
+}
 
 // logit[i] = weight[node[i]] . z[zrow[i]] + bias[node[i]] for n (node, row) pairs. Every logit is summed in the
 // same order whichever position it has in the list, so a logit computed once for a row and shared by its draws
@@ -69,6 +90,7 @@ template <int kChunks>
 __attribute__((target("avx2,fma"))) void tree_logits_avx2(const float* z, const float* weight, const float* bias,
                                                           int64_t k, const int32_t* node, const int64_t* zrow,
                                                           int64_t n, float* logit) {
+  if constexpr (kChunks >= 0) k = 8 * kChunks;  // a constant for the index arithmetic
   const int64_t tail = k % 8, full = k - tail;
   const __m256i tail_mask =
       _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(tail)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -78,8 +100,8 @@ __attribute__((target("avx2,fma"))) void tree_logits_avx2(const float* z, const 
     for (int t = 0; t < 8; ++t) {
       a[t] = tree_partial_dot_avx2<kChunks>(weight + node[i0 + t] * k, z + zrow[i0 + t] * k, full, tail, tail_mask);
     }
-    const __m256 b = _mm256_i32gather_ps(bias, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(node + i0)), 4);
-    _mm256_storeu_ps(logit + i0, _mm256_add_ps(transpose_sum8(a), b));
+    _mm256_storeu_ps(logit + i0, transpose_sum8(a));  // AVX2 gathers are slow on some CPUs: scalar bias loads
+    for (int t = 0; t < 8; ++t) logit[i0 + t] += bias[node[i0 + t]];
   }
   if (i0 < n) {  // the last pairs, padded by repeating the last one
     __m256 a[8];
@@ -186,8 +208,8 @@ TORCHXC_ALWAYS_INLINE float log_1_2(float m) {
 constexpr int64_t kMaxBlockDepth = 30;
 
 // Draws i0 .. i0+n-1 of the flat [B, S] output (n <= kWalkBlock), float32, depth <= kMaxBlockDepth. The loops over
-// the block's walks are 8 lanes wide on AVX2 (float and int32 state only). The path probability is a float
-// product renormalized to [1, 2) at every level, its binary exponent kept apart; one logarithm per draw at the end.
+// the block's walks are 8 lanes wide on AVX2 (float and int32 state only). The path probability is kept as two
+// float products (tree_step); two logarithms per draw at the end.
 TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float* weight, const float* bias, int64_t k,
                                                    int64_t depth, int64_t num_labels, uint64_t seed, int64_t S,
                                                    int64_t i0, int64_t n, const int64_t* leaf_to_label,
@@ -196,7 +218,7 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
   alignas(64) int64_t zrow[kWalkBlock];
   alignas(64) uint32_t row[kWalkBlock], smp[kWalkBlock], hi[kWalkBlock];
   alignas(64) uint32_t rnd[4][kWalkBlock];
-  alignas(64) float logit[kWalkBlock], prod[kWalkBlock], tlogit[kWalkBlock / 2];
+  alignas(64) float logit[kWalkBlock], num[kWalkBlock], den[kWalkBlock], tlogit[kWalkBlock / 2];
   alignas(64) int32_t tnode[kWalkBlock / 2];
   alignas(64) int64_t trow[kWalkBlock / 2];
   {
@@ -215,11 +237,13 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
   TORCHXC_PRAGMA(omp simd)
   for (int64_t i = 0; i < n; ++i) {
     node[i] = 0;
-    prod[i] = 1.0f;
+    num[i] = 1.0f;
+    den[i] = 1.0f;
     expo[i] = 0;
   }
   const int64_t row0 = i0 / S, shared_rows = (i0 + n - 1) / S - row0 + 1;
   const auto shared = [&](int64_t l) { return (shared_rows << l) <= n / 2; };
+  const int64_t* labels_at = leaf_to_label - ((int64_t(1) << depth) - 1);  // indexed by leaf node number
   for (int64_t l = 0; l < depth; ++l) {
     if (l % 4 == 0) philox_block(seed, smp, row, static_cast<uint32_t>(l / 4), hi, n, rnd);
     const int32_t first = static_cast<int32_t>((int64_t(1) << l) - 1);
@@ -243,22 +267,9 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
     const uint32_t* u32 = rnd[l % 4];
     TORCHXC_PRAGMA(omp simd)
     for (int64_t i = 0; i < n; ++i) {
-      const float x = logit[i];
-      const bool pos = x >= 0.0f;
-      const float a = vexp(-std::fabs(x));
-      const float inv = 1.0f / (1.0f + a);
-      const float small = a * inv;
-      const float p_right = bsel(pos, inv, small);
-      const bool empty = node[i] >= empty_from;
-      const bool right = (uniform24(u32[i]) < p_right) & !empty;
-      const float taken = bsel(empty, 1.0f, bsel(right == pos, inv, small));
-      // taken >= e^-86.9 > FLT_MIN (vexp's floor) whenever the walk can take that branch: prod stays normal
-      const uint32_t bits = __builtin_bit_cast(uint32_t, prod[i] * taken);
-      expo[i] += static_cast<int32_t>(bits >> 23) - 127;
-      prod[i] = __builtin_bit_cast(float, (bits & 0x007fffffu) | 0x3f800000u);
-      node[i] = 2 * node[i] + 1 + static_cast<int32_t>(right);
+      tree_step(logit[i], u32[i], node[i] >= empty_from, node[i], num[i], expo[i], den[i]);
     }
-    // Fetch the node each walk goes to (its weights and bias; at the end its label) ahead of the next pass, which
+    // Fetch what each walk reads next (its node's weights and bias, or its label) ahead of the next pass, which
     // reads them in the same order: one line per walk rather than both children.
     if (l + 1 < depth && !shared(l + 1)) {
       for (int64_t i = 0; i < n; ++i) {
@@ -267,15 +278,18 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
         __builtin_prefetch(bias + node[i]);
       }
     } else if (l + 1 == depth) {
-      const int64_t* l2l = leaf_to_label - ((int64_t(1) << depth) - 1);
-      for (int64_t i = 0; i < n; ++i) __builtin_prefetch(l2l + node[i]);
+      for (int64_t i = 0; i < n; ++i) __builtin_prefetch(labels_at + node[i]);
     }
   }
-  const int64_t leaf0 = (int64_t(1) << depth) - 1;
   constexpr float kLn2 = 0.693147180559945309f;
-  for (int64_t i = 0; i < n; ++i) labels[i0 + i] = leaf_to_label[node[i] - leaf0];
+  for (int64_t i = 0; i < n; ++i) labels[i0 + i] = labels_at[node[i]];
   TORCHXC_PRAGMA(omp simd)
-  for (int64_t i = 0; i < n; ++i) log_q[i0 + i] = log_1_2(prod[i]) + static_cast<float>(expo[i]) * kLn2;
+  for (int64_t i = 0; i < n; ++i) {  // log(num 2^expo / den), den = m 2^e with m in [1, 2)
+    const uint32_t bits = __builtin_bit_cast(uint32_t, den[i]);
+    const float m = __builtin_bit_cast(float, (bits & 0x007fffffu) | 0x3f800000u);
+    const int32_t e = static_cast<int32_t>(bits >> 23) - 127;
+    log_q[i0 + i] = (log_1_2(num[i]) - log_1_2(m)) + static_cast<float>(expo[i] - e) * kLn2;
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> tree_sample_cpu(const at::Tensor& z_in, const at::Tensor& weight_in,
