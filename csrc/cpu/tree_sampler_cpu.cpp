@@ -243,7 +243,7 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
   }
   const int64_t row0 = i0 / S, shared_rows = (i0 + n - 1) / S - row0 + 1;
   const auto shared = [&](int64_t l) { return (shared_rows << l) <= n / 2; };
-  const int64_t* labels_at = leaf_to_label - ((int64_t(1) << depth) - 1);  // indexed by leaf node number
+  const int32_t leaf0 = static_cast<int32_t>((int64_t(1) << depth) - 1);  // node number of leaf 0
   for (int64_t l = 0; l < depth; ++l) {
     if (l % 4 == 0) philox_block(seed, smp, row, static_cast<uint32_t>(l / 4), hi, n, rnd);
     const int32_t first = static_cast<int32_t>((int64_t(1) << l) - 1);
@@ -278,11 +278,11 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
         __builtin_prefetch(bias + node[i]);
       }
     } else if (l + 1 == depth) {
-      for (int64_t i = 0; i < n; ++i) __builtin_prefetch(labels_at + node[i]);
+      for (int64_t i = 0; i < n; ++i) __builtin_prefetch(leaf_to_label + (node[i] - leaf0));
     }
   }
   constexpr float kLn2 = 0.693147180559945309f;
-  for (int64_t i = 0; i < n; ++i) labels[i0 + i] = labels_at[node[i]];
+  for (int64_t i = 0; i < n; ++i) labels[i0 + i] = leaf_to_label[node[i] - leaf0];
   TORCHXC_PRAGMA(omp simd)
   for (int64_t i = 0; i < n; ++i) {  // log(num 2^expo / den), den = m 2^e with m in [1, 2)
     const uint32_t bits = __builtin_bit_cast(uint32_t, den[i]);
