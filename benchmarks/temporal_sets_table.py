@@ -1,5 +1,6 @@
 """Every temporal-sets model on every dataset: personal frequency, a vanilla transformer over time steps, and LANET
-with softmax and with sparsemax label attention (ZLPR loss), over several seeds. Prints the table (mean ± std)
+with softmax and with sparsemax label attention (ZLPR loss; lanet_softmax_pc_bce: the same with BCE), over several
+seeds. Prints the table (mean ± std)
 with the published DC numbers beside ours, and writes benchmarks/results/temporal_sets.{csv,md,json,png}.
 
     python benchmarks/temporal_sets_table.py [--datasets DC,TaFeng] [--seeds 3] [--epochs 20]
@@ -27,7 +28,8 @@ VARIANTS = {"frequency": ["--model", "frequency"], "transformer": ["--model", "t
             "lanet_softmax": ["--model", "lanet", "--attention", "softmax"],
             "lanet_sparsemax": ["--model", "lanet", "--attention", "sparsemax"],
             "lanet_softmax_pc": ["--model", "lanet", "--attention", "softmax", "--past-counts"],
-            "lanet_sparsemax_pc": ["--model", "lanet", "--attention", "sparsemax", "--past-counts"]}
+            "lanet_sparsemax_pc": ["--model", "lanet", "--attention", "sparsemax", "--past-counts"],
+            "lanet_softmax_pc_bce": ["--model", "lanet", "--attention", "softmax", "--past-counts", "--loss", "bce"]}
 METRICS = ["recall@10", "ndcg@10", "phr@10", "recall@20", "ndcg@20", "micro_auc", "macro_auc", "weighted_f1",
            "micro_f1", "train_seconds"]
 # DC, DNNTSP split, as rerun in the PIETSP manuscript's table: recall@10, NDCG@10, PHR@10
