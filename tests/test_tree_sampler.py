@@ -108,8 +108,20 @@ def test_sampled_log_q_is_log_prob_shapes(device, C, k, S):
     z = torch.randn(13, k, generator=torch.Generator().manual_seed(C)).to(device)
     labels, log_q = sampler.sample(z, S, generator=torch.Generator().manual_seed(2))
     assert labels.shape == (13, S) and labels.min() >= 0 and labels.max() < C
-    exact = make_tree(C, k, dtype=torch.float64, device=device, scale=1.5 / math.sqrt(k))  # same values in float64
-    assert max_err(exact.log_prob(z.double(), labels), log_q) < 3e-5
+    exact = torchxc.TreeSampler.from_parameters(sampler.node_weight.detach().double(), sampler.node_bias.detach().double(),
+                                                C, sampler.leaf_to_label)  # the float32 parameters, in float64
+    assert max_err(exact.log_prob(z.double(), labels), log_q) < 1e-5
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_nan_input_gives_nan_log_q(device, dtype):
+    sampler = make_tree(100, 8, dtype=dtype, device=device)
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(3)).to(device, dtype)
+    z[2, 5] = float("nan")
+    labels, log_q = sampler.sample(z, 40, generator=torch.Generator().manual_seed(4))
+    assert labels.min() >= 0 and labels.max() < 100
+    assert log_q[2].isnan().all() and log_q[[0, 1, 3]].isfinite().all()
 
 
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))
@@ -151,6 +163,8 @@ def test_float32_draws_equal_float64_draws(device):
     assert max_err(a[1], b[1]) < 1e-5
 
 
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+                    reason="the AVX2 loops need an x86 CPU with AVX2")
 def test_portable_cpu_loops_match_avx2():
     """The sampler's portable loops (CPUs without AVX2; forced here by TORCHXC_TREE_NO_AVX2) draw what the AVX2
     loops draw: same Philox words, logits equal up to summation order."""
