@@ -147,9 +147,10 @@ __attribute__((target("avx2"))) inline void philox_mulhilo8(__m256i x, __m256i m
   *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
-__attribute__((target("avx2"))) void philox_block_avx2(uint64_t seed, const uint32_t* smp, const uint32_t* row,
-                                                       uint32_t ctr, const uint32_t* hi, int64_t n,
-                                                       uint32_t (*rnd)[kWalkBlock]) {
+// Fills the first n - n % 8 counters; returns how many.
+__attribute__((target("avx2"))) int64_t philox_block_avx2(uint64_t seed, const uint32_t* smp, const uint32_t* row,
+                                                          uint32_t ctr, const uint32_t* hi, int64_t n,
+                                                          uint32_t (*rnd)[kWalkBlock]) {
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
   int64_t i = 0;
@@ -175,19 +176,17 @@ __attribute__((target("avx2"))) void philox_block_avx2(uint64_t seed, const uint
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(rnd[2] + i), x2);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(rnd[3] + i), x3);
   }
-  for (; i < n; ++i) {
-    const Philox4x32 r = philox4x32(seed, smp[i], row[i], ctr, hi[i]);
-    for (int w = 0; w < 4; ++w) rnd[w][i] = r.v[w];
-  }
+  return i;
 }
 #endif
 
 void philox_block(uint64_t seed, const uint32_t* smp, const uint32_t* row, uint32_t ctr, const uint32_t* hi,
                   int64_t n, uint32_t (*rnd)[kWalkBlock]) {
+  int64_t i = 0;
 #if TORCHXC_HAVE_AVX512_COLLECT
-  if (kTreeAVX2) return philox_block_avx2(seed, smp, row, ctr, hi, n, rnd);
+  if (kTreeAVX2) i = philox_block_avx2(seed, smp, row, ctr, hi, n, rnd);
 #endif
-  for (int64_t i = 0; i < n; ++i) {
+  for (; i < n; ++i) {
     const Philox4x32 r = philox4x32(seed, smp[i], row[i], ctr, hi[i]);
     for (int w = 0; w < 4; ++w) rnd[w][i] = r.v[w];
   }
@@ -222,8 +221,9 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
   alignas(64) float logit[kWalkBlock], num[kWalkBlock], den[kWalkBlock], tlogit[kWalkBlock / 2];
   alignas(64) int32_t tnode[kWalkBlock / 2];
   alignas(64) int64_t trow[kWalkBlock / 2];
+  const int64_t row0 = i0 / S, shared_rows = (i0 + n - 1) / S - row0 + 1;
   {
-    int64_t r = i0 / S, sample = i0 - r * S;
+    int64_t r = row0, sample = i0 - row0 * S;
     for (int64_t i = 0; i < n; ++i) {
       zrow[i] = r;
       row[i] = static_cast<uint32_t>(r);
@@ -242,7 +242,6 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
     den[i] = 1.0f;
     expo[i] = 0;
   }
-  const int64_t row0 = i0 / S, shared_rows = (i0 + n - 1) / S - row0 + 1;
   const auto shared = [&](int64_t l) { return (shared_rows << l) <= n / 2; };
   const int32_t leaf0 = static_cast<int32_t>((int64_t(1) << depth) - 1);  // node number of leaf 0
   for (int64_t l = 0; l < depth; ++l) {
