@@ -28,6 +28,13 @@ def make_tree(C, k, dtype=torch.float64, device="cpu", seed=0, scale=1.5):
     return torchxc.TreeSampler.from_parameters(W, b, C, leaf_to_label).to(device)
 
 
+def float64_copy(sampler):
+    """The same tree with its (float32) parameters in float64."""
+    return torchxc.TreeSampler.from_parameters(sampler.node_weight.detach().double(),
+                                               sampler.node_bias.detach().double(), sampler.num_labels,
+                                               sampler.leaf_to_label)
+
+
 def chi2_pvalue(counts, probs):
     """Chi-square goodness-of-fit p-value of counts against probabilities, pooling bins expected below 5."""
     n = counts.sum()
@@ -108,9 +115,7 @@ def test_sampled_log_q_is_log_prob_shapes(device, C, k, S):
     z = torch.randn(13, k, generator=torch.Generator().manual_seed(C)).to(device)
     labels, log_q = sampler.sample(z, S, generator=torch.Generator().manual_seed(2))
     assert labels.shape == (13, S) and labels.min() >= 0 and labels.max() < C
-    exact = torchxc.TreeSampler.from_parameters(sampler.node_weight.detach().double(), sampler.node_bias.detach().double(),
-                                                C, sampler.leaf_to_label)  # the float32 parameters, in float64
-    assert max_err(exact.log_prob(z.double(), labels), log_q) < 1e-5
+    assert max_err(float64_copy(sampler).log_prob(z.double(), labels), log_q) < 1e-5
 
 
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))
@@ -154,8 +159,7 @@ def test_float32_draws_equal_float64_draws(device):
     level) as the float64 walk: on a tree whose float32 and float64 parameters are equal, the draws agree except
     where a uniform falls within rounding of a branch probability (none for this seed)."""
     f32 = make_tree(1000, 16, dtype=torch.float32, scale=0.4)
-    f64 = torchxc.TreeSampler.from_parameters(f32.node_weight.detach().double(), f32.node_bias.detach().double(),
-                                              1000, f32.leaf_to_label)
+    f64 = float64_copy(f32)
     z = torch.randn(37, 16, generator=torch.Generator().manual_seed(11))
     a = f32.to(device).sample(z.to(device), 300, generator=torch.Generator().manual_seed(12))
     b = f64.to(device).sample(z.double().to(device), 300, generator=torch.Generator().manual_seed(12))
