@@ -40,7 +40,7 @@ def with_cuda():
 def extensions():
     cuda = with_cuda()
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
-    sources = ["csrc/schema.cpp", "csrc/python_module.cpp"] + rel("csrc/cpu/*.cpp") + rel("csrc/composite/*.cpp")
+    sources = ["csrc/schema.cpp", "csrc/python_module.cpp"] + rel("csrc/cpu/*.cpp") + rel("csrc/composite/*.cpp") + rel("csrc/autograd/*.cpp")
     sources += rel("csrc/cuda/*.cu") if cuda else ["csrc/cuda_unavailable.cpp"]
     debug = _flag("DEBUG")
     cxx = ["-O0", "-g"] if debug else ["-O3"]

@@ -1,6 +1,6 @@
 // The torchxc operator library: every op's schema, and nothing else. Kernels register themselves per backend
-// in csrc/cpu/<family>_cpu.cpp and csrc/cuda/<family>_cuda.cu; Python wrappers, fake (meta) kernels and
-// autograd formulas live in python/torchxc/<family>.py.
+// in csrc/cpu/<family>_cpu.cpp and csrc/cuda/<family>_cuda.cu, autograd in csrc/autograd/<family>_autograd.cpp;
+// Python wrappers and fake (meta) kernels live in python/torchxc/<family>.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY(torchxc, m) {

@@ -235,6 +235,25 @@ def test_opcheck(device):
 
 
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_op_autograd_contract(device):
+    # The op's second output (the gradient stored for the backward) carries no gradient of its own; a backward
+    # through an op called with compute_grad=False is an error, not a silent zero.
+    s, t = make_case((4, 9), torch.float32, device)
+    x = s.clone().requires_grad_(True)
+    loss, grad = torch.ops.torchxc.zlpr_loss.default(x, t, None, True)
+    assert loss.requires_grad and not grad.requires_grad
+    (g,) = torch.autograd.grad(loss.sum(), x)
+    torch.testing.assert_close(g, grad)
+    loss, _ = torch.ops.torchxc.zlpr_loss.default(x, t, None, False)
+    with pytest.raises(RuntimeError, match="torchxc::zlpr_loss: backward needs the gradient"):
+        loss.sum().backward()
+    pos = dense_to_positives(t.cpu()).to(device)
+    loss, _ = torch.ops.torchxc.zlpr_loss_sparse.default(x, pos, None, False)
+    with pytest.raises(RuntimeError, match="torchxc::zlpr_loss_sparse: backward needs the gradient"):
+        loss.sum().backward()
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
 def test_torch_compile_fullgraph(device):
     torch._dynamo.reset()
 

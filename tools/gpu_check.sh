@@ -84,6 +84,7 @@ for step in "${STEPS[@]}"; do
       ;;
     bench)
       R=$WORK/results
+      TAIL=12 run host_overhead "${T_HOST_OVERHEAD:-60}" $PY tools/host_overhead.py --device cuda
       run bench_sparsemax "${T_BENCH_SPARSEMAX:-120}" $PY benchmarks/bench_sparsemax.py --device cuda \
         --budget "${BENCH_BUDGET:-0.2}" --out "$R"
       run bench_zlpr "${T_BENCH_ZLPR:-120}" $PY benchmarks/bench_zlpr.py --device cuda \

@@ -455,14 +455,4 @@ def _tree_log_prob_all_fake(z, node_weight, node_bias, label_to_leaf):
     return z.new_empty((z.shape[0], label_to_leaf.shape[0]))
 
 
-def _tree_log_prob_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _tree_log_prob_autograd(ctx, grad):
-    z, w, b, label_to_leaf, labels = ctx.saved_tensors
-    gz, gw, gb = torch.ops.torchxc.tree_log_prob_backward.default(grad, z, w, b, label_to_leaf, labels)
-    return gz, gw, gb, None, None
-
-
-torch.library.register_autograd("torchxc::tree_log_prob", _tree_log_prob_autograd, setup_context=_tree_log_prob_setup)
+# Autograd of tree_log_prob: csrc/autograd/tree_sampler_autograd.cpp (backward: the tree_log_prob_backward op).

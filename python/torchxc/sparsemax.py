@@ -90,9 +90,10 @@ def sparsemax_loss(
     if input.dim() == 0:
         raise ValueError("torchxc.sparsemax_loss: expected input with a class dimension, got a 0-d tensor")
     dim = _wrap_dim(dim, input.dim(), "torchxc.sparsemax_loss")
-    scores = input.movedim(dim, -1)
+    last = dim == input.dim() - 1  # the usual case: no view (each costs host time in a small training step)
+    scores = input if last else input.movedim(dim, -1)
     if target.shape == input.shape and not (target.dim() == 0):
-        target = target.movedim(dim, -1)
+        target = target if last else target.movedim(dim, -1)
         if target.dtype != input.dtype:
             target = target.to(input.dtype)
     elif not target.is_floating_point() and not target.is_complex() and target.shape == scores.shape[:-1]:
@@ -150,56 +151,4 @@ def _sparsemax_loss_fake(input: Tensor, target: Tensor, ignore_index: int = -100
 def _sparsemax_loss_backward_fake(grad_loss: Tensor, input: Tensor, target: Tensor, stats: Tensor) -> Tensor:
     return input.new_empty(input.shape)
 
-
-# ---- autograd ---------------------------------------------------------------------------------------------------
-
-
-def _sparsemax_setup_context(ctx, inputs, output):
-    _, dim = inputs
-    ctx.dim = dim
-    ctx.save_for_backward(output)
-
-
-def _sparsemax_autograd(ctx, grad):
-    (output,) = ctx.saved_tensors
-    return torch.ops.torchxc.sparsemax_backward.default(grad, output, ctx.dim), None
-
-
-torch.library.register_autograd(
-    "torchxc::sparsemax", _sparsemax_autograd, setup_context=_sparsemax_setup_context
-)
-
-
-# The backward is linear in grad_output with the same symmetric Jacobian, and piecewise constant in output
-# (its support only changes on a measure-zero set), so double backward is the same op again.
-def _sparsemax_backward_setup_context(ctx, inputs, output):
-    _, out, dim = inputs
-    ctx.dim = dim
-    ctx.save_for_backward(out)
-
-
-def _sparsemax_backward_autograd(ctx, grad):
-    (out,) = ctx.saved_tensors
-    return torch.ops.torchxc.sparsemax_backward.default(grad, out, ctx.dim), None, None
-
-
-torch.library.register_autograd(
-    "torchxc::sparsemax_backward", _sparsemax_backward_autograd, setup_context=_sparsemax_backward_setup_context
-)
-
-
-def _sparsemax_loss_setup_context(ctx, inputs, output):
-    input, target, _ = inputs
-    _, stats = output
-    ctx.save_for_backward(input, target, stats)
-
-
-def _sparsemax_loss_autograd(ctx, grad_loss, grad_stats):
-    input, target, stats = ctx.saved_tensors
-    grad = torch.ops.torchxc.sparsemax_loss_backward.default(grad_loss, input, target, stats)
-    return grad, None, None
-
-
-torch.library.register_autograd(
-    "torchxc::sparsemax_loss", _sparsemax_loss_autograd, setup_context=_sparsemax_loss_setup_context
-)
+# Autograd: csrc/autograd/sparsemax_autograd.cpp (the backward ops above are registered ops with fake kernels).

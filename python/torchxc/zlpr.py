@@ -132,7 +132,7 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     return loss.sum() if reduction == "sum" else loss.mean()
 
 
-# ---- fake kernels and autograd ----------------------------------------------------------------------------------
+# ---- fake kernels ----------------------------------------------------------------------------------------------
 
 
 def _zlpr_fake(input: Tensor, labels: Tensor, mask: Optional[Tensor] = None,
@@ -144,23 +144,4 @@ def _zlpr_fake(input: Tensor, labels: Tensor, mask: Optional[Tensor] = None,
 torch.library.register_fake("torchxc::zlpr_loss")(_zlpr_fake)
 torch.library.register_fake("torchxc::zlpr_loss_sparse")(_zlpr_fake)
 
-
-def _zlpr_setup_context(ctx, inputs, output):
-    input = inputs[0]
-    compute_grad = inputs[3] if len(inputs) > 3 else True
-    ctx.compute_grad = compute_grad
-    ctx.input_shape = input.shape
-    ctx.save_for_backward(output[1])
-
-
-def _zlpr_autograd(ctx, grad_loss, grad_unused):
-    # The gradient was computed with the loss; the backward only scales it by the incoming row gradients.
-    # (No double backward: the stored gradient is treated as a constant.)
-    if not ctx.compute_grad:
-        raise RuntimeError("torchxc::zlpr_loss: backward needs the gradient, but the op ran with compute_grad=False")
-    (grad,) = ctx.saved_tensors
-    return grad * grad_loss.unsqueeze(-1).to(grad.dtype), None, None, None
-
-
-torch.library.register_autograd("torchxc::zlpr_loss", _zlpr_autograd, setup_context=_zlpr_setup_context)
-torch.library.register_autograd("torchxc::zlpr_loss_sparse", _zlpr_autograd, setup_context=_zlpr_setup_context)
+# Autograd: csrc/autograd/zlpr_autograd.cpp (the backward scales the gradient the forward stored).
