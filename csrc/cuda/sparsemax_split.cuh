@@ -5,7 +5,8 @@
 //   2. collect: every block reduces its row's chunk results to M = max m_c and L = max tau_c - M, and copies the
 //      values with x - M > L - margin (a superset of the support; usually a few hundred values per row) into
 //      the candidate buffer at its chunk's offset, in a fixed order.
-//   3. solve: one block per row runs the exact search (sparsemax_threshold.h) over the candidates.
+//   3. solve: one block per row runs the exact search (sparsemax_threshold.h) over the candidates, one warp per
+//      chunk list.
 // The caller then writes its output (forward: max(x - M - t, 0); loss: its own epilogue).
 #pragma once
 
@@ -119,13 +120,17 @@ __global__ void __launch_bounds__(kSolveThreads) sparsemax_solve_kernel(
   }
   const int* counts = cand_count + row * nchunks;
   const scalar_t* base = cand + row * d;
+  // Each warp takes every (kSolveThreads / 32)-th chunk list: the lists are short (often a few values), and a
+  // block walking them one after the other waited one memory latency per chunk (128 per step for 1M values).
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   auto sum_above = [&](acc_t t, bool) -> SumCount<acc_t> {
     acc_t s = 0;
     int c = 0;
-    for (int64_t k = 0; k < nchunks; ++k) {
+    for (int64_t k = warp; k < nchunks; k += kSolveThreads / kWarp) {
       const int n = counts[k];
       const scalar_t* list = base + k * kChunk;
-      for (int j = threadIdx.x; j < n; j += kSolveThreads) {
+#pragma unroll 4
+      for (int j = lane; j < n; j += kWarp) {
         const acc_t u = static_cast<acc_t>(list[j]) - M;
         const bool keep = u > t;
         s += keep ? u - t : acc_t(0);
