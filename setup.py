@@ -45,7 +45,10 @@ def extensions():
     debug = _flag("DEBUG")
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     # -fopenmp: at::parallel_for is an inline OpenMP region in ATen's headers; without the flag it runs serially.
-    cxx += ["-fopenmp", "-DPy_LIMITED_API=0x03090000", f"-DTORCHXC_WITH_CUDA={int(cuda)}"]
+    # -fno-trapping-math (no floating-point traps are observed; results are unchanged) lets GCC turn the kernels'
+    # float selects into vector blends: without it the AVX2 clone of the sparsemax backward was scalar, with a
+    # branch per value (8192x128 float32, one thread: 4.1 -> 2.4 ms).
+    cxx += ["-fno-trapping-math", "-fopenmp", "-DPy_LIMITED_API=0x03090000", f"-DTORCHXC_WITH_CUDA={int(cuda)}"]
     nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", f"-DTORCHXC_WITH_CUDA={int(cuda)}"]
     Extension = CUDAExtension if cuda else CppExtension
     print(f"torchxc: building {'CPU + CUDA' if cuda else 'CPU-only'} kernels", flush=True)
