@@ -109,7 +109,8 @@ def sparsemax_loss(
         return loss
     if reduction == "sum":
         return loss.sum()
-    return loss.sum() / (stats[..., 2] > 0).sum()
+    # Rows with a label have a positive target mass (stats[..., 2]); skipped rows have exactly 0.
+    return loss.sum() / torch.count_nonzero(stats.select(-1, 2))
 
 
 def _wrap_dim(dim: int, ndim: int, op: str) -> int:
