@@ -431,7 +431,7 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
     return _reduce(loss, reduction, "sampled_softmax_loss")
 
 
-# ---- fake kernels and autograd of the tree ops ---------------------------------------------------------------------
+# ---- fake kernels of the tree ops ----------------------------------------------------------------------------------
 
 
 @torch.library.register_fake("torchxc::tree_sample")
