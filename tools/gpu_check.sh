@@ -5,10 +5,11 @@
 #   make gpu-check   or   OUT=/tmp/out tools/gpu_check.sh [build|test|bench|sanitize|split-paths|test-rest]...
 # Logs and benchmark results are written to $WORK (default $OUT/work, $OUT defaults to ./gpu-check-out) and packed
 # into $OUT/gpu_check.tgz after every step, with a one-line-per-step $OUT/summary.txt, so that a run cut short still
-# returns what it did. Each step has a time limit in seconds (T_BUILD, T_TEST_CUDA, T_TEST_REST, T_BENCH_SPARSEMAX,
-# T_BENCH_ZLPR, T_BENCH_TREE, T_BENCH_FUSED, T_MEMCHECK, T_RACECHECK, T_SPLIT_PATHS, T_SPLIT_MEMCHECK, T_TUNE), so
-# that one slow step cannot starve the rest. On an H200 the steps took: tests 70-74 s (CUDA cases), benchmarks 70 s,
-# memcheck 22 s, racecheck 52 s, split-paths 28 s; the CPU tests did not finish in 220 s with oversubscribed threads.
+# returns what it did. Each step has a time limit in seconds (T_BUILD, T_TEST_CUDA, T_TEST_REST, T_HOST_OVERHEAD,
+# T_BENCH_SPARSEMAX, T_BENCH_ZLPR, T_BENCH_TREE, T_BENCH_FUSED, T_MEMCHECK, T_RACECHECK, T_SPLIT_PATHS,
+# T_SPLIT_MEMCHECK, T_TUNE), so that one slow step cannot starve the rest. On an H200 the steps took: CUDA test cases
+# 27-33 s (8 workers), the rest of the tests 72 s, benchmarks 80 s (host time per call, tools/host_overhead.py, first),
+# memcheck 22 s, racecheck 52 s, split-paths 28 s.
 # PYTHON: the python that has a CUDA build of torch (default python3). If python/torchxc/ already holds a
 # CUDA-enabled _C*.so built elsewhere against the same torch (built with FORCE_CUDA=1 ... setup.py build_ext
 # --inplace), the build step uses it through PYTHONPATH instead of compiling again.
