@@ -7,6 +7,10 @@ reference exact for huge magnitudes too. Rows with a non-finite maximum give NaN
 """
 import itertools
 import math
+import os
+import subprocess
+import sys
+import tempfile
 
 import pytest
 import torch
@@ -123,6 +127,50 @@ def test_bisection_fallback(device, monkeypatch):
         x = make_input(shape, dtype, device, scale)
         check_against_reference(torchxc.sparsemax(x), sparsemax_reference(x),
                                 sparsemax_reference(x, dtype=dtype), dtype)
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX2",
+                    reason="the AVX2 row path runs on x86 CPUs with AVX2 and without AVX-512")
+def test_portable_rows_match_avx2_rows():
+    """On AVX2 CPUs the float32/bfloat16/float16 forward and backward use hand-written AVX2 rows;
+    TORCHXC_SPARSEMAX_NO_AVX2=1 forces the portable ones. Both must match the reference on every row length 1..70
+    (all vector tails), rows with more candidates than the AVX2 path keeps in registers, masks, NaN and huge
+    values."""
+    code = (
+        "import math, sys, torch, torchxc\n"
+        "g = torch.Generator().manual_seed(5)\n"
+        "xs = [torch.randn(3, d, generator=g, dtype=torch.float64) * s for d in range(1, 71) for s in (0.1, 1, 30)]\n"
+        "xs.append(torch.randn(4, 300, generator=g, dtype=torch.float64) * 1e-3)  # ~300 candidates per row\n"
+        "xs.append(torch.randn(6, 128, generator=g, dtype=torch.float64) * 1e30)\n"
+        "m = torch.randn(5, 77, generator=g, dtype=torch.float64)\n"
+        "m[torch.rand(5, 77, generator=g) < 0.6] = -math.inf; m[:, 3] = 0.5; m[4] = -math.inf; m[2, 9] = math.nan\n"
+        "xs.append(m)\n"
+        "gs = [torch.randn(x.shape, generator=g, dtype=torch.float64) for x in xs]\n"
+        "out, back = [], []\n"
+        "for dt in (torch.float32, torch.bfloat16, torch.float16):\n"
+        "    out.append([torchxc.sparsemax(x.to(dt)) for x in xs])\n"
+        "    back.append([torch.ops.torchxc.sparsemax_backward(gr.to(dt), p) for gr, p in zip(gs, out[-1])])\n"
+        "torch.save((xs, gs, out, back), sys.argv[1])\n")
+    outs = []
+    for flag in ("0", "1"):
+        env = {k: v for k, v in os.environ.items() if k != "TORCHXC_SPARSEMAX_NO_AVX2"}
+        if flag == "1":
+            env["TORCHXC_SPARSEMAX_NO_AVX2"] = "1"
+        path = os.path.join(tempfile.mkdtemp(), "rows.pt")
+        subprocess.run([sys.executable, "-c", code, path], env=env, check=True)
+        outs.append(torch.load(path))
+    xs, gs = outs[0][0], outs[0][1]
+    for i, dtype in enumerate((torch.float32, torch.bfloat16, torch.float16)):
+        eps = torch.finfo(dtype).eps
+        for j, x in enumerate(xs):
+            xd = x.to(dtype)
+            ref, low = sparsemax_reference(xd), sparsemax_reference(xd, dtype=dtype)
+            for avx2_or_portable in outs:
+                p, back = avx2_or_portable[2][i][j], avx2_or_portable[3][i][j]
+                check_against_reference(p, ref, low, dtype)
+                ref_back = sparsemax_backward_reference(gs[j].to(dtype), p)
+                assert max_err(back, ref_back) <= 2 * eps * max(1.0, float(ref_back.nan_to_num().abs().max()))
+            assert max_err(outs[0][2][i][j], outs[1][2][i][j]) <= 4 * eps
 
 
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))
