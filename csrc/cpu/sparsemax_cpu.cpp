@@ -223,17 +223,35 @@ TORCHXC_AVX2 inline __m256 load_tail8(const S* p, int64_t left) {
 
 // Stores eight float32 values as S (round to nearest even, as store_acc), all eight or the first `left` < 8.
 TORCHXC_AVX2 inline void store8(float* q, __m256 v) { _mm256_storeu_ps(q, v); }
-TORCHXC_AVX2 inline void store8(c10::BFloat16* q, __m256 v) {
+// bfloat16 bits (round to nearest even, NaN -> 0x7FC0 as store_acc) of eight values, in 32-bit lanes.
+TORCHXC_AVX2 inline __m256i bf16_bits(__m256 v) {
   const __m256i u = _mm256_castps_si256(v);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
-  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+}
+TORCHXC_AVX2 inline void store8(c10::BFloat16* q, __m256 v) {
+  const __m256i r = bf16_bits(v);
   const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);  // lanes 0-3, 4-7 first
   _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm256_castsi256_si128(packed));
+}
+// Sixteen values, a then b: one pack and one 32-byte store for bfloat16.
+TORCHXC_AVX2 inline void store16(float* q, __m256 a, __m256 b) {
+  _mm256_storeu_ps(q, a);
+  _mm256_storeu_ps(q + 8, b);
+}
+TORCHXC_AVX2 inline void store16(c10::BFloat16* q, __m256 a, __m256 b) {
+  const __m256i packed = _mm256_packus_epi32(bf16_bits(a), bf16_bits(b));  // a0-3 b0-3 | a4-7 b4-7
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_permute4x64_epi64(packed, 0xD8));
 }
 TORCHXC_AVX2 inline void store8(c10::Half* q, __m256 v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
+TORCHXC_AVX2 inline void store16(c10::Half* q, __m256 a, __m256 b) {
+  store8(q, a);
+  store8(q + 8, b);
+}
+
 template <typename S>
 TORCHXC_AVX2 inline void store_tail8(S* q, __m256 v, int64_t left) {
   if constexpr (std::is_same_v<S, float>) {
@@ -250,6 +268,10 @@ template <typename S>
 TORCHXC_AVX2 void write_avx2(const S* x, S* y, int64_t n, float m, float t) {
   const __m256 vm = _mm256_set1_ps(m), vt = _mm256_set1_ps(t), zero = _mm256_setzero_ps();
   int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    store16(y + j, _mm256_max_ps(_mm256_sub_ps(_mm256_sub_ps(load8(x + j), vm), vt), zero),
+                    _mm256_max_ps(_mm256_sub_ps(_mm256_sub_ps(load8(x + j + 8), vm), vt), zero));
+  }
   for (; j + 8 <= n; j += 8) store8(y + j, _mm256_max_ps(_mm256_sub_ps(_mm256_sub_ps(load8(x + j), vm), vt), zero));
   if (j < n) {
     store_tail8(y + j, _mm256_max_ps(_mm256_sub_ps(_mm256_sub_ps(load_tail8(x + j, n - j), vm), vt), zero), n - j);
@@ -267,6 +289,10 @@ template <typename S>
 TORCHXC_AVX2 void backward_write_avx2(const S* p, const S* g, S* out, int64_t n, float mean) {
   const __m256 vmean = _mm256_set1_ps(mean);
   int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    store16(out + j, backward_value8(load8(p + j), load8(g + j), vmean),
+            backward_value8(load8(p + j + 8), load8(g + j + 8), vmean));
+  }
   for (; j + 8 <= n; j += 8) store8(out + j, backward_value8(load8(p + j), load8(g + j), vmean));
   if (j < n) store_tail8(out + j, backward_value8(load_tail8(p + j, n - j), load_tail8(g + j, n - j), vmean), n - j);
 }
