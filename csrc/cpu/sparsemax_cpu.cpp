@@ -198,7 +198,8 @@ TORCHXC_AVX2 inline __m256i lanes_below(int64_t n) {  // lane i set iff i < n (n
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-// Eight values as float32: all eight (load8), or the first `left` < 8 with -inf after them (load_tail8).
+// Eight values as float32: all eight (load8), or the first `left` < 8 with -inf after them (load_tail8;
+// load_upto8 picks one of the two).
 TORCHXC_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 TORCHXC_AVX2 inline __m256 load8(const c10::BFloat16* p) {
   return _mm256_castsi256_ps(
@@ -220,9 +221,17 @@ TORCHXC_AVX2 inline __m256 load_tail8(const S* p, int64_t left) {
   }
   return _mm256_blendv_ps(_mm256_set1_ps(-std::numeric_limits<float>::infinity()), v, _mm256_castsi256_ps(mask));
 }
+template <typename S>
+TORCHXC_AVX2 inline __m256 load_upto8(const S* p, int64_t left) {
+  return left >= 8 ? load8(p) : load_tail8(p, left);
+}
 
-// Stores eight float32 values as S (round to nearest even, as store_acc), all eight or the first `left` < 8.
+// Stores eight float32 values as S (round to nearest even, as store_acc): all eight (store8), sixteen (store16:
+// one pack and one 32-byte store for bfloat16), or the first `left` < 8 (store_tail8).
 TORCHXC_AVX2 inline void store8(float* q, __m256 v) { _mm256_storeu_ps(q, v); }
+TORCHXC_AVX2 inline void store8(c10::Half* q, __m256 v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+}
 // bfloat16 bits (round to nearest even, NaN -> 0x7FC0 as store_acc) of eight values, in 32-bit lanes.
 TORCHXC_AVX2 inline __m256i bf16_bits(__m256 v) {
   const __m256i u = _mm256_castps_si256(v);
@@ -235,23 +244,15 @@ TORCHXC_AVX2 inline void store8(c10::BFloat16* q, __m256 v) {
   const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);  // lanes 0-3, 4-7 first
   _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm256_castsi256_si128(packed));
 }
-// Sixteen values, a then b: one pack and one 32-byte store for bfloat16.
-TORCHXC_AVX2 inline void store16(float* q, __m256 a, __m256 b) {
-  _mm256_storeu_ps(q, a);
-  _mm256_storeu_ps(q + 8, b);
+template <typename S>
+TORCHXC_AVX2 inline void store16(S* q, __m256 a, __m256 b) {
+  store8(q, a);
+  store8(q + 8, b);
 }
 TORCHXC_AVX2 inline void store16(c10::BFloat16* q, __m256 a, __m256 b) {
   const __m256i packed = _mm256_packus_epi32(bf16_bits(a), bf16_bits(b));  // a0-3 b0-3 | a4-7 b4-7
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_permute4x64_epi64(packed, 0xD8));
 }
-TORCHXC_AVX2 inline void store8(c10::Half* q, __m256 v) {
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-}
-TORCHXC_AVX2 inline void store16(c10::Half* q, __m256 a, __m256 b) {
-  store8(q, a);
-  store8(q + 8, b);
-}
-
 template <typename S>
 TORCHXC_AVX2 inline void store_tail8(S* q, __m256 v, int64_t left) {
   if constexpr (std::is_same_v<S, float>) {
@@ -264,18 +265,19 @@ TORCHXC_AVX2 inline void store_tail8(S* q, __m256 v, int64_t left) {
 }
 
 // y = max((x - m) - t, 0) (write_impl's contract).
+TORCHXC_AVX2 inline __m256 sparsemax_value8(__m256 x, __m256 m, __m256 t) {
+  return _mm256_max_ps(_mm256_sub_ps(_mm256_sub_ps(x, m), t), _mm256_setzero_ps());
+}
+
 template <typename S>
 TORCHXC_AVX2 void write_avx2(const S* x, S* y, int64_t n, float m, float t) {
-  const __m256 vm = _mm256_set1_ps(m), vt = _mm256_set1_ps(t), zero = _mm256_setzero_ps();
+  const __m256 vm = _mm256_set1_ps(m), vt = _mm256_set1_ps(t);
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
-    store16(y + j, _mm256_max_ps(_mm256_sub_ps(_mm256_sub_ps(load8(x + j), vm), vt), zero),
-                    _mm256_max_ps(_mm256_sub_ps(_mm256_sub_ps(load8(x + j + 8), vm), vt), zero));
+    store16(y + j, sparsemax_value8(load8(x + j), vm, vt), sparsemax_value8(load8(x + j + 8), vm, vt));
   }
-  for (; j + 8 <= n; j += 8) store8(y + j, _mm256_max_ps(_mm256_sub_ps(_mm256_sub_ps(load8(x + j), vm), vt), zero));
-  if (j < n) {
-    store_tail8(y + j, _mm256_max_ps(_mm256_sub_ps(_mm256_sub_ps(load_tail8(x + j, n - j), vm), vt), zero), n - j);
-  }
+  for (; j + 8 <= n; j += 8) store8(y + j, sparsemax_value8(load8(x + j), vm, vt));
+  if (j < n) store_tail8(y + j, sparsemax_value8(load_tail8(x + j, n - j), vm, vt), n - j);
 }
 
 // out = g - mean where p > 0, 0 where p <= 0, NaN where p is NaN (backward_write_impl's contract).
@@ -297,6 +299,14 @@ TORCHXC_AVX2 void backward_write_avx2(const S* p, const S* g, S* out, int64_t n,
   if (j < n) store_tail8(out + j, backward_value8(load_tail8(p + j, n - j), load_tail8(g + j, n - j), vmean), n - j);
 }
 
+// Stores the lanes of v set in `keep` (an 8-bit mask) at dst, in order, with one permutation and one 8-lane
+// store (dst has room for 8 values); returns how many.
+TORCHXC_AVX2 inline int compress_store8(float* dst, __m256 v, int keep) {
+  const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress.idx[keep]));
+  _mm256_storeu_ps(dst, _mm256_permutevar8x32_ps(v, perm));
+  return __builtin_popcount(keep);
+}
+
 // One pass over the row: its maximum (NaN if it holds a NaN) in *m_out, and at the front of cand (room for n + 8
 // values) every x with x - mx > -1 for the running maximum mx of x's lane -- a superset of the candidates
 // x - m > -1, because mx <= m and rounding is monotonic. Returns the superset's size.
@@ -306,13 +316,10 @@ TORCHXC_AVX2 int64_t max_collect_avx2(const S* x, int64_t n, float* cand, float*
   __m256 mx = ninf, nan = _mm256_setzero_ps();
   int64_t k = 0;
   for (int64_t j = 0; j < n; j += 8) {
-    const __m256 v = n - j >= 8 ? load8(x + j) : load_tail8(x + j, n - j);  // padding -inf: never kept
+    const __m256 v = load_upto8(x + j, n - j);  // padding -inf: never kept
     mx = _mm256_max_ps(mx, v);
     nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    const int keep = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps(v, mx), minus_one, _CMP_GT_OQ));
-    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress.idx[keep]));
-    _mm256_storeu_ps(cand + k, _mm256_permutevar8x32_ps(v, perm));
-    k += __builtin_popcount(keep);
+    k += compress_store8(cand + k, v, _mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps(v, mx), minus_one, _CMP_GT_OQ)));
   }
   __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
   h = _mm_max_ps(h, _mm_movehl_ps(h, h));
@@ -328,10 +335,7 @@ TORCHXC_AVX2 int64_t filter_candidates_avx2(float* cand, int64_t n, float m) {
   for (int64_t j = 0; j < n; j += 8) {  // k <= j: the store never overtakes an unread value
     const __m256 u = _mm256_sub_ps(_mm256_loadu_ps(cand + j), vm);
     const int valid = n - j >= 8 ? 0xFF : (1 << (n - j)) - 1;
-    const int keep = _mm256_movemask_ps(_mm256_cmp_ps(u, minus_one, _CMP_GT_OQ)) & valid;
-    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress.idx[keep]));
-    _mm256_storeu_ps(cand + k, _mm256_permutevar8x32_ps(u, perm));
-    k += __builtin_popcount(keep);
+    k += compress_store8(cand + k, u, _mm256_movemask_ps(_mm256_cmp_ps(u, minus_one, _CMP_GT_OQ)) & valid);
   }
   return k;
 }
@@ -352,9 +356,8 @@ TORCHXC_AVX2 SumCount<double> support_sum_avx2(const S* p, const S* g, int64_t n
     c1 = _mm256_sub_epi32(c1, _mm256_castps_si256(in1));
   }
   for (; j < n; j += 8) {  // padding lanes of p are -inf: outside the support
-    const bool full = n - j >= 8;
-    const __m256 in0 = _mm256_cmp_ps(full ? load8(p + j) : load_tail8(p + j, n - j), zero, _CMP_GT_OQ);
-    s0 = _mm256_add_ps(s0, _mm256_and_ps(in0, full ? load8(g + j) : load_tail8(g + j, n - j)));
+    const __m256 in0 = _mm256_cmp_ps(load_upto8(p + j, n - j), zero, _CMP_GT_OQ);
+    s0 = _mm256_add_ps(s0, _mm256_and_ps(in0, load_upto8(g + j, n - j)));
     c0 = _mm256_sub_epi32(c0, _mm256_castps_si256(in0));
   }
   s0 = _mm256_add_ps(s0, s1);
@@ -607,6 +610,39 @@ int64_t collect(const S* x, int64_t n, acc_t<S> m, acc_t<S> shift, acc_t<S>* can
   return collect_generic(x, n, m, shift, cand);
 }
 
+// The output pass and the backward's two passes over one whole row: the AVX2 row kernels where they run
+// (kCpuAVX2Rows, not float64), else the multiversioned primitives. (The long-row path calls the primitives on
+// its chunks directly.)
+template <typename S>
+void write_row(const S* x, S* y, int64_t n, acc_t<S> m, acc_t<S> t) {
+#if TORCHXC_HAVE_AVX512_COLLECT
+  if constexpr (!std::is_same_v<S, double>) {
+    if (kCpuAVX2Rows) return write_avx2(x, y, n, m, t);
+  }
+#endif
+  write(x, y, n, m, t);
+}
+
+template <typename S>
+SumCount<double> support_sum_row(const S* p, const S* g, int64_t n) {
+#if TORCHXC_HAVE_AVX512_COLLECT
+  if constexpr (!std::is_same_v<S, double>) {
+    if (kCpuAVX2Rows) return support_sum_avx2(p, g, n);
+  }
+#endif
+  return support_sum(p, g, n);
+}
+
+template <typename S>
+void backward_write_row(const S* p, const S* g, S* out, int64_t n, acc_t<S> mean) {
+#if TORCHXC_HAVE_AVX512_COLLECT
+  if constexpr (!std::is_same_v<S, double>) {
+    if (kCpuAVX2Rows) return backward_write_avx2(p, g, out, n, mean);
+  }
+#endif
+  backward_write(p, g, out, n, mean);
+}
+
 // Threshold t = tau - max over the candidates u in (-1, 0] (see sparsemax_threshold.h). Newton steps scan the
 // candidates with vectorized double-precision sums; while many remain, they also compact the buffer so that
 // later steps read fewer values.
@@ -746,15 +782,7 @@ void sparsemax_forward_kernel(const S* x, S* y, int64_t rows, int64_t d, int max
       S* yr = y + r * d;
       T m, t;
       if (row_threshold(xr, d, cand.get(), max_newton, &m, &t)) {
-#if TORCHXC_HAVE_AVX512_COLLECT
-        if constexpr (!std::is_same_v<S, double>) {
-          if (kCpuAVX2Rows) {
-            write_avx2(xr, yr, d, m, t);
-            continue;
-          }
-        }
-#endif
-        write(xr, yr, d, m, t);
+        write_row(xr, yr, d, m, t);
       } else {
         fill_nan(yr, d);
       }
@@ -795,18 +823,9 @@ void sparsemax_backward_kernel(const S* g, const S* p, S* out, int64_t rows, int
   at::parallel_for(0, rows, row_grain(d), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t off = r * d;
-#if TORCHXC_HAVE_AVX512_COLLECT
-      if constexpr (!std::is_same_v<S, double>) {
-        if (kCpuAVX2Rows) {
-          const SumCount<double> sc = support_sum_avx2(p + off, g + off, d);
-          backward_write_avx2(p + off, g + off, out + off, d, static_cast<float>(sc.sum / static_cast<double>(sc.count)));
-          continue;
-        }
-      }
-#endif
-      const SumCount<double> sc = support_sum(p + off, g + off, d);
+      const SumCount<double> sc = support_sum_row(p + off, g + off, d);
       const T mean = static_cast<T>(sc.sum / static_cast<double>(sc.count));
-      backward_write(p + off, g + off, out + off, d, mean);
+      backward_write_row(p + off, g + off, out + off, d, mean);
     }
   });
 }
