@@ -7,10 +7,6 @@ reference exact for huge magnitudes too. Rows with a non-finite maximum give NaN
 """
 import itertools
 import math
-import os
-import subprocess
-import sys
-import tempfile
 
 import pytest
 import torch
@@ -19,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import torchxc
-from testing import check_against_reference, devices, device_ids, dtypes, max_err, requires_cuda
+from testing import (check_against_reference, device_ids, devices, dtypes, max_err, outputs_without_and_with,
+                     requires_cuda)
 
 
 def sparsemax_reference(x: torch.Tensor, dim: int = -1, dtype=torch.float64) -> torch.Tensor:
@@ -151,14 +148,7 @@ def test_portable_rows_match_avx2_rows():
         "    out.append([torchxc.sparsemax(x.to(dt)) for x in xs])\n"
         "    back.append([torch.ops.torchxc.sparsemax_backward(gr.to(dt), p) for gr, p in zip(gs, out[-1])])\n"
         "torch.save((xs, gs, out, back), sys.argv[1])\n")
-    outs = []
-    for flag in ("0", "1"):
-        env = {k: v for k, v in os.environ.items() if k != "TORCHXC_SPARSEMAX_NO_AVX2"}
-        if flag == "1":
-            env["TORCHXC_SPARSEMAX_NO_AVX2"] = "1"
-        path = os.path.join(tempfile.mkdtemp(), "rows.pt")
-        subprocess.run([sys.executable, "-c", code, path], env=env, check=True)
-        outs.append(torch.load(path))
+    outs = outputs_without_and_with("TORCHXC_SPARSEMAX_NO_AVX2", code)
     xs, gs = outs[0][0], outs[0][1]
     for i, dtype in enumerate((torch.float32, torch.bfloat16, torch.float16)):
         eps = torch.finfo(dtype).eps

@@ -6,16 +6,13 @@ every leaf's path explicitly in float64.
 """
 import math
 import os
-import subprocess
-import sys
-import tempfile
 import types
 
 import pytest
 import torch
 import torchxc
 from scipy.stats import chisquare
-from testing import device_ids, devices, max_err, requires_cuda
+from testing import device_ids, devices, max_err, outputs_without_and_with, requires_cuda
 
 
 def make_tree(C, k, dtype=torch.float64, device="cpu", seed=0, scale=1.5):
@@ -179,14 +176,7 @@ def test_portable_cpu_loops_match_avx2():
         "lab, lq = s.sample(z, 300, generator=torch.Generator().manual_seed(12))\n"
         "torch.save((lab, lq), sys.argv[2])\n")
     here = os.path.dirname(os.path.abspath(__file__))
-    outs = []
-    for flag in ("0", "1"):
-        env = {k: v for k, v in os.environ.items() if k != "TORCHXC_TREE_NO_AVX2"}
-        if flag == "1":
-            env["TORCHXC_TREE_NO_AVX2"] = "1"
-        path = os.path.join(tempfile.mkdtemp(), "draws.pt")
-        subprocess.run([sys.executable, "-c", code, here, path], env=env, check=True)
-        outs.append(torch.load(path))
+    outs = outputs_without_and_with("TORCHXC_TREE_NO_AVX2", code, here)
     assert (outs[0][0] != outs[1][0]).float().mean() < 1e-3  # a flip needs a uniform within rounding of p
     same = outs[0][0] == outs[1][0]
     assert max_err(outs[0][1][same], outs[1][1][same]) < 1e-5

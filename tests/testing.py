@@ -1,4 +1,10 @@
-"""Shared test helpers: devices, dtypes, and the low-precision tolerance rule."""
+"""Shared test helpers: devices, dtypes, the low-precision tolerance rule, and subprocess runs with a kernel
+switch set at load time."""
+import os
+import subprocess
+import sys
+import tempfile
+
 import pytest
 import torch
 
@@ -19,6 +25,21 @@ requires_cuda = pytest.mark.skipif(
 
 def device_ids(devs):
     return [d.type for d in devs]
+
+
+def outputs_without_and_with(env_var: str, code: str, *args: str) -> list:
+    """Runs `code` in a fresh interpreter twice, without and with env_var=1 (a kernel switch read when the
+    extension loads), as ``python -c code *args PATH``; the code saves its result to PATH (the last argument).
+    Returns the two loaded results."""
+    outs = []
+    for flag in (False, True):
+        env = {k: v for k, v in os.environ.items() if k != env_var}
+        if flag:
+            env[env_var] = "1"
+        path = os.path.join(tempfile.mkdtemp(), "out.pt")
+        subprocess.run([sys.executable, "-c", code, *args, path], env=env, check=True)
+        outs.append(torch.load(path))
+    return outs
 
 
 def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
