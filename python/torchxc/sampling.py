@@ -193,14 +193,17 @@ class TreeSampler(torch.nn.Module):
             size = (C - start).clamp(min=0, max=span)  # labels per node
             n_left = size.clamp(max=span // 2)
             theta = torch.zeros(n_nodes, k + 1, device=device)
+            # a node keeps its labels while they are reassigned between its children, so the examples' nodes (and
+            # the solver's layout) are fixed for the whole level
+            node_of_label = pos // span
+            solver = _NodeLogistic(zt, node_of_label[lab], n_nodes, l2)
+            lab_sorted = lab[solver.order]
             for _ in range(max(1, iterations)):
-                node_of_label = pos // span
                 side = (pos - start[node_of_label]) >= n_left[node_of_label]  # True: right child
-                node_e = node_of_label[lab]
-                theta = _newton_logistic(zt, node_e, side[lab].to(zt.dtype), theta, n_nodes, newton_steps, l2)
+                theta = solver.solve(side[lab].to(zt.dtype), theta, newton_steps)
                 # reassign: within each node, labels sorted by mean score; the lowest n_left go left
-                score_e = (zt * theta[node_e]).sum(1)
-                score = torch.zeros(C, device=device).index_add_(0, lab, score_e) / count.clamp(min=1)
+                score = torch.zeros(C, device=device).index_add_(0, lab_sorted, solver.margins(theta))
+                score /= count.clamp(min=1)
                 order = torch.argsort(score, stable=True)
                 order = order[torch.argsort(node_of_label[order], stable=True)]  # by node, then by score
                 rank = torch.empty(C, dtype=torch.long, device=device)
@@ -233,47 +236,59 @@ def _pairs(labels, N, num_labels, device) -> tuple[Tensor, Tensor]:
     return ex, lab
 
 
-def _newton_logistic(zt: Tensor, node_e: Tensor, target: Tensor, theta: Tensor, n_nodes: int, steps: int,
-                     l2: float, max_step: float = 4.0) -> Tensor:
+class _NodeLogistic:
     """Batched Newton steps for one L2-regularised logistic regression per node: example e (features zt[e],
     [.., k + 1] with a bias column) belongs to node node_e[e]. The weights are regularised with l2, the bias
     lightly; each step is a trust-region step (norm at most `max_step`), so that a node whose examples are all on
     one side, or whose probabilities saturate in float32, moves a bounded distance instead of diverging.
 
-    The Hessians of all nodes, H_n = sum_{e in n} w_e z_e z_e^T, are one sparse @ dense product: the examples are
-    sorted by node, and row (n, i) of a CSR matrix holds w_e z_e,i for the examples e of node n."""
-    import warnings
+    The examples are sorted by node once. Row (n, i) of a fixed CSR matrix M [n_nodes * (k + 1), E] holds z_e,i for
+    the examples e of node n, so that a Newton step's gradients are M @ (p - t) and its Hessians
+    H_n = sum_{e in n} w_e z_e z_e^T are M @ (w * Z): sparse @ dense products, with no per-step gathers."""
 
-    E, k1 = zt.shape
-    device = zt.device
-    reg = torch.full((k1,), l2, device=device)
-    reg[-1] = 1e-3  # the bias: a weak prior, which also keeps nodes without examples solvable
-    order = torch.argsort(node_e, stable=True)
-    zs, ns, ts = zt[order], node_e[order], target[order]
-    counts = torch.bincount(ns, minlength=n_nodes)
-    seg = torch.cumsum(counts, 0) - counts
-    # CSR layout: node n's block starts at k1 * seg[n]; row (n, i) is its i-th run of counts[n] values
-    pos = ((k1 * seg[ns] + torch.arange(E, device=device) - seg[ns])[:, None]
-           + torch.arange(k1, device=device)[None, :] * counts[ns][:, None]).flatten()
-    src = torch.empty(E * k1, dtype=torch.long, device=device)
-    src[pos] = torch.arange(E * k1, device=device)
-    col = torch.empty(E * k1, dtype=torch.long, device=device)
-    col[pos] = torch.arange(E, device=device).repeat_interleave(k1)
-    del pos
-    crow = torch.zeros(n_nodes * k1 + 1, dtype=torch.long, device=device)
-    crow[1:] = torch.cumsum(counts.repeat_interleave(k1), 0)
-    for _ in range(steps):
-        p = torch.sigmoid((zs * theta[ns]).sum(1))
-        grad = (theta * reg).index_add_(0, ns, zs * (p - ts)[:, None])
-        values = ((p * (1 - p))[:, None] * zs).flatten()[src]
+    def __init__(self, zt: Tensor, node_e: Tensor, n_nodes: int, l2: float):
+        E, k1 = zt.shape
+        device = zt.device
+        self.n_nodes, self.k1 = n_nodes, k1
+        self.reg = torch.full((k1,), l2, device=device)
+        self.reg[-1] = 1e-3  # the bias: a weak prior, which also keeps nodes without examples solvable
+        self.order = torch.argsort(node_e, stable=True)
+        self.zs = zt[self.order]
+        self.counts = torch.bincount(node_e, minlength=n_nodes)
+        seg = torch.cumsum(self.counts, 0) - self.counts
+        ns = node_e[self.order]
+        # CSR layout: node n's block starts at k1 * seg[n]; row (n, i) is its i-th run of counts[n] values
+        pos = ((k1 * seg[ns] + torch.arange(E, device=device) - seg[ns])[:, None]
+               + torch.arange(k1, device=device)[None, :] * self.counts[ns][:, None]).flatten()
+        values = torch.empty(E * k1, dtype=zt.dtype, device=device)
+        values[pos] = self.zs.flatten()
+        col = torch.empty(E * k1, dtype=torch.long, device=device)
+        col[pos] = torch.arange(E, device=device).repeat_interleave(k1)
+        del pos
+        crow = torch.zeros(n_nodes * k1 + 1, dtype=torch.long, device=device)
+        crow[1:] = torch.cumsum(self.counts.repeat_interleave(k1), 0)
+        import warnings
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-            m = torch.sparse_csr_tensor(crow, col, values, size=(n_nodes * k1, E), check_invariants=False)
-            hess = (m @ zs).view(n_nodes, k1, k1) + torch.diag(reg)
-        step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
-        norm = step.norm(dim=1, keepdim=True)
-        theta = theta - step * (max_step / norm.clamp(min=max_step))
-    return theta
+            self.m = torch.sparse_csr_tensor(crow, col, values, size=(n_nodes * k1, E), check_invariants=False)
+
+    def margins(self, theta: Tensor) -> Tensor:
+        """z_e . theta_{node(e)} for the examples in node order."""
+        return (self.zs * theta.repeat_interleave(self.counts, 0, output_size=self.zs.shape[0])).sum(1)
+
+    def solve(self, target: Tensor, theta: Tensor, steps: int, max_step: float = 4.0) -> Tensor:
+        """`steps` Newton steps from theta [n_nodes, k + 1] toward fitting target[e] in {0, 1}."""
+        ts = target[self.order]
+        n, k1 = self.n_nodes, self.k1
+        for _ in range(steps):
+            p = torch.sigmoid(self.margins(theta))
+            grad = theta * self.reg + (self.m @ (p - ts)[:, None]).view(n, k1)
+            hess = (self.m @ ((p * (1 - p))[:, None] * self.zs)).view(n, k1, k1) + torch.diag(self.reg)
+            step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
+            norm = step.norm(dim=1, keepdim=True)
+            theta = theta - step * (max_step / norm.clamp(min=max_step))
+        return theta
 
 
 # ---- frequency sampler -------------------------------------------------------------------------------------------
