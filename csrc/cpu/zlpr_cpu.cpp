@@ -2,9 +2,11 @@
 //
 // Per row, three vectorized passes over data that stays in cache: the two maxima m_neg = max(0, s_i over the
 // first sum) and m_pos = max(0, -s_i over the second), then the two sums of exponentials relative to them, then
-// (when the gradient is wanted) the gradient. Hard labels cost one exponential per class and pass (each class is
-// in exactly one sum), soft labels two. Rows run in parallel; a few long rows are split into chunks instead.
-// Sparse positives become a per-row bitmask, after which they are hard labels.
+// (when the gradient is wanted) the gradient. Hard labels cost one exponential per class (each class is in exactly
+// one sum), soft labels two. When the gradient is wanted, the sum pass also stores its terms (unscaled gradient
+// entries, in the accumulation type: in the gradient itself for float32 / float64, in a per-task buffer for
+// 16-bit types), and the gradient pass only scales them, with no exponential. Rows run in parallel; a few long
+// rows are split into chunks instead. Sparse positives become a per-row bitmask, after which they are hard labels.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -13,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../common/zlpr_common.h"
@@ -102,9 +105,12 @@ TORCHXC_CPU_MULTIVERSION ZlprMax<acc_t<S>> zlpr_max(const S* x, LabelPtr<S> lab,
 
 // Pass 2: sum_i (1 - t_i) e^{s_i - m_neg} and sum_i t_i e^{-s_i - m_pos}. Excluded terms select 0 rather than
 // being multiplied by a zero weight: never 0 * inf. Hard labels need one exponential per class.
-template <typename S, ZlprLabels L, bool kMask>
+// kStore: also store the terms for zlpr_scale: hard labels one value per class in e1, the term of the class's sum
+// with the sign of its gradient (-e for positives; +0 for excluded classes); soft labels the negative-sum term in
+// e1 and the positive-sum term in e2.
+template <typename S, ZlprLabels L, bool kMask, bool kStore>
 TORCHXC_CPU_MULTIVERSION ZlprSum<acc_t<S>> zlpr_sum(const S* x, LabelPtr<S> lab, const bool* mask, int64_t n,
-                                                    acc_t<S> mneg, acc_t<S> mpos) {
+                                                    acc_t<S> mneg, acc_t<S> mpos, acc_t<S>* e1, acc_t<S>* e2) {
   using T = acc_t<S>;
   const T neg_inf = -std::numeric_limits<T>::infinity();
   T sneg = 0, spos = 0;
@@ -117,45 +123,41 @@ TORCHXC_CPU_MULTIVERSION ZlprSum<acc_t<S>> zlpr_sum(const S* x, LabelPtr<S> lab,
       const T s = load_acc(x[j + i]);
       const bool valid = (kMask ? mask[j + i] : true) & (s != neg_inf);
       if constexpr (L == ZlprLabels::kSoft) {
-        sneg += bsel(valid & (t[i] < T(1)), (T(1) - t[i]) * vexp(s - mneg), T(0));
-        spos += bsel(valid & (t[i] > T(0)), t[i] * vexp(-s - mpos), T(0));
+        const T a = bsel(valid & (t[i] < T(1)), (T(1) - t[i]) * vexp(s - mneg), T(0));
+        const T b = bsel(valid & (t[i] > T(0)), t[i] * vexp(-s - mpos), T(0));
+        sneg += a;
+        spos += b;
+        if constexpr (kStore) {
+          e1[j + i] = a;
+          e2[j + i] = b;
+        }
       } else {
         const bool pos = t[i] > T(0);
         const T e = vexp(bsel(pos, -s - mpos, s - mneg));  // each class is in exactly one sum
         sneg += bsel(valid & !pos, e, T(0));
         spos += bsel(valid & pos, e, T(0));
+        if constexpr (kStore) e1[j + i] = bsel(valid, bsel(pos, -e, e), T(0));
       }
     }
   }
   return {sneg, spos};
 }
 
-// Pass 3: the gradient (1 - t_i) e^{s_i} / Z_neg - t_i e^{-s_i} / Z_pos, with inv_zneg = e^{-m_neg} / Z_neg etc.
-template <typename S, ZlprLabels L, bool kMask>
-TORCHXC_CPU_MULTIVERSION void zlpr_grad(const S* x, LabelPtr<S> lab, const bool* mask, S* grad, int64_t n,
-                                        acc_t<S> mneg, acc_t<S> mpos, acc_t<S> inv_zneg, acc_t<S> inv_zpos) {
+// Pass 3: the gradient (1 - t_i) e^{s_i} / Z_neg - t_i e^{-s_i} / Z_pos, with inv_zneg = e^{-m_neg} / Z_neg etc.,
+// from the terms zlpr_sum stored (e1 may be the gradient itself: each entry is read before it is written).
+template <typename S, ZlprLabels L>
+TORCHXC_CPU_MULTIVERSION void zlpr_scale(const acc_t<S>* e1, const acc_t<S>* e2, S* grad, int64_t n,
+                                         acc_t<S> inv_zneg, acc_t<S> inv_zpos) {
   using T = acc_t<S>;
-  const T neg_inf = -std::numeric_limits<T>::infinity();
-  alignas(64) T t[kBlock];
-  for (int64_t j = 0; j < n; j += kBlock) {
-    const int64_t len = std::min(kBlock, n - j);
-    load_labels<L>(lab, j, len, t);
-    TORCHXC_PRAGMA(omp simd)
-    for (int64_t i = 0; i < len; ++i) {
-      const T s = load_acc(x[j + i]);
-      const bool valid = (kMask ? mask[j + i] : true) & (s != neg_inf);
-      T g;
-      if constexpr (L == ZlprLabels::kSoft) {
-        const T gn = bsel(valid & (t[i] < T(1)), (T(1) - t[i]) * vexp(s - mneg) * inv_zneg, T(0));
-        const T gp = bsel(valid & (t[i] > T(0)), t[i] * vexp(-s - mpos) * inv_zpos, T(0));
-        g = gn - gp;
-      } else {
-        const bool pos = t[i] > T(0);
-        const T e = vexp(bsel(pos, -s - mpos, s - mneg));
-        g = bsel(valid, e * bsel(pos, -inv_zpos, inv_zneg), T(0));
-      }
-      grad[j + i] = store_acc<S>(g);
+  TORCHXC_PRAGMA(omp simd)
+  for (int64_t i = 0; i < n; ++i) {
+    T g;
+    if constexpr (L == ZlprLabels::kSoft) {
+      g = e1[i] * inv_zneg - e2[i] * inv_zpos;
+    } else {  // -e * inv_zpos for positives (-0 when e is 0: sign bit set, not < 0, and -0 * inv_zneg = -0)
+      g = e1[i] * bsel(e1[i] < T(0), inv_zpos, inv_zneg);
     }
+    grad[i] = store_acc<S>(g);
   }
 }
 
@@ -169,8 +171,14 @@ struct ZlprRow {
   using T = acc_t<S>;
   const char* op;
 
-  // Loss of one row; writes its gradient when grad != nullptr. Splits the row across threads when `split`.
-  double operator()(const S* x, LabelPtr<S> lab, const bool* mask, S* grad, int64_t d, bool split) const {
+  // Values zlpr_sum stores per class for the gradient pass: e1 (in the gradient itself when S is T), and e2 for
+  // soft labels.
+  static constexpr bool kInPlace = std::is_same_v<S, T>;
+  static int64_t work_size(int64_t d) { return (kInPlace ? 0 : d) + (L == ZlprLabels::kSoft ? d : 0); }
+
+  // Loss of one row; writes its gradient when grad != nullptr, with `work` holding work_size(d) values. Splits the
+  // row across threads when `split`.
+  double operator()(const S* x, LabelPtr<S> lab, const bool* mask, S* grad, T* work, int64_t d, bool split) const {
     ZlprMax<T> mx{0, 0, 0, 0};
     if (split) {
       const int64_t nchunks = num_chunks(d);
@@ -192,19 +200,30 @@ struct ZlprRow {
       if (grad) std::fill(grad, grad + d, store_acc<S>(std::numeric_limits<T>::quiet_NaN()));
       return std::numeric_limits<double>::quiet_NaN();
     }
+    T* e1 = nullptr;
+    T* e2 = nullptr;
+    if (grad) {
+      if constexpr (kInPlace) {
+        e1 = reinterpret_cast<T*>(grad);
+        e2 = work;
+      } else {
+        e1 = work;
+        e2 = work + d;
+      }
+    }
     double sneg = 0, spos = 0;
     if (split) {
       const int64_t nchunks = num_chunks(d);
       std::vector<ZlprSum<T>> part(nchunks);
       at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
-        for (int64_t c = b; c < e; ++c) part[c] = run_sum(x, lab, mask, c * kChunk, chunk_len(d, c), mx);
+        for (int64_t c = b; c < e; ++c) part[c] = run_sum(x, lab, mask, c * kChunk, chunk_len(d, c), mx, e1, e2);
       });
       for (const auto& p : part) {  // fixed order: the result does not depend on the thread count
         sneg += p.s_neg;
         spos += p.s_pos;
       }
     } else {
-      const ZlprSum<T> sm = run_sum(x, lab, mask, 0, d, mx);
+      const ZlprSum<T> sm = run_sum(x, lab, mask, 0, d, mx, e1, e2);
       sneg = sm.s_neg;
       spos = sm.s_pos;
     }
@@ -213,8 +232,7 @@ struct ZlprRow {
       const double zpos = std::exp(-static_cast<double>(mx.m_pos)) + spos;
       const T inv_zneg = static_cast<T>(1.0 / zneg), inv_zpos = static_cast<T>(1.0 / zpos);
       auto write = [&](int64_t c0, int64_t n) {
-        const bool* mk = mask ? mask + c0 : nullptr;
-        zlpr_grad<S, L, kMask>(x + c0, lab.offset(c0), mk, grad + c0, n, mx.m_neg, mx.m_pos, inv_zneg, inv_zpos);
+        zlpr_scale<S, L>(e1 + c0, e2 ? e2 + c0 : nullptr, grad + c0, n, inv_zneg, inv_zpos);
       };
       if (split) {
         at::parallel_for(0, num_chunks(d), 1, [&](int64_t b, int64_t e) {
@@ -231,8 +249,11 @@ struct ZlprRow {
     return zlpr_max<S, L, kMask>(x + c0, lab.offset(c0), mask ? mask + c0 : nullptr, n);
   }
   static ZlprSum<T> run_sum(const S* x, LabelPtr<S> lab, const bool* mask, int64_t c0, int64_t n,
-                            const ZlprMax<T>& mx) {
-    return zlpr_sum<S, L, kMask>(x + c0, lab.offset(c0), mask ? mask + c0 : nullptr, n, mx.m_neg, mx.m_pos);
+                            const ZlprMax<T>& mx, T* e1, T* e2) {
+    const bool* mk = mask ? mask + c0 : nullptr;
+    if (e1) return zlpr_sum<S, L, kMask, true>(x + c0, lab.offset(c0), mk, n, mx.m_neg, mx.m_pos, e1 + c0,
+                                               e2 ? e2 + c0 : nullptr);
+    return zlpr_sum<S, L, kMask, false>(x + c0, lab.offset(c0), mk, n, mx.m_neg, mx.m_pos, nullptr, nullptr);
   }
 };
 
@@ -247,7 +268,7 @@ void zlpr_cpu_kernel(const ZlprProblem& P, const char* op) {
   const int64_t words = (d + 31) / 32;
   std::vector<uint32_t> bits_long;  // the long-row path's bitmask (rows run one after the other)
   if (L == ZlprLabels::kBits && use_long_row_path(rows, d)) bits_long.resize(words);
-  auto body = [&](auto row_fn, int64_t r, bool split, uint32_t* bits) {
+  auto body = [&](auto row_fn, int64_t r, bool split, uint32_t* bits, acc_t<S>* work) {
     LabelPtr<S> lab;
     if constexpr (L == ZlprLabels::kHard) {
       lab.hard = reinterpret_cast<const uint8_t*>(P.labels.const_data_ptr<bool>()) + r * d;
@@ -267,16 +288,19 @@ void zlpr_cpu_kernel(const ZlprProblem& P, const char* op) {
     }
     const bool* mk = mask ? mask + r * mask_stride : nullptr;
     loss[r] = store_acc<S>(static_cast<acc_t<S>>(
-        row_fn(x + r * d, lab, mk, grad ? grad + r * d : nullptr, d, split)));
+        row_fn(x + r * d, lab, mk, grad ? grad + r * d : nullptr, work, d, split)));
   };
   auto run = [&](auto row_fn) {
+    const int64_t work = grad ? decltype(row_fn)::work_size(d) : 0;
     if (use_long_row_path(rows, d)) {
-      for (int64_t r = 0; r < rows; ++r) body(row_fn, r, true, bits_long.data());
+      auto w = scratch<acc_t<S>>(work);
+      for (int64_t r = 0; r < rows; ++r) body(row_fn, r, true, bits_long.data(), w.get());
       return;
     }
     at::parallel_for(0, rows, row_grain(d), [&](int64_t b, int64_t e) {
       std::vector<uint32_t> bits(L == ZlprLabels::kBits ? words : 0);
-      for (int64_t r = b; r < e; ++r) body(row_fn, r, false, bits.data());
+      auto w = scratch<acc_t<S>>(work);
+      for (int64_t r = b; r < e; ++r) body(row_fn, r, false, bits.data(), w.get());
     });
   };
   if (mask) {
