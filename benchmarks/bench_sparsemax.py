@@ -20,7 +20,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import lookup, print_targets, ratio, run_suite, suite_main  # noqa: E402
+from common import lookup, print_targets, ratio, run_suite, setup_cpu_process, suite_main  # noqa: E402
 
 import torchxc  # noqa: E402
 
@@ -119,4 +119,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    setup_cpu_process()  # the suite's allocator settings (see common.py)
     sys.exit(main())

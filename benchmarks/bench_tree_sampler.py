@@ -22,7 +22,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS_DIR, Timer, device_name, print_targets, selected_devices, write_csv  # noqa: E402
+from common import (RESULTS_DIR, Timer, device_name, print_targets, selected_devices,  # noqa: E402
+                    allocator_settings, setup_cpu_process, write_csv)
 
 import torchxc  # noqa: E402
 
@@ -80,7 +81,8 @@ def measure(C, k, B, S, device, budget_s, multinomial_rows):
             continue
         out.append(dict(device=device_name(device), C=C, k=k, B=B, S=S, provider=name, draws=draws[name],
                         median_ms=m.median_ms, p20_ms=m.p20_ms, p80_ms=m.p80_ms, reps=m.reps,
-                        draws_per_s=draws[name] / (m.median_ms * 1e-3)))
+                        draws_per_s=draws[name] / (m.median_ms * 1e-3),
+                        allocator=allocator_settings() if device.type == "cpu" else "-"))
     return out
 
 
@@ -174,4 +176,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    setup_cpu_process()  # the suite's allocator settings (see common.py)
     sys.exit(main())

@@ -17,6 +17,35 @@ import torch
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
+# glibc malloc settings of the benchmark processes: keep freed memory instead of returning it to the kernel.
+# With glibc's defaults a large tensor is mmap'ed (or the heap is trimmed after it is freed), so every call's
+# output is faulted in again page by page: about 500 page faults, 1.4 ms, per 4 MB output on the 2-core VM,
+# more than the sparsemax kernel itself at 8192x128. They fall on every provider alike.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824"
+
+
+def setup_cpu_process(thp: bool = True, tuned_malloc: bool = True) -> None:
+    """Gives this benchmark process the suite's CPU allocator settings, re-executing it if needed (glibc reads its
+    tunables at start-up): THP_MEM_ALLOC_ENABLE=1 (PyTorch backs large tensors with huge pages) and
+    GLIBC_TUNABLES=MALLOC_TUNABLES. Settings already in the environment are kept, so `GLIBC_TUNABLES=` (empty)
+    or `THP_MEM_ALLOC_ENABLE=0` measure with the defaults."""
+    import sys
+
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1" if thp else "0")
+    if "GLIBC_TUNABLES" in os.environ or platform.libc_ver()[0] != "glibc":
+        return
+    os.environ["GLIBC_TUNABLES"] = MALLOC_TUNABLES if tuned_malloc else ""
+    if tuned_malloc:
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+
+
+def allocator_settings() -> str:
+    """The CPU allocator settings this process runs with (for tables and CSV rows)."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    malloc = "malloc thresholds 1 GiB" if tunables == MALLOC_TUNABLES else (tunables or "default malloc")
+    return f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}, {malloc}"
+
 
 @dataclass
 class Measurement:
@@ -204,10 +233,10 @@ def run_suite(op: str, device: torch.device, cases, modes, make_callables, nbyte
     timer = Timer(device, budget_s=budget_s)  # per provider and measurement, spread over interleaved rounds
     copy_gbs = copy_bandwidth_gbs(device)
     sheet = datasheet_gbs(device)
-    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0") if device.type == "cpu" else "-"
+    thp = allocator_settings() if device.type == "cpu" else "-"
     print(f"\n== {op} on {device_name(device)}: copy bandwidth {copy_gbs:.0f} GB/s"
           + (f", datasheet {sheet:.0f} GB/s" if sheet else "") + f", torch {torch.__version__}"
-          + (f", THP_MEM_ALLOC_ENABLE={thp}" if device.type == "cpu" else ""))
+          + (f", {thp}" if device.type == "cpu" else ""))
     import torchxc
 
     try:
@@ -233,7 +262,7 @@ def run_suite(op: str, device: torch.device, cases, modes, make_callables, nbyte
             torch.cuda.empty_cache()
     write_csv(csv_path, rows)
     header = (f"{device_name(device)}, copy bandwidth {copy_gbs:.0f} GB/s, torch {torch.__version__}"
-              + (f", THP_MEM_ALLOC_ENABLE={thp}" if device.type == "cpu" else ""))
+              + (f", {thp}" if device.type == "cpu" else ""))
     write_markdown(csv_path[:-4] + ".md", rows, baselines, header, main)
     print_table(rows, baselines, main)
     plot(rows, csv_path[:-4] + ".png", op, device_name(device), modes)

@@ -4,9 +4,10 @@ and checks the speed targets of its op; this script exits non-zero if a target w
 
     python benchmarks/run_all.py [--device cpu|cuda|all] [--quick]
 
-On the CPU the suite sets THP_MEM_ALLOC_ENABLE=1 (PyTorch's allocator then backs large tensors with huge pages,
-which removes most page-fault time from allocating outputs; it applies to every provider alike). Pass --no-thp
-to measure without it.
+On the CPU the suite sets THP_MEM_ALLOC_ENABLE=1 (PyTorch's allocator then backs large tensors with huge pages)
+and glibc's malloc thresholds to 1 GiB (freed tensors are reused instead of being returned to the kernel and
+faulted in again on the next call; see common.MALLOC_TUNABLES). Both remove page-fault time from allocating
+outputs and apply to every provider alike. Pass --no-thp / --default-malloc to measure without them.
 """
 import argparse
 import glob
@@ -23,10 +24,12 @@ def main():
     ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-thp", action="store_true", help="do not enable huge pages for large CPU tensors")
+    ap.add_argument("--default-malloc", action="store_true", help="keep glibc's default malloc thresholds")
     args, rest = ap.parse_known_args()
-    if not args.no_thp:
-        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # read once, at torch's first allocation
     sys.path.insert(0, HERE)
+    from common import setup_cpu_process
+
+    setup_cpu_process(thp=not args.no_thp, tuned_malloc=not args.default_malloc)  # may re-execute this script
     failed = []
     for path in sorted(glob.glob(os.path.join(HERE, "bench_*.py"))):
         name = os.path.splitext(os.path.basename(path))[0]

@@ -28,3 +28,22 @@ def test_fused_linear_memory_benchmark_runs(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert "equal loss and gradients" in out.stdout and "[PASS] equal loss and gradients" in out.stdout
     assert (tmp_path / "fused_linear_zlpr_cpu.csv").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables")
+def test_benchmark_processes_get_the_allocator_settings(tmp_path):
+    """Benchmark scripts re-execute themselves with the suite's malloc thresholds (read by glibc at start-up) and
+    huge pages; settings already in the environment, such as an empty GLIBC_TUNABLES, are kept."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    script = tmp_path / "probe.py"
+    script.write_text("import sys\nsys.path.insert(0, %r)\nimport common\ncommon.setup_cpu_process()\n"
+                      "print(common.allocator_settings())\n" % os.path.join(ROOT, "benchmarks"))
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE")}
+    tuned = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True).stdout
+    assert tuned.strip() == "THP_MEM_ALLOC_ENABLE=1, malloc thresholds 1 GiB"
+    env["GLIBC_TUNABLES"] = ""
+    default = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True).stdout
+    assert default.strip() == "THP_MEM_ALLOC_ENABLE=1, default malloc"
