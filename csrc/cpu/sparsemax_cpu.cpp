@@ -225,9 +225,23 @@ template <typename S>
 TORCHXC_AVX2 inline __m256 load_upto8(const S* p, int64_t left) {
   return left >= 8 ? load8(p) : load_tail8(p, left);
 }
+// Sixteen values as two vectors of float32, in an order that only store16 has to undo: elements 0-7 and 8-15,
+// except for bfloat16, where one load and two interleaves with zero (a bfloat16 is the high half of its float32)
+// give elements 0-3 | 8-11 and 4-7 | 12-15 -- no widening loads and shifts. Elementwise work and sums over a row
+// do not depend on the order.
+template <typename S>
+TORCHXC_AVX2 inline void load16(const S* p, __m256& a, __m256& b) {
+  a = load8(p);
+  b = load8(p + 8);
+}
+TORCHXC_AVX2 inline void load16(const c10::BFloat16* p, __m256& a, __m256& b) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), zero = _mm256_setzero_si256();
+  a = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
+  b = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
+}
 
-// Stores eight float32 values as S (round to nearest even, as store_acc): all eight (store8), sixteen (store16:
-// one pack and one 32-byte store for bfloat16), or the first `left` < 8 (store_tail8).
+// Stores eight float32 values as S (round to nearest even, as store_acc): all eight (store8), sixteen in load16's
+// order (store16: one pack and one 32-byte store for bfloat16), or the first `left` < 8 (store_tail8).
 TORCHXC_AVX2 inline void store8(float* q, __m256 v) { _mm256_storeu_ps(q, v); }
 TORCHXC_AVX2 inline void store8(c10::Half* q, __m256 v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
@@ -250,8 +264,8 @@ TORCHXC_AVX2 inline void store16(S* q, __m256 a, __m256 b) {
   store8(q + 8, b);
 }
 TORCHXC_AVX2 inline void store16(c10::BFloat16* q, __m256 a, __m256 b) {
-  const __m256i packed = _mm256_packus_epi32(bf16_bits(a), bf16_bits(b));  // a0-3 b0-3 | a4-7 b4-7
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_permute4x64_epi64(packed, 0xD8));
+  // a holds elements 0-3 | 8-11 and b 4-7 | 12-15 (load16), so the in-lane pack puts them back in order
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_packus_epi32(bf16_bits(a), bf16_bits(b)));
 }
 template <typename S>
 TORCHXC_AVX2 inline void store_tail8(S* q, __m256 v, int64_t left) {
@@ -274,7 +288,9 @@ TORCHXC_AVX2 void write_avx2(const S* x, S* y, int64_t n, float m, float t) {
   const __m256 vm = _mm256_set1_ps(m), vt = _mm256_set1_ps(t);
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
-    store16(y + j, sparsemax_value8(load8(x + j), vm, vt), sparsemax_value8(load8(x + j + 8), vm, vt));
+    __m256 a, b;
+    load16(x + j, a, b);
+    store16(y + j, sparsemax_value8(a, vm, vt), sparsemax_value8(b, vm, vt));
   }
   for (; j + 8 <= n; j += 8) store8(y + j, sparsemax_value8(load8(x + j), vm, vt));
   if (j < n) store_tail8(y + j, sparsemax_value8(load_tail8(x + j, n - j), vm, vt), n - j);
@@ -292,8 +308,10 @@ TORCHXC_AVX2 void backward_write_avx2(const S* p, const S* g, S* out, int64_t n,
   const __m256 vmean = _mm256_set1_ps(mean);
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
-    store16(out + j, backward_value8(load8(p + j), load8(g + j), vmean),
-            backward_value8(load8(p + j + 8), load8(g + j + 8), vmean));
+    __m256 pa, pb, ga, gb;
+    load16(p + j, pa, pb);
+    load16(g + j, ga, gb);
+    store16(out + j, backward_value8(pa, ga, vmean), backward_value8(pb, gb, vmean));
   }
   for (; j + 8 <= n; j += 8) store8(out + j, backward_value8(load8(p + j), load8(g + j), vmean));
   if (j < n) store_tail8(out + j, backward_value8(load_tail8(p + j, n - j), load_tail8(g + j, n - j), vmean), n - j);
@@ -307,6 +325,16 @@ TORCHXC_AVX2 inline int compress_store8(float* dst, __m256 v, int keep) {
   return __builtin_popcount(keep);
 }
 
+// max_collect_avx2 on eight values: running maximum, NaN flags, and the values within 1 of the running maximum
+// appended at cand + k; returns the new k.
+TORCHXC_AVX2 inline int64_t max_collect_step(__m256 v, __m256& mx, __m256& nan, float* cand, int64_t k,
+                                             __m256 minus_one) {
+  mx = _mm256_max_ps(mx, v);
+  nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  return k + compress_store8(cand + k, v,
+                             _mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps(v, mx), minus_one, _CMP_GT_OQ)));
+}
+
 // One pass over the row: its maximum (NaN if it holds a NaN) in *m_out, and at the front of cand (room for n + 8
 // values) every x with x - mx > -1 for the running maximum mx of x's lane -- a superset of the candidates
 // x - m > -1, because mx <= m and rounding is monotonic. Returns the superset's size.
@@ -314,12 +342,15 @@ template <typename S>
 TORCHXC_AVX2 int64_t max_collect_avx2(const S* x, int64_t n, float* cand, float* m_out) {
   const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), minus_one = _mm256_set1_ps(-1.0f);
   __m256 mx = ninf, nan = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (int64_t j = 0; j < n; j += 8) {
-    const __m256 v = load_upto8(x + j, n - j);  // padding -inf: never kept
-    mx = _mm256_max_ps(mx, v);
-    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    k += compress_store8(cand + k, v, _mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps(v, mx), minus_one, _CMP_GT_OQ)));
+  int64_t k = 0, j = 0;
+  for (; j + 16 <= n; j += 16) {
+    __m256 a, b;
+    load16(x + j, a, b);
+    k = max_collect_step(a, mx, nan, cand, k, minus_one);
+    k = max_collect_step(b, mx, nan, cand, k, minus_one);
+  }
+  for (; j < n; j += 8) {
+    k = max_collect_step(load_upto8(x + j, n - j), mx, nan, cand, k, minus_one);  // padding -inf: never kept
   }
   __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
   h = _mm_max_ps(h, _mm_movehl_ps(h, h));
@@ -348,10 +379,13 @@ TORCHXC_AVX2 SumCount<double> support_sum_avx2(const S* p, const S* g, int64_t n
   __m256i c0 = _mm256_setzero_si256(), c1 = _mm256_setzero_si256();
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
-    const __m256 in0 = _mm256_cmp_ps(load8(p + j), zero, _CMP_GT_OQ);
-    const __m256 in1 = _mm256_cmp_ps(load8(p + j + 8), zero, _CMP_GT_OQ);
-    s0 = _mm256_add_ps(s0, _mm256_and_ps(in0, load8(g + j)));
-    s1 = _mm256_add_ps(s1, _mm256_and_ps(in1, load8(g + j + 8)));
+    __m256 pa, pb, ga, gb;
+    load16(p + j, pa, pb);
+    load16(g + j, ga, gb);
+    const __m256 in0 = _mm256_cmp_ps(pa, zero, _CMP_GT_OQ);
+    const __m256 in1 = _mm256_cmp_ps(pb, zero, _CMP_GT_OQ);
+    s0 = _mm256_add_ps(s0, _mm256_and_ps(in0, ga));
+    s1 = _mm256_add_ps(s1, _mm256_and_ps(in1, gb));
     c0 = _mm256_sub_epi32(c0, _mm256_castps_si256(in0));  // a set lane is -1
     c1 = _mm256_sub_epi32(c1, _mm256_castps_si256(in1));
   }
