@@ -133,7 +133,7 @@ class TreeSampler(torch.nn.Module):
 
     @classmethod
     def fit(cls, features: Tensor, labels: Tensor | tuple[Tensor, Tensor], num_labels: int, dim: int = 16,
-            iterations: int = 3, newton_steps: int = 3, l2: float = 1.0, progress: bool = True,
+            iterations: int = 4, newton_steps: int = 1, l2: float = 1.0, progress: bool = True,
             seed: int = 0) -> "TreeSampler":
         """Fits the tree to data, top down (the construction of Bamler & Mandt):
 
@@ -141,9 +141,13 @@ class TreeSampler(torch.nn.Module):
         2. at every level, each node splits its labels in two balanced halves (sized by the leaves below each
            child), fits an L2-regularised logistic regression (``l2`` on the weights) on the examples that reach
            it, and reassigns its labels to the children by their mean score, within the children's capacity;
-           this repeats ``iterations`` times, then the next level refines each half.
+           this repeats ``iterations`` times (each time ``newton_steps`` Newton steps, warm-started from the
+           previous regression), then the next level refines each half.
 
-        Every level is one batched Newton solve over all its nodes (no Python loop per node).
+        Every level is one batched Newton solve over all its nodes (no Python loop per node). The defaults (4
+        reassignments of one Newton step each) gave held-out log q(y | x) at least as good as 3 x 3 steps on
+        Bibtex, Delicious and a synthetic C = 100,000 set, in 0.6x the time (numbers in
+        the "Tree sampler" section of README.md).
 
         Args:
             features: [N, F] float tensor.
