@@ -38,8 +38,8 @@ def fused_linear_zlpr_loss(
             use :func:`torchxc.zlpr_loss` on the logits for per-row losses.)
         sparse: whether ``target_or_positives`` holds positive indices; by default, an integer tensor whose last
             dim is not C does.
-        chunk_size: rows per chunk; by default about N * H / C rows, so that a chunk of logits is about as large
-            as ``hidden``.
+        chunk_size: rows per chunk; by default about max(N * H / C, H / 8) rows (a power of two), so that a chunk
+            of logits is about as large as ``hidden`` but at least an eighth of ``weight``.
 
     Returns:
         The scalar loss; gradients flow to hidden, weight and bias. For float16/bfloat16 the weight and bias
@@ -86,7 +86,10 @@ def fused_linear_zlpr_loss(
             raise TypeError(f"torchxc.fused_linear_zlpr_loss: mask must be a bool tensor, got {mask.dtype}")
         mask2 = mask.reshape(C) if mask.numel() == C else mask.expand(*lead, C).reshape(N, C)
     if chunk_size is None:
-        chunk_size = max(1, 2 ** math.ceil(math.log2(max(1.0, N / max(1, math.ceil(C / max(H, 1)))))))
+        # a chunk of logits about as large as hidden, and at least 1/8 of the weight (H / 8 rows): thinner chunks
+        # make the three matrix products per chunk slow and re-read the [C, H] weight gradient every few rows
+        rows = max(N / max(1, math.ceil(C / max(H, 1))), H / 8)
+        chunk_size = max(1, 2 ** math.ceil(math.log2(max(1.0, rows))))
     grads = [h2.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad]
     scale = 1.0 / N if reduction == "mean" and N > 0 else 1.0
     loss, _, _, _ = torch.ops.torchxc.fused_linear_zlpr.default(
