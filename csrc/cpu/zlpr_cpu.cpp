@@ -201,15 +201,10 @@ struct ZlprRow {
       return std::numeric_limits<double>::quiet_NaN();
     }
     T* e1 = nullptr;
-    T* e2 = nullptr;
+    T* e2 = nullptr;  // soft labels only
     if (grad) {
-      if constexpr (kInPlace) {
-        e1 = reinterpret_cast<T*>(grad);
-        e2 = work;
-      } else {
-        e1 = work;
-        e2 = work + d;
-      }
+      e1 = kInPlace ? reinterpret_cast<T*>(grad) : work;
+      if constexpr (L == ZlprLabels::kSoft) e2 = kInPlace ? work : work + d;
     }
     double sneg = 0, spos = 0;
     if (split) {

@@ -204,7 +204,7 @@ class TreeSampler(torch.nn.Module):
             lab_sorted = lab[solver.order]
             for _ in range(max(1, iterations)):
                 side = (pos - start[node_of_label]) >= n_left[node_of_label]  # True: right child
-                theta = solver.solve(side[lab].to(zt.dtype), theta, newton_steps)
+                theta = solver.solve(side[lab_sorted].to(zt.dtype), theta, newton_steps)
                 # reassign: within each node, labels sorted by mean score; the lowest n_left go left
                 score = torch.zeros(C, device=device).index_add_(0, lab_sorted, solver.margins(theta))
                 score /= count.clamp(min=1)
@@ -282,12 +282,12 @@ class _NodeLogistic:
         return (self.zs * theta.repeat_interleave(self.counts, 0, output_size=self.zs.shape[0])).sum(1)
 
     def solve(self, target: Tensor, theta: Tensor, steps: int, max_step: float = 4.0) -> Tensor:
-        """`steps` Newton steps from theta [n_nodes, k + 1] toward fitting target[e] in {0, 1}."""
-        ts = target[self.order]
+        """`steps` Newton steps from theta [n_nodes, k + 1] toward fitting the targets in {0, 1} of the examples, given
+        in node order (zt[order])."""
         n, k1 = self.n_nodes, self.k1
         for _ in range(steps):
             p = torch.sigmoid(self.margins(theta))
-            grad = theta * self.reg + (self.m @ (p - ts)[:, None]).view(n, k1)
+            grad = theta * self.reg + (self.m @ (p - target)[:, None]).view(n, k1)
             hess = (self.m @ ((p * (1 - p))[:, None] * self.zs)).view(n, k1, k1) + torch.diag(self.reg)
             step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
             norm = step.norm(dim=1, keepdim=True)
