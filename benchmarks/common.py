@@ -1,7 +1,11 @@
 """Shared benchmark machinery: timing on CPU and CUDA, the machine's bandwidth ceiling, CSV and plots.
 
 Timing: CUDA work is timed with CUDA events around each call, with the L2 cache flushed before every call
-(so repeated calls do not read their input from cache), reporting the median and 20th/80th percentiles.
+(so repeated calls do not read their input from cache), reporting the median and 20th/80th percentiles. Before
+each call the GPU is held by a spin kernel (torch.cuda._sleep) for longer than the host needs to launch the call,
+so the events measure the GPU's time for the work, as in a training loop whose host runs ahead, not the host's
+launch time (which bounds calls of a few microseconds: a forward+backward through autograd costs the host 100 us
+or more). The host's launch time is reported beside it (`host_ms`, time to return from the call).
 CPU work is timed with perf_counter on the same schedule. Slow providers get fewer repeats: each
 measurement repeats until `budget_s` has passed (at least `min_reps`, at most `max_reps` times).
 """
@@ -53,6 +57,27 @@ class Measurement:
     p20_ms: float
     p80_ms: float
     reps: int
+    host_ms: Optional[float] = None  # CUDA: median host time to launch the call (return from it, no sync)
+
+
+def _measurement(times: List[float], host: List[float]) -> Measurement:
+    times = sorted(times)
+    return Measurement(statistics.median(times), _percentile(times, 0.2), _percentile(times, 0.8), len(times),
+                       statistics.median(host) if host else None)
+
+
+def sleep_cycles_per_ms(device: torch.device) -> float:
+    """Clock cycles of torch.cuda._sleep per millisecond on this GPU (its clock at load)."""
+    with torch.cuda.device(device):
+        torch.cuda._sleep(1000)
+        begin = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        cycles = 20_000_000
+        begin.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+        return cycles / begin.elapsed_time(end)
 
 
 def _percentile(sorted_vals: List[float], q: float) -> float:
@@ -84,18 +109,32 @@ class Timer:
         self.min_reps = min_reps
         self.max_reps = max_reps
         self._flush = None
+        self._host: Dict[int, List[float]] = {}  # host times (ms) of the timed calls, per callable
+        self._launch: Dict[int, float] = {}  # host time of a call on an idle GPU (ms), from the warm-up
         if device.type == "cuda":
             # Larger than any L2 so far (H100: 50 MB, H200: 60 MB).
             self._flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=device)
             warm_gpu(device)
+            self._cycles_per_ms = sleep_cycles_per_ms(device)
 
-    def __call__(self, fn: Callable[[], object], setup: Optional[Callable[[], None]] = None) -> Measurement:
-        for _ in range(2):  # warm-up: compilation, caches, allocator
+    def _warm_up(self, fn: Callable[[], object], setup: Optional[Callable[[], None]] = None) -> None:
+        """Two untimed calls (compilation, caches, allocator); the shorter host time of the two, from the call to
+        its return on an idle GPU, sizes the spin before each timed CUDA call."""
+        launch = []
+        for _ in range(2):
             if setup:
                 setup()
+            self.sync()
+            t = time.perf_counter()
             fn()
+            launch.append((time.perf_counter() - t) * 1e3)
         self.sync()
+        self._launch[id(fn)] = min(launch)
+
+    def __call__(self, fn: Callable[[], object], setup: Optional[Callable[[], None]] = None) -> Measurement:
+        self._warm_up(fn, setup)
         times = []
+        self._host[id(fn)] = []
         start = time.perf_counter()
         while len(times) < self.max_reps and (
             len(times) < self.min_reps or time.perf_counter() - start < self.budget_s
@@ -103,8 +142,7 @@ class Timer:
             if setup:
                 setup()
             times.append(self._time_once(fn))
-        times.sort()
-        return Measurement(statistics.median(times), _percentile(times, 0.2), _percentile(times, 0.8), len(times))
+        return _measurement(times, self._host.pop(id(fn)))
 
     def compare(self, fns: Dict[str, Callable[[], object]], rounds: int = 4,
                 setups: Optional[Dict[str, Callable[[], None]]] = None) -> Dict[str, Optional[Measurement]]:
@@ -116,15 +154,13 @@ class Timer:
         failed = set()
         for name, fn in fns.items():  # warm-up
             try:
-                for _ in range(2):
-                    if name in setups:
-                        setups[name]()
-                    fn()
-                self.sync()
+                self._warm_up(fn, setups.get(name))
             except (RuntimeError, torch.OutOfMemoryError) as e:
                 print(f"  {name}: failed ({str(e).splitlines()[0][:100]})")
                 failed.add(name)
         names = [n for n in fns if n not in failed]
+        for name in names:
+            self._host[id(fns[name])] = []
         window = self.budget_s / rounds
         for r in range(rounds):
             order = names[r % max(len(names), 1):] + names[: r % max(len(names), 1)]
@@ -138,9 +174,8 @@ class Timer:
                     samples[name].append(self._time_once(fns[name]))
         out: Dict[str, Optional[Measurement]] = {}
         for name in fns:
-            t = sorted(samples[name])
-            out[name] = (Measurement(statistics.median(t), _percentile(t, 0.2), _percentile(t, 0.8), len(t))
-                         if t else None)
+            host = self._host.pop(id(fns[name]), [])
+            out[name] = _measurement(samples[name], host) if samples[name] else None
         return out
 
     def sync(self):
@@ -149,11 +184,19 @@ class Timer:
 
     def _time_once(self, fn) -> float:
         if self.device.type == "cuda":
-            self._flush.zero_()
+            host = self._host.setdefault(id(fn), [])
+            # Hold the GPU for twice the host's time for this call plus 0.2 ms, so that the whole call is queued
+            # before the flush and the first event run. A call that waits for the GPU itself (a host sync inside)
+            # is timed with that wait, as it must be.
+            ahead_ms = 0.2 + 2 * self._launch.get(id(fn), 1.0)
             begin = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
+            torch.cuda._sleep(int(ahead_ms * self._cycles_per_ms))
+            self._flush.zero_()
             begin.record()
+            t = time.perf_counter()
             fn()
+            host.append((time.perf_counter() - t) * 1e3)
             end.record()
             end.synchronize()
             return begin.elapsed_time(end)
@@ -223,6 +266,16 @@ def ratio(rows: List[Dict], base: str, main: str = "torchxc", **key) -> Optional
     return (b["median_ms"] / a["median_ms"]) if a and b else None
 
 
+def loop_ratio(rows: List[Dict], base: str, main: str = "torchxc", **key) -> Optional[float]:
+    """Like ratio, for calls back to back with nothing else to hide the host: each call costs the longer of its GPU
+    time and its host launch time (CUDA rows only)."""
+    a = lookup(rows, provider=main, **key)
+    b = lookup(rows, provider=base, **key)
+    if not a or not b or a.get("host_ms") is None or b.get("host_ms") is None:
+        return None
+    return max(b["median_ms"], b["host_ms"]) / max(a["median_ms"], a["host_ms"])
+
+
 def run_suite(op: str, device: torch.device, cases, modes, make_callables, nbytes, budget_s: float, csv_path: str,
               baselines: List[str], main: str = "torchxc") -> List[Dict]:
     """Times every provider on every (dtype, shape) case and mode, in interleaved rounds, prints the table and
@@ -253,7 +306,8 @@ def run_suite(op: str, device: torch.device, cases, modes, make_callables, nbyte
                 continue
             gbs = moved / (m.median_ms * 1e-3) / 1e9
             rows.append(dict(op=op, provider=name, dtype=dtype_name, shape="x".join(map(str, shape)), mode=mode,
-                             median_ms=m.median_ms, p20_ms=m.p20_ms, p80_ms=m.p80_ms, reps=m.reps, gbs=gbs,
+                             median_ms=m.median_ms, p20_ms=m.p20_ms, p80_ms=m.p80_ms, reps=m.reps,
+                             host_ms=m.host_ms, gbs=gbs,
                              pct_copy_bw=100 * gbs / copy_gbs, pct_datasheet_bw=(100 * gbs / sheet) if sheet else None,
                              device=device_name(device), copy_gbs=copy_gbs, thp=thp, torch=torch.__version__,
                              torchxc=torchxc.__version__))
@@ -271,8 +325,9 @@ def run_suite(op: str, device: torch.device, cases, modes, make_callables, nbyte
 
 
 def print_table(rows: List[Dict], baselines: List[str], main: str = "torchxc") -> None:
-    head = f"{'provider':15} {'dtype':9} {'shape':13} {'mode':8} {'ms':>9} {'GB/s':>7} {'%copy':>6} " + " ".join(
-        f"{'vs ' + b:>15}" for b in baselines)
+    host = any(r.get("host_ms") is not None for r in rows)
+    head = (f"{'provider':15} {'dtype':9} {'shape':13} {'mode':8} {'ms':>9} " + (f"{'host ms':>9} " if host else "")
+            + f"{'GB/s':>7} {'%copy':>6} " + " ".join(f"{'vs ' + b:>15}" for b in baselines))
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -280,23 +335,30 @@ def print_table(rows: List[Dict], baselines: List[str], main: str = "torchxc") -
             continue
         key = dict(dtype=r["dtype"], shape=r["shape"], mode=r["mode"])
         cells = [fmt_ratio(ratio(rows, b, r["provider"], **key)) for b in baselines]
-        print(f"{r['provider']:15} {r['dtype']:9} {r['shape']:13} {r['mode']:8} {r['median_ms']:9.3f} {r['gbs']:7.1f} "
+        print(f"{r['provider']:15} {r['dtype']:9} {r['shape']:13} {r['mode']:8} {r['median_ms']:9.3f} "
+              + (f"{r['host_ms']:9.3f} " if host else "") + f"{r['gbs']:7.1f} "
               f"{r['pct_copy_bw']:5.0f}% " + " ".join(f"{x:>15}" for x in cells))
-    print(f"(ratios: baseline time / {main} time; above 1 means torchxc is faster)")
+    print(f"(ratios: baseline time / {main} time; above 1 means torchxc is faster"
+          + ("; ms: GPU time, host ms: the host's time to launch the call" if host else "") + ")")
 
 
 def write_markdown(path: str, rows: List[Dict], baselines: List[str], header: str, main: str = "torchxc",
                    mode: str = "fwd+bwd") -> None:
     """The `mode` rows of the main provider as a Markdown table (pasted into README.md)."""
-    lines = [header, "", f"| dtype | shape | {main} {mode} ms | GB/s | " + " | ".join(f"vs {b}" for b in baselines)
-             + " |", "|---|---|---|---|" + "---|" * len(baselines)]
+    host = any(r.get("host_ms") is not None for r in rows)
+    lines = [header, "", f"| dtype | shape | {main} {mode} ms | " + ("host ms | " if host else "") + "GB/s | "
+             + " | ".join(f"vs {b}" for b in baselines) + " |", "|---|---|---|" + ("---|" if host else "") + "---|"
+             + "---|" * len(baselines)]
     for r in rows:
         if r["provider"] != main or r["mode"] != mode:
             continue
         key = dict(dtype=r["dtype"], shape=r["shape"], mode=mode)
         cells = [fmt_ratio(ratio(rows, b, main, **key)) for b in baselines]
-        lines.append(f"| {r['dtype']} | {r['shape']} | {r['median_ms']:.3f} | {r['gbs']:.1f} | " + " | ".join(cells)
-                     + " |")
+        lines.append(f"| {r['dtype']} | {r['shape']} | {r['median_ms']:.3f} | "
+                     + (f"{r['host_ms']:.3f} | " if host else "") + f"{r['gbs']:.1f} | " + " | ".join(cells) + " |")
+    if host:
+        lines += ["", "ms: GPU time (the host launches each call while the GPU is held, as in a loop whose host runs "
+                  "ahead); host ms: the host's time to launch the call."]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
