@@ -46,6 +46,18 @@ struct Sum {
   }
 };
 
+// Second level of a block reduction: every warp combines the NW per-warp partials smem[0..NW) itself, lane l
+// reading smem[l % NW], with a butterfly over groups of NW lanes. All threads get the same bits (the same
+// commutative operations in the same tree), in log2(NW) shuffles instead of NW - 1 dependent shared-memory loads.
+template <int NW, typename T, typename Op>
+__device__ __forceinline__ T combine_warp_partials(const T* smem, Op op) {
+  static_assert(NW >= 1 && NW <= kWarp && (NW & (NW - 1)) == 0, "NW: a power of two up to 32");
+  T v = smem[threadIdx.x % NW];
+#pragma unroll
+  for (int o = NW / 2; o > 0; o /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
 // All-reduce over the TPR threads of a row. Every thread gets a bitwise identical result (butterfly of
 // commutative operations, or one shared-memory sweep in a fixed order), so control flow that depends on the
 // result stays uniform across the row. `smem` needs blockDim.x / 32 slots (unused when TPR <= 32).
@@ -58,13 +70,10 @@ __device__ __forceinline__ T row_allreduce(T v, Op op, T* smem) {
     v = op(v, __shfl_xor_sync(mask, v, o));
   }
   if constexpr (TPR > kWarp) {
-    constexpr int NW = TPR / kWarp;
     const int warp = threadIdx.x / kWarp;
     if (threadIdx.x % kWarp == 0) smem[warp] = v;
     __syncthreads();
-    v = smem[0];
-#pragma unroll
-    for (int w = 1; w < NW; ++w) v = op(v, smem[w]);
+    v = combine_warp_partials<TPR / kWarp>(smem, op);
     __syncthreads();  // smem is reused by the next reduction
   }
   return v;

@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(BLOCK, rows_min_blocks<scalar_t, BLOCK>()) spa
   const bool valid = row < rows;
   acc_t u[ITEMS];
   acc_t m, t;
-  if (tile_load_threshold<TPR, ITEMS, VEC>(u, x + row * d, d, lane, valid, smem, max_newton, &m, &t)) {
+  if (tile_load_threshold<TPR, ITEMS, VEC, BLOCK>(u, x + row * d, d, lane, valid, smem, max_newton, &m, &t)) {
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const acc_t p = u[i] - t;

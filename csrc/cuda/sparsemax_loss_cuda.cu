@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(BLOCK) sparsemax_loss_rows_kernel(
   }
   acc_t u[ITEMS];
   acc_t m, t;
-  const bool finite = tile_load_threshold<TPR, ITEMS, VEC>(u, x + row * d, d, lane, valid, smem, max_newton, &m, &t);
+  const bool finite = tile_load_threshold<TPR, ITEMS, VEC, BLOCK>(u, x + row * d, d, lane, valid, smem, max_newton, &m, &t);
   acc_t l;
   if (mass == acc_t(0)) {
     l = 0;  // no target: the row is skipped

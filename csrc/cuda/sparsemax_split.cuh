@@ -34,7 +34,7 @@ __global__ void __launch_bounds__(kChunkThreads) sparsemax_chunk_threshold_kerne
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     acc_t u[kChunkItems];
     acc_t m, t;
-    tile_load_threshold<kChunkThreads, kChunkItems, VEC>(u, x + row * d + c0, len, threadIdx.x, true, smem,
+    tile_load_threshold<kChunkThreads, kChunkItems, VEC, kChunkThreads>(u, x + row * d + c0, len, threadIdx.x, true, smem,
                                                          max_newton, &m, &t);
     if (threadIdx.x == 0) {
       chunk_m[row * nchunks + blockIdx.x] = m;
