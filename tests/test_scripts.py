@@ -47,3 +47,27 @@ def test_benchmark_processes_get_the_allocator_settings(tmp_path):
     env["GLIBC_TUNABLES"] = ""
     default = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True).stdout
     assert default.strip() == "THP_MEM_ALLOC_ENABLE=1, default malloc"
+
+
+def test_benchmark_tables_with_host_times(tmp_path):
+    """CUDA rows carry the host's launch time beside the GPU time: the tables show it, `ratio` compares GPU times
+    and `loop_ratio` the longer of the two per call; CPU rows (no host time) keep the plain table."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import common
+
+    def row(provider, ms, host):
+        return dict(provider=provider, dtype="float32", shape="8x8", mode="fwd+bwd", median_ms=ms, host_ms=host,
+                    gbs=1.0, pct_copy_bw=1.0)
+
+    rows = [row("torchxc", 0.01, 0.2), row("base", 0.5, 0.3)]
+    key = dict(dtype="float32", shape="8x8", mode="fwd+bwd")
+    assert common.ratio(rows, "base", **key) == pytest.approx(50.0)
+    assert common.loop_ratio(rows, "base", **key) == pytest.approx(2.5)
+    common.write_markdown(str(tmp_path / "gpu.md"), rows, ["base"], "header")
+    text = (tmp_path / "gpu.md").read_text()
+    assert "| host ms |" in text and "| float32 | 8x8 | 0.010 | 0.200 | 1.0 | 50.0x |" in text
+    cpu = [dict(r, host_ms=None) for r in rows]
+    assert common.loop_ratio(cpu, "base", **key) is None
+    common.write_markdown(str(tmp_path / "cpu.md"), cpu, ["base"], "header")
+    text = (tmp_path / "cpu.md").read_text()
+    assert "host ms" not in text and "| float32 | 8x8 | 0.010 | 1.0 | 50.0x |" in text
