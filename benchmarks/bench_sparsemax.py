@@ -23,7 +23,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import lookup, loop_ratio, print_targets, ratio, run_suite, setup_cpu_process, suite_main  # noqa: E402
+from common import fmt_ratio, lookup, loop_ratio, print_targets, ratio, run_suite, setup_cpu_process, suite_main  # noqa: E402
 
 import torchxc  # noqa: E402
 
@@ -123,7 +123,7 @@ def check_targets(rows, device):
     if device.type != "cpu":
         print("not targets: fwd+bwd vs entmax_sort with each call costing max(GPU time, host launch time):")
         for dt in dtypes:
-            cells = [f"{s} {loop_ratio(rows, 'entmax_sort', dtype=dt, shape=s, mode='fwd+bwd') or 0:.1f}x"
+            cells = [f"{s} {fmt_ratio(loop_ratio(rows, 'entmax_sort', dtype=dt, shape=s, mode='fwd+bwd'))}"
                      for s in shapes]
             print(f"  {dt}: " + ", ".join(cells))
     return ok

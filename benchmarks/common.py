@@ -15,7 +15,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -60,10 +60,11 @@ class Measurement:
     host_ms: Optional[float] = None  # CUDA: median host time to launch the call (return from it, no sync)
 
 
-def _measurement(times: List[float], host: List[float]) -> Measurement:
+def _measurement(times: List[float], hosts: List[Optional[float]]) -> Measurement:
     times = sorted(times)
+    hosts = [h for h in hosts if h is not None]
     return Measurement(statistics.median(times), _percentile(times, 0.2), _percentile(times, 0.8), len(times),
-                       statistics.median(host) if host else None)
+                       statistics.median(hosts) if hosts else None)
 
 
 def sleep_cycles_per_ms(device: torch.device) -> float:
@@ -109,17 +110,15 @@ class Timer:
         self.min_reps = min_reps
         self.max_reps = max_reps
         self._flush = None
-        self._host: Dict[int, List[float]] = {}  # host times (ms) of the timed calls, per callable
-        self._launch: Dict[int, float] = {}  # host time of a call on an idle GPU (ms), from the warm-up
         if device.type == "cuda":
             # Larger than any L2 so far (H100: 50 MB, H200: 60 MB).
             self._flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=device)
             warm_gpu(device)
             self._cycles_per_ms = sleep_cycles_per_ms(device)
 
-    def _warm_up(self, fn: Callable[[], object], setup: Optional[Callable[[], None]] = None) -> None:
-        """Two untimed calls (compilation, caches, allocator); the shorter host time of the two, from the call to
-        its return on an idle GPU, sizes the spin before each timed CUDA call."""
+    def _warm_up(self, fn: Callable[[], object], setup: Optional[Callable[[], None]] = None) -> float:
+        """Two untimed calls (compilation, caches, allocator). Returns the shorter host time of the two (ms), from
+        the call to its return on an idle GPU, which sizes the spin before each timed CUDA call."""
         launch = []
         for _ in range(2):
             if setup:
@@ -129,20 +128,21 @@ class Timer:
             fn()
             launch.append((time.perf_counter() - t) * 1e3)
         self.sync()
-        self._launch[id(fn)] = min(launch)
+        return min(launch)
 
     def __call__(self, fn: Callable[[], object], setup: Optional[Callable[[], None]] = None) -> Measurement:
-        self._warm_up(fn, setup)
-        times = []
-        self._host[id(fn)] = []
+        launch_ms = self._warm_up(fn, setup)
+        times, hosts = [], []
         start = time.perf_counter()
         while len(times) < self.max_reps and (
             len(times) < self.min_reps or time.perf_counter() - start < self.budget_s
         ):
             if setup:
                 setup()
-            times.append(self._time_once(fn))
-        return _measurement(times, self._host.pop(id(fn)))
+            ms, host_ms = self._time_once(fn, launch_ms)
+            times.append(ms)
+            hosts.append(host_ms)
+        return _measurement(times, hosts)
 
     def compare(self, fns: Dict[str, Callable[[], object]], rounds: int = 4,
                 setups: Optional[Dict[str, Callable[[], None]]] = None) -> Dict[str, Optional[Measurement]]:
@@ -151,16 +151,14 @@ class Timer:
         machine hits all providers alike instead of one. A provider that raises gets None."""
         setups = setups or {}
         samples: Dict[str, List[float]] = {name: [] for name in fns}
-        failed = set()
+        hosts: Dict[str, List[Optional[float]]] = {name: [] for name in fns}
+        launch_ms: Dict[str, float] = {}
         for name, fn in fns.items():  # warm-up
             try:
-                self._warm_up(fn, setups.get(name))
+                launch_ms[name] = self._warm_up(fn, setups.get(name))
             except (RuntimeError, torch.OutOfMemoryError) as e:
                 print(f"  {name}: failed ({str(e).splitlines()[0][:100]})")
-                failed.add(name)
-        names = [n for n in fns if n not in failed]
-        for name in names:
-            self._host[id(fns[name])] = []
+        names = [n for n in fns if n in launch_ms]
         window = self.budget_s / rounds
         for r in range(rounds):
             order = names[r % max(len(names), 1):] + names[: r % max(len(names), 1)]
@@ -171,38 +169,35 @@ class Timer:
                 ):
                     if name in setups:
                         setups[name]()
-                    samples[name].append(self._time_once(fns[name]))
-        out: Dict[str, Optional[Measurement]] = {}
-        for name in fns:
-            host = self._host.pop(id(fns[name]), [])
-            out[name] = _measurement(samples[name], host) if samples[name] else None
-        return out
+                    ms, host_ms = self._time_once(fns[name], launch_ms[name])
+                    samples[name].append(ms)
+                    hosts[name].append(host_ms)
+        return {name: _measurement(samples[name], hosts[name]) if samples[name] else None for name in fns}
 
     def sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _time_once(self, fn) -> float:
+    def _time_once(self, fn, launch_ms: float) -> Tuple[float, Optional[float]]:
+        """(time of one call, host time to launch it) in ms; the host time only on CUDA."""
         if self.device.type == "cuda":
-            host = self._host.setdefault(id(fn), [])
             # Hold the GPU for twice the host's time for this call plus 0.2 ms, so that the whole call is queued
             # before the flush and the first event run. A call that waits for the GPU itself (a host sync inside)
             # is timed with that wait, as it must be.
-            ahead_ms = 0.2 + 2 * self._launch.get(id(fn), 1.0)
             begin = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
-            torch.cuda._sleep(int(ahead_ms * self._cycles_per_ms))
+            torch.cuda._sleep(int((0.2 + 2 * launch_ms) * self._cycles_per_ms))
             self._flush.zero_()
             begin.record()
             t = time.perf_counter()
             fn()
-            host.append((time.perf_counter() - t) * 1e3)
+            host_ms = (time.perf_counter() - t) * 1e3
             end.record()
             end.synchronize()
-            return begin.elapsed_time(end)
+            return begin.elapsed_time(end), host_ms
         t = time.perf_counter()
         fn()
-        return (time.perf_counter() - t) * 1e3
+        return (time.perf_counter() - t) * 1e3, None
 
 
 def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
