@@ -7,8 +7,8 @@
 // (AVX2 where the CPU has it: dot products eight walks at a time, Philox on eight counters per vector).
 // The upper levels, where a block's rows have fewer nodes than the block has walks (levels below log2(S / 2) for
 // S draws per row), compute each (row, node) logit once and let the walks look it up.
-// The probability of the path is kept as two float products (branch numerators, renormalized at every level with
-// the exponent kept apart, and denominators), with no division per level and two logarithms per draw at the end.
+// The probability of the path is kept as the sum of the logs of the branch numerators (0 or -|logit|) and the float
+// product of the denominators, with no division or logarithm per level and one logarithm per draw at the end.
 // float64 (and float32 trees deeper than 30 levels) use the scalar walk of tree_common.h. Both draw level l with
 // the same uniform (word l % 4 of Philox block (sample, row, l / 4)), so their draws differ only where a uniform
 // falls within rounding of a branch probability.
@@ -31,23 +31,39 @@ namespace {
 
 constexpr int64_t kWalkBlock = 512;  // draws walked together by one thread
 
-// One level of one walk: branch on the logit x with the walk's uniform u, multiply the path probability by the
-// branch taken, step to the child. empty: the right child holds only padding, the walk goes left with probability
-// 1. With a = e^-|x|, the branches have probabilities 1 / (1 + a) and a / (1 + a); the walk keeps the product of
-// the numerators (1 or a: in [1, 2) with its binary exponent in expo) and of the denominators (den, in [1, 2^depth))
-// apart, so a level needs no division: u < p_right is u (1 + a) < (1 or a).
-TORCHXC_ALWAYS_INLINE void tree_step(float x, uint32_t u, bool empty, int32_t& node, float& num, int32_t& expo,
-                                     float& den) {
+// e^x for x <= 0 or NaN (vexp without the overflow branch): results below e^-86.9 flush to 0, NaN stays NaN.
+TORCHXC_ALWAYS_INLINE float vexp_nonpos(float x) {
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693359375f;
+  constexpr float kLn2Lo = -2.12194440e-4f;
+  constexpr float kRound = 12582912.0f;
+  const bool in_range = x >= -86.9f;  // false for NaN
+  const float xc = bsel(in_range, x, 0.0f);
+  const float n = (xc * kLog2e + kRound) - kRound;
+  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
+  // vexp's polynomial in Estrin's form (its Horner chain of FMAs is what bounds the walk loop's speed): at most
+  // 1.03 ulp against exp in double on a grid of 6e7 points of [-86.9, 0], as vexp (1.02 ulp).
+  const float r2 = r * r;
+  const float q01 = 5.0000001201e-1f + 1.6666665459e-1f * r, q23 = 4.1665795894e-2f + 8.3334519073e-3f * r;
+  const float q45 = 1.3981999507e-3f + 1.9875691500e-4f * r;
+  const float p = (((q45 * r2 + q23) * r2 + q01) * r2 + r) + 1.0f;
+  const float y = p * __builtin_bit_cast(float, static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+  return bsel(in_range, y, bsel(x != x, x, 0.0f));
+}
+
+// One level of one walk: branch on the logit x with the walk's uniform u, add the log of the branch taken to the
+// path's log probability, step to the child. empty: the right child holds only padding, the walk goes left with
+// probability 1. With a = e^-|x|, the branches have probabilities 1 / (1 + a) and a / (1 + a): the walk adds log a =
+// -|x| to lognum when it takes the a branch and multiplies den (in [1, 2^depth)) by 1 + a, so a level needs no
+// division and no logarithm: u < p_right is u (1 + a) < (1 or a), and log q = lognum - log(den) at the end.
+TORCHXC_ALWAYS_INLINE void tree_step(float x, uint32_t u, bool empty, int32_t& node, float& lognum, float& den) {
   const bool pos = x >= 0.0f;
-  const float a = vexp(-std::fabs(x));
+  const float nabs = -std::fabs(x);
+  const float a = vexp_nonpos(nabs);
   const float one_a = 1.0f + a;
   const bool right = (uniform24(u) * one_a < bsel(pos, 1.0f, a)) & !empty;
-  const float taken_num = bsel(empty | (right == pos), 1.0f, a);
+  lognum += bsel(!empty & (right != pos), nabs, 0.0f);  // a branch that u can take has a > 0
   den *= bsel(empty, 1.0f, one_a);
-  // a >= e^-86.9 > FLT_MIN (vexp's floor) whenever the walk can take that branch: num stays normal
-  const uint32_t bits = __builtin_bit_cast(uint32_t, num * taken_num);
-  expo += static_cast<int32_t>(bits >> 23) - 127;
-  num = __builtin_bit_cast(float, (bits & 0x007fffffu) | 0x3f800000u);
   node = 2 * node + 1 + static_cast<int32_t>(right);
 }
 
@@ -208,17 +224,17 @@ TORCHXC_ALWAYS_INLINE float log_1_2(float m) {
 constexpr int64_t kMaxBlockDepth = 30;
 
 // Draws i0 .. i0+n-1 of the flat [B, S] output (n <= kWalkBlock), float32, depth <= kMaxBlockDepth. The loops over
-// the block's walks are 8 lanes wide on AVX2 (float and int32 state only). The path probability is kept as two
-// float products (tree_step); two logarithms per draw at the end.
+// the block's walks are 8 lanes wide on AVX2 (float and int32 state only). The path probability is kept as a
+// log numerator and a float denominator (tree_step); one logarithm per draw at the end.
 TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float* weight, const float* bias, int64_t k,
                                                    int64_t depth, int64_t num_labels, uint64_t seed, int64_t S,
                                                    int64_t i0, int64_t n, const int64_t* leaf_to_label,
                                                    int64_t* labels, float* log_q) {
-  alignas(64) int32_t node[kWalkBlock], expo[kWalkBlock];
+  alignas(64) int32_t node[kWalkBlock], roff[kWalkBlock];  // roff: the walk's row within the block
   alignas(64) int64_t zrow[kWalkBlock];
   alignas(64) uint32_t row[kWalkBlock], smp[kWalkBlock], hi[kWalkBlock];
   alignas(64) uint32_t rnd[4][kWalkBlock];
-  alignas(64) float logit[kWalkBlock], num[kWalkBlock], den[kWalkBlock], tlogit[kWalkBlock / 2];
+  alignas(64) float logit[kWalkBlock], lognum[kWalkBlock], den[kWalkBlock], tlogit[kWalkBlock / 2];
   alignas(64) int32_t tnode[kWalkBlock / 2];
   alignas(64) int64_t trow[kWalkBlock / 2];
   const int64_t row0 = i0 / S, shared_rows = (i0 + n - 1) / S - row0 + 1;
@@ -226,6 +242,7 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
     int64_t r = row0, sample = i0 - row0 * S;
     for (int64_t i = 0; i < n; ++i) {
       zrow[i] = r;
+      roff[i] = static_cast<int32_t>(r - row0);
       row[i] = static_cast<uint32_t>(r);
       hi[i] = static_cast<uint32_t>(static_cast<uint64_t>(r) >> 32);
       smp[i] = static_cast<uint32_t>(sample);
@@ -238,12 +255,13 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
   TORCHXC_PRAGMA(omp simd)
   for (int64_t i = 0; i < n; ++i) {
     node[i] = 0;
-    num[i] = 1.0f;
+    lognum[i] = 0.0f;
     den[i] = 1.0f;
-    expo[i] = 0;
   }
   const auto shared = [&](int64_t l) { return (shared_rows << l) <= n / 2; };
   const int32_t leaf0 = static_cast<int32_t>((int64_t(1) << depth) - 1);  // node number of leaf 0
+  // Prefetching costs a scalar pass over the walks per level: only worth it when the nodes outgrow a 256 KiB L2.
+  const bool prefetch = static_cast<int64_t>(leaf0) * (k + 1) * static_cast<int64_t>(sizeof(float)) > (int64_t(1) << 18);
   for (int64_t l = 0; l < depth; ++l) {
     if (l % 4 == 0) philox_block(seed, smp, row, static_cast<uint32_t>(l / 4), hi, n, rnd);
     const int32_t first = static_cast<int32_t>((int64_t(1) << l) - 1);
@@ -256,7 +274,9 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
         trow[j] = row0 + (j >> l);
       }
       tree_logits(z, weight, bias, k, tnode, trow, m, tlogit);
-      for (int64_t i = 0; i < n; ++i) logit[i] = tlogit[((zrow[i] - row0) << l) + (node[i] - first)];
+      const int32_t lv = static_cast<int32_t>(l);
+      TORCHXC_PRAGMA(omp simd)
+      for (int64_t i = 0; i < n; ++i) logit[i] = tlogit[(roff[i] << lv) + (node[i] - first)];
     } else {
       tree_logits(z, weight, bias, k, node, zrow, n, logit);
     }
@@ -267,28 +287,28 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
     const uint32_t* u32 = rnd[l % 4];
     TORCHXC_PRAGMA(omp simd)
     for (int64_t i = 0; i < n; ++i) {
-      tree_step(logit[i], u32[i], node[i] >= empty_from, node[i], num[i], expo[i], den[i]);
+      tree_step(logit[i], u32[i], node[i] >= empty_from, node[i], lognum[i], den[i]);
     }
     // Fetch what each walk reads next (its node's weights and bias, or its label) ahead of the next pass, which
     // reads them in the same order: one line per walk rather than both children.
-    if (l + 1 < depth && !shared(l + 1)) {
+    if (l + 1 < depth && !shared(l + 1) && prefetch) {
       for (int64_t i = 0; i < n; ++i) {
         const char* w = reinterpret_cast<const char*>(weight + node[i] * k);
         for (int64_t b = 0; b < k * static_cast<int64_t>(sizeof(float)); b += 64) __builtin_prefetch(w + b);
         __builtin_prefetch(bias + node[i]);
       }
-    } else if (l + 1 == depth) {
+    } else if (l + 1 == depth && prefetch) {
       for (int64_t i = 0; i < n; ++i) __builtin_prefetch(leaf_to_label + (node[i] - leaf0));
     }
   }
   constexpr float kLn2 = 0.693147180559945309f;
   for (int64_t i = 0; i < n; ++i) labels[i0 + i] = leaf_to_label[node[i] - leaf0];
   TORCHXC_PRAGMA(omp simd)
-  for (int64_t i = 0; i < n; ++i) {  // log(num 2^expo / den), den = m 2^e with m in [1, 2)
+  for (int64_t i = 0; i < n; ++i) {  // lognum - log(den), den = m 2^e with m in [1, 2)
     const uint32_t bits = __builtin_bit_cast(uint32_t, den[i]);
     const float m = __builtin_bit_cast(float, (bits & 0x007fffffu) | 0x3f800000u);
     const int32_t e = static_cast<int32_t>(bits >> 23) - 127;
-    const float lq = (log_1_2(num[i]) - log_1_2(m)) + static_cast<float>(expo[i] - e) * kLn2;
+    const float lq = lognum[i] - (log_1_2(m) + static_cast<float>(e) * kLn2);
     log_q[i0 + i] = bsel(den[i] != den[i], den[i], lq);  // a NaN logit on the path made den NaN: log q is NaN
   }
 }
