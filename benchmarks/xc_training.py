@@ -14,9 +14,11 @@ not while evaluating. Evaluation at geometrically spaced times: precision@1/@5 (
 examples) and the mean test log-likelihood of the test pairs. Data: ../shared/data/xc (Bibtex, Delicious) and a
 synthetic set with power-law label frequencies (C = 100,000 by default) generated here.
 
-Writes benchmarks/results/xc_training.{csv,json,png}.
+Writes benchmarks/results/xc_training.{csv,json,png}. With --lr-grid, every sampled method is trained at each
+learning rate of the grid and the methods are compared at their best final P@1 (xc_lr_grid.{csv,json,png}).
 
     python benchmarks/xc_training.py [--datasets bibtex,delicious,synthetic] [--seconds 60] [--quick]
+    python benchmarks/xc_training.py --methods uniform,frequency,tree --lr-grid 0.2,0.5,1,2
 """
 import argparse
 import json
@@ -145,7 +147,11 @@ def evaluate(W, sampler, test: XCData, max_rows, chunk=512):
     return p1 / n, p5 / n, ll / max(n_pairs, 1)
 
 
-def train(method, train_d: XCData, test_d: XCData, args, seconds, progress):
+def default_lr(method, args):
+    return {"full_softmax": args.lr_full, "tree": args.lr_tree}.get(method, args.lr_sampled)
+
+
+def train(method, train_d: XCData, test_d: XCData, args, seconds, progress, lr=None):
     torch.manual_seed(args.seed)
     C, Fdim = train_d.num_labels, train_d.features.shape[1]
     rows, labels = pairs(train_d)
@@ -163,7 +169,7 @@ def train(method, train_d: XCData, test_d: XCData, args, seconds, progress):
     sparse = method != "full_softmax"
     emb = torch.nn.Embedding(C, Fdim + 1, sparse=sparse)
     torch.nn.init.zeros_(emb.weight)
-    lr = {"full_softmax": args.lr_full, "tree": args.lr_tree}.get(method, args.lr_sampled)
+    lr = default_lr(method, args) if lr is None else lr
     opt = torch.optim.Adagrad(emb.parameters(), lr=lr)
     x_all = with_bias(train_d.features)
     # evaluations at geometric times between the end of fitting and the end of the budget (which the fitting
@@ -201,7 +207,7 @@ def train(method, train_d: XCData, test_d: XCData, args, seconds, progress):
                 p1, p5, ll = evaluate(emb.weight, sampler, test_d, args.eval_rows)
                 curve.append(dict(seconds=clock, steps=steps, epochs=seen / labels.numel(), **{"p@1": p1, "p@5": p5,
                                                                                                 "test_ll": ll}))
-                progress.set_postfix_str(f"{method} {clock:.0f}s P@1 {p1:.3f} P@5 {p5:.3f} LL {ll:.2f}")
+                progress.set_postfix_str(f"{method} lr {lr:g} {clock:.0f}s P@1 {p1:.3f} P@5 {p5:.3f} LL {ll:.2f}")
                 nxt += 1
                 if nxt == len(checkpoints):
                     break
@@ -278,6 +284,9 @@ def main(argv=None):
     ap.add_argument("--lr-sampled", type=float, default=0.2, help="Adagrad lr of uniform and frequency negatives")
     ap.add_argument("--lr-tree", type=float, default=0.05, help="Adagrad lr with tree negatives (harder negatives, "
                     "larger gradients)")
+    ap.add_argument("--lr-grid", default="",
+                    help="comma-separated learning rates: train every sampled method at each, compare each method at "
+                         "its best final test P@1 (the same grid and rule for every method), write xc_lr_grid.*")
     ap.add_argument("--reg", type=float, default=1e-3)
     ap.add_argument("--tree-dim", type=int, default=16)
     ap.add_argument("--evals", type=int, default=9, help="evaluations per run, at budget * 2^-j")
@@ -298,20 +307,28 @@ def main(argv=None):
     results, rows = {}, []
     datasets = args.datasets.split(",")
     methods = args.methods.split(",")
+    lrs = [float(v) for v in args.lr_grid.split(",") if v]
     progress = tqdm(total=len(datasets) * len(methods), desc="dataset x method")
     for name in datasets:
         train_d, test_d = load(name, args.data, args)
         seconds = 2.0 if args.quick else (args.seconds or budgets.get(name, 60.0))
-        curves = {}
+        curves, grid = {}, {}
         for method in methods:
-            curves[method] = train(method, train_d, test_d, args, seconds, progress)
-            for c in curves[method]:
-                rows.append(dict(dataset=name, method=method, **c))
+            grid_lrs = lrs if lrs and method != "full_softmax" else [default_lr(method, args)]
+            runs = {lr: train(method, train_d, test_d, args, seconds, progress, lr=lr) for lr in grid_lrs}
+            for lr, curve in runs.items():
+                rows += [dict(dataset=name, method=method, lr=lr, **c) for c in curve]
+            best = max(grid_lrs, key=lambda lr: runs[lr][-1]["p@1"])
+            curves[method] = runs[best]
+            if len(grid_lrs) > 1:
+                grid[method] = dict(best_lr=best, final={f"{lr:g}": curve[-1] for lr, curve in runs.items()})
             progress.update(1)
         info = dict(num_labels=train_d.num_labels, train_pairs=int(train_d.indices.numel()),
                     train_examples=train_d.num_examples, test_examples=min(test_d.num_examples, args.eval_rows),
                     features=int(train_d.features.shape[1]), budget_seconds=seconds)
         results[name] = dict(info=info, curves=curves, **(summarise(name, curves) if "uniform" in curves else {}))
+        if grid:
+            results[name]["lr_grid"] = grid
     progress.close()
     print(f"\n{'dataset':10} {'method':13} {'P@1':>6} {'P@5':>6} {'test LL':>8} {'t(uniform final P@1)':>21}")
     for name, res in results.items():
@@ -320,8 +337,12 @@ def main(argv=None):
             last = curve[-1]
             print(f"{name:10} {method:13} {last['p@1']:6.3f} {last['p@5']:6.3f} {last['test_ll']:8.3f} "
                   f"{(f'{t:.1f} s' if t is not None else 'never'):>21}")
+    for name, res in results.items():
+        for method, g in res.get("lr_grid", {}).items():
+            print(f"{name:10} {method:13} final P@1 by lr: " +
+                  "  ".join(f"{lr}: {c['p@1']:.3f}" for lr, c in g["final"].items()) + f"  (best {g['best_lr']:g})")
     os.makedirs(args.out, exist_ok=True)
-    stem = "xc_training_quick" if args.quick else "xc_training"
+    stem = ("xc_lr_grid" if lrs else "xc_training") + ("_quick" if args.quick else "")
     write_csv(os.path.join(args.out, stem + ".csv"), rows)
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump({"args": vars(args), "results": results}, f, indent=1)

@@ -31,6 +31,21 @@ def test_fused_linear_memory_benchmark_runs(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables")
+def test_xc_training_learning_rate_grid_runs(tmp_path):
+    """--lr-grid trains every sampled method at each rate and compares each at its best final P@1."""
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "xc_training.py"), "--quick", "--datasets", "synthetic",
+           "--methods", "uniform,tree", "--lr-grid", "0.5,1", "--out", str(tmp_path)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    res = json.load(open(tmp_path / "xc_lr_grid_quick.json"))["results"]["synthetic"]
+    for method in ("uniform", "tree"):
+        grid = res["lr_grid"][method]
+        assert set(grid["final"]) == {"0.5", "1"}
+        best = grid["final"][f"{grid['best_lr']:g}"]["p@1"]
+        assert best == max(c["p@1"] for c in grid["final"].values()) == res["curves"][method][-1]["p@1"]
+    assert res["uniform_final_p1"] == res["curves"]["uniform"][-1]["p@1"]
+    assert (tmp_path / "xc_lr_grid_quick.csv").exists() and (tmp_path / "xc_lr_grid_quick.png").exists()
+
+
 def test_benchmark_processes_get_the_allocator_settings(tmp_path):
     """Benchmark scripts re-execute themselves with the suite's malloc thresholds (read by glibc at start-up) and
     huge pages; settings already in the environment, such as an empty GLIBC_TUNABLES, are kept."""
