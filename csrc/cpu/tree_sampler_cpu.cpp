@@ -31,26 +31,6 @@ namespace {
 
 constexpr int64_t kWalkBlock = 512;  // draws walked together by one thread
 
-// e^x for x <= 0 or NaN (vexp without the overflow branch): results below e^-86.9 flush to 0, NaN stays NaN.
-TORCHXC_ALWAYS_INLINE float vexp_nonpos(float x) {
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2Hi = 0.693359375f;
-  constexpr float kLn2Lo = -2.12194440e-4f;
-  constexpr float kRound = 12582912.0f;
-  const bool in_range = x >= -86.9f;  // false for NaN
-  const float xc = bsel(in_range, x, 0.0f);
-  const float n = (xc * kLog2e + kRound) - kRound;
-  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
-  // vexp's polynomial in Estrin's form (its Horner chain of FMAs is what bounds the walk loop's speed): at most
-  // 1.03 ulp against exp in double on a grid of 6e7 points of [-86.9, 0], as vexp (1.02 ulp).
-  const float r2 = r * r;
-  const float q01 = 5.0000001201e-1f + 1.6666665459e-1f * r, q23 = 4.1665795894e-2f + 8.3334519073e-3f * r;
-  const float q45 = 1.3981999507e-3f + 1.9875691500e-4f * r;
-  const float p = (((q45 * r2 + q23) * r2 + q01) * r2 + r) + 1.0f;
-  const float y = p * __builtin_bit_cast(float, static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
-  return bsel(in_range, y, bsel(x != x, x, 0.0f));
-}
-
 // One level of one walk: branch on the logit x with the walk's uniform u, add the log of the branch taken to the
 // path's log probability, step to the child. empty: the right child holds only padding, the walk goes left with
 // probability 1. With a = e^-|x|, the branches have probabilities 1 / (1 + a) and a / (1 + a): the walk adds log a =
