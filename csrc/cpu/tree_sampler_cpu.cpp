@@ -210,7 +210,8 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
                                                    int64_t depth, int64_t num_labels, uint64_t seed, int64_t S,
                                                    int64_t i0, int64_t n, const int64_t* leaf_to_label,
                                                    int64_t* labels, float* log_q) {
-  alignas(64) int32_t node[kWalkBlock], roff[kWalkBlock];  // roff: the walk's row within the block
+  // roff: zrow - row0, the walk's row within the block, as int32 so that the upper levels' lookup is one gather
+  alignas(64) int32_t node[kWalkBlock], roff[kWalkBlock];
   alignas(64) int64_t zrow[kWalkBlock];
   alignas(64) uint32_t row[kWalkBlock], smp[kWalkBlock], hi[kWalkBlock];
   alignas(64) uint32_t rnd[4][kWalkBlock];
@@ -241,7 +242,7 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
   const auto shared = [&](int64_t l) { return (shared_rows << l) <= n / 2; };
   const int32_t leaf0 = static_cast<int32_t>((int64_t(1) << depth) - 1);  // node number of leaf 0
   // Prefetching costs a scalar pass over the walks per level: only worth it when the nodes outgrow a 256 KiB L2.
-  const bool prefetch = static_cast<int64_t>(leaf0) * (k + 1) * static_cast<int64_t>(sizeof(float)) > (int64_t(1) << 18);
+  const bool prefetch = int64_t(leaf0) * (k + 1) * int64_t(sizeof(float)) > (int64_t(1) << 18);
   for (int64_t l = 0; l < depth; ++l) {
     if (l % 4 == 0) philox_block(seed, smp, row, static_cast<uint32_t>(l / 4), hi, n, rnd);
     const int32_t first = static_cast<int32_t>((int64_t(1) << l) - 1);
@@ -271,13 +272,14 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
     }
     // Fetch what each walk reads next (its node's weights and bias, or its label) ahead of the next pass, which
     // reads them in the same order: one line per walk rather than both children.
-    if (l + 1 < depth && !shared(l + 1) && prefetch) {
+    if (!prefetch) continue;
+    if (l + 1 < depth && !shared(l + 1)) {
       for (int64_t i = 0; i < n; ++i) {
         const char* w = reinterpret_cast<const char*>(weight + node[i] * k);
         for (int64_t b = 0; b < k * static_cast<int64_t>(sizeof(float)); b += 64) __builtin_prefetch(w + b);
         __builtin_prefetch(bias + node[i]);
       }
-    } else if (l + 1 == depth && prefetch) {
+    } else if (l + 1 == depth) {
       for (int64_t i = 0; i < n; ++i) __builtin_prefetch(leaf_to_label + (node[i] - leaf0));
     }
   }

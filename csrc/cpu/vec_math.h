@@ -23,6 +23,9 @@ TORCHXC_ALWAYS_INLINE double bsel(bool c, double a, double b) {
   return __builtin_bit_cast(double, (__builtin_bit_cast(uint64_t, a) & m) | (__builtin_bit_cast(uint64_t, b) & ~m));
 }
 
+// Below e^kExpMin (about 1.8e-38, near FLT_MIN) the float exponentials flush to 0: keeps the exponent n >= -125.
+constexpr float kExpMin = -86.9f;
+
 // Cephes' exp on the reduced range: returns p = e^r with xc = n ln2 + r, |r| <= ln2/2, and sets n (an integer in
 // float). The polynomial is evaluated in Estrin's form, whose FMA chain is half as long as Horner's (the 8-lane
 // loops of the tree sampler wait on it); with 2^n applied, at most 1.03 ulp against exp in double on a grid of
@@ -44,8 +47,7 @@ TORCHXC_ALWAYS_INLINE float exp_reduced(float xc, float& n) {
 // Results below e^-86.9 (about 1.8e-38, near FLT_MIN) flush to 0; +-inf and NaN behave as in std::exp.
 TORCHXC_ALWAYS_INLINE float vexp(float x) {
   constexpr float kMax = 88.7228394f;  // log(FLT_MAX)
-  constexpr float kMin = -86.9f;       // keeps the exponent n >= -125
-  const bool in_range = (x >= kMin) & (x <= kMax);  // false for NaN
+  const bool in_range = (x >= kExpMin) & (x <= kMax);  // false for NaN
   float n;
   const float p = exp_reduced(bsel(in_range, x, 0.0f), n);
   // 2^n for n in [-125, 128], built as 2^(n-1) * 2 so that n = 128 (x near kMax, where p < 1) does not overflow.
@@ -57,7 +59,7 @@ TORCHXC_ALWAYS_INLINE float vexp(float x) {
 
 // e^x for x <= 0 or NaN, without vexp's overflow branch: below e^-86.9 it flushes to 0, NaN stays NaN.
 TORCHXC_ALWAYS_INLINE float vexp_nonpos(float x) {
-  const bool in_range = x >= -86.9f;  // false for NaN
+  const bool in_range = x >= kExpMin;  // false for NaN
   float n;
   const float p = exp_reduced(bsel(in_range, x, 0.0f), n);
   const float y = p * __builtin_bit_cast(float, static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
