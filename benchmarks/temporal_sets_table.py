@@ -23,13 +23,17 @@ from torchxc.temporal_sets.train import load, run  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "temporal_sets"))
 # lanet_*: LANET as published (look-back window only); lanet_*_pc: plus each label's count over the user's whole past
-# (--past-counts, a torchxc extension: the window alone hides the older repeats that personal frequency ranks by).
+# (--past-counts, a torchxc extension: the window alone hides the older repeats that personal frequency ranks by);
+# *_tr: plus the label-transition prior counted over the training users (--transitions, torchxc extension: most
+# target labels are new to the user); frequency_tr breaks frequency's ties by that prior instead of popularity.
 VARIANTS = {"frequency": ["--model", "frequency"], "transformer": ["--model", "transformer"],
             "lanet_softmax": ["--model", "lanet", "--attention", "softmax"],
             "lanet_sparsemax": ["--model", "lanet", "--attention", "sparsemax"],
             "lanet_softmax_pc": ["--model", "lanet", "--attention", "softmax", "--past-counts"],
             "lanet_sparsemax_pc": ["--model", "lanet", "--attention", "sparsemax", "--past-counts"],
-            "lanet_softmax_pc_bce": ["--model", "lanet", "--attention", "softmax", "--past-counts", "--loss", "bce"]}
+            "lanet_softmax_pc_bce": ["--model", "lanet", "--attention", "softmax", "--past-counts", "--loss", "bce"],
+            "frequency_tr": ["--model", "frequency", "--transitions"],
+            "lanet_softmax_pc_tr": ["--model", "lanet", "--attention", "softmax", "--past-counts", "--transitions"]}
 METRICS = ["recall@10", "ndcg@10", "phr@10", "recall@20", "ndcg@20", "micro_auc", "macro_auc", "weighted_f1",
            "micro_f1", "train_seconds"]
 # DC, DNNTSP split, as rerun in the PIETSP manuscript's table: recall@10, NDCG@10, PHR@10
@@ -66,7 +70,7 @@ def main(argv=None):
         path = os.path.join(args.data, name + ".json")
         data = None if args.report else load(path)
         for variant in args.variants.split(","):
-            for seed in range(1 if variant == "frequency" else seeds_for.get(variant, args.seeds)):
+            for seed in range(1 if variant.startswith("frequency") else seeds_for.get(variant, args.seeds)):
                 if (name, variant, seed) in done or args.report:
                     continue
                 cli = cli_parser().parse_args(["--data", path, "--epochs", str(args.epochs), "--seed", str(seed),

@@ -86,3 +86,30 @@ def test_benchmark_tables_with_host_times(tmp_path):
     common.write_markdown(str(tmp_path / "cpu.md"), cpu, ["base"], "header")
     text = (tmp_path / "cpu.md").read_text()
     assert "host ms" not in text and "| float32 | 8x8 | 0.010 | 1.0 | 50.0x |" in text
+
+
+def test_temporal_sets_table_runs(tmp_path):
+    """The table script on a tiny dataset: frequency variants run once (they have no seed), LANET once per seed,
+    and the CSV / markdown / JSON / PNG come out."""
+    import random
+
+    rnd = random.Random(0)
+    labels = [f"l{i}" for i in range(8)]
+
+    def user():
+        fav = rnd.sample(labels, 3)
+        return [rnd.sample(fav, 2) for _ in range(rnd.randint(2, 4))]
+
+    data = {s: {f"{s}{u}": user() for u in range(n)} for s, n in (("train", 24), ("validate", 6), ("test", 6))}
+    (tmp_path / "Tiny.json").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "temporal_sets_table.py"), "--data", str(tmp_path),
+           "--datasets", "Tiny", "--variants", "frequency,frequency_tr,lanet_softmax_pc_tr", "--seeds", "2",
+           "--epochs", "1", "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    res = json.load(open(out / "temporal_sets.json"))
+    seeds = {r["variant"]: r["seeds"] for r in res["summary"]}
+    assert seeds == {"frequency": 1, "frequency_tr": 1, "lanet_softmax_pc_tr": 2}
+    assert all(0 <= r["recall@10"] <= 1 for r in res["runs"])
+    for ext in ("csv", "md", "png"):
+        assert (out / f"temporal_sets.{ext}").exists()

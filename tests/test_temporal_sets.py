@@ -11,6 +11,7 @@ from torchxc.temporal_sets import (collate, load_temporal_sets_csv, load_tempora
                                    past_count_matrix, personal_frequency_scores, phr_at_k, recall_at_k, tune_thresholds)
 from torchxc.temporal_sets.__main__ import main as cli_main, parser as cli_parser
 from torchxc.temporal_sets.train import run
+from torchxc.temporal_sets.transitions import TransitionPrior
 
 
 def test_ranking_metrics_worked_examples():
@@ -158,6 +159,100 @@ def test_lanet_past_counts(tmp_path):
     m.eval()
     with torch.no_grad():
         assert not torch.equal(m(h, g, counts=counts), m(h, g, counts=torch.zeros_like(counts)))
+
+
+def _transition_reference(train: dict, vocab: list, popularity, p_labels: list, c: int, alpha: float,
+                          exclude_user=None) -> float:
+    """Mean over p of log P(c | p) - log pop(c), P(c | p) = (N[p, c] + alpha pop(c)) / (N[p] + alpha), counted in
+    float64 from the raw training sequences (without ``exclude_user``'s)."""
+    ix = {v: i for i, v in enumerate(vocab)}
+    pop = popularity.double() / popularity.sum()
+    n_pc = {}
+    n_p = {}
+    for u, seq in train.items():
+        if u == exclude_user:
+            continue
+        for prev, nxt in zip(seq[:-1], seq[1:]):
+            for p in {ix[v] for v in prev}:
+                n_p[p] = n_p.get(p, 0) + 1
+                for q in {ix[v] for v in nxt}:
+                    n_pc[p, q] = n_pc.get((p, q), 0) + 1
+    if not p_labels:
+        return 0.0
+    return sum(math.log((n_pc.get((p, c), 0) + alpha * pop[c]) / (n_p.get(p, 0) + alpha) / pop[c])
+               for p in p_labels) / len(p_labels)
+
+
+def test_transition_prior_against_counts(tmp_path):
+    """TransitionPrior.features equals the lift computed from raw counts, with and without leaving the example's own
+    user out, for the last event and for the whole past; an example without a past gets zeros."""
+    rnd = random.Random(3)
+    labels = [f"l{i}" for i in range(9)]
+    train = {f"u{u}": [rnd.sample(labels, rnd.randint(1, 3)) for _ in range(rnd.randint(2, 6))] for u in range(12)}
+    test = {"t0": [["l0", "l1"], ["l2"], ["l3", "l0"]], "t1": [["l4"]]}
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps({"train": train, "validate": {}, "test": test}))
+    d = load_temporal_sets_json(str(p), look_back=2)
+    prior = TransitionPrior(d, alpha=2.0)
+    for examples, loo in ((d.train, True), (d.train, False), (d.test, False)):
+        f = prior.features(examples, leave_user_out=loo)
+        assert f.shape == (len(examples), d.num_labels, 2) and f.dtype == torch.float32
+        for b, ex in enumerate(examples):
+            for k, past in enumerate((ex.history[0] if ex.history else [], list(ex.past_counts))):
+                for c in range(d.num_labels):
+                    ref = _transition_reference(train, d.vocab, d.popularity, past, c, 2.0,
+                                                ex.user if loo else None)
+                    assert f[b, c, k].item() == pytest.approx(ref, abs=1e-5), (b, c, k, loo)
+    assert len(d.test) == 1  # t1 has a single event: no example
+    with pytest.raises(ValueError, match="alpha"):
+        TransitionPrior(d, alpha=0.0)
+
+
+def test_lanet_transitions(tmp_path):
+    """The transition part reaches the logits of token and non-token labels, candidates follow the transition
+    score on a large vocabulary, a model built with it refuses a batch without the features, and the command line
+    trains with --transitions."""
+    rnd = random.Random(4)
+    labels = [f"l{i}" for i in range(10)]
+    train = {f"u{u}": [rnd.sample(labels, 2) for _ in range(4)] for u in range(20)}
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps({"train": train, "validate": train, "test": train}))
+    d = load_temporal_sets_json(str(p), look_back=2)
+    prior = TransitionPrior(d)
+    batch = d.test[:3]
+    h, g, _, _ = collate(batch, d.num_labels, 2)
+    counts = past_count_matrix(batch, d.num_labels)
+    tr = prior.features(batch)
+    torch.manual_seed(0)
+    m = LANET(d.num_labels, 2, d_label=8, d_time=4, n_layers=1, n_heads=2, max_tokens=6, popularity=d.popularity,
+              past_counts=True, transitions=True)
+    with pytest.raises(ValueError, match="needs transitions"):
+        m(h, g, counts=counts)
+    with pytest.raises(ValueError, match="needs transitions"):
+        m(h, g, counts=counts, transitions=tr[..., :1])
+    cand, _ = m.candidates(h, counts, tr)
+    seen = (counts > 0) | h.any(1)
+    for b in range(3):
+        n_seen = int(seen[b].sum())
+        got = cand[b].tolist()
+        assert set(got[:n_seen]) == set(seen[b].nonzero().flatten().tolist()) or n_seen >= 6
+        if n_seen < 6:  # the rest: the best unseen labels by log pop + lift of the whole past
+            score = m.log_popularity + tr[b, :, 1]
+            score[seen[b]] = -math.inf
+            best = torch.topk(score, 6 - n_seen).indices.tolist()
+            assert set(got[n_seen:]) == set(best)
+    out = m(h, g, counts=counts, transitions=tr)
+    out.sum().backward()
+    assert m.trans.weight.grad.abs().sum() > 0 and m.trans_out.weight.grad.abs().sum() > 0
+    m.eval()
+    with torch.no_grad():
+        other = torch.ones_like(out, dtype=torch.bool).scatter_(1, cand, False)
+        changed = m(h, g, counts=counts, transitions=tr) != m(h, g, counts=counts, transitions=torch.zeros_like(tr))
+        assert changed[other].all() and changed[~other].any()
+    res_path = tmp_path / "r.json"
+    assert cli_main(["--data", str(p), "--model", "lanet", "--past-counts", "--transitions", "--epochs", "1",
+                     "--d-model", "16", "--d-time", "4", "--output", str(res_path)]) == 0
+    assert 0 <= json.loads(res_path.read_text())["recall@10"] <= 1
 
 
 def test_time_step_transformer_shapes():

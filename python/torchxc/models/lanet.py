@@ -9,6 +9,11 @@ Each label c of the vocabulary is a token, the concatenation of
   (d) optionally (``past_counts=True``, a torchxc extension, not in the paper) a projection of how often the label
       occurred in the user's *whole* past (log1p(count), count / the user's largest count, count > 0): the
       look-back window alone hides older repeats, which is what the personal-frequency baseline ranks by;
+  (e) optionally (``transitions=True``, a torchxc extension) a projection of the label's transition lift from the
+      user's most recent event and from the user's whole past
+      (:class:`torchxc.temporal_sets.transitions.TransitionPrior`): what the training users did next, which is
+      the signal for labels new to the user; the same two numbers also enter every label's logit through one
+      learned linear map, so that labels outside the tokens of a large vocabulary get them too;
 an optional learned id token goes in front, a TransformerEncoder mixes the tokens, and one shared Linear head gives
 each label token its logit. The attention normaliser is ``softmax`` or ``sparsemax`` (torchxc.sparsemax: sparse
 label attention); :attr:`LANET.zero_fraction` reports the share of exactly-zero attention weights of the last
@@ -82,6 +87,8 @@ class LANET(nn.Module):
     - ``amount`` int64 [B, J, C] or None: amount bucket of label c in event j (0 = none);
     - ``counts`` float [B, C] or None (required when ``past_counts``): the label's count over the whole past
       (:func:`torchxc.temporal_sets.data.past_count_matrix`);
+    - ``transitions`` float [B, C, 2] or None (required when ``transitions``): the transition lifts
+      (:meth:`torchxc.temporal_sets.transitions.TransitionPrior.features`);
     and returns logits [B, C] (class c predicted when its logit is high; ZLPR: > 0).
     """
 
@@ -89,11 +96,13 @@ class LANET(nn.Module):
                  n_layers: int = 2, n_heads: int = 4, d_ff: int = 128, dropout: float = 0.1,
                  attention: str = "softmax", id_token: bool = True, max_tokens: int = 512,
                  num_gaps: int = 32, num_amounts: int = 16, popularity: Tensor | None = None,
-                 past_counts: bool = False):
+                 past_counts: bool = False, transitions: bool = False):
         super().__init__()
         self.C, self.look_back, self.max_tokens = num_labels, look_back, max_tokens
-        d_model = d_label + d_time + d_amount + (d_time if past_counts else 0)
+        d_model = d_label + d_time + d_amount + (d_time if past_counts else 0) + (d_time if transitions else 0)
         self.count = nn.Linear(3, d_time) if past_counts else None
+        self.trans = nn.Linear(2, d_time) if transitions else None
+        self.trans_out = nn.Linear(2, 1, bias=False) if transitions else None
         self.label = nn.Embedding(num_labels, d_label)
         self.gap = nn.Embedding(num_gaps, d_time)
         self.pos = nn.Embedding(look_back, d_time)
@@ -107,13 +116,18 @@ class LANET(nn.Module):
         order = torch.argsort(popularity.float(), descending=True) if popularity is not None \
             else torch.arange(num_labels)
         self.register_buffer("popular", order, persistent=False)
+        share = torch.ones(num_labels) if popularity is None else popularity.float().clamp(min=1)
+        self.register_buffer("log_popularity", (share / share.sum()).log(), persistent=False)
 
     @property
     def zero_fraction(self) -> float:
         return sum(layer.zeros for layer in self.layers) / max(len(self.layers), 1)
 
-    def candidates(self, history: Tensor, counts: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Token labels [B, L] and padding mask [B, L] (True = padding)."""
+    def candidates(self, history: Tensor, counts: Tensor | None = None,
+                   transitions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Token labels [B, L] and padding mask [B, L] (True = padding): every label when C <= max_tokens, else the
+        labels of the example's past first, then the others by popularity (with ``transitions``: by popularity plus
+        the transition lift from the whole past, i.e. by the smoothed transition probability)."""
         B = history.shape[0]
         dev = history.device
         if self.C <= self.max_tokens:
@@ -123,20 +137,32 @@ class LANET(nn.Module):
             seen = seen | (counts > 0)
         rank = torch.empty(self.C, dtype=torch.long, device=dev)
         rank[self.popular] = torch.arange(self.C, device=dev)
-        # history labels first, then by popularity; keep max_tokens
-        key = rank[None, :].expand(B, -1) - seen.long() * (self.C + 1)
+        if transitions is None:
+            key = rank[None, :].expand(B, -1)
+        else:  # by log pop(c) + lift = log P(c | past); equal scores in popularity order
+            score = self.log_popularity[None, :] + transitions[..., 1].to(self.log_popularity.dtype)
+            order = torch.argsort(-score[:, self.popular], dim=1, stable=True)
+            key = torch.empty_like(order).scatter_(1, self.popular[order], torch.arange(self.C, device=dev).expand(B, -1))
+        # past labels first, then the rest by the key; keep max_tokens
+        key = key - seen.long() * (self.C + 1)
         L = self.max_tokens
         cand = torch.topk(key, L, dim=1, largest=False).indices
         return cand, torch.zeros(B, L, dtype=torch.bool, device=dev)
 
     def forward(self, history: Tensor, gap: Tensor, amount: Tensor | None = None,
-                counts: Tensor | None = None) -> Tensor:
+                counts: Tensor | None = None, transitions: Tensor | None = None) -> Tensor:
         B, J, C = history.shape
         if self.count is not None and counts is None:
             raise ValueError("LANET(past_counts=True).forward needs counts [B, C] (past_count_matrix)")
+        if self.trans is not None and (transitions is None or transitions.shape != (B, C, 2)):
+            raise ValueError(f"LANET(transitions=True).forward needs transitions [B, C, 2] = [{B}, {C}, 2] "
+                             "(TransitionPrior.features), got "
+                             f"{None if transitions is None else list(transitions.shape)}")
         if self.count is None:
             counts = None
-        cand, pad = self.candidates(history, counts)
+        if self.trans is None:
+            transitions = None
+        cand, pad = self.candidates(history, counts, transitions)
         L = cand.shape[1]
         member = history.gather(2, cand[:, None, :].expand(B, J, L)).to(self.label.weight.dtype)  # [B, J, L]
         pos = torch.arange(J, device=history.device).clamp(max=self.look_back - 1)
@@ -151,6 +177,9 @@ class LANET(nn.Module):
             top = c.amax(1, keepdim=True).clamp(min=1)
             c = c.gather(1, cand)
             parts.append(self.count(torch.stack([c.log1p(), c / top, (c > 0).to(c.dtype)], -1)))
+        if transitions is not None:
+            transitions = transitions.to(self.label.weight.dtype)
+            parts.append(self.trans(transitions.gather(1, cand[..., None].expand(B, L, 2))))
         x = torch.cat(parts, -1)
         if self.id_token is not None:
             x = torch.cat([self.id_token.expand(B, 1, -1), x], 1)
@@ -161,6 +190,8 @@ class LANET(nn.Module):
             x = x[:, 1:]
         token_logits = self.head(x).squeeze(-1)  # [B, L]
         logits = self.bias.expand(B, -1).clone()
+        if transitions is not None:
+            logits = logits + self.trans_out(transitions).squeeze(-1)
         return logits.scatter_add(1, cand, token_logits)
 
 

@@ -30,6 +30,10 @@ def parser():
     ap.add_argument("--max-tokens", type=int, default=512, help="LANET: label tokens per example on large vocabularies")
     ap.add_argument("--past-counts", action="store_true",
                     help="LANET: add each label's count over the user's whole past to its token (torchxc extension)")
+    ap.add_argument("--transitions", action="store_true",
+                    help="LANET: add each label's transition lift from the user's last event and whole past, counted "
+                         "over the training users (torchxc extension); frequency: break ties by the transition "
+                         "probability from the user's past instead of popularity")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--output", default=None, help="write the metrics here (JSON)")

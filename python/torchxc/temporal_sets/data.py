@@ -41,6 +41,7 @@ class TemporalSets:
     popularity: torch.Tensor  # label counts over the training users' events
     look_back: int
     has_amounts: bool = False
+    train_sequences: dict = field(default_factory=dict)  # training user -> events as sorted vocabulary-id lists
 
     @property
     def num_labels(self) -> int:
@@ -66,10 +67,14 @@ def _build(splits: dict, look_back: int, times: dict | None = None, amounts: dic
     index = {v: i for i, v in enumerate(vocab)}
     popularity = torch.tensor([counts[v] for v in vocab], dtype=torch.long)
 
+    train_sequences = {}
+
     def examples(users: dict, every_prefix: bool) -> list:
         out = []
         for user, seq in users.items():
             ids = [sorted({index[v] for v in event if v in index}) for event in seq]
+            if every_prefix:
+                train_sequences[str(user)] = ids
             targets = range(1, len(seq)) if every_prefix else ([len(seq) - 1] if len(seq) > 1 else [])
             past = Counter()
             for t in range(1, len(seq)):
@@ -91,8 +96,9 @@ def _build(splits: dict, look_back: int, times: dict | None = None, amounts: dic
                                    sum(v not in index for v in target), amts, dict(past), str(user)))
         return out
 
-    return TemporalSets(examples(splits["train"], True), examples(splits["validate"], False),
-                        examples(splits["test"], False), vocab, popularity, look_back, amounts is not None)
+    train = examples(splits["train"], True)
+    return TemporalSets(train, examples(splits["validate"], False), examples(splits["test"], False), vocab,
+                        popularity, look_back, amounts is not None, train_sequences)
 
 
 def load_temporal_sets_json(path: str, look_back: int = 3) -> TemporalSets:

@@ -16,6 +16,7 @@ from ..models.lanet import LANET, TimeStepTransformer, loss_fn
 from .baselines import personal_frequency_scores
 from .data import NUM_GAPS, TemporalSets, collate, load_temporal_sets_csv, load_temporal_sets_json, past_count_matrix
 from .metrics import evaluate_scores, ndcg_at_k, tune_thresholds
+from .transitions import TransitionPrior
 
 __all__ = ["load", "run"]
 
@@ -35,12 +36,14 @@ def _targets(examples, C):
     return target, torch.tensor([ex.n_unseen for ex in examples], dtype=torch.float32)
 
 
-def _forward(model, batch, data: TemporalSets, device):
-    """(logits, target) of one batch of examples."""
+def _forward(model, batch, data: TemporalSets, device, training: bool = False):
+    """(logits, target) of one batch of examples (``training``: transition features leave the user out)."""
     h, g, a, t = collate(batch, data.num_labels, data.look_back, data.has_amounts)
     extra = {}
     if getattr(model, "count", None) is not None:
         extra["counts"] = past_count_matrix(batch, data.num_labels).to(device)
+    if getattr(model, "trans", None) is not None:
+        extra["transitions"] = model.prior.features(batch, leave_user_out=training).to(device)
     return model(h.to(device), g.to(device), None if a is None else a.to(device), **extra), t
 
 
@@ -58,7 +61,8 @@ def build_model(args, data: TemporalSets):
                      d_amount=args.d_time if data.has_amounts else 0, n_layers=args.layers, n_heads=args.heads,
                      d_ff=2 * args.d_model, dropout=args.dropout, attention=args.attention,
                      max_tokens=args.max_tokens, num_gaps=NUM_GAPS, popularity=data.popularity,
-                     past_counts=getattr(args, "past_counts", False))
+                     past_counts=getattr(args, "past_counts", False),
+                     transitions=getattr(args, "transitions", False))
     return TimeStepTransformer(data.num_labels, data.look_back, d_model=args.d_model, n_layers=args.layers,
                                n_heads=args.heads, d_ff=2 * args.d_model, dropout=args.dropout, num_gaps=NUM_GAPS)
 
@@ -77,11 +81,14 @@ def run(args, data: TemporalSets | None = None, progress: bool = True, scores: d
     start = time.perf_counter()
     info = {}
     if args.model == "frequency":
-        val_s = personal_frequency_scores(data.validate, data.popularity)
-        test_s = personal_frequency_scores(data.test, data.popularity)
+        prior = TransitionPrior(data) if getattr(args, "transitions", False) else None
+        val_s = personal_frequency_scores(data.validate, data.popularity, prior)
+        test_s = personal_frequency_scores(data.test, data.popularity, prior)
         epochs_run = 0
     else:
         model = build_model(args, data).to(device)
+        if getattr(model, "trans", None) is not None:
+            model.prior = TransitionPrior(data)  # counts from the training users (not a parameter)
         opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         best, best_state, bad, epochs_run = -1.0, None, 0, 0
         bar = None
@@ -95,7 +102,7 @@ def run(args, data: TemporalSets | None = None, progress: bool = True, scores: d
             random.Random(args.seed * 1000 + epoch).shuffle(train)
             total = 0.0
             for i in range(0, len(train), args.batch_size):
-                logits, t = _forward(model, train[i:i + args.batch_size], data, device)
+                logits, t = _forward(model, train[i:i + args.batch_size], data, device, training=True)
                 loss = loss_fn(args.loss, logits, t.to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
