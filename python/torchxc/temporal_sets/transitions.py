@@ -16,6 +16,7 @@ Leave-one-user-out: a training example's features are computed without its own u
 its own target), so the model learns how much to trust the prior from the same kind of numbers it sees on users it
 has never met. The counts are sparse (a COO matrix), so this also works for large vocabularies.
 """
+import warnings
 from collections import Counter
 
 import torch
@@ -56,8 +57,9 @@ class TransitionPrior:
             vals = (n / self.scaled_pop[idx[1]]).log1p()  # log1p(N[p, c] / (alpha pop(c)))
         else:
             idx, vals = torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=torch.float64)
-        # stored transposed ([c, p]) so that features = S^T @ weights^T is one sparse-dense product
-        self.S_T = torch.sparse_coo_tensor(idx.flip(0), vals, (C, C), check_invariants=True).coalesce().float()
+        # S[p, c] = log1p(N[p, c] / (alpha pop(c))); features = weights @ S, a sparse-sparse product (an example's
+        # weights are nonzero only on its past labels)
+        self.S = torch.sparse_coo_tensor(idx, vals, (C, C), check_invariants=True).coalesce().float()
         self.loo = {}
         for user, (up, uo) in per_user.items():
             if not uo:
@@ -86,7 +88,10 @@ class TransitionPrior:
                 keys = list(ex.past_counts.keys())
                 W[1, b, keys] = 1.0 / len(keys)
         Wf = W.view(2 * B, C)
-        f = torch.sparse.mm(self.S_T, Wf.T).T - (Wf @ self.log_out.float())[:, None]
+        with warnings.catch_warnings():  # torch routes the product through sparse CSR and warns that it is beta
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            f = torch.sparse.mm(Wf.to_sparse(), self.S).to_dense()
+        f = f - (Wf @ self.log_out.float())[:, None]
         f = f.reshape(2, B, C)
         if leave_user_out:
             for b, ex in enumerate(batch):
