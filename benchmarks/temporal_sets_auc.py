@@ -5,7 +5,7 @@ Written to find out why LANET ranks next-basket labels better than the transform
 NDCG@10) on DC but has the lower micro-AUC. Trains each variant once (the settings of temporal_sets_table.py) and
 writes benchmarks/results/temporal_sets_auc.{json,md}.
 
-    python benchmarks/temporal_sets_auc.py [--dataset DC] [--variants frequency,transformer,lanet_softmax_pc]
+    python benchmarks/temporal_sets_auc.py [--dataset DC] [--variants frequency,transformer,lanet_softmax_pc] [--append]
 """
 import argparse
 import json
@@ -47,6 +47,9 @@ def main(argv=None):
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=RESULTS_DIR)
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows of other variants from the existing temporal_sets_auc.json in --out (same "
+                         "dataset and seed) and add or replace the rows of --variants")
     args = ap.parse_args(argv)
     path = os.path.join(args.data, args.dataset + ".json")
     data = load(path)
@@ -61,6 +64,16 @@ def main(argv=None):
                    **auc_breakdown(got["test"], got["test_target"], past))
         rows.append(row)
         print(json.dumps(row), flush=True)
+    old_path = os.path.join(args.out, "temporal_sets_auc.json")
+    if args.append and os.path.exists(old_path):
+        with open(old_path) as f:
+            old = json.load(f)
+        if (old["args"]["dataset"], old["args"]["seed"]) != (args.dataset, args.seed):
+            raise SystemExit(f"--append: {old_path} is for {old['args']['dataset']} seed {old['args']['seed']}, "
+                             f"not {args.dataset} seed {args.seed}")
+        new = {r["variant"]: r for r in rows}
+        rows = [new.pop(r["variant"], r) for r in old["rows"]] + list(new.values())
+        args.variants = ",".join(r["variant"] for r in rows)
     cols = ["recall10", "micro_auc", "micro_auc_past", "micro_auc_new", "mean_user_auc"]
     lines = [f"{args.dataset}, seed {args.seed}: {rows[0]['positives_in_past']:.1%} of the test positives and "
              f"{rows[0]['pairs_in_past']:.1%} of the (user, label) pairs have the label in the user's past.", "",

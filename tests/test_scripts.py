@@ -113,3 +113,14 @@ def test_temporal_sets_table_runs(tmp_path):
     assert all(0 <= r["recall@10"] <= 1 for r in res["runs"])
     for ext in ("csv", "md", "png"):
         assert (out / f"temporal_sets.{ext}").exists()
+    # the AUC breakdown, run in two parts: --append keeps the first part's rows
+    auc = [sys.executable, os.path.join(ROOT, "benchmarks", "temporal_sets_auc.py"), "--data", str(tmp_path),
+           "--dataset", "Tiny", "--out", str(out)]
+    subprocess.run(auc + ["--variants", "frequency,frequency_tr"], check=True, capture_output=True)
+    first = json.load(open(out / "temporal_sets_auc.json"))["rows"]
+    subprocess.run(auc + ["--variants", "frequency_tr,transformer", "--epochs", "1", "--append"], check=True,
+                   capture_output=True)
+    rows = json.load(open(out / "temporal_sets_auc.json"))["rows"]
+    assert [r["variant"] for r in rows] == ["frequency", "frequency_tr", "transformer"]
+    assert rows[:2] == first  # frequency is deterministic: the rerun frequency_tr row is the same
+    assert "| transformer |" in (out / "temporal_sets_auc.md").read_text()
