@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from testing import favourite_label_users
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MULAN = os.path.join(ROOT, "..", "shared", "data", "mulan")
@@ -91,16 +92,7 @@ def test_benchmark_tables_with_host_times(tmp_path):
 def test_temporal_sets_table_runs(tmp_path):
     """The table script on a tiny dataset: frequency variants run once (they have no seed), LANET once per seed,
     and the CSV / markdown / JSON / PNG come out."""
-    import random
-
-    rnd = random.Random(0)
-    labels = [f"l{i}" for i in range(8)]
-
-    def user():
-        fav = rnd.sample(labels, 3)
-        return [rnd.sample(fav, 2) for _ in range(rnd.randint(2, 4))]
-
-    data = {s: {f"{s}{u}": user() for u in range(n)} for s, n in (("train", 24), ("validate", 6), ("test", 6))}
+    data = favourite_label_users(0, 8, {"train": 24, "validate": 6, "test": 6}, max_events=4)
     (tmp_path / "Tiny.json").write_text(json.dumps(data))
     out = tmp_path / "out"
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "temporal_sets_table.py"), "--data", str(tmp_path),

@@ -5,6 +5,7 @@ import random
 
 import pytest
 import torch
+from testing import favourite_label_users
 
 from torchxc.models import LANET, TimeStepTransformer
 from torchxc.temporal_sets import (collate, load_temporal_sets_csv, load_temporal_sets_json, ndcg_at_k,
@@ -263,14 +264,7 @@ def test_time_step_transformer_shapes():
 
 
 def test_cli_end_to_end(tmp_path):
-    rnd = random.Random(1)
-    labels = [f"l{i}" for i in range(12)]
-
-    def user():
-        fav = rnd.sample(labels, 3)
-        return [rnd.sample(fav, 2) for _ in range(rnd.randint(2, 5))]
-
-    data = {s: {f"{s}{u}": user() for u in range(n)} for s, n in (("train", 40), ("validate", 10), ("test", 10))}
+    data = favourite_label_users(1, 12, {"train": 40, "validate": 10, "test": 10}, max_events=5)
     p = tmp_path / "d.json"
     p.write_text(json.dumps(data))
     for model in ("lanet", "transformer", "frequency"):

@@ -1,6 +1,7 @@
-"""Shared test helpers: devices, dtypes, the low-precision tolerance rule, and subprocess runs with a kernel
-switch set at load time."""
+"""Shared test helpers: devices, dtypes, the low-precision tolerance rule, subprocess runs with a kernel switch
+set at load time, and a tiny temporal-sets dataset."""
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -79,3 +80,16 @@ def check_against_reference(out, ref, plain_lowp, dtype):
         assert err <= tol, f"error {err:.3g} > {tol:.1g} ({dtype})"
     else:
         assert_close_lowp(out, ref, plain_lowp, dtype)
+
+
+def favourite_label_users(seed: int, num_labels: int, sizes: dict, max_events: int) -> dict:
+    """Temporal-sets splits {split: {user: [[label, label], ...]}}: every user has 3 favourite labels out of
+    ``num_labels`` and 2 to ``max_events`` events of 2 of them; ``sizes`` = {split: number of users}."""
+    rnd = random.Random(seed)
+    labels = [f"l{i}" for i in range(num_labels)]
+
+    def user():
+        fav = rnd.sample(labels, 3)
+        return [rnd.sample(fav, 2) for _ in range(rnd.randint(2, max_events))]
+
+    return {s: {f"{s}{u}": user() for u in range(n)} for s, n in sizes.items()}

@@ -135,10 +135,10 @@ class LANET(nn.Module):
         seen = history.any(1)  # [B, C]
         if counts is not None:
             seen = seen | (counts > 0)
-        rank = torch.empty(self.C, dtype=torch.long, device=dev)
-        rank[self.popular] = torch.arange(self.C, device=dev)
         if transitions is None:
-            key = rank[None, :].expand(B, -1)
+            key = torch.empty(self.C, dtype=torch.long, device=dev)
+            key[self.popular] = torch.arange(self.C, device=dev)
+            key = key[None, :].expand(B, -1)
         else:  # by log pop(c) + lift = log P(c | past); equal scores in popularity order
             score = self.log_popularity[None, :] + transitions[..., 1].to(self.log_popularity.dtype)
             order = torch.argsort(-score[:, self.popular], dim=1, stable=True)

@@ -15,9 +15,7 @@ def personal_frequency_scores(examples: list, popularity: torch.Tensor, prior=No
     if prior is None:
         scores = (popularity.float() / (popularity.max().float() + 1)).expand(len(examples), C).clone()
     else:
-        pop = popularity.double().clamp(min=1)
-        log_pop = (pop / pop.sum()).log().float()
-        scores = torch.cat([0.999 * (log_pop + prior.features(examples[i:i + 512])[..., 1]).exp()
+        scores = torch.cat([0.999 * (prior.log_pop + prior.features(examples[i:i + 512])[..., 1]).exp()
                             for i in range(0, len(examples), 512)]) if examples else torch.zeros(0, C)
     for i, ex in enumerate(examples):
         if ex.past_counts:

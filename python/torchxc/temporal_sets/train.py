@@ -57,12 +57,15 @@ def predict(model, examples, data: TemporalSets, device, batch_size=256):
 
 def build_model(args, data: TemporalSets):
     if args.model == "lanet":
-        return LANET(data.num_labels, data.look_back, d_label=args.d_model - args.d_time, d_time=args.d_time,
+        model = LANET(data.num_labels, data.look_back, d_label=args.d_model - args.d_time, d_time=args.d_time,
                      d_amount=args.d_time if data.has_amounts else 0, n_layers=args.layers, n_heads=args.heads,
                      d_ff=2 * args.d_model, dropout=args.dropout, attention=args.attention,
                      max_tokens=args.max_tokens, num_gaps=NUM_GAPS, popularity=data.popularity,
                      past_counts=getattr(args, "past_counts", False),
                      transitions=getattr(args, "transitions", False))
+        if model.trans is not None:
+            model.prior = TransitionPrior(data)  # counts from the training users (not a parameter)
+        return model
     return TimeStepTransformer(data.num_labels, data.look_back, d_model=args.d_model, n_layers=args.layers,
                                n_heads=args.heads, d_ff=2 * args.d_model, dropout=args.dropout, num_gaps=NUM_GAPS)
 
@@ -87,8 +90,6 @@ def run(args, data: TemporalSets | None = None, progress: bool = True, scores: d
         epochs_run = 0
     else:
         model = build_model(args, data).to(device)
-        if getattr(model, "trans", None) is not None:
-            model.prior = TransitionPrior(data)  # counts from the training users (not a parameter)
         opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         best, best_state, bad, epochs_run = -1.0, None, 0, 0
         bar = None

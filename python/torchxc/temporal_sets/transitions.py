@@ -31,7 +31,7 @@ class TransitionPrior:
         if alpha <= 0:
             raise ValueError(f"TransitionPrior: alpha must be > 0, got {alpha}")
         C = data.num_labels
-        self.C, self.alpha = C, float(alpha)
+        self.C = C
         pairs, out, per_user = Counter(), Counter(), {}
         for user, ids in data.train_sequences.items():
             up, uo = Counter(), Counter()
@@ -44,17 +44,17 @@ class TransitionPrior:
             out.update(uo)
             per_user[user] = (up, uo)
         pop = data.popularity.double().clamp(min=1)
-        self.scaled_pop = alpha * pop / pop.sum()  # alpha * pop(c)
+        scaled_pop = alpha * pop / pop.sum()  # alpha * pop(c)
+        self.log_pop = (pop / pop.sum()).log().float()  # log pop(c): log P(c | past) = log_pop + features[..., 1]
         self.log_out = torch.zeros(C, dtype=torch.float64)  # log(N[p] + alpha) - log(alpha)
         if out:
             o = torch.tensor(list(out.keys()))
             self.log_out[o] = torch.tensor([float(v) for v in out.values()], dtype=torch.float64)
         self.log_out = (self.log_out / alpha).log1p()
-        self.N = pairs
         if pairs:
             idx = torch.tensor(list(pairs.keys())).T  # [2, nnz] rows p, columns c
             n = torch.tensor([float(v) for v in pairs.values()], dtype=torch.float64)
-            vals = (n / self.scaled_pop[idx[1]]).log1p()  # log1p(N[p, c] / (alpha pop(c)))
+            vals = (n / scaled_pop[idx[1]]).log1p()  # log1p(N[p, c] / (alpha pop(c)))
         else:
             idx, vals = torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=torch.float64)
         # S[p, c] = log1p(N[p, c] / (alpha pop(c))); features = weights @ S, a sparse-sparse product (an example's
@@ -68,7 +68,7 @@ class TransitionPrior:
             c = torch.tensor([k[1] for k in up], dtype=torch.long)
             own = torch.tensor([float(v) for v in up.values()], dtype=torch.float64)
             total = torch.tensor([float(pairs[k]) for k in up], dtype=torch.float64)
-            sp = self.scaled_pop[c]
+            sp = scaled_pop[c]
             d_s = ((total - own) / sp).log1p() - (total / sp).log1p()
             oa = torch.tensor(list(uo.keys()), dtype=torch.long)
             m = torch.tensor([float(v) for v in uo.values()], dtype=torch.float64)
