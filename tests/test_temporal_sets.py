@@ -292,3 +292,54 @@ def test_run_hands_back_test_scores(tmp_path):
     assert got["test_target"].dtype == torch.bool
     assert res["recall@10"] == pytest.approx(recall_at_k(got["test"], got["test_target"], 10,
                                                          torch.zeros(4)))
+
+
+def test_weight_average_update_and_swap():
+    """WeightAverage keeps avg <- d avg + (1 - d) w per update; swap exchanges averaged and current weights."""
+    from torchxc.temporal_sets.train import WeightAverage
+
+    m = torch.nn.Linear(3, 2)
+    w0 = m.weight.detach().clone()
+    ema = WeightAverage(m, 0.9)
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    ema.update(m)
+    expect = 0.9 * w0 + 0.1 * (w0 + 1.0)
+    torch.testing.assert_close(ema.avg["weight"], expect)
+    ema.swap(m)
+    torch.testing.assert_close(m.weight.detach(), expect)
+    ema.swap(m)
+    torch.testing.assert_close(m.weight.detach(), w0 + 1.0)
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(m, 1.0)
+
+
+def test_cli_cosine_schedule_and_weight_average(tmp_path):
+    """--lr-schedule cosine and --ema train end to end and still learn the favourite-labels data."""
+    data = favourite_label_users(2, 12, {"train": 60, "validate": 15, "test": 15}, max_events=5)
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(data))
+    out = tmp_path / "r.json"
+    assert cli_main(["--data", str(p), "--model", "lanet", "--epochs", "3", "--d-model", "16", "--d-time", "8",
+                     "--past-counts", "--lr-schedule", "cosine", "--ema", "0.9", "--lr", "3e-3",
+                     "--output", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["config"]["lr_schedule"] == "cosine" and res["config"]["ema"] == 0.9
+    assert res["recall@10"] > 0.5
+
+
+@pytest.mark.parametrize("extra", [[], ["--ema", "0.9"], ["--lr-schedule", "cosine"]])
+def test_early_stopping_counts_epochs_without_improvement(tmp_path, monkeypatch, extra):
+    """Training stops after --patience consecutive epochs without a better validation NDCG@10, whatever the
+    schedule or weight averaging, and keeps the best epoch's score."""
+    import torchxc.temporal_sets.train as train_mod
+
+    data = favourite_label_users(3, 12, {"train": 20, "validate": 5, "test": 5}, max_events=4)
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(data))
+    scores = iter([0.1, 0.2, 0.1, 0.3, 0.2, 0.1, 0.9, 0.9])
+    monkeypatch.setattr(train_mod, "ndcg_at_k", lambda *a, **k: next(scores))
+    args = cli_parser().parse_args(["--data", str(p), "--epochs", "8", "--patience", "2", "--d-model", "16",
+                                    "--d-time", "8"] + extra)
+    res = run(args, progress=False)
+    assert res["epochs_run"] == 6 and res["best_val_ndcg@10"] == 0.3

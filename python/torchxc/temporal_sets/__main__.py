@@ -21,6 +21,11 @@ def parser():
     ap.add_argument("--patience", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                    help="cosine: decay the learning rate to 0 over --epochs (per step)")
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="validate and test an exponential moving average of the weights with this decay per step "
+                         "(e.g. 0.999; 0 = off)")
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--d-time", type=int, default=16, help="LANET: width of the time (and amount) part of a token")

@@ -3,6 +3,8 @@
 Models: ``lanet`` (torchxc.models.LANET, attention softmax or sparsemax), ``transformer`` (a vanilla transformer
 over time steps) and ``frequency`` (personal frequency, no training). Neural models train with Adam and stop early
 on the validation split's NDCG@10 (patience epochs without improvement; the best epoch's weights are kept).
+Options: a cosine learning-rate decay to 0 over ``--epochs`` (``--lr-schedule cosine``) and an exponential moving
+average of the weights (``--ema DECAY``, updated after every step), which is then what is validated and tested.
 """
 import json
 import os
@@ -55,6 +57,31 @@ def predict(model, examples, data: TemporalSets, device, batch_size=256):
     return torch.cat(out) if out else torch.zeros(0, data.num_labels)
 
 
+class WeightAverage:
+    """Exponential moving average of a model's floating-point parameters and buffers: after each optimiser step
+    avg <- decay * avg + (1 - decay) * current. ``swap`` exchanges the averaged and the current weights in place."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"WeightAverage: decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.avg = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module):
+        state = model.state_dict()
+        for k, a in self.avg.items():
+            a.lerp_(state[k], 1.0 - self.decay)
+
+    @torch.no_grad()
+    def swap(self, model: torch.nn.Module):
+        state = model.state_dict()
+        for k, a in self.avg.items():
+            tmp = state[k].clone()
+            state[k].copy_(a)
+            a.copy_(tmp)
+
+
 def build_model(args, data: TemporalSets):
     if args.model == "lanet":
         model = LANET(data.num_labels, data.look_back, d_label=args.d_model - args.d_time, d_time=args.d_time,
@@ -91,6 +118,11 @@ def run(args, data: TemporalSets | None = None, progress: bool = True, scores: d
     else:
         model = build_model(args, data).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        steps_per_epoch = -(-len(data.train) // args.batch_size)
+        sched = None
+        if getattr(args, "lr_schedule", "constant") == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, args.epochs * steps_per_epoch))
+        ema = WeightAverage(model, args.ema) if getattr(args, "ema", 0.0) > 0 else None
         best, best_state, bad, epochs_run = -1.0, None, 0, 0
         bar = None
         if progress:
@@ -108,8 +140,14 @@ def run(args, data: TemporalSets | None = None, progress: bool = True, scores: d
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if sched is not None:
+                    sched.step()
+                if ema is not None:
+                    ema.update(model)
                 total += loss.item() * t.shape[0]
             epochs_run += 1
+            if ema is not None:
+                ema.swap(model)  # validate (and keep) the averaged weights
             val_s = predict(model, data.validate, data, device)
             score = ndcg_at_k(val_s, val_t, 10, val_u)
             if score > best:
@@ -117,6 +155,8 @@ def run(args, data: TemporalSets | None = None, progress: bool = True, scores: d
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 bad += 1
+            if ema is not None:
+                ema.swap(model)
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{total / len(train):.4f}", val_ndcg10=f"{score:.4f}", best=f"{best:.4f}")
