@@ -164,22 +164,36 @@ def test_float32_draws_equal_float64_draws(device):
     assert max_err(a[1], b[1]) < 1e-5
 
 
+def assert_kernel_switch_keeps_draws(env_var, k):
+    """Draws of a float32 tree (C = 1000, k inputs) with and without the kernel switch env_var agree: same Philox
+    words, logits equal up to summation order (a flip needs a uniform within rounding of a branch probability)."""
+    code = (
+        "import sys, torch, torchxc; sys.path.insert(0, sys.argv[1]); from test_tree_sampler import make_tree\n"
+        f"s = make_tree(1000, {k}, dtype=torch.float32, scale=0.4)\n"
+        f"z = torch.randn(37, {k}, generator=torch.Generator().manual_seed(11))\n"
+        "lab, lq = s.sample(z, 300, generator=torch.Generator().manual_seed(12))\n"
+        "torch.save((lab, lq), sys.argv[2])\n")
+    outs = outputs_without_and_with(env_var, code, os.path.dirname(os.path.abspath(__file__)))
+    assert (outs[0][0] != outs[1][0]).float().mean() < 1e-3
+    same = outs[0][0] == outs[1][0]
+    assert max_err(outs[0][1][same], outs[1][1][same]) < 1e-5
+
+
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
                     reason="the AVX2 loops need an x86 CPU with AVX2")
 def test_portable_cpu_loops_match_avx2():
-    """The sampler's portable loops (CPUs without AVX2; forced here by TORCHXC_TREE_NO_AVX2) draw what the AVX2
-    loops draw: same Philox words, logits equal up to summation order."""
-    code = (
-        "import sys, torch, torchxc; sys.path.insert(0, sys.argv[1]); from test_tree_sampler import make_tree\n"
-        "s = make_tree(1000, 12, dtype=torch.float32, scale=0.4)\n"
-        "z = torch.randn(37, 12, generator=torch.Generator().manual_seed(11))\n"
-        "lab, lq = s.sample(z, 300, generator=torch.Generator().manual_seed(12))\n"
-        "torch.save((lab, lq), sys.argv[2])\n")
-    here = os.path.dirname(os.path.abspath(__file__))
-    outs = outputs_without_and_with("TORCHXC_TREE_NO_AVX2", code, here)
-    assert (outs[0][0] != outs[1][0]).float().mean() < 1e-3  # a flip needs a uniform within rounding of p
-    same = outs[0][0] == outs[1][0]
-    assert max_err(outs[0][1][same], outs[1][1][same]) < 1e-5
+    """The sampler's portable loops (CPUs without AVX2; forced here by TORCHXC_TREE_NO_AVX2) draw what the vector
+    loops (AVX2, or AVX-512 where the CPU has it) draw."""
+    assert_kernel_switch_keeps_draws("TORCHXC_TREE_NO_AVX2", 12)
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512",
+                    reason="the AVX-512 loops need an x86 CPU with AVX-512")
+@pytest.mark.parametrize("k", [12, 16, 40])
+def test_avx2_loops_match_avx512(k):
+    """The AVX-512 dot products (k > 8) and Philox (TORCHXC_TREE_NO_AVX512 keeps the AVX2 ones) draw what the AVX2
+    loops draw, for k below, at and above one 16-lane vector."""
+    assert_kernel_switch_keeps_draws("TORCHXC_TREE_NO_AVX512", k)
 
 
 @requires_cuda

@@ -52,7 +52,8 @@ TORCHXC_ALWAYS_INLINE void tree_step(float x, uint32_t u, bool empty, int32_t& n
 // (tree_sample_block_f32's upper levels) equals the one a walk would have computed itself.
 //
 // x86 with AVX2+FMA: eight pairs at a time, each an 8-lane partial sum over k (masked tail), reduced together by a
-// transposing horizontal add, so one reduction serves eight dot products. Elsewhere: a scalar loop.
+// transposing horizontal add, so one reduction serves eight dot products; with AVX-512 and k > 8, sixteen at a time
+// (below). Elsewhere: a scalar loop.
 #if TORCHXC_HAVE_AVX512_COLLECT
 // TORCHXC_TREE_NO_AVX2=1 selects the portable loops on an AVX2 machine too (tests compare the two).
 const bool kTreeAVX2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -110,11 +111,85 @@ __attribute__((target("avx2,fma"))) void tree_logits_avx2(const float* z, const 
     for (int64_t i = i0; i < n; ++i) logit[i] = out[i - i0] + bias[node[i]];
   }
 }
+
+// AVX-512 (k > 8): sixteen pairs at a time, each a 16-lane partial sum over k (masked tail), reduced together by a
+// transposing add tree (unpack, then 128-bit block shuffles), so one reduction serves sixteen dot products and a
+// k = 16 dot product is one multiply. TORCHXC_TREE_NO_AVX512=1 keeps the AVX2 loops (tests compare the two).
+const bool kTreeAVX512 = kTreeAVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl") && std::getenv("TORCHXC_TREE_NO_AVX512") == nullptr;
+
+// kChunks: k / 16 when the caller knows it at compile time (unrolled, no tail), else -1.
+template <int kChunks>
+TORCHXC_AVX512 inline __m512 tree_partial_dot_avx512(const float* w, const float* zr, int64_t full, __mmask16 tail) {
+  __m512 acc = _mm512_setzero_ps();
+  if constexpr (kChunks >= 0) {
+    for (int j = 0; j < 16 * kChunks; j += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(w + j), _mm512_loadu_ps(zr + j), acc);
+  } else {
+    for (int64_t j = 0; j < full; j += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(w + j), _mm512_loadu_ps(zr + j), acc);
+    if (tail) {
+      acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w + full), _mm512_maskz_loadu_ps(tail, zr + full), acc);
+    }
+  }
+  return acc;
+}
+
+// Lane t: the sum of the 16 lanes of a[t], in the same order for every t: within each 128-bit block
+// (e0 + e2) + (e1 + e3), then the blocks (q0 + q1) + (q2 + q3).
+TORCHXC_AVX512 inline __m512 transpose_sum16(const __m512* a) {
+  __m512 s1[8], s2[4], s3[2];
+  for (int i = 0; i < 8; ++i) {
+    s1[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  }
+  for (int i = 0; i < 4; ++i) {  // block q of s2[i]: the block-q sums of a[4i .. 4i+3]
+    const __m512d x = _mm512_castps_pd(s1[2 * i]), y = _mm512_castps_pd(s1[2 * i + 1]);
+    s2[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  for (int i = 0; i < 2; ++i) {  // blocks: s2[2i] (q0 + q1), s2[2i] (q2 + q3), s2[2i+1] (q0 + q1), s2[2i+1] (q2 + q3)
+    s3[i] = _mm512_add_ps(_mm512_shuffle_f32x4(s2[2 * i], s2[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_f32x4(s2[2 * i], s2[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  return _mm512_add_ps(_mm512_shuffle_f32x4(s3[0], s3[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(s3[0], s3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+template <int kChunks>
+TORCHXC_AVX512 void tree_logits_avx512(const float* z, const float* weight, const float* bias, int64_t k,
+                                       const int32_t* node, const int64_t* zrow, int64_t n, float* logit) {
+  if constexpr (kChunks >= 0) k = 16 * kChunks;
+  const int64_t full = k - k % 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (k % 16)) - 1u);
+  int64_t i0 = 0;
+  for (; i0 + 16 <= n; i0 += 16) {
+    __m512 a[16];
+    for (int t = 0; t < 16; ++t) {
+      a[t] = tree_partial_dot_avx512<kChunks>(weight + node[i0 + t] * k, z + zrow[i0 + t] * k, full, tail);
+    }
+    const __m512i idx = _mm512_loadu_si512(reinterpret_cast<const void*>(node + i0));
+    _mm512_storeu_ps(logit + i0, _mm512_add_ps(transpose_sum16(a), _mm512_i32gather_ps(idx, bias, 4)));
+  }
+  if (i0 < n) {  // the last pairs, padded by repeating the last one
+    __m512 a[16];
+    for (int t = 0; t < 16; ++t) {
+      const int64_t i = std::min<int64_t>(i0 + t, n - 1);
+      a[t] = tree_partial_dot_avx512<kChunks>(weight + node[i] * k, z + zrow[i] * k, full, tail);
+    }
+    alignas(64) float out[16];
+    _mm512_store_ps(out, transpose_sum16(a));
+    for (int64_t i = i0; i < n; ++i) logit[i] = out[i - i0] + bias[node[i]];
+  }
+}
 #endif
 
 void tree_logits(const float* z, const float* weight, const float* bias, int64_t k, const int32_t* node,
                  const int64_t* zrow, int64_t n, float* logit) {
 #if TORCHXC_HAVE_AVX512_COLLECT
+  if (kTreeAVX512 && k > 8) {
+    switch (k) {
+      case 16: return tree_logits_avx512<1>(z, weight, bias, k, node, zrow, n, logit);
+      case 32: return tree_logits_avx512<2>(z, weight, bias, k, node, zrow, n, logit);
+      default: return tree_logits_avx512<-1>(z, weight, bias, k, node, zrow, n, logit);
+    }
+  }
   if (kTreeAVX2) {
     switch (k) {
       case 8: return tree_logits_avx2<1>(z, weight, bias, k, node, zrow, n, logit);
@@ -143,10 +218,11 @@ __attribute__((target("avx2"))) inline void philox_mulhilo8(__m256i x, __m256i m
   *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
-// Fills the first n - n % 8 counters; returns how many.
+// Fills rnd[w][at + i] for the first n - n % 8 counters i of smp, row, hi (at: where they start in the block);
+// returns how many.
 __attribute__((target("avx2"))) int64_t philox_block_avx2(uint64_t seed, const uint32_t* smp, const uint32_t* row,
                                                           uint32_t ctr, const uint32_t* hi, int64_t n,
-                                                          uint32_t (*rnd)[kWalkBlock]) {
+                                                          uint32_t (*rnd)[kWalkBlock], int64_t at) {
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
   int64_t i = 0;
@@ -167,10 +243,47 @@ __attribute__((target("avx2"))) int64_t philox_block_avx2(uint64_t seed, const u
       k0 += 0x9E3779B9u;
       k1 += 0xBB67AE85u;
     }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(rnd[0] + i), x0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(rnd[1] + i), x1);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(rnd[2] + i), x2);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(rnd[3] + i), x3);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(rnd[0] + at + i), x0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(rnd[1] + at + i), x1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(rnd[2] + at + i), x2);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(rnd[3] + at + i), x3);
+  }
+  return i;
+}
+
+// The same with sixteen counters per vector (AVX-512); fills the first n - n % 16 counters.
+TORCHXC_AVX512 inline void philox_mulhilo16(__m512i x, __m512i m, __m512i* hi, __m512i* lo) {
+  const __m512i even = _mm512_mul_epu32(x, m), odd = _mm512_mul_epu32(_mm512_srli_epi64(x, 32), m);
+  *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+
+TORCHXC_AVX512 int64_t philox_block_avx512(uint64_t seed, const uint32_t* smp, const uint32_t* row, uint32_t ctr,
+                                           const uint32_t* hi, int64_t n, uint32_t (*rnd)[kWalkBlock]) {
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512i x0 = _mm512_loadu_si512(reinterpret_cast<const void*>(smp + i));
+    __m512i x1 = _mm512_loadu_si512(reinterpret_cast<const void*>(row + i));
+    __m512i x2 = _mm512_set1_epi32(static_cast<int>(ctr));
+    __m512i x3 = _mm512_loadu_si512(reinterpret_cast<const void*>(hi + i));
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int round = 0; round < 10; ++round) {
+      __m512i hi0, lo0, hi1, lo1;
+      philox_mulhilo16(x0, m0, &hi0, &lo0);
+      philox_mulhilo16(x2, m1, &hi1, &lo1);
+      x0 = _mm512_xor_si512(_mm512_xor_si512(hi1, x1), _mm512_set1_epi32(static_cast<int>(k0)));
+      x1 = lo1;
+      x2 = _mm512_xor_si512(_mm512_xor_si512(hi0, x3), _mm512_set1_epi32(static_cast<int>(k1)));
+      x3 = lo0;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    _mm512_storeu_si512(reinterpret_cast<void*>(rnd[0] + i), x0);
+    _mm512_storeu_si512(reinterpret_cast<void*>(rnd[1] + i), x1);
+    _mm512_storeu_si512(reinterpret_cast<void*>(rnd[2] + i), x2);
+    _mm512_storeu_si512(reinterpret_cast<void*>(rnd[3] + i), x3);
   }
   return i;
 }
@@ -180,7 +293,8 @@ void philox_block(uint64_t seed, const uint32_t* smp, const uint32_t* row, uint3
                   int64_t n, uint32_t (*rnd)[kWalkBlock]) {
   int64_t i = 0;
 #if TORCHXC_HAVE_AVX512_COLLECT
-  if (kTreeAVX2) i = philox_block_avx2(seed, smp, row, ctr, hi, n, rnd);
+  if (kTreeAVX512) i = philox_block_avx512(seed, smp, row, ctr, hi, n, rnd);
+  if (kTreeAVX2) i += philox_block_avx2(seed, smp + i, row + i, ctr, hi + i, n - i, rnd, i);
 #endif
   for (; i < n; ++i) {
     const Philox4x32 r = philox4x32(seed, smp[i], row[i], ctr, hi[i]);
