@@ -35,6 +35,7 @@ VARIANTS = {"frequency": ["--model", "frequency"], "transformer": ["--model", "t
             "lanet_softmax_pc_bce": ["--model", "lanet", "--attention", "softmax", "--past-counts", "--loss", "bce"],
             "frequency_tr": ["--model", "frequency", "--transitions"],
             "lanet_softmax_pc_tr": ["--model", "lanet", "--attention", "softmax", "--past-counts", "--transitions"],
+            "lanet_softmax_pc_ema": ["--model", "lanet", "--attention", "softmax", "--past-counts", "--ema", "0.995"],
             "lanet_softmax_pc_tr_ema": ["--model", "lanet", "--attention", "softmax", "--past-counts", "--transitions",
                                         "--ema", "0.995"]}
 METRICS = ["recall@10", "ndcg@10", "phr@10", "recall@20", "ndcg@20", "micro_auc", "macro_auc", "weighted_f1",
