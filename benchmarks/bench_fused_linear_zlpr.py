@@ -102,10 +102,15 @@ def run(device, N, H, C, dtype_name, out_dir):
     print(f"  memory ratio {ratio:.3f}; loss rel. diff {loss_err:.1e}; largest gradient rel. diff {grad_err:.1e}")
     write_csv(os.path.join(out_dir, f"fused_linear_zlpr_{device.type}.csv"), [row])
     tol = 1e-4 if dtype_name == "float32" else 2e-2
-    return print_targets([
-        ("peak extra memory of fused <= 1/4 of unfused", ratio <= 0.25, f"{ratio:.3f}"),
-        ("equal loss and gradients", loss_err <= tol and grad_err <= tol, f"{loss_err:.1e} / {grad_err:.1e}"),
-    ])
+    targets = [("equal loss and gradients", loss_err <= tol and grad_err <= tol, f"{loss_err:.1e} / {grad_err:.1e}")]
+    if (N, H, C) == TARGET_SHAPE:
+        targets.insert(0, ("peak extra memory of fused <= 1/4 of unfused", ratio <= 0.25, f"{ratio:.3f}"))
+    else:  # both sides also hold the [C, H] weight gradient, which dominates when N*C is small
+        print(f"  (the memory target is stated for N, H, C = {TARGET_SHAPE}; not judged at this shape)")
+    return print_targets(targets)
+
+
+TARGET_SHAPE = (4096, 1024, 131072)  # the N, H, C for the memory target
 
 
 def main(argv=None):
