@@ -20,6 +20,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS_DIR, device_name, print_targets, selected_devices, write_csv  # noqa: E402
 
+TARGET_SHAPE = (4096, 1024, 131072)  # the N, H, C: the default problem and the one the memory target is for
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -110,16 +112,13 @@ def run(device, N, H, C, dtype_name, out_dir):
     return print_targets(targets)
 
 
-TARGET_SHAPE = (4096, 1024, 131072)  # the N, H, C for the memory target
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     ap.add_argument("--quick", action="store_true", help="a smaller problem (N=1024, C=32768)")
-    ap.add_argument("--N", type=int, default=4096)
-    ap.add_argument("--H", type=int, default=1024)
-    ap.add_argument("--C", type=int, default=131072)
+    ap.add_argument("--N", type=int, default=TARGET_SHAPE[0])
+    ap.add_argument("--H", type=int, default=TARGET_SHAPE[1])
+    ap.add_argument("--C", type=int, default=TARGET_SHAPE[2])
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--out", default=RESULTS_DIR)
     ap.add_argument("--child", choices=["fused", "unfused"], help=argparse.SUPPRESS)

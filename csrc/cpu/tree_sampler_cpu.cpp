@@ -4,7 +4,8 @@
 // Sampling in float32 walks a block of draws level by level (structure of arrays): the dot products of all the
 // block's walks at one level are independent, so their node loads overlap instead of each walk waiting on its
 // own chain of cache misses, and the branch decisions, random numbers and probabilities are vectorized loops
-// (AVX2 where the CPU has it: dot products eight walks at a time, Philox on eight counters per vector).
+// (AVX2 where the CPU has it: dot products eight walks at a time, Philox on eight counters per vector; AVX-512:
+// sixteen of each).
 // The upper levels, where a block's rows have fewer nodes than the block has walks (levels below log2(S / 2) for
 // S draws per row), compute each (row, node) logit once and let the walks look it up.
 // The probability of the path is kept as the sum of the logs of the branch numerators (0 or -|logit|) and the float

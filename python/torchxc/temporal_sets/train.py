@@ -118,9 +118,9 @@ def run(args, data: TemporalSets | None = None, progress: bool = True, scores: d
     else:
         model = build_model(args, data).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        steps_per_epoch = -(-len(data.train) // args.batch_size)
         sched = None
         if getattr(args, "lr_schedule", "constant") == "cosine":
+            steps_per_epoch = -(-len(data.train) // args.batch_size)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, args.epochs * steps_per_epoch))
         ema = WeightAverage(model, args.ema) if getattr(args, "ema", 0.0) > 0 else None
         best, best_state, bad, epochs_run = -1.0, None, 0, 0
