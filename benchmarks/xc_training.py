@@ -151,8 +151,9 @@ def default_lr(method, args):
     return {"full_softmax": args.lr_full, "tree": args.lr_tree}.get(method, args.lr_sampled)
 
 
-def train(method, train_d: XCData, test_d: XCData, args, seconds, progress, lr=None):
-    torch.manual_seed(args.seed)
+def train(method, train_d: XCData, test_d: XCData, args, seconds, progress, lr=None, seed=None):
+    seed = args.seed if seed is None else seed
+    torch.manual_seed(seed)
     C, Fdim = train_d.num_labels, train_d.features.shape[1]
     rows, labels = pairs(train_d)
     clock = 0.0
@@ -164,7 +165,7 @@ def train(method, train_d: XCData, test_d: XCData, args, seconds, progress, lr=N
         sampler = Frequency(labels, C)
     elif method == "tree":
         sampler = torchxc.TreeSampler.fit(train_d.features, (train_d.indptr, train_d.indices), C, dim=args.tree_dim,
-                                          progress=False, seed=args.seed)
+                                          progress=False, seed=seed)
     clock += time.perf_counter() - start
     sparse = method != "full_softmax"
     emb = torch.nn.Embedding(C, Fdim + 1, sparse=sparse)
@@ -214,6 +215,18 @@ def train(method, train_d: XCData, test_d: XCData, args, seconds, progress, lr=N
     return curve
 
 
+def mean_curve(curves):
+    """The seed-mean of runs evaluated at the same budget fractions (each run's j-th evaluation is the first step past
+    the same clock target), with the standard deviation of P@1 over the seeds (0 for one run)."""
+    out = []
+    for points in zip(*curves):
+        p1 = torch.tensor([c["p@1"] for c in points], dtype=torch.float64)
+        mean = {key: sum(c[key] for c in points) / len(points) for key in ("seconds", "steps", "epochs", "p@1", "p@5",
+                                                                           "test_ll")}
+        out.append(dict(mean, **{"p@1_std": p1.std().item() if len(points) > 1 else 0.0, "seeds": len(points)}))
+    return out
+
+
 def time_to_reach(curve, target):
     """First training time at which P@1 >= target (linear interpolation between evaluations); None if never."""
     prev = None
@@ -251,7 +264,10 @@ def plot(path, results):
     for j, name in enumerate(names):
         for method, curve in results[name]["curves"].items():
             t = [max(c["seconds"], 1e-2) for c in curve]
-            axes[0][j].plot(t, [c["p@1"] for c in curve], "o-", ms=3, label=method)
+            line, = axes[0][j].plot(t, [c["p@1"] for c in curve], "o-", ms=3, label=method)
+            if curve[-1].get("seeds", 1) > 1:  # a seed-mean curve: shade +- one standard deviation
+                axes[0][j].fill_between(t, [c["p@1"] - c["p@1_std"] for c in curve],
+                                        [c["p@1"] + c["p@1_std"] for c in curve], color=line.get_color(), alpha=0.15)
             axes[1][j].plot(t, [c["test_ll"] for c in curve], "o-", ms=3, label=method)
         info = results[name]["info"]
         axes[0][j].set_title(f"{name}: C={info['num_labels']}, {info['train_pairs']} training pairs", fontsize=10)
@@ -296,6 +312,10 @@ def main(argv=None):
     ap.add_argument("--synthetic-train", type=int, default=500_000)
     ap.add_argument("--synthetic-test", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="",
+                    help="comma-separated training seeds (tree fit and training order; the synthetic set stays the "
+                         "same): every run is repeated per seed, methods are compared on the seed-mean curves "
+                         "(P@1 std beside them), writes xc_training_seeds.* / xc_lr_grid_seeds.*")
     ap.add_argument("--quick", action="store_true", help="tiny budgets (a smoke run)")
     ap.add_argument("--out", default=RESULTS_DIR)
     args = ap.parse_args(argv)
@@ -308,20 +328,26 @@ def main(argv=None):
     datasets = args.datasets.split(",")
     methods = args.methods.split(",")
     lrs = [float(v) for v in args.lr_grid.split(",") if v]
+    seeds = [int(v) for v in args.seeds.split(",") if v] or [args.seed]
     progress = tqdm(total=len(datasets) * len(methods), desc="dataset x method")
     for name in datasets:
         train_d, test_d = load(name, args.data, args)
         seconds = 2.0 if args.quick else (args.seconds or budgets.get(name, 60.0))
-        curves, grid = {}, {}
+        curves, grid, per_seed = {}, {}, {}
         for method in methods:
             grid_lrs = lrs if lrs and method != "full_softmax" else [default_lr(method, args)]
-            runs = {lr: train(method, train_d, test_d, args, seconds, progress, lr=lr) for lr in grid_lrs}
-            for lr, curve in runs.items():
-                rows += [dict(dataset=name, method=method, lr=lr, **c) for c in curve]
-            best = max(grid_lrs, key=lambda lr: runs[lr][-1]["p@1"])
-            curves[method] = runs[best]
+            runs = {lr: {seed: train(method, train_d, test_d, args, seconds, progress, lr=lr, seed=seed)
+                         for seed in seeds} for lr in grid_lrs}
+            for lr, by_seed in runs.items():
+                rows += [dict(dataset=name, method=method, lr=lr, seed=seed, **c) for seed, curve in by_seed.items()
+                         for c in curve]
+            mean = {lr: mean_curve(list(by_seed.values())) for lr, by_seed in runs.items()}
+            best = max(grid_lrs, key=lambda lr: mean[lr][-1]["p@1"])
+            curves[method] = mean[best]
+            if len(seeds) > 1:
+                per_seed[method] = {str(seed): curve for seed, curve in runs[best].items()}
             if len(grid_lrs) > 1:
-                grid[method] = dict(best_lr=best, final={f"{lr:g}": curve[-1] for lr, curve in runs.items()})
+                grid[method] = dict(best_lr=best, final={f"{lr:g}": curve[-1] for lr, curve in mean.items()})
             progress.update(1)
         info = dict(num_labels=train_d.num_labels, train_pairs=int(train_d.indices.numel()),
                     train_examples=train_d.num_examples, test_examples=min(test_d.num_examples, args.eval_rows),
@@ -329,20 +355,24 @@ def main(argv=None):
         results[name] = dict(info=info, curves=curves, **(summarise(name, curves) if "uniform" in curves else {}))
         if grid:
             results[name]["lr_grid"] = grid
+        if per_seed:
+            results[name]["per_seed"] = per_seed
     progress.close()
-    print(f"\n{'dataset':10} {'method':13} {'P@1':>6} {'P@5':>6} {'test LL':>8} {'t(uniform final P@1)':>21}")
+    print(f"\n{'dataset':10} {'method':13} {'P@1':>6} {'+-std':>6} {'P@5':>6} {'test LL':>8} "
+          f"{'t(uniform final P@1)':>21}  ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
     for name, res in results.items():
         for method, curve in res["curves"].items():
             t = res.get("methods", {}).get(method, {}).get("time_to_uniform_final_p1")
             last = curve[-1]
-            print(f"{name:10} {method:13} {last['p@1']:6.3f} {last['p@5']:6.3f} {last['test_ll']:8.3f} "
-                  f"{(f'{t:.1f} s' if t is not None else 'never'):>21}")
+            print(f"{name:10} {method:13} {last['p@1']:6.3f} {last['p@1_std']:6.3f} {last['p@5']:6.3f} "
+                  f"{last['test_ll']:8.3f} {(f'{t:.1f} s' if t is not None else 'never'):>21}")
     for name, res in results.items():
         for method, g in res.get("lr_grid", {}).items():
             print(f"{name:10} {method:13} final P@1 by lr: " +
                   "  ".join(f"{lr}: {c['p@1']:.3f}" for lr, c in g["final"].items()) + f"  (best {g['best_lr']:g})")
     os.makedirs(args.out, exist_ok=True)
-    stem = ("xc_lr_grid" if lrs else "xc_training") + ("_quick" if args.quick else "")
+    stem = ("xc_lr_grid" if lrs else "xc_training") + ("_seeds" if len(seeds) > 1 else "") + ("_quick" if args.quick
+                                                                                                 else "")
     write_csv(os.path.join(args.out, stem + ".csv"), rows)
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump({"args": vars(args), "results": results}, f, indent=1)

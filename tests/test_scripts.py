@@ -1,4 +1,5 @@
 """Smoke tests of the experiment scripts on tiny settings, so that they keep working (their real runs are long)."""
+import csv
 import json
 import os
 import subprocess
@@ -31,13 +32,18 @@ def test_fused_linear_memory_benchmark_runs(tmp_path):
     assert (tmp_path / "fused_linear_zlpr_cpu.csv").exists()
 
 
+def run_xc_training_quick(tmp_path, stem, *options):
+    """benchmarks/xc_training.py --quick on the synthetic set with uniform and tree negatives: its results JSON."""
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "xc_training.py"), "--quick", "--datasets", "synthetic",
+           "--methods", "uniform,tree", *options, "--out", str(tmp_path)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return json.load(open(tmp_path / f"{stem}.json"))["results"]["synthetic"]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables")
 def test_xc_training_learning_rate_grid_runs(tmp_path):
     """--lr-grid trains every sampled method at each rate and compares each at its best final P@1."""
-    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "xc_training.py"), "--quick", "--datasets", "synthetic",
-           "--methods", "uniform,tree", "--lr-grid", "0.5,1", "--out", str(tmp_path)]
-    subprocess.run(cmd, check=True, capture_output=True)
-    res = json.load(open(tmp_path / "xc_lr_grid_quick.json"))["results"]["synthetic"]
+    res = run_xc_training_quick(tmp_path, "xc_lr_grid_quick", "--lr-grid", "0.5,1")
     for method in ("uniform", "tree"):
         grid = res["lr_grid"][method]
         assert set(grid["final"]) == {"0.5", "1"}
@@ -45,6 +51,23 @@ def test_xc_training_learning_rate_grid_runs(tmp_path):
         assert best == max(c["p@1"] for c in grid["final"].values()) == res["curves"][method][-1]["p@1"]
     assert res["uniform_final_p1"] == res["curves"]["uniform"][-1]["p@1"]
     assert (tmp_path / "xc_lr_grid_quick.csv").exists() and (tmp_path / "xc_lr_grid_quick.png").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables")
+def test_xc_training_seeds_average_the_runs(tmp_path):
+    """--seeds repeats every run per seed and compares the methods on the seed-mean curves."""
+    res = run_xc_training_quick(tmp_path, "xc_training_seeds_quick", "--seeds", "0,1")
+    for method in ("uniform", "tree"):
+        runs = res["per_seed"][method]
+        assert set(runs) == {"0", "1"}
+        finals = [runs[s][-1]["p@1"] for s in ("0", "1")]
+        last = res["curves"][method][-1]
+        assert last["seeds"] == 2 and len(res["curves"][method]) == len(runs["0"]) == len(runs["1"])
+        assert last["p@1"] == pytest.approx(sum(finals) / 2)
+        assert last["p@1_std"] == pytest.approx(abs(finals[0] - finals[1]) / 2 ** 0.5)
+    assert res["uniform_final_p1"] == res["curves"]["uniform"][-1]["p@1"]
+    with open(tmp_path / "xc_training_seeds_quick.csv") as f:
+        assert {r["seed"] for r in csv.DictReader(f)} == {"0", "1"}
 
 
 def test_benchmark_processes_get_the_allocator_settings(tmp_path):
