@@ -260,7 +260,7 @@ def plot(path, results):
     except ImportError:
         return
     names = list(results)
-    fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 7.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(names), figsize=(max(7.0, 5 * len(names)), 7.5), squeeze=False)
     for j, name in enumerate(names):
         for method, curve in results[name]["curves"].items():
             t = [max(c["seconds"], 1e-2) for c in curve]
@@ -281,7 +281,8 @@ def plot(path, results):
         lls = [c["test_ll"] for cv in results[name]["curves"].values() for c in cv[1:]]
         if lls:
             axes[1][j].set_ylim(max(min(lls), -2 * math.log(info["num_labels"])), max(lls) + 0.2)
-    fig.suptitle("Linear extreme classifier: full softmax vs negative sampling (uniform, frequency, adversarial tree)")
+    sep = " " if len(names) > 2 else "\n"  # narrower figures get the title on two lines
+    fig.suptitle(f"Linear extreme classifier:{sep}full softmax vs negative sampling (uniform, frequency, adversarial tree)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
