@@ -15,10 +15,13 @@ examples) and the mean test log-likelihood of the test pairs. Data: ../shared/da
 synthetic set with power-law label frequencies (C = 100,000 by default) generated here.
 
 Writes benchmarks/results/xc_training.{csv,json,png}. With --lr-grid, every sampled method is trained at each
-learning rate of the grid and the methods are compared at their best final P@1 (xc_lr_grid.{csv,json,png}).
+learning rate of the grid and the methods are compared at their best final P@1 (xc_lr_grid.{csv,json,png}). With
+--seeds, every run is repeated per training seed and the methods are compared on the seed-mean curves (*_seeds.*).
 
     python benchmarks/xc_training.py [--datasets bibtex,delicious,synthetic] [--seconds 60] [--quick]
     python benchmarks/xc_training.py --methods uniform,frequency,tree --lr-grid 0.2,0.5,1,2
+    python benchmarks/xc_training.py --datasets delicious --methods uniform,frequency,tree --lr-sampled 0.2 \
+        --lr-tree 0.2 --seeds 0,1,2,3,4
 """
 import argparse
 import json
