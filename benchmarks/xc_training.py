@@ -375,8 +375,8 @@ def main(argv=None):
             print(f"{name:10} {method:13} final P@1 by lr: " +
                   "  ".join(f"{lr}: {c['p@1']:.3f}" for lr, c in g["final"].items()) + f"  (best {g['best_lr']:g})")
     os.makedirs(args.out, exist_ok=True)
-    stem = ("xc_lr_grid" if lrs else "xc_training") + ("_seeds" if len(seeds) > 1 else "") + ("_quick" if args.quick
-                                                                                                 else "")
+    suffix = ("_seeds" if len(seeds) > 1 else "") + ("_quick" if args.quick else "")
+    stem = ("xc_lr_grid" if lrs else "xc_training") + suffix
     write_csv(os.path.join(args.out, stem + ".csv"), rows)
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump({"args": vars(args), "results": results}, f, indent=1)
