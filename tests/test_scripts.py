@@ -70,6 +70,29 @@ def test_xc_training_seeds_average_the_runs(tmp_path):
         assert {r["seed"] for r in csv.DictReader(f)} == {"0", "1"}
 
 
+def test_xc_training_summary_uses_uniform_best_when_it_falls_again():
+    """A uniform curve whose P@1 peaks and falls before the budget ends: the speed-up against its final P@1 would
+    flatter the other methods, so the summary also times them to uniform's best P@1 (linear interpolation)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import xc_training
+    finally:
+        sys.path.pop(0)
+
+    def curve(points):
+        return [{"seconds": t, "p@1": p} for t, p in points]
+    curves = {"uniform": curve([(0, 0.0), (10, 0.5), (20, 0.7), (40, 0.6)]),
+              "tree": curve([(1, 0.4), (2, 0.6), (4, 0.8), (8, 0.9)])}
+    res = xc_training.summarise("toy", curves)
+    assert res["uniform_final_p1"] == 0.6 and res["uniform_best_p1"] == 0.7
+    uniform, tree = res["methods"]["uniform"], res["methods"]["tree"]
+    assert uniform["time_to_uniform_final_p1"] == pytest.approx(15.0)  # first crossing of 0.6, not the end
+    assert uniform["time_to_uniform_best_p1"] == 20 and uniform["speedup_vs_uniform_best"] == 1.0
+    assert tree["time_to_uniform_final_p1"] == 2 and tree["speedup_vs_uniform"] == pytest.approx(7.5)
+    assert tree["time_to_uniform_best_p1"] == pytest.approx(3.0)
+    assert tree["speedup_vs_uniform_best"] == pytest.approx(20 / 3)
+
+
 def test_benchmark_processes_get_the_allocator_settings(tmp_path):
     """Benchmark scripts re-execute themselves with the suite's malloc thresholds (read by glibc at start-up) and
     huge pages; settings already in the environment, such as an empty GLIBC_TUNABLES, are kept."""
