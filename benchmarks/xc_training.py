@@ -369,14 +369,15 @@ def main(argv=None):
     progress.close()
     print(f"\n{'dataset':10} {'method':13} {'P@1':>6} {'+-std':>6} {'P@5':>6} {'test LL':>8} "
           f"{'t(uniform final P@1)':>21} {'t(uniform best P@1)':>20}  ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
+    def when(t):
+        return f"{t:.1f} s" if t is not None else "never"
     for name, res in results.items():
         for method, curve in res["curves"].items():
             summary = res.get("methods", {}).get(method, {})
-            t, t_best = summary.get("time_to_uniform_final_p1"), summary.get("time_to_uniform_best_p1")
             last = curve[-1]
             print(f"{name:10} {method:13} {last['p@1']:6.3f} {last['p@1_std']:6.3f} {last['p@5']:6.3f} "
-                  f"{last['test_ll']:8.3f} {(f'{t:.1f} s' if t is not None else 'never'):>21} "
-                  f"{(f'{t_best:.1f} s' if t_best is not None else 'never'):>20}")
+                  f"{last['test_ll']:8.3f} {when(summary.get('time_to_uniform_final_p1')):>21} "
+                  f"{when(summary.get('time_to_uniform_best_p1')):>20}")
     for name, res in results.items():
         for method, g in res.get("lr_grid", {}).items():
             print(f"{name:10} {method:13} final P@1 by lr: " +

@@ -1,5 +1,6 @@
 """Smoke tests of the experiment scripts on tiny settings, so that they keep working (their real runs are long)."""
 import csv
+import importlib
 import json
 import os
 import subprocess
@@ -30,6 +31,15 @@ def test_fused_linear_memory_benchmark_runs(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert "equal loss and gradients" in out.stdout and "[PASS] equal loss and gradients" in out.stdout
     assert (tmp_path / "fused_linear_zlpr_cpu.csv").exists()
+
+
+def benchmark_module(name):
+    """Imports benchmarks/<name>.py (the benchmark folder is not a package)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 def run_xc_training_quick(tmp_path, stem, *options):
@@ -73,11 +83,7 @@ def test_xc_training_seeds_average_the_runs(tmp_path):
 def test_xc_training_summary_uses_uniform_best_when_it_falls_again():
     """A uniform curve whose P@1 peaks and falls before the budget ends: the speed-up against its final P@1 would
     flatter the other methods, so the summary also times them to uniform's best P@1 (linear interpolation)."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import xc_training
-    finally:
-        sys.path.pop(0)
+    xc_training = benchmark_module("xc_training")
 
     def curve(points):
         return [{"seconds": t, "p@1": p} for t, p in points]
@@ -114,8 +120,7 @@ def test_benchmark_processes_get_the_allocator_settings(tmp_path):
 def test_benchmark_tables_with_host_times(tmp_path):
     """CUDA rows carry the host's launch time beside the GPU time: the tables show it, `ratio` compares GPU times
     and `loop_ratio` the longer of the two per call; CPU rows (no host time) keep the plain table."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import common
+    common = benchmark_module("common")
 
     def row(provider, ms, host):
         return dict(provider=provider, dtype="float32", shape="8x8", mode="fwd+bwd", median_ms=ms, host_ms=host,
