@@ -8,7 +8,7 @@ import torch
 from testing import favourite_label_users
 
 from torchxc.models import LANET, TimeStepTransformer
-from torchxc.temporal_sets import (collate, load_temporal_sets_csv, load_temporal_sets_json, ndcg_at_k,
+from torchxc.temporal_sets import (collate, evaluate_scores, load_temporal_sets_csv, load_temporal_sets_json, ndcg_at_k,
                                    past_count_matrix, personal_frequency_scores, phr_at_k, recall_at_k, tune_thresholds)
 from torchxc.temporal_sets.__main__ import main as cli_main, parser as cli_parser
 from torchxc.temporal_sets.train import run
@@ -32,6 +32,31 @@ def test_ranking_metrics_worked_examples():
     assert phr_at_k(scores, target, 2) == pytest.approx(2 / 3)
     # K larger than |T|: the ideal DCG has |T| hits
     assert ndcg_at_k(scores[1:2], target[1:2], 5) == pytest.approx((1 / math.log2(6)) / 1.0)
+
+
+def test_ndcg_ideal_list_can_outgrow_the_vocabulary():
+    """|T| counts unseen labels, so with K > C the ideal DCG has min(|T|, K) hits even when |T| > C."""
+    scores, target = torch.tensor([[0.9, 0.8, 0.7]]), torch.ones(1, 3, dtype=torch.bool)
+    disc = [1 / math.log2(r + 1) for r in range(1, 5)]
+    assert ndcg_at_k(scores, target, 10, torch.tensor([1.0])) == pytest.approx(sum(disc[:3]) / sum(disc))
+    assert recall_at_k(scores, target, 10, torch.tensor([1.0])) == pytest.approx(0.75)
+    assert ndcg_at_k(scores, target, 10) == pytest.approx(1.0)
+
+
+def test_unseen_labels_are_misses_in_f1_and_auc():
+    """Two users scored perfectly over the vocabulary; user 0 also has one unseen target label."""
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    target = torch.tensor([[True, False], [False, True]])
+    thr = torch.tensor([0.5, 0.5])
+    seen = evaluate_scores(scores, target, torch.zeros(2), thr)
+    assert seen["micro_f1"] == pytest.approx(1.0) and seen["micro_auc"] == pytest.approx(1.0)
+    got = evaluate_scores(scores, target, torch.tensor([1.0, 0.0]), thr)
+    assert got["micro_f1"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))  # TP 2, FP 0, FN 1
+    assert got["weighted_f1"] == pytest.approx((1 + 1 + 0) / 3)  # supports 1, 1 and 1 (the unseen label, F1 0)
+    # the unseen positive ranks below all 2 negatives: 4 of the 6 (positive, negative) pairs are ordered
+    assert got["micro_auc"] == pytest.approx(4 / 6)
+    assert got["macro_auc"] == pytest.approx(seen["macro_auc"])  # over the vocabulary labels
+    assert got["recall@10"] == pytest.approx((0.5 + 1) / 2)
 
 
 def test_thresholds_maximise_f1_per_label():
@@ -90,6 +115,36 @@ def test_csv_loader_events_gaps_amounts(tmp_path):
     assert ex.gaps == [2, 4]  # 1 and 9 time units before the target: 1 + floor(log2(1 + delta))
     h, g, a, t = collate(d.test, d.num_labels, 3, with_amounts=True)
     assert a.shape == h.shape and (a[h] > 0).all() and (a[~h] == 0).all()
+
+
+def test_loaders_reject_malformed_files(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("")
+    with pytest.raises(ValueError, match="empty file"):
+        load_temporal_sets_csv(str(p))
+    p.write_text("user,time,label,amount\nu,1,x,2\nu,2,x\n")
+    with pytest.raises(ValueError, match="line 3: expected 4 fields"):
+        load_temporal_sets_csv(str(p))
+    p.write_text("user,time,label\nu,yesterday,x\n")
+    with pytest.raises(ValueError, match="line 2"):
+        load_temporal_sets_csv(str(p))
+    q = tmp_path / "d.json"
+    q.write_text(json.dumps({"train": [], "validate": {}, "test": {}}))
+    with pytest.raises(ValueError, match="split 'train' must map each user"):
+        load_temporal_sets_json(str(q))
+
+
+def test_small_csv_keeps_a_validation_user_and_empty_splits_are_refused(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("user,time,label\n" + "".join(f"u{u},{t},{'ab'[t % 2]}\n" for u in range(8) for t in range(4)))
+    d = load_temporal_sets_csv(str(p))  # 10% of 8 users rounds down to 0: one validation user all the same
+    assert len(d.validate) == 1 and len(d.test) == 3 and len(d.train) == 4 * 3  # taken from training
+    assert cli_main(["--data", str(p), "--model", "frequency"]) == 0
+    q = tmp_path / "d.json"
+    q.write_text(json.dumps(dict(SPLITS, validate={"v1": [["a"]]})))  # one event: no validation example
+    for model in ("frequency", "lanet"):
+        with pytest.raises(ValueError, match="validate split has no example"):
+            run(cli_parser().parse_args(["--data", str(q), "--model", model]))
 
 
 def test_personal_frequency_ranks_own_history_first(tmp_path):

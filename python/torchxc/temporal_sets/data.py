@@ -3,7 +3,7 @@
 Protocol (DNNTSP): for every user the last set is the target and the preceding sets (the last ``look_back``) are
 the history; training users also give one example per prefix of their sequence (targets 2, 3, ..., last). The
 split is by user. The label vocabulary comes from the training users only; labels unseen in training stay in the
-targets as ``n_unseen`` (they count as misses in every metric).
+targets as ``n_unseen``: they count as misses in every metric (ranking metrics, F1, micro-AUC; see metrics.py).
 """
 import csv
 import json
@@ -62,6 +62,12 @@ def _build(splits: dict, look_back: int, times: dict | None = None, amounts: dic
     {user: [t, ...]} / {user: [{label: amount}, ...]}."""
     if look_back < 1:
         raise ValueError(f"look_back must be >= 1, got {look_back}")
+    for name in ("train", "validate", "test"):
+        users = splits[name]
+        if not isinstance(users, dict) or not all(isinstance(seq, list) and all(isinstance(e, list) for e in seq)
+                                                  for seq in users.values()):
+            raise ValueError(f"temporal sets: split {name!r} must map each user to a list of events (lists of "
+                             f"labels), got {type(users).__name__}")
     counts = Counter(lab for seq in splits["train"].values() for event in seq for lab in set(event))
     vocab = sorted(counts, key=lambda v: (-counts[v], str(v)))
     index = {v: i for i, v in enumerate(vocab)}
@@ -127,19 +133,31 @@ def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2),
     events = defaultdict(lambda: defaultdict(dict))
     with open(path, newline="") as f:
         reader = csv.reader(f)
-        header = [h.strip().lower() for h in next(reader)]
+        header = [h.strip().lower() for h in next(reader, [])]
         if header[:3] != ["user", "time", "label"]:
-            raise ValueError(f"load_temporal_sets_csv: expected columns user,time,label[,amount], got {header}")
+            raise ValueError(f"load_temporal_sets_csv: {path}: expected the header user,time,label[,amount], got "
+                             f"{header or 'an empty file'}")
         has_amount = len(header) > 3
         for row in reader:
             if not row:
                 continue
-            amount = float(row[3]) if has_amount and row[3] != "" else 0.0
-            d = events[row[0]][_parse_time(row[1])]
+            if len(row) != len(header):
+                raise ValueError(f"load_temporal_sets_csv: {path} line {reader.line_num}: expected {len(header)} "
+                                 f"fields ({','.join(header)}), got {len(row)}: {row}")
+            try:
+                amount = float(row[3]) if has_amount and row[3] != "" else 0.0
+                t = _parse_time(row[1])
+            except ValueError as e:
+                raise ValueError(f"load_temporal_sets_csv: {path} line {reader.line_num}: {e}") from None
+            d = events[row[0]][t]
             d[row[2]] = d.get(row[2], 0.0) + amount
     users = sorted(events)
     random.Random(seed).shuffle(users)
-    n_train, n_val = int(split[0] * len(users)), int(split[1] * len(users))
+    # at least one validation and one test user whenever their fraction is positive and there are enough users
+    n = len(users)
+    n_val = max(int(split[1] * n), int(split[1] > 0 and n >= 3))
+    n_test = max(n - int(split[0] * n) - int(split[1] * n), int(split[2] > 0 and n >= 3))
+    n_train = n - n_val - n_test
     parts = {"train": users[:n_train], "validate": users[n_train:n_train + n_val], "test": users[n_train + n_val:]}
     splits, times, amounts = {}, {}, {}
     for name, us in parts.items():

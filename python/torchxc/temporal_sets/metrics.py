@@ -6,9 +6,12 @@ outside the vocabulary included: they can never be hit, and count in |T|):
 - NDCG@K = sum over ranks r <= K of 1[item r in T] / log2(r + 1), divided by the ideal DCG with min(|T|, K) hits;
 - PHR@K = share of users with at least one hit in the top K.
 No library has these for sets, so they are written here (and tested on worked examples). AUC and F1 come from
-scikit-learn: micro / macro ROC-AUC over the vocabulary labels (macro over labels with both classes in the test
-set), weighted / micro F1 with one threshold per label chosen on the validation split.
+scikit-learn: micro / macro ROC-AUC (macro over the vocabulary labels with both classes in the test set), weighted
+/ micro F1 with one threshold per label chosen on the validation split. Unseen target labels are misses there too:
+F1 counts them as false negatives (extra label columns never predicted: F1 0 with their support in the weighted
+mean), and micro-AUC counts them as positives scored below every vocabulary score.
 """
+import numpy as np
 import torch
 
 __all__ = ["evaluate_scores", "ndcg_at_k", "phr_at_k", "recall_at_k", "tune_thresholds"]
@@ -30,10 +33,11 @@ def recall_at_k(scores, target, k, n_unseen=None) -> float:
 
 
 def ndcg_at_k(scores, target, k, n_unseen=None) -> float:
-    hits = _hits(scores, target, k)
-    disc = 1.0 / torch.log2(torch.arange(2, hits.shape[1] + 2, dtype=torch.float32))
-    dcg = (hits * disc).sum(1)
-    ideal_n = _sizes(target, n_unseen).clamp(max=hits.shape[1]).long()
+    hits = _hits(scores, target, k)  # [N, min(k, C)]
+    disc = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float32))
+    dcg = (hits * disc[:hits.shape[1]]).sum(1)
+    # the ideal list has min(|T|, k) hits, |T| counting unseen labels (so it can be longer than the vocabulary)
+    ideal_n = _sizes(target, n_unseen).clamp(max=k).long()
     idcg = torch.cat([torch.zeros(1), disc.cumsum(0)])[ideal_n]
     return (dcg / idcg.clamp(min=1e-12)).mean().item()
 
@@ -70,12 +74,20 @@ def evaluate_scores(scores, target, n_unseen, thresholds=None, ks=(10, 20)) -> d
         out[f"ndcg@{k}"] = ndcg_at_k(scores, target, k, n_unseen)
         out[f"phr@{k}"] = phr_at_k(scores, target, k)
     y, s = target.numpy(), scores.numpy()
-    out["micro_auc"] = float(roc_auc_score(y.ravel(), s.ravel()))
+    unseen = (torch.zeros(scores.shape[0]) if n_unseen is None else torch.as_tensor(n_unseen)).long()
+    # unseen target labels: column j is True for the users with more than j of them, never predicted
+    extra = (unseen[:, None] > torch.arange(int(unseen.max()) if unseen.numel() else 0)).numpy()
+    n_extra = int(unseen.sum())
+    lowest = float(s.min()) - 1.0 if s.size else 0.0
+    out["micro_auc"] = float(roc_auc_score(np.concatenate([y.ravel(), np.ones(n_extra, dtype=bool)]),
+                                           np.concatenate([s.ravel(), np.full(n_extra, lowest, dtype=s.dtype)])))
     both = (y.sum(0) > 0) & (y.sum(0) < y.shape[0])
     out["macro_auc"] = float(roc_auc_score(y[:, both], s[:, both], average="macro")) if both.any() else float("nan")
     if thresholds is not None:
         pred = (scores >= thresholds[None, :]).numpy()
-        out["weighted_f1"] = float(f1_score(y, pred, average="weighted", zero_division=0))
-        out["micro_f1"] = float(f1_score(y, pred, average="micro", zero_division=0))
+        y_all = np.concatenate([y, extra], 1)
+        pred_all = np.concatenate([pred, np.zeros_like(extra)], 1)
+        out["weighted_f1"] = float(f1_score(y_all, pred_all, average="weighted", zero_division=0))
+        out["micro_f1"] = float(f1_score(y_all, pred_all, average="micro", zero_division=0))
     out["num_users"] = int(scores.shape[0])
     return out

@@ -105,6 +105,12 @@ def run(args, data: TemporalSets | None = None, progress: bool = True, scores: d
     if data is None:
         data = load(args.data, args.look_back, args.seed)
     C = data.num_labels
+    for name in ("train", "validate", "test"):
+        if not getattr(data, name):
+            raise ValueError(f"temporal_sets: the {name} split has no example (a user needs at least two events to give "
+                             f"one: a target and a history); {name} is needed for "
+                             + {"train": "training", "validate": "early stopping and the F1 thresholds",
+                                "test": "the evaluation"}[name])
     device = torch.device(args.device)
     val_t, val_u = _targets(data.validate, C)
     test_t, test_u = _targets(data.test, C)
