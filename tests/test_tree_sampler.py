@@ -443,3 +443,65 @@ def test_sampled_softmax_loss():
     assert max_err(kept, ref.sum()) < 1e-12
     with pytest.raises(ValueError, match="expected pos_logits/pos_labels"):
         torchxc.sampled_softmax_loss(logits[:, 0], logits, neg_labels[:2], logits, y)
+
+
+def test_fit_keeps_float64_and_accepts_half_features():
+    """float64 features give a float64 sampler (nodes, projection and mean alike); float16 a float32 one."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 6, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 5, (60,), generator=g)
+    s = torchxc.TreeSampler.fit(x, y, 5, dim=3, progress=False)
+    assert {s.node_weight.dtype, s.node_bias.dtype, s.projection.dtype, s.mean.dtype} == {torch.float64}
+    labels, log_q = s.sample(x[:4], 8)
+    assert log_q.dtype == torch.float64 and torch.equal(s.log_prob(x[:4], labels), log_q)
+    assert torch.allclose(s.log_prob_all(x[:4]).exp().sum(1), torch.ones(4, dtype=torch.float64))
+    h = torchxc.TreeSampler.fit(x.half(), y, 5, dim=3, progress=False)
+    assert h.node_weight.dtype == torch.float32 and h.sample(x[:4].half(), 8)[1].dtype == torch.float32
+    # from_parameters: a float32 projection and bias are converted to the nodes' dtype
+    p = torchxc.TreeSampler.from_parameters(torch.randn(7, 3, dtype=torch.float64), torch.randn(7), 5,
+                                            projection=torch.randn(6, 3), mean=torch.randn(6))
+    assert p.node_bias.dtype == p.projection.dtype == torch.float64 and p.log_prob_all(x[:2]).dtype == torch.float64
+
+
+def test_log_prob_all_exact_for_large_logits():
+    """log sigmoid without softplus's threshold: a logit of -21 gives log q = -21 - log1p(e^-21) exactly."""
+    s = torchxc.TreeSampler.from_parameters(torch.zeros(1, 1, dtype=torch.float64),
+                                            torch.tensor([-21.0], dtype=torch.float64), 2)
+    z = torch.zeros(1, 1, dtype=torch.float64)
+    want = -21.0 - math.log1p(math.exp(-21.0))
+    assert s.log_prob_all(z)[0, 1].item() == pytest.approx(want, rel=1e-15, abs=0)
+    assert s.log_prob(z, torch.tensor([[1]]))[0, 0].item() == pytest.approx(want, rel=1e-15, abs=0)
+
+
+def test_empty_batch_backward_and_no_double_backward():
+    s = torchxc.TreeSampler.from_parameters(torch.randn(7, 3, dtype=torch.float64),
+                                            torch.randn(7, dtype=torch.float64), 5)
+    s.log_prob(torch.randn(0, 3, dtype=torch.float64), torch.zeros(0, 2, dtype=torch.long)).sum().backward()
+    assert s.node_weight.grad.abs().sum() == 0 and s.node_bias.grad.abs().sum() == 0
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    g, = torch.autograd.grad(s.log_prob(x, torch.tensor([[1], [4]])).sum(), s.node_weight, create_graph=True)
+    with pytest.raises(RuntimeError, match="torchxc::tree_log_prob: double backward"):
+        (g ** 2).sum().backward()
+
+
+def test_api_bad_input_errors():
+    with pytest.raises(ValueError, match="num_labels must be >= 1"):
+        torchxc.TreeSampler.from_parameters(torch.zeros(0, 1), torch.zeros(0), 0)
+    with pytest.raises(RuntimeError, match=r"label_to_leaf\[1\] = 1000000000000 is not a leaf"):
+        torch.ops.torchxc.tree_log_prob(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1),
+                                        torch.tensor([0, 10 ** 12]), torch.tensor([[1]]))
+    with pytest.raises(RuntimeError, match="torchxc::tree_log_prob: expected labels on cpu"):
+        torch.ops.torchxc.tree_log_prob(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.tensor([0, 1]),
+                                        torch.tensor([[1]], device="meta"))
+    t = torchxc.WeightTree(torch.tensor([1.0, 0.0, 3.0, 0.0, 2.0]))
+    for bad in ([-1], [5], [-6]):
+        with pytest.raises(ValueError, match=r"WeightTree.log_prob: indices must lie in \[0, 5\)"):
+            t.log_prob(torch.tensor(bad))
+    with pytest.raises(ValueError, match="needs at least one negative"):
+        torchxc.adversarial_negative_sampling_loss(torch.zeros(2), torch.zeros(2, 0), torch.zeros(2),
+                                                   torch.zeros(2, 0))
+    z, zz, nl = torch.zeros(2), torch.zeros(2, 1), torch.tensor([[1], [0]])
+    with pytest.raises(ValueError, match=r"expected positives int64 \[B = 2, P\]"):
+        torchxc.sampled_softmax_loss(z, zz, nl, zz, torch.tensor([0, 1]), positives=torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match="expected pos_log_q of shape"):
+        torchxc.sampled_softmax_loss(z, zz, nl, zz, torch.tensor([0, 1]), pos_log_q=zz)

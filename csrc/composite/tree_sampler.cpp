@@ -11,6 +11,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_grads_from_paths(const at::T
                                                                      const at::Tensor& weight,
                                                                      const at::Tensor& nodes, const at::Tensor& coef) {
   const int64_t B = z.size(0), k = z.size(1), depth = nodes.size(2);
+  if (nodes.numel() == 0) return {at::zeros_like(z), at::zeros_like(weight), at::zeros({weight.size(0)}, weight.options())};
   const at::Tensor c = coef * grad.to(coef.scalar_type()).unsqueeze(-1);  // [B, P, D]
   const at::Tensor flat_nodes = nodes.reshape({-1});
   at::Tensor grad_bias = at::zeros({weight.size(0)}, weight.options()).index_add_(0, flat_nodes, c.reshape({-1}));
@@ -42,9 +43,12 @@ at::Tensor tree_log_prob_all(const at::Tensor& z, const at::Tensor& weight, cons
     // right children holding only padding: probability 0 to the right, 1 to the left
     const at::Tensor p = at::arange(width, z.options().dtype(at::kLong));
     const at::Tensor empty = ((2 * p + 1) * (int64_t(1) << (depth - l - 1))) >= C;
-    const at::Tensor left = at::where(empty, at::zeros_like(logits), -at::softplus(logits));
-    const at::Tensor right =
-        at::where(empty, at::full_like(logits, -std::numeric_limits<double>::infinity()), -at::softplus(-logits));
+    // log sigmoid(-x) and log sigmoid(x) as -max(x, 0) - log1p(e^-|x|) and min(x, 0) - log1p(e^-|x|): exact to
+    // rounding for every x (at::softplus returns x itself above its threshold of 20, an error of up to 2e-9)
+    const at::Tensor log1p_e = at::log1p(at::exp(-at::abs(logits)));
+    const at::Tensor left = at::where(empty, at::zeros_like(logits), -at::clamp_min(logits, 0) - log1p_e);
+    const at::Tensor right = at::where(empty, at::full_like(logits, -std::numeric_limits<double>::infinity()),
+                                       at::clamp_max(logits, 0) - log1p_e);
     logp = at::stack({logp + left, logp + right}, -1).reshape({z.size(0), 2 * width});
   }
   return logp.index_select(1, label_to_leaf);

@@ -462,8 +462,9 @@ std::tuple<at::Tensor, at::Tensor> tree_sample_cpu(const at::Tensor& z_in, const
   return {labels, log_q};
 }
 
-// The leaves of `labels` [B, P] (checked against C), from label_to_leaf [C].
-at::Tensor leaves_of(const at::Tensor& labels, const at::Tensor& label_to_leaf, int64_t num_labels, const char* op) {
+// The leaves of `labels` [B, P] (checked against C), from label_to_leaf [C] (each leaf checked against 2^depth).
+at::Tensor leaves_of(const at::Tensor& labels, const at::Tensor& label_to_leaf, int64_t num_labels, int64_t depth,
+                     const char* op) {
   const at::Tensor lab = labels.contiguous();
   const int64_t* lp = lab.const_data_ptr<int64_t>();
   const int64_t* map = label_to_leaf.const_data_ptr<int64_t>();
@@ -475,6 +476,8 @@ at::Tensor leaves_of(const at::Tensor& labels, const at::Tensor& label_to_leaf, 
       TORCH_CHECK(lp[i] >= 0 && lp[i] < num_labels, op, ": label ", lp[i], " is out of range for ", num_labels,
                   " labels");
       out[i] = map[lp[i]];
+      TORCH_CHECK(out[i] >= 0 && out[i] < (int64_t(1) << depth), op, ": label_to_leaf[", lp[i], "] = ", out[i],
+                  " is not a leaf of a depth-", depth, " tree (expected [0, ", int64_t(1) << depth, "))");
     }
   });
   return leaves;
@@ -501,7 +504,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_paths_cpu(const at::Tensor& 
               ": expected labels int64 of shape [", z_in.size(0), ", P], but got ", labels.scalar_type(), " ",
               labels.sizes());
   const at::Tensor z = z_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
-  const at::Tensor leaves = leaves_of(labels, label_to_leaf_in.contiguous(), C, op);
+  const at::Tensor leaves = leaves_of(labels, label_to_leaf_in.contiguous(), C, depth, op);
   const int64_t B = z.size(0), P = labels.size(1), k = z.size(1);
   at::Tensor log_q = at::empty({B, P}, z.options());
   at::Tensor nodes = at::empty({want_path ? B : 0, P, depth}, z.options().dtype(at::kLong));

@@ -48,6 +48,8 @@ __global__ void tree_path_kernel(const scalar_t* __restrict__ z, const scalar_t*
     const int64_t y = labels[i];
     CUDA_KERNEL_ASSERT_MSG(y >= 0 && y < num_labels, "torchxc::tree_log_prob: label out of range");
     const int64_t leaf = label_to_leaf[y];
+    CUDA_KERNEL_ASSERT_MSG(leaf >= 0 && leaf < (int64_t(1) << depth),
+                           "torchxc::tree_log_prob: label_to_leaf entry is not a leaf of the tree");
     log_q[i] = tree_path(z + (i / P) * k, weight, bias, k, depth, num_labels, leaf, nodes ? nodes + i * depth : nullptr,
                          coef ? coef + i * depth : nullptr);
   }

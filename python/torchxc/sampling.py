@@ -19,6 +19,8 @@ import math
 import torch
 from torch import Tensor
 
+from ._fake import same_device
+
 __all__ = [
     "TreeSampler",
     "WeightTree",
@@ -68,6 +70,8 @@ class TreeSampler(torch.nn.Module):
         if tuple(node_bias.shape) != (nodes,):
             raise ValueError(f"TreeSampler: node_bias must be [{nodes}], got {tuple(node_bias.shape)}")
         k = node_weight.shape[1]
+        if num_labels < 1:
+            raise ValueError(f"TreeSampler: num_labels must be >= 1, got {num_labels}")
         if leaf_to_label is None:
             leaf_to_label = torch.arange(1 << D)
             leaf_to_label[num_labels:] = -1
@@ -84,11 +88,13 @@ class TreeSampler(torch.nn.Module):
         self.num_labels = int(num_labels)
         self.depth = D
         self.node_weight = torch.nn.Parameter(node_weight.detach().clone())
-        self.node_bias = torch.nn.Parameter(node_bias.detach().clone())
+        self.node_bias = torch.nn.Parameter(node_bias.detach().to(node_weight.dtype).clone())
         self.register_buffer("leaf_to_label", leaf_to_label.clone())
         self.register_buffer("label_to_leaf", label_to_leaf)
-        self.register_buffer("projection", None if projection is None else projection.detach().clone())
-        self.register_buffer("mean", None if mean is None else mean.detach().clone())
+        # the projection in the nodes' dtype (so float64 nodes get float64 z)
+        self.register_buffer("projection", None if projection is None else
+                             projection.detach().to(node_weight.dtype).clone())
+        self.register_buffer("mean", None if mean is None else mean.detach().to(node_weight.dtype).clone())
 
     @classmethod
     def from_parameters(cls, node_weight: Tensor, node_bias: Tensor, num_labels: int,
@@ -102,8 +108,8 @@ class TreeSampler(torch.nn.Module):
         """z = (x - mean) @ projection, in the nodes' dtype."""
         x = features.to(self.node_weight.dtype)
         if self.mean is not None:
-            x = x - self.mean
-        return x @ self.projection if self.projection is not None else x
+            x = x - self.mean.to(x.dtype)
+        return x @ self.projection.to(x.dtype) if self.projection is not None else x
 
     def sample(self, features: Tensor, num_samples: int, generator: torch.Generator | None = None
                ) -> tuple[Tensor, Tensor]:
@@ -218,8 +224,10 @@ class TreeSampler(torch.nn.Module):
             node_bias[first:first + n_nodes] = theta[:, k]
         leaf_to_label = torch.full((1 << D,), -1, dtype=torch.long, device=device)
         leaf_to_label[pos] = torch.arange(C, device=device)
-        return cls(node_weight.to(features.dtype if features.is_floating_point() else torch.float32),
-                   node_bias.to(node_weight.dtype), C, leaf_to_label, projection, mean)
+        # float64 features give a float64 sampler; every other dtype a float32 one (the kernels' two dtypes)
+        dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+        return cls(node_weight.to(dtype), node_bias.to(dtype), C, leaf_to_label, projection.to(dtype),
+                   mean.to(dtype))
 
 
 def _pairs(labels, N, num_labels, device) -> tuple[Tensor, Tensor]:
@@ -346,8 +354,14 @@ class WeightTree:
         return node - self.offset
 
     def log_prob(self, idx: Tensor) -> Tensor:
-        """log(w_idx / sum(w)) for labels idx (any shape)."""
-        return torch.log(self.tree[self.offset + idx]) - torch.log(self.total)
+        """log(w_idx / sum(w)) for labels idx (int64, any shape, in [0, C))."""
+        idx = torch.as_tensor(idx, device=self.tree.device)
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise ValueError(f"WeightTree.log_prob: expected integer label indices, got {idx.dtype}")
+        if idx.numel() and (idx.min() < 0 or idx.max() >= self.num_labels):
+            raise ValueError(f"WeightTree.log_prob: indices must lie in [0, {self.num_labels}), got "
+                             f"[{int(idx.min())}, {int(idx.max())}]")
+        return torch.log(self.tree[self.offset + idx.long()]) - torch.log(self.total)
 
     def update(self, idx: Tensor, new_weights: Tensor) -> None:
         """Sets w[idx] = new_weights (with repeated indices, the last one wins) and refreshes their ancestors."""
@@ -405,6 +419,9 @@ def adversarial_negative_sampling_loss(pos_logits: Tensor, neg_logits: Tensor, p
         raise ValueError("adversarial_negative_sampling_loss: expected pos_logits/pos_log_q [B] and "
                          f"neg_logits/neg_log_q [B, S], got {tuple(pos_logits.shape)}, {tuple(neg_logits.shape)}, "
                          f"{tuple(pos_log_q.shape)}, {tuple(neg_log_q.shape)}")
+    if neg_logits.shape[1] == 0:
+        raise ValueError("adversarial_negative_sampling_loss: needs at least one negative per example (S >= 1), got "
+                         "S = 0")
     loss = torch.nn.functional.softplus(-pos_logits) + torch.nn.functional.softplus(neg_logits).mean(-1)
     if reg:
         loss = loss + reg * ((pos_logits + pos_log_q) ** 2 + ((neg_logits + neg_log_q) ** 2).mean(-1))
@@ -439,6 +456,12 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
         raise ValueError("sampled_softmax_loss: expected pos_logits/pos_labels [B] and neg_logits/neg_labels/"
                          f"neg_log_q [B, S], got {tuple(pos_logits.shape)}, {tuple(pos_labels.shape)}, "
                          f"{tuple(neg_logits.shape)}, {tuple(neg_labels.shape)}, {tuple(neg_log_q.shape)}")
+    if pos_log_q is not None and pos_log_q.shape != pos_logits.shape:
+        raise ValueError(f"sampled_softmax_loss: expected pos_log_q of shape {tuple(pos_logits.shape)}, got "
+                         f"{tuple(pos_log_q.shape)}")
+    if positives is not None and (positives.dim() != 2 or positives.shape[0] != pos_logits.shape[0]):
+        raise ValueError(f"sampled_softmax_loss: expected positives int64 [B = {pos_logits.shape[0]}, P] (padded with "
+                         f"-1), got {tuple(positives.shape)}")
     pos = pos_logits - (pos_log_q if pos_log_q is not None else 0)
     neg = neg_logits - neg_log_q
     if remove_accidental_hits:
@@ -455,22 +478,29 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
 
 @torch.library.register_fake("torchxc::tree_sample")
 def _tree_sample_fake(z, node_weight, node_bias, leaf_to_label, num_labels, num_samples, seed):
+    same_device("torchxc::tree_sample", z, node_weight=node_weight, node_bias=node_bias, leaf_to_label=leaf_to_label)
     B = z.shape[0]
     return z.new_empty((B, num_samples), dtype=torch.long), z.new_empty((B, num_samples))
 
 
 @torch.library.register_fake("torchxc::tree_log_prob")
 def _tree_log_prob_fake(z, node_weight, node_bias, label_to_leaf, labels):
+    same_device("torchxc::tree_log_prob", z, node_weight=node_weight, node_bias=node_bias,
+                label_to_leaf=label_to_leaf, labels=labels)
     return z.new_empty(labels.shape)
 
 
 @torch.library.register_fake("torchxc::tree_log_prob_backward")
 def _tree_log_prob_backward_fake(grad, z, node_weight, node_bias, label_to_leaf, labels):
+    same_device("torchxc::tree_log_prob_backward", z, grad=grad, node_weight=node_weight, node_bias=node_bias,
+                label_to_leaf=label_to_leaf, labels=labels)
     return torch.empty_like(z), torch.empty_like(node_weight), torch.empty_like(node_bias)
 
 
 @torch.library.register_fake("torchxc::tree_log_prob_all")
 def _tree_log_prob_all_fake(z, node_weight, node_bias, label_to_leaf):
+    same_device("torchxc::tree_log_prob_all", z, node_weight=node_weight, node_bias=node_bias,
+                label_to_leaf=label_to_leaf)
     return z.new_empty((z.shape[0], label_to_leaf.shape[0]))
 
 
