@@ -1,4 +1,5 @@
 """torchxc.fused_linear_zlpr_loss equals zlpr_loss on the materialised logits, in value and gradients."""
+import math
 import pytest
 import torch
 
@@ -99,3 +100,31 @@ def test_bad_input_errors():
         torchxc.fused_linear_zlpr_loss(hidden, weight, bias, labels[:3])
     with pytest.raises(ValueError, match="weight must have hidden's dtype"):
         torchxc.fused_linear_zlpr_loss(hidden, weight.double(), bias, labels)
+
+
+def test_row_mask_when_rows_equal_classes_and_bad_chunks():
+    g = torch.Generator().manual_seed(0)
+    h, w = torch.randn(5, 3, dtype=torch.float64, generator=g), torch.randn(5, 3, dtype=torch.float64, generator=g)
+    t = torch.rand(5, 5, generator=g) < 0.5
+    rows = torch.tensor([[True], [False], [True], [False], [True]])  # [N, 1] with N == C: a per-row mask
+    assert torchxc.fused_linear_zlpr_loss(h, w, None, t, mask=rows).item() == pytest.approx(
+        torchxc.zlpr_loss(h @ w.T, t, mask=rows).item(), rel=1e-12)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        torchxc.fused_linear_zlpr_loss(h, w, None, t, mask=torch.ones(2, 5, dtype=torch.bool))
+    for bad in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+            torchxc.fused_linear_zlpr_loss(h, w, None, t, chunk_size=bad)
+    assert math.isnan(torchxc.fused_linear_zlpr_loss(h[:0], w, None, t[:0]).item())  # as zlpr_loss's mean
+
+
+def test_no_double_backward_and_no_gradients_under_no_grad():
+    h = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(4, 5) < 0.4
+    g, = torch.autograd.grad(torchxc.fused_linear_zlpr_loss(h, w, None, t), h, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        ((g ** 2).sum() + w.sum()).backward()
+    with torch.no_grad():
+        loss = torchxc.fused_linear_zlpr_loss(h, w, None, t)
+    assert not loss.requires_grad
+    assert loss.item() == pytest.approx(torchxc.zlpr_loss(h @ w.T, t).item(), rel=1e-12)

@@ -251,3 +251,26 @@ def test_bad_target_values_cpu():
 def test_cuda_device_mismatch():
     with pytest.raises(RuntimeError, match="same device"):
         torch.ops.torchxc.sparsemax_loss(torch.randn(4, 5, device="cuda"), torch.zeros(4, dtype=torch.long), -100)
+
+
+def test_weight_targets_outside_the_input_dtype_range():
+    """Weights are normalised before they are cast to a narrower input dtype (the loss only sees proportions);
+    weights whose sum cannot be normalised in the input's own dtype are an error, not a wrong loss."""
+    z = torch.randn(2, 3)
+    w = torch.tensor([[1e-9, 1e-9, 0.0], [1e6, 2e6, 3e6]], dtype=torch.float64)
+    want = torchxc.sparsemax_loss(z, normalise(w).float(), reduction="none")
+    got = torchxc.sparsemax_loss(z.half(), w, reduction="none")
+    assert torch.allclose(got.float(), want, atol=2e-3)
+    with pytest.raises(RuntimeError, match="cannot be normalised in Float"):
+        torchxc.sparsemax_loss(z, torch.full((2, 3), 3e38))
+    with pytest.raises(ValueError, match="label weights must be real"):
+        torchxc.sparsemax_loss(z, torch.ones(2, 3, dtype=torch.complex64))
+    with pytest.raises(RuntimeError, match="torchxc::sparsemax_loss: expected target on cpu"):
+        torchxc.sparsemax_loss(z, torch.rand(2, 3, device="meta"))
+
+
+def test_no_double_backward():
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    g, = torch.autograd.grad(torchxc.sparsemax_loss(x, torch.tensor([0, 1, 2])), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="torchxc::sparsemax_loss: double backward"):
+        (g ** 2).sum().backward()

@@ -327,3 +327,44 @@ def test_bad_label_values_cpu():
 def test_cuda_device_mismatch():
     with pytest.raises(RuntimeError, match="same device"):
         torchxc.zlpr_loss(torch.randn(4, 5, device="cuda"), torch.zeros(4, 5, dtype=torch.bool))
+
+
+def test_input_handling_edge_cases():
+    x = torch.randn(2, 6)
+    multi_hot = torch.tensor([[0, 0, 0, 1, 0, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    for bad in (multi_hot, torch.tensor([[2.9], [1.0]])):
+        with pytest.raises(ValueError, match="positives must be integer class indices"):
+            torchxc.zlpr_loss_sparse(x, bad)
+    with pytest.raises(ValueError, match="no gradient with respect to the target"):
+        torchxc.zlpr_loss(x, torch.rand(2, 6, requires_grad=True))
+    with torch.no_grad():  # no gradient is being recorded: fine
+        torchxc.zlpr_loss(x, torch.rand(2, 6, requires_grad=True))
+    t = x > 0
+    assert torchxc.zlpr_loss(x, t, mask=torch.tensor(True)).item() == pytest.approx(torchxc.zlpr_loss(x, t).item())
+    with pytest.raises(TypeError, match="torchxc.zlpr_loss_sparse: mask must be a bool tensor"):
+        torchxc.zlpr_loss_sparse(x, torch.tensor([[1, -1], [2, -1]]), mask=torch.ones(6, dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match="torchxc::zlpr_loss: expected labels on cpu"):
+        torchxc.zlpr_loss(x, torch.rand(2, 6, device="meta"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_soft_labels_keep_both_terms_when_narrowed(dtype):
+    """A float32 label 0.9999 (or 1e-30) rounds to 1 (or 0) in float16/bfloat16; it stays short of 1 (above 0),
+    so the class keeps its place in both terms instead of being dropped from one."""
+    x = torch.tensor([[8.0, -8.0, 0.1]], dtype=dtype)  # e^8 (1 - t) makes the first class's negative term count
+    t = torch.tensor([[0.9999, 1e-30, 0.5]])
+    one_below = 1 - torch.finfo(dtype).eps / 2
+    want = zlpr_reference(x, torch.tensor([[one_below, torch.finfo(dtype).tiny, 0.5]], dtype=torch.float64))
+    assert torchxc.zlpr_loss(x, t, reduction="none").double() == pytest.approx(want.item(), rel=1e-2)
+    dropped = zlpr_reference(x, torch.tensor([[1.0, 0.0, 0.5]], dtype=torch.float64))
+    assert abs(want.item() - dropped.item()) > 0.3  # the test tells the two apart
+
+
+def test_no_double_backward():
+    h = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(4, 5) < 0.4
+    for loss in (lambda: torchxc.zlpr_loss(h @ w.T, t), lambda: torchxc.zlpr_loss_sparse(h @ w.T, dense_to_positives(t))):
+        g, = torch.autograd.grad(loss(), h, create_graph=True)
+        with pytest.raises(RuntimeError, match="double backward"):
+            (g ** 2).sum().backward()

@@ -45,7 +45,7 @@ struct SparsemaxBackwardFunction : public torch::autograd::Function<SparsemaxBac
 };
 
 // Outputs (loss, stats): stats (row max, tau - max, target mass) feed the backward and carry no gradient. No
-// gradient flows into the target. The loss backward is not differentiable again (no double backward).
+// gradient flows into the target. The loss backward is not differentiable again: a double backward raises.
 struct SparsemaxLossFunction : public torch::autograd::Function<SparsemaxLossFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& target,
                                int64_t ignore_index) {
@@ -59,10 +59,12 @@ struct SparsemaxLossFunction : public torch::autograd::Function<SparsemaxLossFun
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    at::Tensor grad = TORCHXC_OP("torchxc::sparsemax_loss_backward",
-                                 at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&))
-                          .call(grads[0], saved[0], saved[1], saved[2]);
-    return {grad, at::Tensor(), at::Tensor()};
+    return once_differentiable("torchxc::sparsemax_loss", [&]() -> variable_list {
+      at::Tensor grad = TORCHXC_OP("torchxc::sparsemax_loss_backward",
+                                   at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&))
+                            .call(grads[0], saved[0], saved[1], saved[2]);
+      return {grad, at::Tensor(), at::Tensor()};
+    });
   }
 };
 

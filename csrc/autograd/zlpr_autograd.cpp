@@ -1,6 +1,7 @@
 // Autograd of the ZLPR losses (see autograd_common.h). The forward kernel computes the loss and, when
 // compute_grad, its gradient in the same pass; the backward only scales that stored gradient by the incoming
-// row gradients. The stored gradient is an output without gradient of its own (no double backward).
+// row gradients. The stored gradient is an output without gradient of its own: differentiating the backward again
+// raises (once_differentiable in autograd_common.h).
 #include <torch/library.h>
 
 #include "autograd_common.h"
@@ -28,7 +29,9 @@ struct ZlprFunction : public torch::autograd::Function<ZlprFunction<Tag>> {
     TORCH_CHECK(ctx->saved_data["compute_grad"].toBool(), Tag::name,
                 ": backward needs the gradient, but the op ran with compute_grad=False");
     const at::Tensor grad = ctx->get_saved_variables()[0];
-    return {grad * grads[0].unsqueeze(-1).to(grad.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor()};
+    return once_differentiable(Tag::name, [&]() -> variable_list {
+      return {grad * grads[0].unsqueeze(-1).to(grad.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor()};
+    });
   }
 };
 

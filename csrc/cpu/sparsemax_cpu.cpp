@@ -929,9 +929,15 @@ std::tuple<at::Tensor, at::Tensor> sparsemax_loss_cpu(const at::Tensor& input, c
           mass = y == ignore_index ? T(0) : T(1);
         } else {
           int64_t bad = 0;
-          mass = static_cast<T>(target_mass(tp + r * d, d, &bad));
+          const double mass_d = target_mass(tp + r * d, d, &bad);
           TORCH_CHECK(bad == 0, op, ": label-weight target must be finite and non-negative, but row ", r,
                       " has a negative, infinite or NaN entry");
+          mass = static_cast<T>(mass_d);
+          // the weights are divided by their sum in T: it and its reciprocal must be finite there
+          TORCH_CHECK(mass == T(0) || (std::isfinite(mass) && std::isfinite(T(1) / mass)), op,
+                      ": the label weights of row ", r, " sum to ", mass_d, ", which cannot be normalised in ",
+                      input.scalar_type(), " (its reciprocal over- or underflows); rescale them, e.g. divide each "
+                      "row by its sum");
         }
         T m, t;
         const bool finite = row_threshold(xr, d, cand.get(), max_newton, &m, &t);

@@ -13,6 +13,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .zlpr import _to_input_dtype
+
 __all__ = ["fused_linear_zlpr_loss"]
 
 
@@ -79,19 +81,30 @@ def fused_linear_zlpr_loss(
     if sparse:
         labels2 = labels2.long()
     elif labels2.dtype != torch.bool and labels2.dtype != hidden.dtype:
-        labels2 = labels2.to(hidden.dtype)
+        labels2 = _to_input_dtype(labels2, hidden.dtype)
     mask2 = None
     if mask is not None:
         if mask.dtype != torch.bool:
             raise TypeError(f"torchxc.fused_linear_zlpr_loss: mask must be a bool tensor, got {mask.dtype}")
-        mask2 = mask.reshape(C) if mask.numel() == C else mask.expand(*lead, C).reshape(N, C)
+        try:
+            torch.broadcast_shapes(mask.shape, (*lead, C))
+        except RuntimeError:
+            raise ValueError(f"torchxc.fused_linear_zlpr_loss: mask of shape {tuple(mask.shape)} does not broadcast "
+                             f"to the logits' shape {(*lead, C)}") from None
+        class_mask = mask.dim() >= 1 and mask.shape[-1] == C and all(s == 1 for s in mask.shape[:-1])
+        mask2 = mask.reshape(C) if class_mask else mask.expand(*lead, C).reshape(N, C)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"torchxc.fused_linear_zlpr_loss: chunk_size must be a positive int, got {chunk_size!r}")
     if chunk_size is None:
         # a chunk of logits about as large as hidden, and at least 1/8 of the weight (H / 8 rows): thinner chunks
         # make the three matrix products per chunk slow and re-read the [C, H] weight gradient every few rows
         rows = max(N / max(1, math.ceil(C / max(H, 1))), H / 8)
         chunk_size = max(1, 2 ** math.ceil(math.log2(max(1.0, rows))))
-    grads = [h2.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad]
-    scale = 1.0 / N if reduction == "mean" and N > 0 else 1.0
+    # no gradients under torch.no_grad() (an evaluation pass costs one chunked forward only)
+    on = torch.is_grad_enabled()
+    grads = [on and h2.requires_grad, on and weight.requires_grad, on and bias is not None and bias.requires_grad]
+    # the mean over no rows is NaN, as for zlpr_loss
+    scale = (1.0 / N if N > 0 else math.nan) if reduction == "mean" else 1.0
     loss, _, _, _ = torch.ops.torchxc.fused_linear_zlpr.default(
         h2, weight, bias, labels2, mask2, sparse, int(min(chunk_size, max(N, 1))), scale, grads
     )
@@ -166,18 +179,38 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # the gradient outputs get no gradient: no [C, H] zeros in the backward
 
 
+def _no_double_backward(outputs):
+    """Under create_graph=True, gradients whose dependence on the inputs is not recorded (the stored ones) get a
+    node that raises when differentiated, so a second derivative is an error rather than silently missing terms.
+    (torch.autograd.function.once_differentiable only does this when an incoming gradient requires grad.)"""
+    if not torch.is_grad_enabled():
+        return outputs
+    live = [i for i, t in enumerate(outputs) if isinstance(t, Tensor)]
+    err = torch._C._functions.DelayedError(
+        b"torchxc.fused_linear_zlpr_loss: double backward (differentiating its gradient again) is not supported",
+        len(live))
+    wrapped = err(*[outputs[i].detach().requires_grad_() for i in live])
+    wrapped = wrapped if isinstance(wrapped, tuple) else (wrapped,)
+    out = list(outputs)
+    for i, t in zip(live, wrapped):
+        out[i] = t
+    return tuple(out)
+
+
 def _backward(ctx, grad_loss, _gh, _gw, _gb):
     # The gradients were computed with the loss; the backward only scales them by the incoming scalar.
     grad_h, grad_w, grad_b = ctx.saved_tensors
     want_h, want_w, want_b = ctx.grads
     if grad_loss is None:  # only the (non-differentiable) gradient outputs were used
         return None, None, None, None, None, None, None, None, None
-    return (
-        grad_h * grad_loss.to(grad_h.dtype) if want_h else None,
-        grad_w * grad_loss.to(grad_w.dtype) if want_w else None,
-        grad_b * grad_loss.to(grad_b.dtype) if want_b else None,
-        None, None, None, None, None, None,
-    )
+    with torch.no_grad():
+        out = (
+            grad_h * grad_loss.to(grad_h.dtype) if want_h else None,
+            grad_w * grad_loss.to(grad_w.dtype) if want_w else None,
+            grad_b * grad_loss.to(grad_b.dtype) if want_b else None,
+            None, None, None, None, None, None,
+        )
+    return _no_double_backward(out)
 
 
 _fused_linear_zlpr.register_autograd(_backward, setup_context=_setup_context)

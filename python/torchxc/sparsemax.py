@@ -25,6 +25,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from ._fake import same_device
+
 __all__ = ["sparsemax", "sparsemax_loss"]
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -94,8 +96,14 @@ def sparsemax_loss(
     scores = input if last else input.movedim(dim, -1)
     if target.shape == input.shape and not (target.dim() == 0):
         target = target if last else target.movedim(dim, -1)
+        if target.is_complex():
+            raise ValueError(f"torchxc.sparsemax_loss: label weights must be real, got {target.dtype}")
         if target.dtype != input.dtype:
-            target = target.to(input.dtype)
+            # normalise before the cast (the loss divides by the row sum anyway), so that weights outside the input
+            # dtype's range (1e-9 or 1e6 in float16) keep their proportions instead of under- or overflowing
+            w = target.to(torch.promote_types(target.dtype, torch.float32))
+            s = w.sum(-1, keepdim=True)
+            target = torch.where(s > 0, w / s, w).to(input.dtype)
     elif not target.is_floating_point() and not target.is_complex() and target.shape == scores.shape[:-1]:
         target = target.long()
     else:
@@ -138,11 +146,13 @@ def _sparsemax_fake(input: Tensor, dim: int = -1) -> Tensor:
 
 @torch.library.register_fake("torchxc::sparsemax_backward")
 def _sparsemax_backward_fake(grad_output: Tensor, output: Tensor, dim: int = -1) -> Tensor:
+    same_device("torchxc::sparsemax_backward", output, grad_output=grad_output)
     return _empty_rows_like(output, dim)
 
 
 @torch.library.register_fake("torchxc::sparsemax_loss")
 def _sparsemax_loss_fake(input: Tensor, target: Tensor, ignore_index: int = -100) -> Tuple[Tensor, Tensor]:
+    same_device("torchxc::sparsemax_loss", input, target=target)
     stats_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     batch = input.shape[:-1]
     return input.new_empty(batch), input.new_empty((*batch, 3), dtype=stats_dtype)
@@ -150,6 +160,7 @@ def _sparsemax_loss_fake(input: Tensor, target: Tensor, ignore_index: int = -100
 
 @torch.library.register_fake("torchxc::sparsemax_loss_backward")
 def _sparsemax_loss_backward_fake(grad_loss: Tensor, input: Tensor, target: Tensor, stats: Tensor) -> Tensor:
+    same_device("torchxc::sparsemax_loss_backward", input, grad_loss=grad_loss, target=target, stats=stats)
     return input.new_empty(input.shape)
 
 # Autograd: csrc/autograd/sparsemax_autograd.cpp (the backward ops above are registered ops with fake kernels).

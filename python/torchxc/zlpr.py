@@ -27,6 +27,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._fake import same_device
+
 __all__ = ["zlpr_loss", "zlpr_loss_sparse", "zlpr_probs"]
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -51,9 +53,14 @@ def zlpr_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None, redu
         >>> predicted = logits > 0                     # the ZLPR decision rule
     """
     _check(input, reduction, "torchxc.zlpr_loss")
+    if target.is_complex():
+        raise ValueError(f"torchxc.zlpr_loss: target must be bool, integer or real, got {target.dtype}")
+    if target.requires_grad and torch.is_grad_enabled():
+        raise ValueError("torchxc.zlpr_loss: no gradient with respect to the target; pass target.detach()")
     if target.dtype != torch.bool and target.dtype != input.dtype:
-        target = target.to(input.dtype)  # integer labels take the soft path, whose kernel checks their range
-    loss, _ = torch.ops.torchxc.zlpr_loss.default(input, target, _class_mask(mask, input), _wants_grad(input))
+        target = _to_input_dtype(target, input.dtype)  # integer labels take the soft path, which checks their range
+    loss, _ = torch.ops.torchxc.zlpr_loss.default(input, target, _class_mask(mask, input, "torchxc.zlpr_loss"),
+                                                  _wants_grad(input))
     return _reduce(loss, reduction)
 
 
@@ -75,10 +82,13 @@ def zlpr_loss_sparse(input: Tensor, positives: Tensor, mask: Optional[Tensor] = 
         >>> torchxc.zlpr_loss_sparse(logits, positives).backward()
     """
     _check(input, reduction, "torchxc.zlpr_loss_sparse")
+    if positives.is_floating_point() or positives.is_complex() or positives.dtype == torch.bool:
+        raise ValueError(f"torchxc.zlpr_loss_sparse: positives must be integer class indices (int64, padded with -1), "
+                         f"got {positives.dtype}; a dense multi-hot target goes to torchxc.zlpr_loss")
     if positives.dtype != torch.long:
         positives = positives.long()
     loss, _ = torch.ops.torchxc.zlpr_loss_sparse.default(
-        input, positives, _class_mask(mask, input), _wants_grad(input)
+        input, positives, _class_mask(mask, input, "torchxc.zlpr_loss_sparse"), _wants_grad(input)
     )
     return _reduce(loss, reduction)
 
@@ -106,12 +116,25 @@ def _wants_grad(input: Tensor) -> bool:
     return torch.is_grad_enabled() and input.requires_grad
 
 
-def _class_mask(mask: Optional[Tensor], input: Tensor) -> Optional[Tensor]:
+def _to_input_dtype(target: Tensor, dtype: torch.dtype) -> Tensor:
+    """Soft labels in the input's dtype. A narrowing cast must not turn t < 1 into 1 or t > 0 into 0 (which would
+    drop the class from a term): such values become the nearest representable value short of 1 or above 0."""
+    t = target.to(dtype)
+    if target.is_floating_point() and torch.finfo(dtype).bits < torch.finfo(target.dtype).bits:
+        info = torch.finfo(dtype)
+        t = torch.where((t == 1) & (target < 1), torch.full_like(t, 1 - info.eps / 2), t)
+        t = torch.where((t == 0) & (target > 0), torch.full_like(t, info.tiny), t)
+    return t
+
+
+def _class_mask(mask: Optional[Tensor], input: Tensor, op: str = "torchxc.zlpr_loss") -> Optional[Tensor]:
     """A mask the kernels take: the input's shape, or [C] when it only varies along the class dim."""
     if mask is None:
         return None
     if mask.dtype != torch.bool:
-        raise TypeError(f"torchxc.zlpr_loss: mask must be a bool tensor, got {mask.dtype}")
+        raise TypeError(f"{op}: mask must be a bool tensor, got {mask.dtype}")
+    if mask.dim() == 0:
+        return mask.expand(input.shape[-1:]).contiguous()
     if mask.shape == input.shape:
         return mask
     try:
@@ -119,7 +142,7 @@ def _class_mask(mask: Optional[Tensor], input: Tensor) -> Optional[Tensor]:
     except RuntimeError:
         shape = None
     if shape != input.shape:
-        raise ValueError(f"torchxc.zlpr_loss: mask of shape {tuple(mask.shape)} does not broadcast to the input's "
+        raise ValueError(f"{op}: mask of shape {tuple(mask.shape)} does not broadcast to the input's "
                          f"shape {tuple(input.shape)}")
     if all(s == 1 for s in mask.shape[:-1]) and mask.shape[-1] == input.shape[-1]:
         return mask.reshape(input.shape[-1])
@@ -137,6 +160,7 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
 
 def _zlpr_fake(input: Tensor, labels: Tensor, mask: Optional[Tensor] = None,
                compute_grad: bool = True) -> Tuple[Tensor, Tensor]:
+    same_device("torchxc::zlpr_loss", input, labels=labels, mask=mask)
     grad = input.new_empty(input.shape) if compute_grad else input.new_empty((0,))
     return input.new_empty(input.shape[:-1]), grad
 
