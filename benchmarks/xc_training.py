@@ -168,7 +168,7 @@ def train(method, train_d: XCData, test_d: XCData, args, seconds, progress, lr=N
         sampler = Frequency(labels, C)
     elif method == "tree":
         sampler = torchxc.TreeSampler.fit(train_d.features, (train_d.indptr, train_d.indices), C, dim=args.tree_dim,
-                                          progress=False, seed=seed)
+                                          l2=args.tree_l2, progress=False, seed=seed)
     clock += time.perf_counter() - start
     sparse = method != "full_softmax"
     emb = torch.nn.Embedding(C, Fdim + 1, sparse=sparse)
@@ -314,6 +314,7 @@ def main(argv=None):
                          "its best final test P@1 (the same grid and rule for every method), write xc_lr_grid.*")
     ap.add_argument("--reg", type=float, default=1e-3)
     ap.add_argument("--tree-dim", type=int, default=16)
+    ap.add_argument("--tree-l2", type=float, default=1.0, help="L2 penalty of the tree's node classifiers (fit)")
     ap.add_argument("--evals", type=int, default=9, help="evaluations per run, at budget * 2^-j")
     ap.add_argument("--eval-rows", type=int, default=3000)
     ap.add_argument("--synthetic-labels", type=int, default=100_000)
