@@ -505,3 +505,13 @@ def test_api_bad_input_errors():
         torchxc.sampled_softmax_loss(z, zz, nl, zz, torch.tensor([0, 1]), positives=torch.tensor([[0, 1]]))
     with pytest.raises(ValueError, match="expected pos_log_q of shape"):
         torchxc.sampled_softmax_loss(z, zz, nl, zz, torch.tensor([0, 1]), pos_log_q=zz)
+
+
+def test_branches_below_2_pow_minus_24_are_drawn_at_their_probability():
+    """A branch of probability eps = 5.6e-9 (bias -19) is taken at rate eps: its first 24 random bits leave u's
+    interval undecided with probability 2^-24, and then more bits decide. (With 24 bits alone it was taken whenever
+    they were all zero: at rate 2^-24 = 6.0e-8, 8 expected draws here instead of 0.75.)"""
+    s = torchxc.TreeSampler.from_parameters(torch.zeros(1, 1), torch.tensor([-19.0]), 2)
+    z = torch.zeros(4096, 1)
+    rare = sum(int((s.sample(z, 4096, generator=torch.Generator().manual_seed(i))[0] == 1).sum()) for i in range(8))
+    assert rare <= 3

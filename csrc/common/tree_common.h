@@ -61,13 +61,38 @@ C10_HOST_DEVICE inline T softplus(T x) {
   return x > T(0) ? x + ::log1p(::exp(-x)) : ::log1p(::exp(x));
 }
 
-// sigmoid(x) as the scalar walk and the CUDA kernel compare it with the uniform: 1 / (1 + a) or a / (1 + a) with
-// a = e^{-|x|} (the CPU float32 path compares u (1 + a) with 1 or a: the same test up to rounding).
+// Branch choice at a node with logit x. With a = e^{-|x|}, the less likely branch (left when x >= 0) has probability
+// eps = a / (1 + a) <= 1/2, and the walk takes it iff its uniform u < eps. The level's Philox word gives u's first
+// 24 bits, u in [k 2^-24, (k + 1) 2^-24); they decide unless eps lies inside that interval (probability 2^-24), and
+// then u's next bits come from a Philox block of the walk's own (tree_refine_unlikely). So a branch is taken with
+// its probability eps even when eps < 2^-24 (with 24 bits alone it would be taken at 2^-24 or never).
+constexpr uint32_t kRefineCounter = 0x80000000u;  // Philox counter word of the refinement blocks (levels use l / 4)
+
+// r = (eps - k 2^-24) 2^24 in (0, 1): where eps lies in u's interval. Whether the rest of u is below r, from up to
+// four more 32-bit words (u to 152 bits).
+C10_HOST_DEVICE inline bool tree_refine_unlikely(double r, uint64_t seed, uint32_t sample, uint32_t row,
+                                                 uint32_t row_hi, int64_t level) {
+  const Philox4x32 w = philox4x32(seed, sample, row, kRefineCounter | static_cast<uint32_t>(level), row_hi);
+  for (int i = 0; i < 4; ++i) {
+    r *= 4294967296.0;  // the next 32 bits of u, j, against r 2^32
+    const double j = static_cast<double>(w.v[i]);
+    if (j + 1.0 <= r) return true;
+    if (j >= r) return false;
+    r -= j;
+  }
+  return false;  // eps within 2^-152 of an interval end
+}
+
+// Whether the walk takes the less likely branch: u < eps, u's first 24 bits from `bits`.
 template <typename T>
-C10_HOST_DEVICE inline T sigmoid_right(T x) {
-  const T a = ::exp(-::fabs(x));
-  const T inv = T(1) / (T(1) + a);
-  return x >= T(0) ? inv : a * inv;
+C10_HOST_DEVICE inline bool tree_take_unlikely(T eps, uint32_t bits, uint64_t seed, uint32_t sample, uint32_t row,
+                                               uint32_t row_hi, int64_t level) {
+  const uint32_t k = bits >> 8;
+  const T lo = static_cast<T>(k) * T(1.0 / 16777216.0), hi = static_cast<T>(k + 1) * T(1.0 / 16777216.0);
+  if (!(lo < eps)) return false;
+  if (hi <= eps) return true;
+  return tree_refine_unlikely((static_cast<double>(eps) - static_cast<double>(lo)) * 16777216.0, seed, sample, row,
+                              row_hi, level);
 }
 
 template <typename T>
@@ -80,8 +105,9 @@ C10_HOST_DEVICE inline T tree_logit(const T* __restrict__ z, const T* __restrict
 }
 
 // Draw `sample` of row `row` from q(. | z): returns the leaf and its log-probability. Level l uses the (l % 4)-th
-// word of the Philox block with counter (sample, row, l / 4): a draw depends on (seed, row, sample) alone -- not on
-// the thread that computes it, nor on how many samples the call asks for.
+// word of the Philox block with counter (sample, row, l / 4) (and, rarely, a refinement block: tree_take_unlikely):
+// a draw depends on (seed, row, sample) alone -- not on the thread that computes it, nor on how many samples the
+// call asks for.
 template <typename T>
 C10_HOST_DEVICE inline int64_t tree_draw(const T* z, const T* weight, const T* bias, int64_t k, int64_t depth,
                                          int64_t num_labels, uint64_t seed, uint64_t row, uint64_t sample, T* log_q) {
@@ -97,7 +123,10 @@ C10_HOST_DEVICE inline int64_t tree_draw(const T* z, const T* weight, const T* b
     int64_t right = 0;
     if (!right_child_empty(p, l, depth, num_labels)) {
       const T logit = tree_logit(z, weight, bias, node, k);
-      right = static_cast<T>(uniform24(r.v[l % 4])) < sigmoid_right(logit);
+      const T a = ::exp(-::fabs(logit));
+      const bool unlikely = tree_take_unlikely(a / (T(1) + a), r.v[l % 4], seed, static_cast<uint32_t>(sample),
+                                               static_cast<uint32_t>(row), static_cast<uint32_t>(row >> 32), l);
+      right = unlikely != (logit >= T(0));  // NaN: left
       lq -= softplus(right ? -logit : logit);
     }
     node = 2 * node + 1 + right;

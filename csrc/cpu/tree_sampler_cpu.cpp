@@ -36,16 +36,44 @@ constexpr int64_t kWalkBlock = 512;  // draws walked together by one thread
 // path's log probability, step to the child. empty: the right child holds only padding, the walk goes left with
 // probability 1. With a = e^-|x|, the branches have probabilities 1 / (1 + a) and a / (1 + a): the walk adds log a =
 // -|x| to lognum when it takes the a branch and multiplies den (in [1, 2^depth)) by 1 + a, so a level needs no
-// division and no logarithm: u < p_right is u (1 + a) < (1 or a), and log q = lognum - log(den) at the end.
-TORCHXC_ALWAYS_INLINE void tree_step(float x, uint32_t u, bool empty, int32_t& node, float& lognum, float& den) {
+// division and no logarithm: the a branch is taken iff u < a / (1 + a), i.e. u (1 + a) < a (tree_take_unlikely in
+// tree_common.h), and log q = lognum - log(den) at the end. refine: a / (1 + a) lies inside u's 2^-24 interval, so
+// u's 24 bits cannot decide; the walk went the a way and refine_block() settles it with more bits.
+TORCHXC_ALWAYS_INLINE void tree_step(float x, uint32_t u, bool empty, int32_t& node, float& lognum, float& den,
+                                     int32_t& refine) {  // refine: |= (one vector OR per level, no store per walk)
   const bool pos = x >= 0.0f;
   const float nabs = -std::fabs(x);
   const float a = vexp_nonpos(nabs);
   const float one_a = 1.0f + a;
-  const bool right = (uniform24(u) * one_a < bsel(pos, 1.0f, a)) & !empty;
-  lognum += bsel(!empty & (right != pos), nabs, 0.0f);  // a branch that u can take has a > 0
+  const float uu = uniform24(u);
+  const bool unlikely = (uu * one_a < a) & !empty;  // a NaN logit: false, and den becomes NaN
+  refine |= static_cast<int32_t>(unlikely & ((uu + 1.0f / 16777216.0f) * one_a > a));
+  const bool right = (unlikely != pos) & !empty;
+  lognum += bsel(unlikely, nabs, 0.0f);
   den *= bsel(empty, 1.0f, one_a);
   node = 2 * node + 1 + static_cast<int32_t>(right);
+}
+
+// After a level where some tree_step asked to refine (probability 2^-24 per walk): finds those walks again (the
+// same test; the empty ones never ask) and decides u < a / (1 + a) with u's further bits, as the scalar walk does;
+// if not, the walk takes the likely branch instead.
+void refine_block(const float* logit, const uint32_t* u32, const uint32_t* smp, const uint32_t* row,
+                  const uint32_t* hi, uint64_t seed, int64_t level, int32_t empty_from, int64_t n, int32_t* node,
+                  float* lognum) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t parent = (node[i] - 1) / 2;
+    const float nabs = -std::fabs(logit[i]);
+    const float a = vexp_nonpos(nabs), one_a = 1.0f + a, uu = uniform24(u32[i]);
+    if (parent >= empty_from || !(uu * one_a < a) || !((uu + 1.0f / 16777216.0f) * one_a > a)) continue;
+    const double lo = static_cast<double>(u32[i] >> 8) * (1.0 / 16777216.0);
+    if (tree_refine_unlikely((static_cast<double>(a / (1.0f + a)) - lo) * 16777216.0, seed, smp[i], row[i], hi[i],
+                             level)) {
+      continue;
+    }
+    const bool pos = logit[i] >= 0.0f;  // the likely branch: right iff pos (tree_step went the other way)
+    node[i] += pos ? 1 : -1;
+    lognum[i] -= nabs;
+  }
 }
 
 // logit[i] = weight[node[i]] . z[zrow[i]] + bias[node[i]] for n (node, row) pairs. Every logit is summed in the
@@ -381,10 +409,12 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
     const int64_t shift = depth - l - 1;
     const int32_t empty_from = first + static_cast<int32_t>((((num_labels - 1) >> shift) + 1) / 2);
     const uint32_t* u32 = rnd[l % 4];
-    TORCHXC_PRAGMA(omp simd)
+    int32_t any_refine = 0;
+    TORCHXC_PRAGMA(omp simd reduction(| : any_refine))
     for (int64_t i = 0; i < n; ++i) {
-      tree_step(logit[i], u32[i], node[i] >= empty_from, node[i], lognum[i], den[i]);
+      tree_step(logit[i], u32[i], node[i] >= empty_from, node[i], lognum[i], den[i], any_refine);
     }
+    if (any_refine) refine_block(logit, u32, smp, row, hi, seed, l, empty_from, n, node, lognum);
     // Fetch what each walk reads next (its node's weights and bias, or its label) ahead of the next pass, which
     // reads them in the same order: one line per walk rather than both children.
     if (!prefetch) continue;
