@@ -38,6 +38,16 @@ __device__ __forceinline__ void check_weight(acc_t w) {
                          "torchxc::sparsemax_loss: label weights must be finite and non-negative");
 }
 
+// A row's weights are divided by their sum: it and its reciprocal must be finite (as the CPU kernel checks).
+template <typename acc_t>
+__device__ __forceinline__ acc_t checked_mass(acc_t mass) {
+  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  CUDA_KERNEL_ASSERT_MSG(mass == acc_t(0) || (mass < inf && acc_t(1) / mass < inf),
+                         "torchxc::sparsemax_loss: label weights whose row sum cannot be normalised in the input's "
+                         "dtype (rescale them)");
+  return mass;
+}
+
 template <typename scalar_t, int TPR, int ITEMS, int VEC, int BLOCK, bool kIndex>
 __global__ void __launch_bounds__(BLOCK) sparsemax_loss_rows_kernel(
     const scalar_t* __restrict__ x, const int64_t* __restrict__ labels, const scalar_t* __restrict__ weights,
@@ -63,7 +73,7 @@ __global__ void __launch_bounds__(BLOCK) sparsemax_loss_rows_kernel(
       check_weight(q[i]);
       s += q[i];
     }
-    mass = row_allreduce<TPR>(s, Sum(), smem.f);
+    mass = checked_mass(row_allreduce<TPR>(s, Sum(), smem.f));
   }
   acc_t u[ITEMS];
   acc_t m, t;
@@ -128,7 +138,7 @@ __device__ __forceinline__ acc_t split_row_mass(const int64_t* labels, const acc
   } else {
     acc_t s = 0;
     for (int64_t k = threadIdx.x; k < nchunks; k += blockDim.x) s += part_mass[row * nchunks + k];
-    return row_allreduce<kChunkThreads>(s, Sum(), smem.f);
+    return checked_mass(row_allreduce<kChunkThreads>(s, Sum(), smem.f));
   }
 }
 
