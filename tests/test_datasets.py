@@ -91,6 +91,43 @@ def test_xc_format(tmp_path):
         load_xc(str(p))
 
 
+def test_xc_format_edge_cases_and_errors(tmp_path):
+    p = tmp_path / "t.txt"
+    # a UTF-8 byte-order mark, CRLF, and a row with neither labels nor features (a lone space) that stays a row
+    p.write_bytes(b"\xef\xbb\xbf3 4 3\r\n0 0:1\r\n \r\n1 1:1\r\n")
+    d = load_xc(str(p))
+    assert d.indptr.tolist() == [0, 1, 1, 2] and d.indices.tolist() == [0, 1] and d.features.shape == (3, 4)
+    assert d.features[1].abs().sum() == 0 and load_xc(str(p), dense=False).features.values().numel() == 2
+    for body, match in (("2 4 3\n1.7 0:1\n0 1:1\n", "line 2: labels must be integers"),
+                        ("2 4 3\n0 1:1\n0,x 1:1\n", "line 3: labels must be comma-separated integers"),
+                        ("2 4 3\n0 4:1\n1 1:1\n", r"line 2: feature index 4 must lie in \[0, 4\)"),
+                        ("2 4 3\n0 2:1 1:2\n1 1:1\n", "line 2: feature index 1 .* previous index 2"),
+                        ("2 4 3\n0 1:1\n1 1:x\n", "line 3: expected index:value, got '1:x'"),
+                        ("1 4.0 3\n0 1:1\n", "expected a header line 'N F L' of three integers")):
+        p.write_text(body)
+        with pytest.raises(ValueError, match=match):
+            load_xc(str(p))
+
+
+def test_arff_errors(tmp_path):
+    head = ("@relation r\n@attribute f1 numeric\n@attribute f2 numeric\n@attribute L1 {0,1}\n"
+            "@attribute L2 {0,1}\n@data\n")
+    p = tmp_path / "a.arff"
+    p.write_text(head)
+    d = load_arff(str(p), num_labels=2)  # no rows
+    assert d.features.shape == (0, 2) and d.labels.shape == (0, 2)
+    p.write_text(head + "1,2,0,1\n")
+    for bad in (0, 5, -1):
+        with pytest.raises(ValueError, match="num_labels must lie in"):
+            load_arff(str(p), num_labels=bad)
+    p.write_text(head + "1,2,0,1\n3,4,?,1\n")
+    with pytest.raises(ValueError, match="data row 1 has a missing value .* 'L1'"):
+        load_arff(str(p), num_labels=2)
+    p.write_text(head.replace("f1 numeric", "f1 {red,green}") + "red,2,0,1\n")
+    with pytest.raises(ValueError, match="attribute 'f1' is nominal with values"):
+        load_arff(str(p), num_labels=2)
+
+
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "xc")), reason="../shared/data/xc not present")
 @pytest.mark.parametrize("name,n_train,n_test,features,labels", [
     ("Bibtex/bibtex", 4880, 2515, 1836, 159), ("Delicious/delicious", 12920, 3185, 500, 983)])

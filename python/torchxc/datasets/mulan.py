@@ -51,6 +51,14 @@ def _scan_arff(path: str):
     return sparse, rows
 
 
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 def load_arff(path: str, label_names: Optional[Sequence[str]] = None, num_labels: Optional[int] = None) -> MultiLabelData:
     """Reads a multi-label ARFF file.
 
@@ -65,9 +73,21 @@ def load_arff(path: str, label_names: Optional[Sequence[str]] = None, num_labels
     with open(path, encoding="utf-8", errors="replace") as f:
         data = arff.load(f, return_type=arff.COO if sparse else arff.DENSE)
     names = [a[0] for a in data["attributes"]]
+    for name, kind in data["attributes"]:
+        if isinstance(kind, list) and not all(_is_number(v) for v in kind):
+            what = f"nominal with values {kind[:4]}"
+        elif isinstance(kind, str) and kind.upper() == "STRING":
+            what = "a string attribute"
+        else:
+            continue
+        raise ValueError(f"load_arff: {path}: attribute {name!r} is {what}; only numeric attributes (labels: 0/1) "
+                         "are supported")
     if label_names is None:
         if num_labels is None:
             raise ValueError("load_arff: give label_names or num_labels")
+        if not 1 <= num_labels <= len(names):
+            raise ValueError(f"load_arff: {path} has {len(names)} attributes, so num_labels must lie in [1, "
+                             f"{len(names)}], got {num_labels}")
         label_names = names[len(names) - num_labels:]
     index = {n: i for i, n in enumerate(names)}
     missing = [n for n in label_names if n not in index]
@@ -81,7 +101,12 @@ def load_arff(path: str, label_names: Optional[Sequence[str]] = None, num_labels
         full = np.zeros((num_rows, len(names)), dtype=np.float32)
         full[np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)] = np.asarray(values, dtype=np.float32)
     else:
-        full = np.asarray(data["data"], dtype=np.float32)
+        full = np.asarray(data["data"], dtype=np.float32).reshape(-1, len(names))  # (0, F) without rows
+    missing_at = np.argwhere(np.isnan(full))
+    if len(missing_at):  # liac-arff reads "?" as None, which becomes NaN
+        r, c = missing_at[0]
+        raise ValueError(f"load_arff: {path}: data row {r} has a missing value ('?') for attribute {names[c]!r} "
+                         f"({len(missing_at)} missing values in all); impute them first")
     return MultiLabelData(
         features=np.ascontiguousarray(full[:, feature_cols]),
         labels=full[:, label_cols] > 0.5,

@@ -36,18 +36,46 @@ class XCData:
 
 
 def load_xc(path: str, dense: bool = True) -> XCData:
-    """Reads one split (e.g. ``.../Bibtex/bibtex_train.txt``) and checks it against its header."""
+    """Reads one split (e.g. ``.../Bibtex/bibtex_train.txt``) and checks it against its header. A malformed file
+    gets an error naming its first bad line."""
+    import io
+
     from sklearn.datasets import load_svmlight_file
 
     with open(path, "rb") as f:
-        header = f.readline().split()
+        raw = f.read()
+    header_line, _, body = raw.partition(b"\n")
+    header = header_line.removeprefix(b"\xef\xbb\xbf").split()  # a UTF-8 byte-order mark is not part of N
+    try:
         if len(header) != 3:
-            raise ValueError(f"load_xc: {path}: expected a header line 'N F L', got {b' '.join(header)!r}")
+            raise ValueError
         n, num_features, num_labels = (int(v) for v in header)
-        x, y = load_svmlight_file(f, multilabel=True, n_features=num_features, zero_based=True, dtype=np.float32)
-    if x.shape[0] != n:
-        raise ValueError(f"load_xc: {path}: the header says {n} rows, the file has {x.shape[0]}")
-    labels = [sorted({int(v) for v in row}) for row in y]
+    except ValueError:
+        raise ValueError(f"load_xc: {path}: expected a header line 'N F L' of three integers, got "
+                         f"{header_line.strip()!r}") from None
+    lines = body.split(b"\n")
+    while lines and not lines[-1].strip():  # the final newline, trailing blank lines
+        lines.pop()
+    if len(lines) != n:
+        raise ValueError(f"load_xc: {path}: the header says {n} rows, the file has {len(lines)}")
+    # a row without labels and features is a blank line, which the svmlight reader would skip: give it an explicit
+    # zero (removed below) so that it stays a row
+    blank = [i for i, line in enumerate(lines) if not line.strip()]
+    if blank and num_features == 0:
+        raise ValueError(f"load_xc: {path}: line {blank[0] + 2} is empty")
+    for i in blank:
+        lines[i] = b" 0:0"
+    try:
+        x, y = load_svmlight_file(io.BytesIO(b"\n".join(lines) if blank else body), multilabel=True,
+                                  n_features=num_features, zero_based=True, dtype=np.float32)
+    except ValueError as e:
+        raise ValueError(f"load_xc: {path}: {_first_bad_line(lines, num_features) or e}") from None
+    x.eliminate_zeros()
+    labels = []
+    for i, row in enumerate(y):
+        if any(v != int(v) for v in row):
+            raise ValueError(f"load_xc: {path}: line {i + 2}: labels must be integers, got {list(row)}")
+        labels.append(sorted({int(v) for v in row}))
     flat = [v for row in labels for v in row]
     if flat and (min(flat) < 0 or max(flat) >= num_labels):
         raise ValueError(f"load_xc: {path}: label {min(flat) if min(flat) < 0 else max(flat)} outside [0, "
@@ -61,3 +89,29 @@ def load_xc(path: str, dense: bool = True) -> XCData:
         features = torch.sparse_csr_tensor(torch.from_numpy(x.indptr).long(), torch.from_numpy(x.indices).long(),
                                            torch.from_numpy(x.data), size=x.shape, check_invariants=False)
     return XCData(features, indptr, indices, num_labels)
+
+
+def _first_bad_line(lines, num_features) -> str | None:
+    """'line L: why' for the first row that is not ``l1,l2,... f:v f:v ...`` (labels integers, feature indices in
+    [0, F) and increasing, values numbers); None if every row looks fine. Only runs after a parse error."""
+    for i, line in enumerate(lines):
+        text = line.decode("utf-8", errors="replace").rstrip("\r")
+        tokens = text.split()
+        labels = tokens[0] if tokens and ":" not in tokens[0] else ""
+        features = tokens[1:] if labels else tokens
+        try:
+            [int(v) for v in labels.split(",") if v]
+        except ValueError:
+            return f"line {i + 2}: labels must be comma-separated integers, got {labels!r}"
+        last = -1
+        for tok in features:
+            idx, sep, val = tok.partition(":")
+            try:
+                j, _ = int(idx), float(val)
+            except ValueError:
+                return f"line {i + 2}: expected index:value, got {tok!r}"
+            if not sep or not last < j < num_features:
+                return (f"line {i + 2}: feature index {j} must lie in [0, {num_features}) and exceed the row's "
+                        f"previous index {last}")
+            last = j
+    return None
