@@ -217,6 +217,31 @@ def test_lanet_past_counts(tmp_path):
         assert not torch.equal(m(h, g, counts=counts), m(h, g, counts=torch.zeros_like(counts)))
 
 
+def test_lanet_candidates_put_the_window_first():
+    """On a large vocabulary the look-back window's labels get tokens before older past labels, however popular."""
+    C = 10
+    m = LANET(C, 2, d_label=8, d_time=4, n_layers=1, n_heads=2, max_tokens=3,
+              popularity=torch.arange(C, 0, -1), past_counts=True)  # label 0 the most popular
+    history = torch.zeros(1, 2, C, dtype=torch.bool)
+    history[0, 0, [8, 9]] = True  # the window: the two least popular labels
+    counts = torch.zeros(1, C)
+    counts[0, [0, 1, 2, 8, 9]] = 1.0  # older past: the three most popular
+    cand, _ = m.candidates(history, counts)
+    assert sorted(cand[0].tolist()) == [0, 8, 9]  # both window labels, then the most popular older past label
+
+
+def test_layers_refuse_fully_masked_rows_and_time_step_transformer_float64():
+    from torchxc.models.lanet import LabelAttentionLayer
+    layer = LabelAttentionLayer(8, 2, 16, 0.0, "sparsemax")
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    mask[0] = True
+    with pytest.raises(ValueError, match="every key masked"):
+        layer(torch.randn(2, 4, 8), mask)
+    t = TimeStepTransformer(12, 3, d_model=8, n_heads=2, d_ff=8).double()
+    out = t(torch.rand(4, 3, 12) < 0.3, torch.randint(1, 10, (4, 3)))
+    assert out.dtype == torch.float64 and out.shape == (4, 12)
+
+
 def _transition_reference(train: dict, vocab: list, popularity, p_labels: list, c: int, alpha: float,
                           exclude_user=None) -> float:
     """Mean over p of log P(c | p) - log pop(c), P(c | p) = (N[p, c] + alpha pop(c)) / (N[p] + alpha), counted in

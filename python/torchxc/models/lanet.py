@@ -20,8 +20,9 @@ label attention); :attr:`LANET.zero_fraction` reports the share of exactly-zero 
 forward pass in eval mode.
 
 Large vocabularies: attention over all C tokens costs O(C^2) per example. When C exceeds ``max_tokens``, the tokens
-of an example are its candidates -- every label of its history plus the ``max_tokens`` - (history size) most
-popular labels of the training data -- and the other labels get only their learned per-label bias (a popularity
+of an example are its candidates -- the labels of its look-back window first (they carry the time-gap and position
+embeddings), then (with past counts) the other labels of its whole past, then the most popular labels of the
+training data, up to ``max_tokens`` -- and the other labels get only their learned per-label bias (a popularity
 prior that every label has). With C <= max_tokens (DC: 217 labels) every label is a token.
 """
 import math
@@ -57,6 +58,9 @@ class LabelAttentionLayer(nn.Module):
         q, k, v = self.qkv(x).view(B, L, 3, self.h, D // self.h).permute(2, 0, 3, 1, 4)
         if key_padding_mask is not None and not bool(key_padding_mask.any()):
             key_padding_mask = None
+        if key_padding_mask is not None and bool(key_padding_mask.all(-1).any()):
+            raise ValueError("LabelAttentionLayer: a batch element has every key masked (key_padding_mask all True); "
+                             "its attention would be undefined")
         if self.attention == "softmax" and self.training:  # PyTorch's fused kernel; statistics only in eval
             mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -126,7 +130,7 @@ class LANET(nn.Module):
     def candidates(self, history: Tensor, counts: Tensor | None = None,
                    transitions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Token labels [B, L] and padding mask [B, L] (True = padding): every label when C <= max_tokens, else the
-        labels of the example's past first, then the others by popularity (with ``transitions``: by popularity plus
+        labels of the example's look-back window first, then those of the rest of its past, then the others by popularity (with ``transitions``: by popularity plus
         the transition lift from the whole past, i.e. by the smoothed transition probability)."""
         B = history.shape[0]
         dev = history.device
@@ -143,8 +147,9 @@ class LANET(nn.Module):
             score = self.log_popularity[None, :] + transitions[..., 1].to(self.log_popularity.dtype)
             order = torch.argsort(-score[:, self.popular], dim=1, stable=True)
             key = torch.empty_like(order).scatter_(1, self.popular[order], torch.arange(self.C, device=dev).expand(B, -1))
-        # past labels first, then the rest by the key; keep max_tokens
-        key = key - seen.long() * (self.C + 1)
+        # the look-back window's labels first (only they carry time-gap and position embeddings), then the rest of
+        # the past, then the others by the key; keep max_tokens
+        key = key - seen.long() * (self.C + 1) - history.any(1).long() * (2 * self.C + 2)
         L = self.max_tokens
         cand = torch.topk(key, L, dim=1, largest=False).indices
         return cand, torch.zeros(B, L, dtype=torch.bool, device=dev)
@@ -212,7 +217,7 @@ class TimeStepTransformer(nn.Module):
     def forward(self, history: Tensor, gap: Tensor, amount: Tensor | None = None) -> Tensor:
         B, J, C = history.shape
         pos = torch.arange(J, device=history.device).clamp(max=self.look_back - 1)
-        x = self.inp(history.float()) + self.pos(pos)[None] + self.gap(gap)
+        x = self.inp(history.to(self.inp.weight.dtype)) + self.pos(pos)[None] + self.gap(gap)
         pad = gap == 0  # padding events
         pad[:, 0] = False  # the latest step is always present
         for layer in self.layers:
