@@ -6,8 +6,12 @@ each call the GPU is held by a spin kernel (torch.cuda._sleep) for longer than t
 so the events measure the GPU's time for the work, as in a training loop whose host runs ahead, not the host's
 launch time (which bounds calls of a few microseconds: a forward+backward through autograd costs the host 100 us
 or more). The host's launch time is reported beside it (`host_ms`, time to return from the call).
-CPU work is timed with perf_counter on the same schedule. Slow providers get fewer repeats: each
-measurement repeats until `budget_s` has passed (at least `min_reps`, at most `max_reps` times).
+CPU work is timed with perf_counter on the same schedule but without a cache flush: a CPU's last-level cache can
+hold hundreds of MB (480 MB on the Xeon VM) and writing twice that before every call would cost far more than the
+calls themselves. So CPU timings are warm-cache: inputs that fit in the caches are read from them, for every
+provider alike, and a small shape's effective GB/s can exceed the copy bandwidth measured on a 256 MB tensor.
+Slow providers get fewer repeats: each measurement repeats until `budget_s` has passed (at least `min_reps`, at
+most `max_reps` times).
 """
 import csv
 import os
@@ -326,7 +330,7 @@ def print_table(rows: List[Dict], baselines: List[str], main: str = "torchxc") -
     print(head)
     print("-" * len(head))
     for r in rows:
-        if r["provider"] in baselines:
+        if r["provider"] in baselines or r["provider"] == "copy":  # copy: a reference (x.clone()), not compared
             continue
         key = dict(dtype=r["dtype"], shape=r["shape"], mode=r["mode"])
         cells = [fmt_ratio(ratio(rows, b, r["provider"], **key)) for b in baselines]

@@ -25,7 +25,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-thp", action="store_true", help="do not enable huge pages for large CPU tensors")
     ap.add_argument("--default-malloc", action="store_true", help="keep glibc's default malloc thresholds")
-    args, rest = ap.parse_known_args()
+    args = ap.parse_args()  # per-script options (--budget, --N, ...): run that script itself
     sys.path.insert(0, HERE)
     from common import setup_cpu_process
 
@@ -34,7 +34,7 @@ def main():
     for path in sorted(glob.glob(os.path.join(HERE, "bench_*.py"))):
         name = os.path.splitext(os.path.basename(path))[0]
         module = importlib.import_module(name)
-        argv = ["--device", args.device] + (["--quick"] if args.quick else []) + rest
+        argv = ["--device", args.device] + (["--quick"] if args.quick else [])
         start = time.time()
         print(f"\n######## {name} {' '.join(argv)}", flush=True)
         if module.main(argv) != 0:
