@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import torchxc
-from testing import (check_against_reference, device_ids, devices, dtypes, max_err, outputs_without_and_with,
+from testing import (check_against_reference, device_ids, devices, dtypes, max_err, num_threads,
+                     outputs_without_and_with,
                      requires_cuda)
 
 
@@ -126,11 +127,12 @@ def test_bisection_fallback(device, monkeypatch):
                                 sparsemax_reference(x, dtype=dtype), dtype)
 
 
-@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX2",
-                    reason="the AVX2 row path runs on x86 CPUs with AVX2 and without AVX-512")
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+                    reason="the AVX2 row path runs on x86 CPUs with AVX2")
 def test_portable_rows_match_avx2_rows():
     """On AVX2 CPUs the float32/bfloat16/float16 forward and backward use hand-written AVX2 rows;
-    TORCHXC_SPARSEMAX_NO_AVX2=1 forces the portable ones. Both must match the reference on every row length 1..70
+    TORCHXC_SPARSEMAX_NO_AVX2=1 forces the portable ones (on AVX-512 CPUs, TORCHXC_SPARSEMAX_NO_AVX512=1 first
+    turns the AVX-512 path off, so that the AVX2 rows run at all). Both must match the reference on every row length 1..70
     (all vector tails), rows with more candidates than the AVX2 path keeps in registers, masks, NaN and huge
     values."""
     code = (
@@ -148,7 +150,8 @@ def test_portable_rows_match_avx2_rows():
         "    out.append([torchxc.sparsemax(x.to(dt)) for x in xs])\n"
         "    back.append([torch.ops.torchxc.sparsemax_backward(gr.to(dt), p) for gr, p in zip(gs, out[-1])])\n"
         "torch.save((xs, gs, out, back), sys.argv[1])\n")
-    outs = outputs_without_and_with("TORCHXC_SPARSEMAX_NO_AVX2", code)
+    outs = outputs_without_and_with("TORCHXC_SPARSEMAX_NO_AVX2", code,
+                                    base_env={"TORCHXC_SPARSEMAX_NO_AVX512": "1"})
     xs, gs = outs[0][0], outs[0][1]
     for i, dtype in enumerate((torch.float32, torch.bfloat16, torch.float16)):
         eps = torch.finfo(dtype).eps
@@ -261,16 +264,39 @@ def test_matches_entmax(device, dtype):
 
 
 def test_result_independent_of_thread_count():
-    x = make_input((4, 300000), torch.float32, "cpu", scale=0.01)  # long-row path with many candidates
+    """One thread: rows one after another; eight threads (more than the 4 long rows): each row split across
+    threads. The forward gives the same bits (the threshold comes from the same candidates); the backward's
+    support sum is added in another order (chunks), so it agrees to rounding, and each thread count repeats its
+    own bits."""
+    x = make_input((4, 300000), torch.float32, "cpu", scale=0.01)  # many candidates
     y = make_input((500, 700), torch.float32, "cpu")
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    g = make_input((4, 300000), torch.float32, "cpu", seed=1)
+    with num_threads(1):
         a, b = torchxc.sparsemax(x), torchxc.sparsemax(y)
-        torch.set_num_threads(max(2, before))
+        ga = torch.ops.torchxc.sparsemax_backward(g, a)
+    with num_threads(8):
         assert torch.equal(a, torchxc.sparsemax(x)) and torch.equal(b, torchxc.sparsemax(y))
-    finally:
-        torch.set_num_threads(before)
+        gb = torch.ops.torchxc.sparsemax_backward(g, a)
+        assert torch.equal(gb, torch.ops.torchxc.sparsemax_backward(g, a))
+    assert max_err(ga, gb) <= 1e-6 * float(ga.abs().max()) and not torch.equal(ga, torch.zeros_like(ga))
+
+
+def test_long_row_path_matches_reference():
+    """Rows split across threads (fewer rows than threads): forward and backward against the reference, with
+    masked chunks, a row masked except two entries, and a NaN row."""
+    x = make_input((4, 2 ** 17 + 1), torch.float32, "cpu", scale=0.01)
+    x[1, : 2 ** 16 + 5] = -math.inf  # whole chunks masked
+    x[2] = -math.inf
+    x[2, [7, 100000]] = torch.tensor([0.3, 0.1])
+    x[3, 12345] = math.nan
+    g = make_input(x.shape, torch.float32, "cpu", seed=1)
+    with num_threads(8):
+        out = torchxc.sparsemax(x)
+        back = torch.ops.torchxc.sparsemax_backward(g, out)
+    check_against_reference(out, sparsemax_reference(x), None, torch.float32)
+    assert torch.allclose(out[2, [7, 100000]], torch.tensor([0.6, 0.4])) and out[2].count_nonzero() == 2
+    ref_back = sparsemax_backward_reference(g, out)
+    assert max_err(back, ref_back) <= 1e-5 * max(1.0, float(ref_back.nan_to_num().abs().max()))
 
 
 def test_nn_module():

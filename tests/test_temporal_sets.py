@@ -68,6 +68,23 @@ def test_thresholds_maximise_f1_per_label():
     assert math.isinf(thr[1].item())  # no positives
 
 
+def test_thresholds_best_f1_with_ties_against_brute_force():
+    """With heavily tied scores, the chosen threshold's F1 equals the best F1 over every threshold (a cut between
+    equal scores is not a threshold)."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        scores = torch.randint(0, 4, (12, 3), generator=g).float()
+        target = torch.rand(12, 3, generator=g) < 0.4
+        thr = tune_thresholds(scores, target)
+        for c in range(3):
+            y = target[:, c]
+            if not y.any():
+                assert math.isinf(thr[c].item())
+                continue
+            f1 = lambda t: 2 * (y & (scores[:, c] >= t)).sum().item() / ((scores[:, c] >= t).sum().item() + y.sum().item())
+            assert f1(thr[c].item()) == pytest.approx(max(f1(t.item()) for t in scores[:, c].unique()))
+
+
 SPLITS = {"train": {"u1": [["a"], ["a", "b"], ["c"]], "u2": [["b"], ["b"]]},
           "validate": {"v1": [["a"], ["z", "a"]]}, "test": {"t1": [["c"], ["b"], ["a", "c", "y"]], "t2": [["a"]]}}
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torchxc
-from testing import check_against_reference, devices, device_ids, dtypes, max_err, requires_cuda
+from testing import check_against_reference, devices, device_ids, dtypes, max_err, num_threads, requires_cuda
 
 NEG_INF = -math.inf
 
@@ -147,7 +147,8 @@ def test_extreme_magnitudes_and_masks(device, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 def test_sparse_equals_dense(device, shape, dtype):
     s, t = make_case(shape, dtype, device, density=0.01 if shape[-1] > 1000 else 0.3)
-    t.view(-1, shape[-1])[0] = False  # a row without positives
+    if t.numel() > shape[-1]:  # not the only row: (1, 2^20 + 3) is the long-row path, whose chunks need positives
+        t.view(-1, shape[-1])[0] = False  # a row without positives
     pos = dense_to_positives(t.cpu())
     pos = torch.cat([pos, pos[..., :1]], -1).to(device)  # a duplicate entry per row (counted once), and -1 padding
     mask = (torch.rand(shape[-1], generator=torch.Generator().manual_seed(2)) < 0.9).to(device)
@@ -270,15 +271,20 @@ def test_torch_compile_fullgraph(device):
 
 
 def test_result_independent_of_thread_count():
-    s, t = make_case((3, 300000), torch.float32, "cpu", density=0.001)  # long-row path
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    """One thread: rows one after another; eight threads (more than the 3 rows): each row split across threads,
+    whose chunk sums combine in another order: equal to rounding, and each thread count repeats its own bits."""
+    s, t = make_case((3, 300000), torch.float32, "cpu", density=0.001)
+    pos = dense_to_positives(t)
+    with num_threads(1):
         a = torchxc.zlpr_loss(s, t, reduction="none")
-        torch.set_num_threads(max(2, before))
-        assert torch.equal(a, torchxc.zlpr_loss(s, t, reduction="none"))
-    finally:
-        torch.set_num_threads(before)
+        b = torchxc.zlpr_loss_sparse(s, pos, reduction="none")
+    with num_threads(8):
+        c = torchxc.zlpr_loss(s, t, reduction="none")
+        assert torch.equal(c, torchxc.zlpr_loss(s, t, reduction="none"))
+        assert torch.equal(c, torchxc.zlpr_loss_sparse(s, pos, reduction="none"))
+    assert torch.equal(a, b)
+    assert max_err(a, c) <= 1e-6 * float(a.abs().max())
+    assert max_err(c, zlpr_reference(s, t)) < 1e-5 * float(a.abs().max())
 
 
 def test_nn_module():

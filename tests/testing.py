@@ -1,5 +1,6 @@
 """Shared test helpers: devices, dtypes, the low-precision tolerance rule, subprocess runs with a kernel switch
 set at load time, and a tiny temporal-sets dataset."""
+import contextlib
 import os
 import random
 import subprocess
@@ -28,19 +29,31 @@ def device_ids(devs):
     return [d.type for d in devs]
 
 
-def outputs_without_and_with(env_var: str, code: str, *args: str) -> list:
+def outputs_without_and_with(env_var: str, code: str, *args: str, base_env: dict | None = None) -> list:
     """Runs `code` in a fresh interpreter twice, without and with env_var=1 (a kernel switch read when the
     extension loads), as ``python -c code *args PATH``; the code saves its result to PATH (the last argument).
-    Returns the two loaded results."""
+    ``base_env``: variables set in both runs. Returns the two loaded results."""
     outs = []
     for flag in (False, True):
-        env = {k: v for k, v in os.environ.items() if k != env_var}
+        env = {k: v for k, v in {**os.environ, **(base_env or {})}.items() if k != env_var}
         if flag:
             env[env_var] = "1"
         path = os.path.join(tempfile.mkdtemp(), "out.pt")
         subprocess.run([sys.executable, "-c", code, *args, path], env=env, check=True)
         outs.append(torch.load(path))
     return outs
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    """torch's CPU thread count set to n inside the block (the CPU kernels split rows of >= 2^16 values across
+    threads only when there are fewer rows than threads: csrc/cpu/rows.h)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def max_err(a: torch.Tensor, b: torch.Tensor) -> float:

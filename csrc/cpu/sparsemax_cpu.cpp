@@ -163,8 +163,10 @@ TORCHXC_AVX512 double search_in_registers(const T* cand, int64_t n, int max_newt
   return sparsemax_threshold<double>(rc, max_newton);
 }
 
+// TORCHXC_SPARSEMAX_NO_AVX512=1 keeps the AVX-512 collect and register search off (an AVX-512 machine then runs the
+// AVX2 rows below, which tests compare with the portable ones).
 const bool kCpuHasAVX512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                           __builtin_cpu_supports("avx512vl");
+                           __builtin_cpu_supports("avx512vl") && std::getenv("TORCHXC_SPARSEMAX_NO_AVX512") == nullptr;
 
 // ---- float32 / bfloat16 / float16 rows on AVX2 CPUs without AVX-512 -------------------------------------
 // The row kernels written with AVX2 intrinsics: the maximum and a superset of the candidates in one pass (values
