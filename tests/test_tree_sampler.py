@@ -529,3 +529,16 @@ def test_refined_branch_choices_agree_between_float32_and_float64_walks():
         labels.append(torch.cat([s.sample(z, 4096, generator=torch.Generator().manual_seed(i))[0] for i in range(4)]))
     assert torch.equal(labels[0], labels[1])
     assert int((labels[0] == 1).sum()) >= 1  # some refinements accepted (the expected count is 2)
+
+
+@requires_cuda
+def test_cuda_refined_draws_equal_cpu_draws():
+    """The CUDA walk (tree_draw with tree_take_unlikely) refines the undecided choices as the CPU walks do."""
+    b = math.log(2.0 ** -25)
+    cpu = torchxc.TreeSampler.from_parameters(torch.zeros(1, 1), torch.tensor([b]), 2)
+    z = torch.zeros(4096, 1)
+    gpu = torchxc.TreeSampler.from_parameters(torch.zeros(1, 1), torch.tensor([b]), 2).cuda()
+    for i in range(4):
+        a = cpu.sample(z, 4096, generator=torch.Generator().manual_seed(i))[0]
+        c = gpu.sample(z.cuda(), 4096, generator=torch.Generator().manual_seed(i))[0].cpu()
+        assert torch.equal(a, c)

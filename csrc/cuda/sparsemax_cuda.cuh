@@ -238,6 +238,9 @@ inline int64_t ceil_div(int64_t a, int64_t b) {
 inline void check_cuda_row_limits(int64_t rows, int64_t d, const char* op) {
   TORCH_CHECK(d < (int64_t(1) << 31), op, ": CUDA kernels support rows of up to 2^31 - 1 elements, but got ", d);
   TORCH_CHECK(rows / 4 < (int64_t(1) << 31) - 1, op, ": CUDA kernels support up to 2^33 rows, but got ", rows);
+  // rows of more than 1024 values take a block (or, split, a finishing block) per row: gridDim.x < 2^31
+  TORCH_CHECK(d <= 1024 || rows < (int64_t(1) << 31) - 1, op, ": CUDA kernels support up to 2^31 - 2 rows of more "
+              "than 1024 values, but got ", rows);
 }
 
 // Grid for kernels indexed by (chunk, row): rows beyond the 65535 limit of gridDim.y are looped over.

@@ -201,6 +201,8 @@ struct SplitThreshold {
           rmax.mutable_data_ptr<acc_t>(), rows, d, nchunks);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    TORCH_CHECK(rows < (int64_t(1) << 31) - 1, "torchxc: the split sparsemax path supports up to 2^31 - 2 rows, got ",
+                rows);  // one finishing block per row (reachable with TORCHXC_CUDA_SPLIT_ABOVE set low)
     sparsemax_solve_kernel<scalar_t><<<static_cast<unsigned>(rows), kSolveThreads, 0, stream>>>(
         cand, counts.const_data_ptr<int>(), rmax.const_data_ptr<acc_t>(), rtau.mutable_data_ptr<acc_t>(), d, nchunks,
         max_newton);
