@@ -542,3 +542,18 @@ def test_cuda_refined_draws_equal_cpu_draws():
         a = cpu.sample(z, 4096, generator=torch.Generator().manual_seed(i))[0]
         c = gpu.sample(z.cuda(), 4096, generator=torch.Generator().manual_seed(i))[0].cpu()
         assert torch.equal(a, c)
+
+
+def test_sample_empty_batch_zero_samples_and_noncontiguous_features():
+    s = make_tree(37, 5, dtype=torch.float32)
+    lab, lq = s.sample(torch.randn(0, 5), 8)
+    assert lab.shape == (0, 8) and lq.shape == (0, 8)
+    lab, lq = s.sample(torch.randn(6, 5), 0)
+    assert lab.shape == (6, 0) and lq.shape == (6, 0)
+    base = torch.randn(5, 12, generator=torch.Generator().manual_seed(4))
+    x = base.t()[::2]  # [6, 5], non-contiguous
+    assert not x.is_contiguous()
+    a = s.sample(x, 16, generator=torch.Generator().manual_seed(1))
+    b = s.sample(x.contiguous(), 16, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(s.log_prob(x, a[0]), s.log_prob(x.contiguous(), a[0]))

@@ -374,3 +374,40 @@ def test_no_double_backward():
         g, = torch.autograd.grad(loss(), h, create_graph=True)
         with pytest.raises(RuntimeError, match="double backward"):
             (g ** 2).sum().backward()
+
+
+def test_noncontiguous_empty_and_broadcast_masks():
+    s, t = make_case((5, 4, 9), torch.float64, "cpu", kind="soft")
+    m = torch.rand(5, 1, 9, generator=torch.Generator().manual_seed(3)) < 0.7  # broadcast over the middle dim
+    for perm in ((1, 0, 2), (0, 1, 2)):
+        sv, tv = s.permute(*perm), t.permute(*perm)  # non-contiguous leading dims for (1, 0, 2)
+        mv = m.permute(*perm)
+        got = torchxc.zlpr_loss(sv, tv, mv, reduction="none")
+        assert max_err(got, zlpr_reference(sv, tv, mv)) < 1e-12
+    sv, tv = s[:, :, ::2], (t[:, :, ::2] > 0.5)  # strided class dim, hard labels
+    assert max_err(torchxc.zlpr_loss(sv, tv, reduction="none"), zlpr_reference(sv, tv)) < 1e-12
+    pos = dense_to_positives(tv)
+    assert max_err(torchxc.zlpr_loss_sparse(sv, pos[..., ::1], reduction="none"), zlpr_reference(sv, tv)) < 1e-12
+    for shape in ((0, 7), (3, 0), (2, 0, 5)):
+        x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        loss = torchxc.zlpr_loss(x, torch.zeros(shape, dtype=torch.bool), reduction="none")
+        assert loss.shape == shape[:-1] and torch.equal(loss, torch.zeros(shape[:-1], dtype=torch.float64))
+        loss.sum().backward()
+        assert x.grad.shape == shape
+    x = torch.randn(3, 6, dtype=torch.float64)
+    assert max_err(torchxc.zlpr_loss_sparse(x, torch.empty(3, 0, dtype=torch.long), reduction="none"),
+                   zlpr_reference(x, torch.zeros(3, 6, dtype=torch.bool))) < 1e-12  # P = 0: no positives
+
+
+def test_extreme_scores_value_and_gradient():
+    """Scores of +-1e30 (float32 and float64): finite losses equal to the reference, gradients 0 or +-1."""
+    for dtype in (torch.float32, torch.float64):
+        s = torch.tensor([[1e30, -1e30, 0.5, -2.0], [-1e30, 1e30, 3.0, 1e30]], dtype=dtype, requires_grad=True)
+        t = torch.tensor([[True, False, True, False], [False, True, False, True]])
+        loss = torchxc.zlpr_loss(s, t, reduction="sum")
+        ref = zlpr_reference(s.detach(), t).sum()
+        assert torch.isfinite(loss) and abs(loss.item() - ref.item()) <= 1e-6 * max(1.0, abs(ref.item()))
+        loss.backward()
+        s64 = s.detach().double().requires_grad_(True)
+        zlpr_reference(s64, t).sum().backward()
+        assert max_err(s.grad, s64.grad) < 1e-6
