@@ -103,7 +103,8 @@ def test_xc_format_edge_cases_and_errors(tmp_path):
                         ("2 4 3\n0 4:1\n1 1:1\n", r"line 2: feature index 4 must lie in \[0, 4\)"),
                         ("2 4 3\n0 2:1 1:2\n1 1:1\n", "line 2: feature index 1 .* previous index 2"),
                         ("2 4 3\n0 1:1\n1 1:x\n", "line 3: expected index:value, got '1:x'"),
-                        ("1 4.0 3\n0 1:1\n", "expected a header line 'N F L' of three integers")):
+                        ("1 4.0 3\n0 1:1\n", "expected a header line 'N F L' of three integers"),
+                        ("2 4 3\n0 1:1\n1 1:1 # 2:5\n", "line 3: unexpected '#'")):
         p.write_text(body)
         with pytest.raises(ValueError, match=match):
             load_xc(str(p))
@@ -123,6 +124,8 @@ def test_arff_errors(tmp_path):
     p.write_text(head + "1,2,0,1\n3,4,?,1\n")
     with pytest.raises(ValueError, match="data row 1 has a missing value .* 'L1'"):
         load_arff(str(p), num_labels=2)
+    with pytest.raises(ValueError, match="a label is named twice"):
+        load_arff(str(p), label_names=["L1", "L1"])
     p.write_text(head.replace("f1 numeric", "f1 {red,green}") + "red,2,0,1\n")
     with pytest.raises(ValueError, match="attribute 'f1' is nominal with values"):
         load_arff(str(p), num_labels=2)

@@ -12,6 +12,8 @@ import pytest
 import torch
 import torchxc
 from scipy.stats import chisquare
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from testing import device_ids, devices, max_err, outputs_without_and_with, requires_cuda
 
 
@@ -557,3 +559,23 @@ def test_sample_empty_batch_zero_samples_and_noncontiguous_features():
     b = s.sample(x.contiguous(), 16, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert torch.equal(s.log_prob(x, a[0]), s.log_prob(x.contiguous(), a[0]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 70), st.integers(0, 10 ** 6), st.integers(1, 5))
+def test_weight_tree_updates_equal_a_rebuilt_tree(C, seed, rounds):
+    """After random batched updates (repeats, zeros, integer weights so that sums are exact), every node of the sum
+    tree equals that of a tree built from the final weights."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randint(0, 5, (C,), generator=g).double()
+    w[0] += 1  # not all zero
+    t = torchxc.WeightTree(w)
+    for _ in range(rounds):
+        idx = torch.randint(C, (torch.randint(1, 2 * C + 1, (1,), generator=g).item(),), generator=g)
+        new = torch.randint(0, 5, idx.shape, generator=g).double()
+        t.update(idx, new)
+        last = {int(i): float(v) for i, v in zip(idx, new)}  # the last occurrence of an index wins
+        for i, v in last.items():
+            w[i] = v
+    assert torch.equal(t.weights, w)
+    assert torch.equal(t.tree, torchxc.WeightTree(w).tree)

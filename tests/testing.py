@@ -1,5 +1,6 @@
 """Shared test helpers: devices, dtypes, the low-precision tolerance rule, subprocess runs with a kernel switch
 set at load time, and a tiny temporal-sets dataset."""
+from __future__ import annotations  # X | None annotations on Python 3.9
 import contextlib
 import os
 import random

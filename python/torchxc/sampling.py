@@ -14,6 +14,7 @@ padding. Node i has a logistic classifier P(right | z) = sigmoid(w_i . z + b_i) 
 a node whose right subtree holds only padding goes left with probability 1. q(y | x) is the product of the branch
 probabilities on the path to y's leaf and sums to 1 over the C labels.
 """
+from __future__ import annotations  # X | None annotations on Python 3.9
 import math
 
 import torch

@@ -89,6 +89,8 @@ def load_arff(path: str, label_names: Optional[Sequence[str]] = None, num_labels
             raise ValueError(f"load_arff: {path} has {len(names)} attributes, so num_labels must lie in [1, "
                              f"{len(names)}], got {num_labels}")
         label_names = names[len(names) - num_labels:]
+    if len(set(label_names)) != len(label_names):
+        raise ValueError(f"load_arff: {path}: a label is named twice in {list(label_names)[:10]}...")
     index = {n: i for i, n in enumerate(names)}
     missing = [n for n in label_names if n not in index]
     if missing:

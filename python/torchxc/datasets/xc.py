@@ -1,6 +1,7 @@
 """Reader of the Extreme Classification Repository text format (Bhatia et al.): a header line ``N F L``, then one
 row per example, ``l1,l2,... f:v f:v ...`` with 0-based label and feature indices (a row without labels starts with
 a space). The rows after the header are svmlight/libsvm multi-label rows, which scikit-learn parses."""
+from __future__ import annotations  # X | None annotations on Python 3.9
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,12 @@ def load_xc(path: str, dense: bool = True) -> XCData:
     except ValueError:
         raise ValueError(f"load_xc: {path}: expected a header line 'N F L' of three integers, got "
                          f"{header_line.strip()!r}") from None
+    for token in (b"#", b"qid:"):  # svmlight extras the XC format does not have (a comment would drop features)
+        at = body.find(token)
+        if at >= 0:
+            line = body.count(b"\n", 0, at) + 2
+            raise ValueError(f"load_xc: {path} line {line}: unexpected {token.decode()!r} (the XC format has no "
+                             "comments or query ids)")
     lines = body.split(b"\n")
     while lines and not lines[-1].strip():  # the final newline, trailing blank lines
         lines.pop()

@@ -25,6 +25,7 @@ embeddings), then (with past counts) the other labels of its whole past, then th
 training data, up to ``max_tokens`` -- and the other labels get only their learned per-label bias (a popularity
 prior that every label has). With C <= max_tokens (DC: 217 labels) every label is a token.
 """
+from __future__ import annotations  # X | None annotations on Python 3.9
 import math
 
 import torch

@@ -5,6 +5,7 @@ the history; training users also give one example per prefix of their sequence (
 split is by user. The label vocabulary comes from the training users only; labels unseen in training stay in the
 targets as ``n_unseen``: they count as misses in every metric (ranking metrics, F1, micro-AUC; see metrics.py).
 """
+from __future__ import annotations  # X | None annotations on Python 3.9
 import csv
 import json
 import math

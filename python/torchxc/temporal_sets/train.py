@@ -6,6 +6,7 @@ on the validation split's NDCG@10 (patience epochs without improvement; the best
 Options: a cosine learning-rate decay to 0 over ``--epochs`` (``--lr-schedule cosine``) and an exponential moving
 average of the weights (``--ema DECAY``, updated after every step), which is then what is validated and tested.
 """
+from __future__ import annotations  # X | None annotations on Python 3.9
 import json
 import os
 import random
