@@ -56,8 +56,9 @@ TORCHXC_ALWAYS_INLINE void tree_step(float x, uint32_t u, bool empty, int32_t& n
 
 // After a level where some tree_step asked to refine (probability 2^-24 per walk): finds those walks again (the
 // same test; the empty ones never ask) and decides u < a / (1 + a) with u's further bits, as the scalar walk does;
-// if not, the walk takes the likely branch instead.
-void refine_block(const float* logit, const uint32_t* u32, const uint32_t* smp, const uint32_t* row,
+// if not, the walk takes the likely branch instead. Compiled in the same ISA clones as the walk loop, so that its
+// e^-|x| (FMA contraction included) is the one the walk's test used.
+TORCHXC_CPU_MULTIVERSION void refine_block(const float* logit, const uint32_t* u32, const uint32_t* smp, const uint32_t* row,
                   const uint32_t* hi, uint64_t seed, int64_t level, int32_t empty_from, int64_t n, int32_t* node,
                   float* lognum) {
   for (int64_t i = 0; i < n; ++i) {
