@@ -28,7 +28,7 @@ DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data",
 # target labels are new to the user); frequency_tr breaks frequency's ties by that prior instead of popularity;
 # *_ema: validated and tested with an exponential moving average of the weights (--ema 0.995, per step);
 # *_d128: token width 128 with 4 heads instead of 64 with 2; *_cos: cosine learning-rate decay over the epochs;
-# *_do2: dropout 0.2 instead of 0.1.
+# *_do2: dropout 0.2 instead of 0.1; *_smx: the paper's softmax cross-entropy over the positives instead of ZLPR.
 PC_TR_EMA = ["--model", "lanet", "--attention", "softmax", "--past-counts", "--transitions", "--ema", "0.995"]
 VARIANTS = {"frequency": ["--model", "frequency"], "transformer": ["--model", "transformer"],
             "lanet_softmax": ["--model", "lanet", "--attention", "softmax"],
@@ -42,7 +42,8 @@ VARIANTS = {"frequency": ["--model", "frequency"], "transformer": ["--model", "t
             "lanet_softmax_pc_tr_ema": PC_TR_EMA,
             "lanet_softmax_pc_tr_ema_d128": PC_TR_EMA + ["--d-model", "128", "--heads", "4"],
             "lanet_softmax_pc_tr_ema_cos": PC_TR_EMA + ["--lr-schedule", "cosine"],
-            "lanet_softmax_pc_tr_ema_do2": PC_TR_EMA + ["--dropout", "0.2"]}
+            "lanet_softmax_pc_tr_ema_do2": PC_TR_EMA + ["--dropout", "0.2"],
+            "lanet_softmax_pc_tr_ema_smx": PC_TR_EMA + ["--loss", "softmax"]}
 METRICS = ["recall@10", "ndcg@10", "phr@10", "recall@20", "ndcg@20", "micro_auc", "macro_auc", "weighted_f1",
            "micro_f1", "train_seconds"]
 # DC, DNNTSP split, as rerun in the PIETSP manuscript's table: recall@10, NDCG@10, PHR@10
