@@ -11,7 +11,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_grads_from_paths(const at::T
                                                                      const at::Tensor& weight,
                                                                      const at::Tensor& nodes, const at::Tensor& coef) {
   const int64_t B = z.size(0), k = z.size(1), depth = nodes.size(2);
-  if (nodes.numel() == 0) return {at::zeros_like(z), at::zeros_like(weight), at::zeros({weight.size(0)}, weight.options())};
+  if (nodes.numel() == 0) {
+    return {at::zeros_like(z), at::zeros_like(weight), at::zeros({weight.size(0)}, weight.options())};
+  }
   const at::Tensor c = coef * grad.to(coef.scalar_type()).unsqueeze(-1);  // [B, P, D]
   const at::Tensor flat_nodes = nodes.reshape({-1});
   at::Tensor grad_bias = at::zeros({weight.size(0)}, weight.options()).index_add_(0, flat_nodes, c.reshape({-1}));

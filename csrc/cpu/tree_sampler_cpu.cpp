@@ -38,7 +38,11 @@ constexpr int64_t kWalkBlock = 512;  // draws walked together by one thread
 // -|x| to lognum when it takes the a branch and multiplies den (in [1, 2^depth)) by 1 + a, so a level needs no
 // division and no logarithm: the a branch is taken iff u < a / (1 + a), i.e. u (1 + a) < a (tree_take_unlikely in
 // tree_common.h), and log q = lognum - log(den) at the end. refine: a / (1 + a) lies inside u's 2^-24 interval, so
-// u's 24 bits cannot decide; the walk went the a way and refine_block() settles it with more bits.
+// u's 24 bits cannot decide (undecided()); the walk went the a way and refine_block() settles it with more bits.
+TORCHXC_ALWAYS_INLINE bool undecided(float uu, float one_a, float a) {
+  return (uu * one_a < a) & ((uu + 1.0f / 16777216.0f) * one_a > a);
+}
+
 TORCHXC_ALWAYS_INLINE void tree_step(float x, uint32_t u, bool empty, int32_t& node, float& lognum, float& den,
                                      int32_t& refine) {  // refine: |= (one vector OR per level, no store per walk)
   const bool pos = x >= 0.0f;
@@ -47,7 +51,7 @@ TORCHXC_ALWAYS_INLINE void tree_step(float x, uint32_t u, bool empty, int32_t& n
   const float one_a = 1.0f + a;
   const float uu = uniform24(u);
   const bool unlikely = (uu * one_a < a) & !empty;  // a NaN logit: false, and den becomes NaN
-  refine |= static_cast<int32_t>(unlikely & ((uu + 1.0f / 16777216.0f) * one_a > a));
+  refine |= static_cast<int32_t>(undecided(uu, one_a, a) & !empty);
   const bool right = (unlikely != pos) & !empty;
   lognum += bsel(unlikely, nabs, 0.0f);
   den *= bsel(empty, 1.0f, one_a);
@@ -55,22 +59,18 @@ TORCHXC_ALWAYS_INLINE void tree_step(float x, uint32_t u, bool empty, int32_t& n
 }
 
 // After a level where some tree_step asked to refine (probability 2^-24 per walk): finds those walks again (the
-// same test; the empty ones never ask) and decides u < a / (1 + a) with u's further bits, as the scalar walk does;
-// if not, the walk takes the likely branch instead. Compiled in the same ISA clones as the walk loop, so that its
-// e^-|x| (FMA contraction included) is the one the walk's test used.
-TORCHXC_CPU_MULTIVERSION void refine_block(const float* logit, const uint32_t* u32, const uint32_t* smp, const uint32_t* row,
-                  const uint32_t* hi, uint64_t seed, int64_t level, int32_t empty_from, int64_t n, int32_t* node,
-                  float* lognum) {
+// same test; the empty ones never ask) and decides with tree_take_unlikely, as the scalar walk does; if the walk
+// should not have taken the a branch, it takes the likely one instead. Compiled in the same ISA clones as the walk
+// loop, so that its e^-|x| (FMA contraction included) is the one the walk's test used.
+TORCHXC_CPU_MULTIVERSION void refine_block(const float* logit, const uint32_t* u32, const uint32_t* smp,
+                                           const uint32_t* row, const uint32_t* hi, uint64_t seed, int64_t level,
+                                           int32_t empty_from, int64_t n, int32_t* node, float* lognum) {
   for (int64_t i = 0; i < n; ++i) {
     const int32_t parent = (node[i] - 1) / 2;
     const float nabs = -std::fabs(logit[i]);
-    const float a = vexp_nonpos(nabs), one_a = 1.0f + a, uu = uniform24(u32[i]);
-    if (parent >= empty_from || !(uu * one_a < a) || !((uu + 1.0f / 16777216.0f) * one_a > a)) continue;
-    const double lo = static_cast<double>(u32[i] >> 8) * (1.0 / 16777216.0);
-    if (tree_refine_unlikely((static_cast<double>(a / (1.0f + a)) - lo) * 16777216.0, seed, smp[i], row[i], hi[i],
-                             level)) {
-      continue;
-    }
+    const float a = vexp_nonpos(nabs), one_a = 1.0f + a;
+    if (parent >= empty_from || !undecided(uniform24(u32[i]), one_a, a)) continue;
+    if (tree_take_unlikely(a / one_a, u32[i], seed, smp[i], row[i], hi[i], level)) continue;
     const bool pos = logit[i] >= 0.0f;  // the likely branch: right iff pos (tree_step went the other way)
     node[i] += pos ? 1 : -1;
     lognum[i] -= nabs;

@@ -271,8 +271,6 @@ void sparsemax_loss_cuda_kernel(const at::Tensor& x, const at::Tensor& target, a
       xp, lp, wp, part_mass.const_data_ptr<acc_t>(), split.row_max(), split.row_tau(),
       part_loss.mutable_data_ptr<acc_t>(), rows, d, split.nchunks, ignore_index);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  TORCH_CHECK(rows < (int64_t(1) << 31) - 1, "torchxc::sparsemax_loss: the split path supports up to 2^31 - 2 rows, "
-              "got ", rows);
   sparsemax_loss_finalize_kernel<scalar_t, kIndex><<<static_cast<unsigned>(rows), kChunkThreads, 0, stream>>>(
       lp, part_mass.const_data_ptr<acc_t>(), part_loss.const_data_ptr<acc_t>(), split.row_max(), split.row_tau(), out,
       sp, d, split.nchunks, ignore_index);
