@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .zlpr import _to_input_dtype
+from .zlpr import _class_mask, _to_input_dtype
 
 __all__ = ["fused_linear_zlpr_loss"]
 
@@ -82,17 +82,10 @@ def fused_linear_zlpr_loss(
         labels2 = labels2.long()
     elif labels2.dtype != torch.bool and labels2.dtype != hidden.dtype:
         labels2 = _to_input_dtype(labels2, hidden.dtype)
-    mask2 = None
-    if mask is not None:
-        if mask.dtype != torch.bool:
-            raise TypeError(f"torchxc.fused_linear_zlpr_loss: mask must be a bool tensor, got {mask.dtype}")
-        try:
-            torch.broadcast_shapes(mask.shape, (*lead, C))
-        except RuntimeError:
-            raise ValueError(f"torchxc.fused_linear_zlpr_loss: mask of shape {tuple(mask.shape)} does not broadcast "
-                             f"to the logits' shape {(*lead, C)}") from None
-        class_mask = mask.dim() >= 1 and mask.shape[-1] == C and all(s == 1 for s in mask.shape[:-1])
-        mask2 = mask.reshape(C) if class_mask else mask.expand(*lead, C).reshape(N, C)
+    # a class mask [C], or one row of it per logits row (the logits are [*lead, C], flattened to [N, C] here)
+    mask2 = _class_mask(mask, torch.Size((*lead, C)), "torchxc.fused_linear_zlpr_loss")
+    if mask2 is not None and mask2.dim() > 1:
+        mask2 = mask2.reshape(N, C)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"torchxc.fused_linear_zlpr_loss: chunk_size must be a positive int, got {chunk_size!r}")
     if chunk_size is None:

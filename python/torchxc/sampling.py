@@ -109,8 +109,8 @@ class TreeSampler(torch.nn.Module):
         """z = (x - mean) @ projection, in the nodes' dtype."""
         x = features.to(self.node_weight.dtype)
         if self.mean is not None:
-            x = x - self.mean.to(x.dtype)
-        return x @ self.projection.to(x.dtype) if self.projection is not None else x
+            x = x - self.mean
+        return x @ self.projection if self.projection is not None else x
 
     def sample(self, features: Tensor, num_samples: int, generator: torch.Generator | None = None
                ) -> tuple[Tensor, Tensor]:

@@ -59,7 +59,7 @@ def zlpr_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None, redu
         raise ValueError("torchxc.zlpr_loss: no gradient with respect to the target; pass target.detach()")
     if target.dtype != torch.bool and target.dtype != input.dtype:
         target = _to_input_dtype(target, input.dtype)  # integer labels take the soft path, which checks their range
-    loss, _ = torch.ops.torchxc.zlpr_loss.default(input, target, _class_mask(mask, input, "torchxc.zlpr_loss"),
+    loss, _ = torch.ops.torchxc.zlpr_loss.default(input, target, _class_mask(mask, input.shape, "torchxc.zlpr_loss"),
                                                   _wants_grad(input))
     return _reduce(loss, reduction)
 
@@ -88,7 +88,7 @@ def zlpr_loss_sparse(input: Tensor, positives: Tensor, mask: Optional[Tensor] = 
     if positives.dtype != torch.long:
         positives = positives.long()
     loss, _ = torch.ops.torchxc.zlpr_loss_sparse.default(
-        input, positives, _class_mask(mask, input, "torchxc.zlpr_loss_sparse"), _wants_grad(input)
+        input, positives, _class_mask(mask, input.shape, "torchxc.zlpr_loss_sparse"), _wants_grad(input)
     )
     return _reduce(loss, reduction)
 
@@ -127,26 +127,26 @@ def _to_input_dtype(target: Tensor, dtype: torch.dtype) -> Tensor:
     return t
 
 
-def _class_mask(mask: Optional[Tensor], input: Tensor, op: str = "torchxc.zlpr_loss") -> Optional[Tensor]:
-    """A mask the kernels take: the input's shape, or [C] when it only varies along the class dim."""
+def _class_mask(mask: Optional[Tensor], shape: torch.Size, op: str = "torchxc.zlpr_loss") -> Optional[Tensor]:
+    """A mask the kernels take, for logits of `shape`: that shape, or [C] when it only varies along the class dim."""
     if mask is None:
         return None
     if mask.dtype != torch.bool:
         raise TypeError(f"{op}: mask must be a bool tensor, got {mask.dtype}")
     if mask.dim() == 0:
-        return mask.expand(input.shape[-1:]).contiguous()
-    if mask.shape == input.shape:
+        return mask.expand(shape[-1:]).contiguous()
+    if mask.shape == shape:
         return mask
     try:
-        shape = torch.broadcast_shapes(mask.shape, input.shape)
+        broadcast = torch.broadcast_shapes(mask.shape, shape)
     except RuntimeError:
-        shape = None
-    if shape != input.shape:
+        broadcast = None
+    if broadcast != shape:
         raise ValueError(f"{op}: mask of shape {tuple(mask.shape)} does not broadcast to the input's "
-                         f"shape {tuple(input.shape)}")
-    if all(s == 1 for s in mask.shape[:-1]) and mask.shape[-1] == input.shape[-1]:
-        return mask.reshape(input.shape[-1])
-    return mask.expand(input.shape)
+                         f"shape {tuple(shape)}")
+    if all(s == 1 for s in mask.shape[:-1]) and mask.shape[-1] == shape[-1]:
+        return mask.reshape(shape[-1])
+    return mask.expand(shape)
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:

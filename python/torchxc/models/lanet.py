@@ -131,8 +131,9 @@ class LANET(nn.Module):
     def candidates(self, history: Tensor, counts: Tensor | None = None,
                    transitions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Token labels [B, L] and padding mask [B, L] (True = padding): every label when C <= max_tokens, else the
-        labels of the example's look-back window first, then those of the rest of its past, then the others by popularity (with ``transitions``: by popularity plus
-        the transition lift from the whole past, i.e. by the smoothed transition probability)."""
+        labels of the example's look-back window first, then those of the rest of its past, then the others by
+        popularity (with ``transitions``: by popularity plus the transition lift from the whole past, i.e. by the
+        smoothed transition probability)."""
         B = history.shape[0]
         dev = history.device
         if self.C <= self.max_tokens:
