@@ -67,21 +67,21 @@ def measure_child(variant, N, H, C, device, dtype_name, out_path):
         with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current resident set
             f.write("5")
         before = rss_peak_kb() * 1024
-    start = time.perf_counter()
-    loss = step(variant, *inputs)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    first_seconds = time.perf_counter() - start
+
+    def timed_step():
+        for t in inputs[:3]:  # fresh gradients (backward accumulates)
+            if t is not None:
+                t.grad = None
+        start = time.perf_counter()
+        loss = step(variant, *inputs)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return loss, time.perf_counter() - start
+
+    _, first_seconds = timed_step()
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else rss_peak_kb() * 1024
     # the time: a second call, whose allocations the first has made (page faults / a cold caching allocator)
-    for t in inputs[:3]:
-        if t is not None:
-            t.grad = None
-    start = time.perf_counter()
-    loss = step(variant, *inputs)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    loss, seconds = timed_step()
     hidden, weight, bias, _ = inputs
     torch.save({"loss": loss.cpu(), "grads": [t.grad.cpu() for t in (hidden, weight, bias)],
                 "peak_extra_bytes": peak - before, "seconds": seconds, "first_seconds": first_seconds}, out_path)

@@ -14,7 +14,7 @@ import torchxc
 from scipy.stats import chisquare
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from testing import device_ids, devices, max_err, outputs_without_and_with, requires_cuda
+from testing import device_ids, devices, max_err, num_threads, outputs_without_and_with, requires_cuda
 
 
 def make_tree(C, k, dtype=torch.float64, device="cpu", seed=0, scale=1.5):
@@ -143,12 +143,8 @@ def test_seeded_draws_are_reproducible(device):
     assert torch.equal(sampler.sample(z, 32)[0], d[0])  # the default generator seeds it
     assert not torch.equal(sampler.sample(z, 32)[0], d[0])
     if device.type == "cpu":
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with num_threads(1):
             e = sampler.sample(z, 32, generator=torch.Generator().manual_seed(8))
-        finally:
-            torch.set_num_threads(before)
         assert torch.equal(e[0], a[0])
 
 
