@@ -40,9 +40,4 @@ C10_HOST_DEVICE inline Philox4x32 philox4x32(uint64_t key, uint32_t c0, uint32_t
   return {{x0, x1, x2, x3}};
 }
 
-// A uniform number in [0, 1) with 24 random bits (exactly representable in float).
-C10_HOST_DEVICE inline float uniform24(uint32_t bits) {
-  return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f);
-}
-
 }  // namespace torchxc

@@ -62,14 +62,20 @@ C10_HOST_DEVICE inline T softplus(T x) {
 }
 
 // Branch choice at a node with logit x. With a = e^{-|x|}, the less likely branch (left when x >= 0) has probability
-// eps = a / (1 + a) <= 1/2, and the walk takes it iff its uniform u < eps. The level's Philox word gives u's first
-// 24 bits, u in [k 2^-24, (k + 1) 2^-24); they decide unless eps lies inside that interval (probability 2^-24), and
-// then u's next bits come from a Philox block of the walk's own (tree_refine_unlikely). So a branch is taken with
-// its probability eps even when eps < 2^-24 (with 24 bits alone it would be taken at 2^-24 or never).
-constexpr uint32_t kRefineCounter = 0x80000000u;  // Philox counter word of the refinement blocks (levels use l / 4)
+// eps = a / (1 + a) <= 1/2, and the walk takes it iff its uniform u < eps. Level l gets u's first 16 bits from its
+// Philox block (tree_level_bits), u in [k 2^-16, (k + 1) 2^-16); they decide unless eps lies inside that interval
+// (probability 2^-16), and then u's next bits come from a Philox block of the walk's own (tree_refine_unlikely).
+// So a branch is taken with its probability eps however small eps is, and one Philox block serves eight levels.
+constexpr int64_t kTreeLevelsPerBlock = 8;         // levels l share the Philox block with counter l / 8
+constexpr uint32_t kRefineCounter = 0x80000000u;  // Philox counter word of the refinement blocks
 
-// r = (eps - k 2^-24) 2^24 in (0, 1): where eps lies in u's interval. Whether the rest of u is below r, from up to
-// four more 32-bit words (u to 152 bits).
+// u's first 16 bits at level l: half (l % 2, low half first) of word (l % 8) / 2 of the level's Philox block.
+C10_HOST_DEVICE inline uint32_t tree_level_bits(uint32_t word, int64_t level) {
+  return (word >> (16 * (level & 1))) & 0xFFFFu;
+}
+
+// r = (eps - k 2^-16) 2^16 in (0, 1): where eps lies in u's interval. Whether the rest of u is below r, from up to
+// four more 32-bit words (u to 144 bits).
 C10_HOST_DEVICE inline bool tree_refine_unlikely(double r, uint64_t seed, uint32_t sample, uint32_t row,
                                                  uint32_t row_hi, int64_t level) {
   const Philox4x32 w = philox4x32(seed, sample, row, kRefineCounter | static_cast<uint32_t>(level), row_hi);
@@ -80,18 +86,17 @@ C10_HOST_DEVICE inline bool tree_refine_unlikely(double r, uint64_t seed, uint32
     if (j >= r) return false;
     r -= j;
   }
-  return false;  // eps within 2^-152 of an interval end
+  return false;  // eps within 2^-144 of an interval end
 }
 
-// Whether the walk takes the less likely branch: u < eps, u's first 24 bits from `bits`.
+// Whether the walk takes the less likely branch: u < eps, u's first 16 bits `bits` (tree_level_bits).
 template <typename T>
 C10_HOST_DEVICE inline bool tree_take_unlikely(T eps, uint32_t bits, uint64_t seed, uint32_t sample, uint32_t row,
                                                uint32_t row_hi, int64_t level) {
-  const uint32_t k = bits >> 8;
-  const T lo = static_cast<T>(k) * T(1.0 / 16777216.0), hi = static_cast<T>(k + 1) * T(1.0 / 16777216.0);
+  const T lo = static_cast<T>(bits) * T(1.0 / 65536.0), hi = static_cast<T>(bits + 1) * T(1.0 / 65536.0);
   if (!(lo < eps)) return false;
   if (hi <= eps) return true;
-  return tree_refine_unlikely((static_cast<double>(eps) - static_cast<double>(lo)) * 16777216.0, seed, sample, row,
+  return tree_refine_unlikely((static_cast<double>(eps) - static_cast<double>(lo)) * 65536.0, seed, sample, row,
                               row_hi, level);
 }
 
@@ -104,8 +109,8 @@ C10_HOST_DEVICE inline T tree_logit(const T* __restrict__ z, const T* __restrict
   return s;
 }
 
-// Draw `sample` of row `row` from q(. | z): returns the leaf and its log-probability. Level l uses the (l % 4)-th
-// word of the Philox block with counter (sample, row, l / 4) (and, rarely, a refinement block: tree_take_unlikely):
+// Draw `sample` of row `row` from q(. | z): returns the leaf and its log-probability. Level l uses 16 bits of the
+// Philox block with counter (sample, row, l / 8) (and, rarely, a refinement block: tree_take_unlikely):
 // a draw depends on (seed, row, sample) alone -- not on the thread that computes it, nor on how many samples the
 // call asks for.
 template <typename T>
@@ -115,16 +120,17 @@ C10_HOST_DEVICE inline int64_t tree_draw(const T* z, const T* weight, const T* b
   T lq = 0;
   Philox4x32 r{{0, 0, 0, 0}};
   for (int64_t l = 0; l < depth; ++l) {
-    if (l % 4 == 0) {
-      r = philox4x32(seed, static_cast<uint32_t>(sample), static_cast<uint32_t>(row), static_cast<uint32_t>(l / 4),
-                     static_cast<uint32_t>(row >> 32));
+    if (l % kTreeLevelsPerBlock == 0) {
+      r = philox4x32(seed, static_cast<uint32_t>(sample), static_cast<uint32_t>(row),
+                     static_cast<uint32_t>(l / kTreeLevelsPerBlock), static_cast<uint32_t>(row >> 32));
     }
     const int64_t p = node - ((int64_t(1) << l) - 1);
     int64_t right = 0;
     if (!right_child_empty(p, l, depth, num_labels)) {
       const T logit = tree_logit(z, weight, bias, node, k);
       const T a = ::exp(-::fabs(logit));
-      const bool unlikely = tree_take_unlikely(a / (T(1) + a), r.v[l % 4], seed, static_cast<uint32_t>(sample),
+      const uint32_t bits = tree_level_bits(r.v[(l % kTreeLevelsPerBlock) / 2], l);
+      const bool unlikely = tree_take_unlikely(a / (T(1) + a), bits, seed, static_cast<uint32_t>(sample),
                                                static_cast<uint32_t>(row), static_cast<uint32_t>(row >> 32), l);
       right = unlikely != (logit >= T(0));  // NaN: left
       lq -= softplus(right ? -logit : logit);

@@ -11,7 +11,7 @@
 // The probability of the path is kept as the sum of the logs of the branch numerators (0 or -|logit|) and the float
 // product of the denominators, with no division or logarithm per level and one logarithm per draw at the end.
 // float64 (and float32 trees deeper than 30 levels) use the scalar walk of tree_common.h. Both draw level l with
-// the same uniform (word l % 4 of Philox block (sample, row, l / 4)), so their draws differ only where a uniform
+// the same uniform (tree_level_bits of Philox block (sample, row, l / 8)), so their draws differ only where a uniform
 // falls within rounding of a branch probability.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -22,6 +22,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
 
 #include "../common/tree_common.h"
 #include "simd.h"
@@ -37,19 +41,22 @@ constexpr int64_t kWalkBlock = 512;  // draws walked together by one thread
 // probability 1. With a = e^-|x|, the branches have probabilities 1 / (1 + a) and a / (1 + a): the walk adds log a =
 // -|x| to lognum when it takes the a branch and multiplies den (in [1, 2^depth)) by 1 + a, so a level needs no
 // division and no logarithm: the a branch is taken iff u < a / (1 + a), i.e. u (1 + a) < a (tree_take_unlikely in
-// tree_common.h), and log q = lognum - log(den) at the end. refine: a / (1 + a) lies inside u's 2^-24 interval, so
-// u's 24 bits cannot decide (undecided()); the walk went the a way and refine_block() settles it with more bits.
+// tree_common.h), and log q = lognum - log(den) at the end. refine: a / (1 + a) lies inside u's 2^-16 interval, so
+// u's first 16 bits (u16, from tree_level_bits) cannot decide (undecided()); the walk went the a way and
+// refine_block() settles it with more bits.
 TORCHXC_ALWAYS_INLINE bool undecided(float uu, float one_a, float a) {
-  return (uu * one_a < a) & ((uu + 1.0f / 16777216.0f) * one_a > a);
+  return (uu * one_a < a) & ((uu + 1.0f / 65536.0f) * one_a > a);
 }
 
-TORCHXC_ALWAYS_INLINE void tree_step(float x, uint32_t u, bool empty, int32_t& node, float& lognum, float& den,
+TORCHXC_ALWAYS_INLINE float uniform16(uint32_t u16) { return static_cast<float>(u16) * (1.0f / 65536.0f); }
+
+TORCHXC_ALWAYS_INLINE void tree_step(float x, uint32_t u16, bool empty, int32_t& node, float& lognum, float& den,
                                      int32_t& refine) {  // refine: |= (one vector OR per level, no store per walk)
   const bool pos = x >= 0.0f;
   const float nabs = -std::fabs(x);
   const float a = vexp_nonpos(nabs);
   const float one_a = 1.0f + a;
-  const float uu = uniform24(u);
+  const float uu = uniform16(u16);
   const bool unlikely = (uu * one_a < a) & !empty;  // a NaN logit: false, and den becomes NaN
   refine |= static_cast<int32_t>(undecided(uu, one_a, a) & !empty);
   const bool right = (unlikely != pos) & !empty;
@@ -69,8 +76,9 @@ TORCHXC_CPU_MULTIVERSION void refine_block(const float* logit, const uint32_t* u
     const int32_t parent = (node[i] - 1) / 2;
     const float nabs = -std::fabs(logit[i]);
     const float a = vexp_nonpos(nabs), one_a = 1.0f + a;
-    if (parent >= empty_from || !undecided(uniform24(u32[i]), one_a, a)) continue;
-    if (tree_take_unlikely(a / one_a, u32[i], seed, smp[i], row[i], hi[i], level)) continue;
+    const uint32_t u16 = tree_level_bits(u32[i], level);
+    if (parent >= empty_from || !undecided(uniform16(u16), one_a, a)) continue;
+    if (tree_take_unlikely(a / one_a, u16, seed, smp[i], row[i], hi[i], level)) continue;
     const bool pos = logit[i] >= 0.0f;  // the likely branch: right iff pos (tree_step went the other way)
     node[i] += pos ? 1 : -1;
     lognum[i] -= nabs;
@@ -344,6 +352,18 @@ TORCHXC_ALWAYS_INLINE float log_1_2(float m) {
   return 2.0f * t * series + bsel(high, kLn2, 0.0f);
 }
 
+// The size of the last-level cache (the sysconf of glibc; elsewhere 256 KiB, an L2).
+int64_t last_level_cache_bytes() {
+#if defined(_SC_LEVEL3_CACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE)
+  for (const int name : {_SC_LEVEL3_CACHE_SIZE, _SC_LEVEL2_CACHE_SIZE}) {
+    const long bytes = sysconf(name);
+    if (bytes > 0) return bytes;
+  }
+#endif
+  return int64_t(1) << 18;
+}
+const int64_t kLastLevelCacheBytes = last_level_cache_bytes();
+
 // The fast path's node numbers are int32: trees of depth <= 30 (a billion labels). Deeper trees use tree_draw.
 constexpr int64_t kMaxBlockDepth = 30;
 
@@ -385,10 +405,13 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
   }
   const auto shared = [&](int64_t l) { return (shared_rows << l) <= n / 2; };
   const int32_t leaf0 = static_cast<int32_t>((int64_t(1) << depth) - 1);  // node number of leaf 0
-  // Prefetching costs a scalar pass over the walks per level: only worth it when the nodes outgrow a 256 KiB L2.
-  const bool prefetch = int64_t(leaf0) * (k + 1) * int64_t(sizeof(float)) > (int64_t(1) << 18);
+  // Prefetching costs a scalar pass over the walks per level: only worth it when the nodes outgrow the last-level
+  // cache (out-of-order execution hides cache latency on its own).
+  const bool prefetch = int64_t(leaf0) * (k + 1) * int64_t(sizeof(float)) > kLastLevelCacheBytes;
   for (int64_t l = 0; l < depth; ++l) {
-    if (l % 4 == 0) philox_block(seed, smp, row, static_cast<uint32_t>(l / 4), hi, n, rnd);
+    if (l % kTreeLevelsPerBlock == 0) {
+      philox_block(seed, smp, row, static_cast<uint32_t>(l / kTreeLevelsPerBlock), hi, n, rnd);
+    }
     const int32_t first = static_cast<int32_t>((int64_t(1) << l) - 1);
     if (shared(l)) {
       // Upper level: every node of the level for each of the block's rows, fewer dot products than walks; the
@@ -409,11 +432,12 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
     // i.e. iff p >= ceil(C / 2^shift) / 2.
     const int64_t shift = depth - l - 1;
     const int32_t empty_from = first + static_cast<int32_t>((((num_labels - 1) >> shift) + 1) / 2);
-    const uint32_t* u32 = rnd[l % 4];
+    const uint32_t* u32 = rnd[(l % kTreeLevelsPerBlock) / 2];
+    const uint32_t half = 16 * static_cast<uint32_t>(l & 1);  // tree_level_bits, written out for the vector loop
     int32_t any_refine = 0;
     TORCHXC_PRAGMA(omp simd reduction(| : any_refine))
     for (int64_t i = 0; i < n; ++i) {
-      tree_step(logit[i], u32[i], node[i] >= empty_from, node[i], lognum[i], den[i], any_refine);
+      tree_step(logit[i], (u32[i] >> half) & 0xFFFFu, node[i] >= empty_from, node[i], lognum[i], den[i], any_refine);
     }
     if (any_refine) refine_block(logit, u32, smp, row, hi, seed, l, empty_from, n, node, lognum);
     // Fetch what each walk reads next (its node's weights and bias, or its label) ahead of the next pass, which
