@@ -65,20 +65,27 @@ TORCHXC_ALWAYS_INLINE void tree_step(float x, uint32_t u16, bool empty, int32_t&
   node = 2 * node + 1 + static_cast<int32_t>(right);
 }
 
-// After a level where some tree_step asked to refine (probability 2^-24 per walk): finds those walks again (the
-// same test; the empty ones never ask) and decides with tree_take_unlikely, as the scalar walk does; if the walk
-// should not have taken the a branch, it takes the likely one instead. Compiled in the same ISA clones as the walk
-// loop, so that its e^-|x| (FMA contraction included) is the one the walk's test used.
+// After a level where some tree_step asked to refine (probability 2^-16 per walk): finds those walks again (the
+// same test, in a vector pass; the empty ones never ask) and decides with tree_take_unlikely, as the scalar walk
+// does; if the walk should not have taken the a branch, it takes the likely one instead. Compiled in the same ISA
+// clones as the walk loop, so that its e^-|x| (FMA contraction included) is the one the walk's test used.
 TORCHXC_CPU_MULTIVERSION void refine_block(const float* logit, const uint32_t* u32, const uint32_t* smp,
                                            const uint32_t* row, const uint32_t* hi, uint64_t seed, int64_t level,
                                            int32_t empty_from, int64_t n, int32_t* node, float* lognum) {
+  alignas(64) int32_t ask[kWalkBlock];
+  const uint32_t half = 16 * static_cast<uint32_t>(level & 1);  // tree_level_bits, written out for the vector loop
+  TORCHXC_PRAGMA(omp simd)
   for (int64_t i = 0; i < n; ++i) {
-    const int32_t parent = (node[i] - 1) / 2;
     const float nabs = -std::fabs(logit[i]);
     const float a = vexp_nonpos(nabs), one_a = 1.0f + a;
-    const uint32_t u16 = tree_level_bits(u32[i], level);
-    if (parent >= empty_from || !undecided(uniform16(u16), one_a, a)) continue;
-    if (tree_take_unlikely(a / one_a, u16, seed, smp[i], row[i], hi[i], level)) continue;
+    ask[i] = static_cast<int32_t>(((node[i] - 1) / 2 < empty_from) &
+                                  undecided(uniform16((u32[i] >> half) & 0xFFFFu), one_a, a));
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (!ask[i]) continue;
+    const float nabs = -std::fabs(logit[i]);
+    const float a = vexp_nonpos(nabs), one_a = 1.0f + a;
+    if (tree_take_unlikely(a / one_a, tree_level_bits(u32[i], level), seed, smp[i], row[i], hi[i], level)) continue;
     const bool pos = logit[i] >= 0.0f;  // the likely branch: right iff pos (tree_step went the other way)
     node[i] += pos ? 1 : -1;
     lognum[i] -= nabs;
