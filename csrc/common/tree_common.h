@@ -69,6 +69,8 @@ C10_HOST_DEVICE inline T softplus(T x) {
 constexpr int64_t kTreeLevelsPerBlock = 8;         // levels l share the Philox block with counter l / 8
 constexpr uint32_t kRefineCounter = 0x80000000u;  // Philox counter word of the refinement blocks
 
+static_assert(kTreeLevelsPerBlock == 2 * 4, "a Philox4x32 block holds eight 16-bit levels (tree_level_bits)");
+
 // u's first 16 bits at level l: half (l % 2, low half first) of word (l % 8) / 2 of the level's Philox block.
 C10_HOST_DEVICE inline uint32_t tree_level_bits(uint32_t word, int64_t level) {
   return (word >> (16 * (level & 1))) & 0xFFFFu;
