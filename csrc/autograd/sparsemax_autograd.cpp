@@ -55,9 +55,11 @@ struct SparsemaxLossFunction : public torch::autograd::Function<SparsemaxLossFun
             .call(input, target, ignore_index);
     ctx->save_for_backward({input, target, stats});
     ctx->mark_non_differentiable({stats});
+    ctx->set_materialize_grads(false);  // no zeros for stats before every backward
     return {loss, stats};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
     const variable_list saved = ctx->get_saved_variables();
     return once_differentiable("torchxc::sparsemax_loss", [&]() -> variable_list {
       at::Tensor grad = TORCHXC_OP("torchxc::sparsemax_loss_backward",

@@ -23,9 +23,13 @@ struct ZlprFunction : public torch::autograd::Function<ZlprFunction<Tag>> {
     ctx->save_for_backward({grad});
     ctx->saved_data["compute_grad"] = compute_grad;
     ctx->mark_non_differentiable({grad});
+    // The stored-gradient output gets no gradient: without this, autograd would fill an input-sized tensor of
+    // zeros for it before every backward (a quarter of the forward+backward time at 1024x32768 on the CPU).
+    ctx->set_materialize_grads(false);
     return {loss, grad};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     TORCH_CHECK(ctx->saved_data["compute_grad"].toBool(), Tag::name,
                 ": backward needs the gradient, but the op ran with compute_grad=False");
     const at::Tensor grad = ctx->get_saved_variables()[0];
