@@ -6,7 +6,7 @@
 # Logs and benchmark results are written to $WORK (default $OUT/work, $OUT defaults to ./gpu-check-out) and packed
 # into $OUT/gpu_check.tgz after every step, with a one-line-per-step $OUT/summary.txt, so that a run cut short still
 # returns what it did. Each step has a time limit in seconds (T_BUILD, T_TEST_CUDA, T_TEST_REST, T_HOST_OVERHEAD,
-# T_BENCH_SPARSEMAX, T_BENCH_ZLPR, T_BENCH_TREE, T_BENCH_FUSED, T_MEMCHECK, T_RACECHECK, T_SPLIT_PATHS,
+# T_BENCH_SPARSEMAX, T_BENCH_ZLPR, T_PROFILE, T_BENCH_TREE, T_BENCH_FUSED, T_MEMCHECK, T_RACECHECK, T_SPLIT_PATHS,
 # T_SPLIT_MEMCHECK, T_TUNE), so that one slow step cannot starve the rest. On an H200 the steps took: CUDA test cases
 # 27-33 s (8 workers), the rest of the tests 72 s, benchmarks 80 s (host time per call, tools/host_overhead.py, first),
 # memcheck 22 s, racecheck 52 s, split-paths 28 s.
@@ -90,6 +90,7 @@ for step in "${STEPS[@]}"; do
         --budget "${BENCH_BUDGET:-0.2}" --out "$R"
       run bench_zlpr "${T_BENCH_ZLPR:-120}" $PY benchmarks/bench_zlpr.py --device cuda \
         --budget "${BENCH_BUDGET:-0.2}" --out "$R"
+      TAIL=60 run profile_kernels "${T_PROFILE:-90}" $PY tools/profile_kernels.py --device cuda --out "$R"
       run bench_tree_sampler "${T_BENCH_TREE:-90}" $PY benchmarks/bench_tree_sampler.py --device cuda \
         --budget "${BENCH_BUDGET_TREE:-0.5}" --out "$R"
       run bench_fused_linear_zlpr "${T_BENCH_FUSED:-90}" $PY benchmarks/bench_fused_linear_zlpr.py --device cuda \
