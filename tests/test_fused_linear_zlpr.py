@@ -128,3 +128,26 @@ def test_no_double_backward_and_no_gradients_under_no_grad():
         loss = torchxc.fused_linear_zlpr_loss(h, w, None, t)
     assert not loss.requires_grad
     assert loss.item() == pytest.approx(torchxc.zlpr_loss(h @ w.T, t).item(), rel=1e-12)
+
+
+def test_backward_hands_on_stored_gradients_safely():
+    """loss.backward() (seed 1) gets the stored gradients themselves (no second [C, H] weight gradient at the
+    peak); another seed scales them; with a retained graph a second backward gives the same gradients, and one
+    after a returned gradient was modified in place raises instead of using it."""
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(40, 24, generator=g, requires_grad=True)
+    W = torch.randn(300, 24, generator=g, requires_grad=True)
+    b = torch.zeros(300, requires_grad=True)
+    t = torch.rand(40, 300, generator=g) < 0.03
+    ref = torch.autograd.grad(torchxc.zlpr_loss(torch.addmm(b, h, W.t()), t), [h, W, b])
+    torchxc.fused_linear_zlpr_loss(h, W, b, t).backward()
+    assert all(max_err(x.grad, r) < 1e-5 for x, r in zip((h, W, b), ref))
+    scaled = torch.autograd.grad(torchxc.fused_linear_zlpr_loss(h, W, b, t) * -2.5, [h, W, b])
+    assert all(max_err(s, -2.5 * r) < 1e-5 for s, r in zip(scaled, ref))
+    loss = torchxc.fused_linear_zlpr_loss(h, W, b, t)
+    first = torch.autograd.grad(loss, [h, W, b], retain_graph=True)
+    second = torch.autograd.grad(loss, [h, W, b], retain_graph=True)
+    assert all(torch.equal(x, y) for x, y in zip(first, second))
+    first[1].mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(loss, [W])

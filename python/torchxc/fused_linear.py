@@ -197,12 +197,17 @@ def _backward(ctx, grad_loss, _gh, _gw, _gb):
     if grad_loss is None:  # only the (non-differentiable) gradient outputs were used
         return None, None, None, None, None, None, None, None, None
     with torch.no_grad():
-        out = (
-            grad_h * grad_loss.to(grad_h.dtype) if want_h else None,
-            grad_w * grad_loss.to(grad_w.dtype) if want_w else None,
-            grad_b * grad_loss.to(grad_b.dtype) if want_b else None,
-            None, None, None, None, None, None,
-        )
+        # loss.backward() seeds 1: the stored gradients are handed on themselves, so that the peak holds one [C, H]
+        # weight gradient, not two (once this node's saved tensors are released, autograd moves them into .grad
+        # without a copy). On a GPU the test costs one host sync. With a retained graph this stays safe: a
+        # returned gradient modified in place makes a second backward raise (the saved-tensor version check).
+        one = bool(grad_loss == 1)
+
+        def scaled(g):
+            return g if one else g * grad_loss.to(g.dtype)
+
+        out = (scaled(grad_h) if want_h else None, scaled(grad_w) if want_w else None,
+               scaled(grad_b) if want_b else None, None, None, None, None, None, None)
     return _no_double_backward(out)
 
 
