@@ -1,5 +1,10 @@
 """torchxc.fused_linear_zlpr_loss equals zlpr_loss on the materialised logits, in value and gradients."""
 import math
+import os
+import subprocess
+import sys
+import tempfile
+
 import pytest
 import torch
 
@@ -151,3 +156,26 @@ def test_backward_hands_on_stored_gradients_safely():
     first[1].mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         torch.autograd.grad(loss, [W])
+
+
+def test_compiled_backward_scales_by_any_seed():
+    """Under torch.compile the backward is traced without the seed's value, so it must not branch on it (it always
+    scales). Run as a script with its own compile cache: a compiled module-level function, seeds 1 and 3, against
+    eager zlpr_loss."""
+    code = (
+        "import torch, torchxc\n"
+        "torch.manual_seed(0)\n"
+        "h, w, b = torch.randn(6, 5), torch.randn(9, 5), torch.randn(9)\n"
+        "lab = torch.rand(6, 9) < 0.3\n"
+        "f = torch.compile(lambda h, w, b: torchxc.fused_linear_zlpr_loss(h, w, b, lab, chunk_size=2), fullgraph=True)\n"
+        "for seed in (1.0, 3.0):\n"
+        "    ts = [t.clone().requires_grad_(True) for t in (h, w, b)]\n"
+        "    tu = [t.clone().requires_grad_(True) for t in (h, w, b)]\n"
+        "    a = torch.autograd.grad(f(*ts) * seed, ts)\n"
+        "    r = torch.autograd.grad(torchxc.zlpr_loss(torch.addmm(tu[2], tu[0], tu[1].t()), lab) * seed, tu)\n"
+        "    assert max((x - y).abs().max().item() for x, y in zip(a, r)) < 1e-5, seed\n"
+        "print('ok')\n")
+    with tempfile.TemporaryDirectory() as cache:  # a fresh compile cache: no backward traced by another build
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

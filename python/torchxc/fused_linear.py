@@ -190,6 +190,12 @@ def _no_double_backward(outputs):
     return tuple(out)
 
 
+def _is_traced(t: Tensor) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+
+    return torch.compiler.is_compiling() or is_fake(t)
+
+
 def _backward(ctx, grad_loss, _gh, _gw, _gb):
     # The gradients were computed with the loss; the backward only scales them by the incoming scalar.
     grad_h, grad_w, grad_b = ctx.saved_tensors
@@ -201,7 +207,8 @@ def _backward(ctx, grad_loss, _gh, _gw, _gb):
         # weight gradient, not two (once this node's saved tensors are released, autograd moves them into .grad
         # without a copy). On a GPU the test costs one host sync. With a retained graph this stays safe: a
         # returned gradient modified in place makes a second backward raise (the saved-tensor version check).
-        one = bool(grad_loss == 1)
+        # When traced (torch.compile) the value is unknown: the traced backward always scales.
+        one = not _is_traced(grad_loss) and bool(grad_loss == 1)
 
         def scaled(g):
             return g if one else g * grad_loss.to(g.dtype)
