@@ -13,6 +13,17 @@ import torch
 
 import torchxc
 
+# torch.compile tests compile against this build, not against graphs cached by an earlier one: AOTAutograd's cache
+# can hand back a backward traced from an older build's Python autograd code (a traced-backward failure of the
+# fused loss passed that way). A fresh inductor cache per test process, removed at exit; an explicit
+# TORCHINDUCTOR_CACHE_DIR is kept.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="torchxc-test-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
+
 dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 grad_dtypes = [torch.float32, torch.float64]
 
