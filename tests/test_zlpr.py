@@ -430,3 +430,50 @@ def test_backward_fills_no_zeros_for_the_extra_outputs(loss):
     ref = x.detach().clone().requires_grad_(True)
     getattr(torchxc, loss)(ref, target).backward()
     assert torch.equal(g, ref.grad)
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("dtype", dtypes, ids=str)
+def test_backward_hands_on_the_stored_gradient(device, dtype):
+    """A mean (grad_scale = 1 / rows, rounded as mean's backward rounds it) or a sum of the rows, seeded with 1,
+    hands the stored gradient on (no input-sized multiply in the backward); any other seed scales it; with a
+    retained graph a second backward gives the same gradient, and one after the returned gradient was modified in
+    place raises."""
+    from torch.profiler import ProfilerActivity, profile
+
+    s, t = make_case((3 * 1021, 40), dtype, device)
+    for reduction in ("mean", "sum"):
+        x = s.clone().requires_grad_(True)
+        want = zlpr_reference(s, t).mean() if reduction == "mean" else zlpr_reference(s, t).sum()
+        xr = s.double().clone().requires_grad_(True)
+        (ref,) = torch.autograd.grad(zlpr_reference(xr, t).mean() if reduction == "mean"
+                                     else zlpr_reference(xr, t).sum(), xr)
+        loss = torchxc.zlpr_loss(x, t, reduction=reduction)
+        tol = 2e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-6
+        assert max_err(loss, want) < tol * want.abs().item()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            (g,) = torch.autograd.grad(loss, x, retain_graph=True)
+        big = [e.name for e in prof.events()
+               if e.name in ("aten::mul", "aten::div") and e.input_shapes and list(e.input_shapes[0]) == list(s.shape)]
+        if device.type == "cpu":
+            assert not big, big
+        assert max_err(g, ref) < tol * ref.abs().max().item()
+        (again,) = torch.autograd.grad(loss, x, retain_graph=True)
+        assert torch.equal(g, again)
+        (scaled,) = torch.autograd.grad(loss * -3.0, x, retain_graph=True)
+        assert max_err(scaled, -3.0 * ref) < 3 * tol * ref.abs().max().item()
+        g.mul_(2)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            torch.autograd.grad(loss, x)
+
+
+def test_grad_scale_argument():
+    s, t = make_case((6, 11), torch.float32, torch.device("cpu"))
+    loss1, g1 = torch.ops.torchxc.zlpr_loss.default(s, t, None, True)
+    loss2, g2 = torch.ops.torchxc.zlpr_loss.default(s, t, None, True, 0.25)
+    assert torch.equal(loss1, loss2) and max_err(g2, 0.25 * g1) < 1e-7
+    pos = dense_to_positives(t)
+    _, g3 = torch.ops.torchxc.zlpr_loss_sparse.default(s, pos, None, True, 0.25)
+    assert max_err(g3, g2) < 1e-7
+    with pytest.raises(RuntimeError, match="torchxc::zlpr_loss: expected a finite grad_scale, but got inf"):
+        torch.ops.torchxc.zlpr_loss.default(s, t, None, True, math.inf)

@@ -1,7 +1,9 @@
 // Autograd of the ZLPR losses (see autograd_common.h). The forward kernel computes the loss and, when
-// compute_grad, its gradient in the same pass; the backward only scales that stored gradient by the incoming
-// row gradients. The stored gradient is an output without gradient of its own: differentiating the backward again
-// raises (once_differentiable in autograd_common.h).
+// compute_grad, its gradient (times grad_scale) in the same pass; the backward scales that stored gradient by the
+// incoming row gradients (divided by grad_scale), or hands it on when they all equal grad_scale. The stored
+// gradient is an output without gradient of its own: differentiating the backward again raises
+// (once_differentiable in autograd_common.h).
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/library.h>
 
 #include "autograd_common.h"
@@ -12,16 +14,30 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using ZlprSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                   const std::optional<at::Tensor>&, bool);
+                                                   const std::optional<at::Tensor>&, bool, double);
+
+// Whether go is grad_scale in every element, so that the stored gradient (already scaled by grad_scale) is the
+// answer itself. False while tracing (torch.compile, fake or functional tensors: the value is unknown there, and the
+// traced backward always scales) and for empty go. On a GPU the test costs one host sync.
+bool incoming_is_grad_scale(const at::Tensor& go, double grad_scale) {
+  constexpr auto traced = c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
+                                               c10::DispatchKey::Functionalize});
+  if (go.key_set().has_any(traced) || c10::impl::TorchDispatchModeTLS::any_modes_set() ||
+      go.unsafeGetTensorImpl()->has_symbolic_sizes_strides() || go.is_meta() || go.numel() == 0) {
+    return false;
+  }
+  return (go == grad_scale).all().item<bool>();  // called under no_grad (once_differentiable)
+}
 
 template <typename Tag>
 struct ZlprFunction : public torch::autograd::Function<ZlprFunction<Tag>> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& labels,
-                               const std::optional<at::Tensor>& mask, bool compute_grad) {
+                               const std::optional<at::Tensor>& mask, bool compute_grad, double grad_scale) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [loss, grad] = TORCHXC_OP(Tag::name, ZlprSig).call(input, labels, mask, compute_grad);
+    auto [loss, grad] = TORCHXC_OP(Tag::name, ZlprSig).call(input, labels, mask, compute_grad, grad_scale);
     ctx->save_for_backward({grad});
     ctx->saved_data["compute_grad"] = compute_grad;
+    ctx->saved_data["grad_scale"] = grad_scale;
     ctx->mark_non_differentiable({grad});
     // The stored-gradient output gets no gradient: without this, autograd would fill an input-sized tensor of
     // zeros for it before every backward (a quarter of the forward+backward time at 1024x32768 on the CPU).
@@ -29,12 +45,24 @@ struct ZlprFunction : public torch::autograd::Function<ZlprFunction<Tag>> {
     return {loss, grad};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const variable_list none = {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    if (!grads[0].defined()) return none;
     TORCH_CHECK(ctx->saved_data["compute_grad"].toBool(), Tag::name,
                 ": backward needs the gradient, but the op ran with compute_grad=False");
     const at::Tensor grad = ctx->get_saved_variables()[0];
+    const double grad_scale = ctx->saved_data["grad_scale"].toDouble();
     return once_differentiable(Tag::name, [&]() -> variable_list {
-      return {grad * grads[0].unsqueeze(-1).to(grad.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor()};
+      variable_list out = none;
+      // The common case (a mean or sum of the rows, seed 1): hand on the stored gradient itself, with no second
+      // input-sized tensor. A retained graph stays safe: modifying the returned gradient in place makes a second
+      // backward raise (the saved variable's version check).
+      if (incoming_is_grad_scale(grads[0], grad_scale)) {
+        out[0] = grad;
+      } else {
+        const at::Tensor go = grad_scale == 1.0 ? grads[0] : grads[0] / grad_scale;
+        out[0] = grad * go.unsqueeze(-1).to(grad.scalar_type());
+      }
+      return out;
     });
   }
 };
@@ -48,8 +76,9 @@ struct Sparse {
 
 template <typename Tag>
 std::tuple<at::Tensor, at::Tensor> zlpr_autograd(const at::Tensor& input, const at::Tensor& labels,
-                                                 const std::optional<at::Tensor>& mask, bool compute_grad) {
-  const variable_list out = ZlprFunction<Tag>::apply(input, labels, mask, compute_grad);
+                                                 const std::optional<at::Tensor>& mask, bool compute_grad,
+                                                 double grad_scale) {
+  const variable_list out = ZlprFunction<Tag>::apply(input, labels, mask, compute_grad, grad_scale);
   return {out[0], out[1]};
 }
 

@@ -170,6 +170,7 @@ template <typename S, ZlprLabels L, bool kMask>
 struct ZlprRow {
   using T = acc_t<S>;
   const char* op;
+  double grad_scale;  // multiplies the stored gradient (folded into the row's normalisers)
 
   // Values zlpr_sum stores per class for the gradient pass: e1 (in the gradient itself when S is T), and e2 for
   // soft labels.
@@ -225,7 +226,7 @@ struct ZlprRow {
     if (grad) {
       const double zneg = std::exp(-static_cast<double>(mx.m_neg)) + sneg;
       const double zpos = std::exp(-static_cast<double>(mx.m_pos)) + spos;
-      const T inv_zneg = static_cast<T>(1.0 / zneg), inv_zpos = static_cast<T>(1.0 / zpos);
+      const T inv_zneg = static_cast<T>(grad_scale / zneg), inv_zpos = static_cast<T>(grad_scale / zpos);
       auto write = [&](int64_t c0, int64_t n) {
         zlpr_scale<S, L>(e1 + c0, e2 ? e2 + c0 : nullptr, grad + c0, n, inv_zneg, inv_zpos);
       };
@@ -253,7 +254,7 @@ struct ZlprRow {
 };
 
 template <typename S, ZlprLabels L>
-void zlpr_cpu_kernel(const ZlprProblem& P, const char* op) {
+void zlpr_cpu_kernel(const ZlprProblem& P, double grad_scale, const char* op) {
   const int64_t rows = P.rows, d = P.d;
   const S* x = P.x.const_data_ptr<S>();
   S* loss = P.loss.mutable_data_ptr<S>();
@@ -299,22 +300,23 @@ void zlpr_cpu_kernel(const ZlprProblem& P, const char* op) {
     });
   };
   if (mask) {
-    run(ZlprRow<S, L, true>{op});
+    run(ZlprRow<S, L, true>{op, grad_scale});
   } else {
-    run(ZlprRow<S, L, false>{op});
+    run(ZlprRow<S, L, false>{op, grad_scale});
   }
 }
 
 std::tuple<at::Tensor, at::Tensor> zlpr_loss_cpu(const at::Tensor& input, const at::Tensor& target,
-                                                 const c10::optional<at::Tensor>& mask, bool compute_grad) {
+                                                 const c10::optional<at::Tensor>& mask, bool compute_grad,
+                                                 double grad_scale) {
   constexpr const char* op = "torchxc::zlpr_loss";
-  ZlprProblem P = ZlprProblem::make(input, target, mask, compute_grad, /*sparse=*/false, op);
+  ZlprProblem P = ZlprProblem::make(input, target, mask, compute_grad, grad_scale, /*sparse=*/false, op);
   if (P.rows > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "zlpr_loss_cpu", [&] {
       if (target.scalar_type() == at::kBool) {
-        zlpr_cpu_kernel<scalar_t, ZlprLabels::kHard>(P, op);
+        zlpr_cpu_kernel<scalar_t, ZlprLabels::kHard>(P, grad_scale, op);
       } else {
-        zlpr_cpu_kernel<scalar_t, ZlprLabels::kSoft>(P, op);
+        zlpr_cpu_kernel<scalar_t, ZlprLabels::kSoft>(P, grad_scale, op);
       }
     });
   }
@@ -322,12 +324,13 @@ std::tuple<at::Tensor, at::Tensor> zlpr_loss_cpu(const at::Tensor& input, const 
 }
 
 std::tuple<at::Tensor, at::Tensor> zlpr_loss_sparse_cpu(const at::Tensor& input, const at::Tensor& positives,
-                                                        const c10::optional<at::Tensor>& mask, bool compute_grad) {
+                                                        const c10::optional<at::Tensor>& mask, bool compute_grad,
+                                                        double grad_scale) {
   constexpr const char* op = "torchxc::zlpr_loss_sparse";
-  ZlprProblem P = ZlprProblem::make(input, positives, mask, compute_grad, /*sparse=*/true, op);
+  ZlprProblem P = ZlprProblem::make(input, positives, mask, compute_grad, grad_scale, /*sparse=*/true, op);
   if (P.rows > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "zlpr_loss_sparse_cpu", [&] {
-      zlpr_cpu_kernel<scalar_t, ZlprLabels::kBits>(P, op);
+      zlpr_cpu_kernel<scalar_t, ZlprLabels::kBits>(P, grad_scale, op);
     });
   }
   return {P.loss, P.grad};

@@ -297,10 +297,17 @@ void zlpr_cuda_kernel(const ZlprProblem& P, const void* labels, int64_t words, c
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// grad_scale on the GPU: one in-place pass after the kernels for now (the CPU folds it into the row's normalisers;
+// doing the same in these kernels saves the pass, to be measured on a GPU first).
+void scale_grad(ZlprProblem& P, double grad_scale) {
+  if (grad_scale != 1.0 && P.grad.numel() > 0) P.grad.mul_(grad_scale);
+}
+
 std::tuple<at::Tensor, at::Tensor> zlpr_loss_cuda(const at::Tensor& input, const at::Tensor& target,
-                                                  const c10::optional<at::Tensor>& mask, bool compute_grad) {
+                                                  const c10::optional<at::Tensor>& mask, bool compute_grad,
+                                                  double grad_scale) {
   constexpr const char* op = "torchxc::zlpr_loss";
-  ZlprProblem P = ZlprProblem::make(input, target, mask, compute_grad, /*sparse=*/false, op);
+  ZlprProblem P = ZlprProblem::make(input, target, mask, compute_grad, grad_scale, /*sparse=*/false, op);
   check_cuda_row_limits(P.rows, P.d, op);
   if (P.rows == 0) return {P.loss, P.grad};
   const c10::cuda::CUDAGuard guard(input.device());
@@ -312,13 +319,15 @@ std::tuple<at::Tensor, at::Tensor> zlpr_loss_cuda(const at::Tensor& input, const
       zlpr_cuda_kernel<scalar_t, ZlprLabels::kSoft>(P, P.labels.const_data_ptr<scalar_t>(), 0, stream);
     }
   });
+  scale_grad(P, grad_scale);
   return {P.loss, P.grad};
 }
 
 std::tuple<at::Tensor, at::Tensor> zlpr_loss_sparse_cuda(const at::Tensor& input, const at::Tensor& positives,
-                                                         const c10::optional<at::Tensor>& mask, bool compute_grad) {
+                                                         const c10::optional<at::Tensor>& mask, bool compute_grad,
+                                                         double grad_scale) {
   constexpr const char* op = "torchxc::zlpr_loss_sparse";
-  ZlprProblem P = ZlprProblem::make(input, positives, mask, compute_grad, /*sparse=*/true, op);
+  ZlprProblem P = ZlprProblem::make(input, positives, mask, compute_grad, grad_scale, /*sparse=*/true, op);
   check_cuda_row_limits(P.rows, P.d, op);
   if (P.rows == 0) return {P.loss, P.grad};
   const c10::cuda::CUDAGuard guard(input.device());
@@ -337,6 +346,7 @@ std::tuple<at::Tensor, at::Tensor> zlpr_loss_sparse_cuda(const at::Tensor& input
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "zlpr_loss_sparse_cuda", [&] {
     zlpr_cuda_kernel<scalar_t, ZlprLabels::kBits>(P, bits.const_data_ptr<int>(), words, stream);
   });
+  scale_grad(P, grad_scale);
   return {P.loss, P.grad};
 }
 

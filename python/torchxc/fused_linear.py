@@ -135,12 +135,11 @@ def _fused_linear_zlpr(
         h = hidden[start:end]
         logits = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
         m = mask if mask is None or mask.dim() == 1 else mask[start:end]
-        loss, g = op(logits, labels[start:end], m, need_grad)
+        loss, g = op(logits, labels[start:end], m, need_grad, scale if need_grad else 1.0)  # g: scale * dL/dlogits
         total += loss.sum(dtype=total.dtype)
         del logits
         if not need_grad:
             continue
-        g.mul_(scale)
         if want_h:
             torch.mm(g, weight, out=grad_h[start:end])
         if want_w:

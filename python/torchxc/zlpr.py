@@ -22,6 +22,8 @@ What torchxc does differently from the formulas usually copied around:
 Masked classes (mask False) and -inf scores are excluded from both sums. Scores should otherwise be finite: a NaN
 score makes its row's loss and gradient NaN.
 """
+import math
+import struct
 from typing import Optional, Tuple
 
 import torch
@@ -60,7 +62,7 @@ def zlpr_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None, redu
     if target.dtype != torch.bool and target.dtype != input.dtype:
         target = _to_input_dtype(target, input.dtype)  # integer labels take the soft path, which checks their range
     loss, _ = torch.ops.torchxc.zlpr_loss.default(input, target, _class_mask(mask, input.shape, "torchxc.zlpr_loss"),
-                                                  _wants_grad(input))
+                                                  _wants_grad(input), _grad_scale(input, reduction))
     return _reduce(loss, reduction)
 
 
@@ -88,7 +90,8 @@ def zlpr_loss_sparse(input: Tensor, positives: Tensor, mask: Optional[Tensor] = 
     if positives.dtype != torch.long:
         positives = positives.long()
     loss, _ = torch.ops.torchxc.zlpr_loss_sparse.default(
-        input, positives, _class_mask(mask, input.shape, "torchxc.zlpr_loss_sparse"), _wants_grad(input)
+        input, positives, _class_mask(mask, input.shape, "torchxc.zlpr_loss_sparse"), _wants_grad(input),
+        _grad_scale(input, reduction)
     )
     return _reduce(loss, reduction)
 
@@ -114,6 +117,31 @@ def _check(input: Tensor, reduction: str, op: str) -> None:
 
 def _wants_grad(input: Tensor) -> bool:
     return torch.is_grad_enabled() and input.requires_grad
+
+
+def _grad_scale(input: Tensor, reduction: str) -> float:
+    """The factor the kernels put into the stored gradient. For "mean" it is the incoming gradient of every row
+    that loss.backward() brings (1 / rows, rounded to the loss dtype as mean's backward rounds it), so that the
+    backward can hand the stored gradient on instead of scaling it into a second input-sized tensor. Plain Python
+    (no tensor ops), so that torch.compile traces it as a constant; 1.0 for symbolic shapes."""
+    rows = math.prod(input.shape[:-1])
+    if reduction != "mean" or not isinstance(rows, int) or rows == 0:
+        return 1.0
+    return _round_to_dtype(1.0 / rows, input.dtype)
+
+
+def _round_to_dtype(x: float, dtype: torch.dtype) -> float:
+    """x rounded to a floating dtype (to nearest, ties to even), as a Python float."""
+    if dtype == torch.float64:
+        return x
+    if dtype == torch.float16:
+        return struct.unpack("e", struct.pack("e", x))[0]
+    f32 = struct.unpack("f", struct.pack("f", x))[0]
+    if dtype != torch.bfloat16:
+        return f32
+    bits = struct.unpack("I", struct.pack("f", f32))[0]
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return struct.unpack("f", struct.pack("I", bits))[0]
 
 
 def _to_input_dtype(target: Tensor, dtype: torch.dtype) -> Tensor:
@@ -159,7 +187,7 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
 
 
 def _zlpr_fake(input: Tensor, labels: Tensor, mask: Optional[Tensor] = None,
-               compute_grad: bool = True) -> Tuple[Tensor, Tensor]:
+               compute_grad: bool = True, grad_scale: float = 1.0) -> Tuple[Tensor, Tensor]:
     same_device("torchxc::zlpr_loss", input, labels=labels, mask=mask)
     grad = input.new_empty(input.shape) if compute_grad else input.new_empty((0,))
     return input.new_empty(input.shape[:-1]), grad
