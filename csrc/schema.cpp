@@ -20,11 +20,15 @@ TORCH_LIBRARY(torchxc, m) {
   // ---- ZLPR loss (python/torchxc/zlpr.py) ----
   // Per-row ZLPR loss with classes last; target bool (hard) or the input's float dtype (soft, in [0, 1]); mask
   // None, bool like input, or bool [C]. Returns (loss [...], grad): grad = grad_scale * dloss/dinput, computed in
-  // the same pass when compute_grad (else an empty tensor), so that the backward only scales it (or, when the
-  // incoming gradient equals grad_scale everywhere, as for a mean with grad_scale 1 / rows, hands it on as is).
+  // the same pass when compute_grad (else an empty tensor), so that the backward only scales it (or, on the CPU
+  // when the incoming gradient equals grad_scale everywhere and the graph is freed, as for a mean with grad_scale
+  // 1 / rows, hands it on as is: the input's gradient is then this very tensor).
   m.def("zlpr_loss(Tensor input, Tensor target, Tensor? mask=None, bool compute_grad=True, float grad_scale=1.0) -> (Tensor loss, Tensor grad)");
   // The same with positives int64 [..., P]: positive class indices padded with -1 (duplicates count once).
   m.def("zlpr_loss_sparse(Tensor input, Tensor positives, Tensor? mask=None, bool compute_grad=True, float grad_scale=1.0) -> (Tensor loss, Tensor grad)");
+
+  // Whether the backward now running keeps its graph (retain_graph); fused_linear_zlpr's Python backward asks.
+  m.def("_backward_keeps_graph() -> bool");
 
   // ---- adversarial tree sampler (python/torchxc/sampling.py; tree in csrc/common/tree_common.h) ----
   // num_samples independent draws per row of z [B, k] from q(. | z): (labels int64 [B, S], log q [B, S]). The

@@ -1,9 +1,10 @@
 // Autograd of the ZLPR losses (see autograd_common.h). The forward kernel computes the loss and, when
 // compute_grad, its gradient (times grad_scale) in the same pass; the backward scales that stored gradient by the
-// incoming row gradients (divided by grad_scale), or hands it on when they all equal grad_scale. The stored
+// incoming row gradients (divided by grad_scale), or hands it on when they all equal grad_scale (can_hand_on). The stored
 // gradient is an output without gradient of its own: differentiating the backward again raises
 // (once_differentiable in autograd_common.h).
 #include <c10/core/impl/TorchDispatchModeTLS.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include "autograd_common.h"
@@ -16,14 +17,17 @@ using torch::autograd::variable_list;
 using ZlprSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                    const std::optional<at::Tensor>&, bool, double);
 
-// Whether go is grad_scale in every element, so that the stored gradient (already scaled by grad_scale) is the
-// answer itself. False while tracing (torch.compile, fake or functional tensors: the value is unknown there, and the
-// traced backward always scales) and for empty go. On a GPU the test costs one host sync.
-bool incoming_is_grad_scale(const at::Tensor& go, double grad_scale) {
+// Whether the stored gradient (already scaled by grad_scale) can be handed on as the input's gradient: go is
+// grad_scale in every element, and the graph is not kept (so autograd frees the saved gradient after this node and
+// the returned one has no other owner inside autograd). CPU tensors only: on a GPU the value test would cost a host
+// sync (and break CUDA graph capture). Never while tracing (torch.compile: fake or functional tensors, dispatch
+// modes), where the value is unknown and the traced backward always scales.
+bool can_hand_on(const at::Tensor& go, double grad_scale) {
   constexpr auto traced = c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
                                                c10::DispatchKey::Functionalize});
-  if (go.key_set().has_any(traced) || c10::impl::TorchDispatchModeTLS::any_modes_set() ||
-      go.unsafeGetTensorImpl()->has_symbolic_sizes_strides() || go.is_meta() || go.numel() == 0) {
+  if (!go.is_cpu() || go.key_set().has_any(traced) || c10::impl::TorchDispatchModeTLS::any_modes_set() ||
+      go.unsafeGetTensorImpl()->has_symbolic_sizes_strides() || go.numel() == 0 ||
+      torch::autograd::get_current_graph_task_keep_graph()) {
     return false;
   }
   return (go == grad_scale).all().item<bool>();  // called under no_grad (once_differentiable)
@@ -54,9 +58,8 @@ struct ZlprFunction : public torch::autograd::Function<ZlprFunction<Tag>> {
     return once_differentiable(Tag::name, [&]() -> variable_list {
       variable_list out = none;
       // The common case (a mean or sum of the rows, seed 1): hand on the stored gradient itself, with no second
-      // input-sized tensor. A retained graph stays safe: modifying the returned gradient in place makes a second
-      // backward raise (the saved variable's version check).
-      if (incoming_is_grad_scale(grads[0], grad_scale)) {
+      // input-sized tensor (a caller of the raw op who kept its second output gets that same tensor back).
+      if (can_hand_on(grads[0], grad_scale)) {
         out[0] = grad;
       } else {
         const at::Tensor go = grad_scale == 1.0 ? grads[0] : grads[0] / grad_scale;
@@ -90,3 +93,10 @@ TORCH_LIBRARY_IMPL(torchxc, Autograd, m) {
 }
 
 }  // namespace torchxc
+
+// For the Python autograd of fused_linear_zlpr (python/torchxc/fused_linear.py), which hands on its stored
+// gradients only when the running backward frees the graph afterwards: whether the current backward keeps it (true
+// outside a backward). No tensor arguments: one kernel for every device.
+TORCH_LIBRARY_IMPL(torchxc, CompositeExplicitAutograd, m) {
+  m.impl("_backward_keeps_graph", []() { return torch::autograd::get_current_graph_task_keep_graph(); });
+}

@@ -39,7 +39,8 @@ struct ZlprProblem {
   static ZlprProblem make(const at::Tensor& input, const at::Tensor& labels, const c10::optional<at::Tensor>& mask,
                           bool compute_grad, double grad_scale, bool sparse, const char* op) {
     check_float_input(input, op, "input");
-    TORCH_CHECK(std::isfinite(grad_scale), op, ": expected a finite grad_scale, but got ", grad_scale);
+    TORCH_CHECK(std::isfinite(grad_scale) && grad_scale != 0.0, op, ": expected a finite, non-zero grad_scale, but got ",
+                grad_scale);
     TORCH_CHECK(input.dim() >= 1, op, ": expected input with at least 1 dimension (classes last), but got a 0-d tensor");
     check_same_device(input, labels, op, "input", sparse ? "positives" : "target");
     const auto batch = input.sizes().slice(0, input.dim() - 1);

@@ -203,11 +203,13 @@ def _backward(ctx, grad_loss, _gh, _gw, _gb):
         return None, None, None, None, None, None, None, None, None
     with torch.no_grad():
         # loss.backward() seeds 1: the stored gradients are handed on themselves, so that the peak holds one [C, H]
-        # weight gradient, not two (once this node's saved tensors are released, autograd moves them into .grad
-        # without a copy). On a GPU the test costs one host sync. With a retained graph this stays safe: a
-        # returned gradient modified in place makes a second backward raise (the saved-tensor version check).
-        # When traced (torch.compile) the value is unknown: the traced backward always scales.
-        one = not _is_traced(grad_loss) and bool(grad_loss == 1)
+        # weight gradient, not two (this node's saved tensors are released after it, and autograd moves them into
+        # .grad without a copy). Only when the backward does not keep the graph (a retained graph keeps them,
+        # and they must not become a .grad that later backwards accumulate into), not while traced
+        # (torch.compile: the value is unknown; the traced backward always scales) and not during CUDA graph
+        # capture; on a GPU the value test costs one host sync.
+        one = (not _is_traced(grad_loss) and not (grad_loss.is_cuda and torch.cuda.is_current_stream_capturing())
+               and not torch.ops.torchxc._backward_keeps_graph() and bool(grad_loss == 1))
 
         def scaled(g):
             return g if one else g * grad_loss.to(g.dtype)

@@ -122,20 +122,19 @@ def _wants_grad(input: Tensor) -> bool:
 def _grad_scale(input: Tensor, reduction: str) -> float:
     """The factor the kernels put into the stored gradient. For "mean" it is the incoming gradient of every row
     that loss.backward() brings (1 / rows, rounded to the loss dtype as mean's backward rounds it), so that the
-    backward can hand the stored gradient on instead of scaling it into a second input-sized tensor. Plain Python
-    (no tensor ops), so that torch.compile traces it as a constant; 1.0 for symbolic shapes."""
-    rows = math.prod(input.shape[:-1])
-    if reduction != "mean" or not isinstance(rows, int) or rows == 0:
+    backward can hand the stored gradient on instead of scaling it into a second input-sized tensor. 1.0 under
+    torch.compile (whose traced backward always scales), on CUDA (no hand-on there yet) and for float16, whose
+    range would flush a gradient divided by the row count to zero before a loss scaler's factor reaches it."""
+    if reduction != "mean" or input.dtype == torch.float16 or not input.is_cpu or torch.compiler.is_compiling():
         return 1.0
-    return _round_to_dtype(1.0 / rows, input.dtype)
+    rows = math.prod(input.shape[:-1])
+    return _round_to_dtype(1.0 / rows, input.dtype) if rows > 0 else 1.0
 
 
 def _round_to_dtype(x: float, dtype: torch.dtype) -> float:
-    """x rounded to a floating dtype (to nearest, ties to even), as a Python float."""
+    """x rounded to float32 or bfloat16 (through float32, to nearest, ties to even), as a Python float."""
     if dtype == torch.float64:
         return x
-    if dtype == torch.float16:
-        return struct.unpack("e", struct.pack("e", x))[0]
     f32 = struct.unpack("f", struct.pack("f", x))[0]
     if dtype != torch.bfloat16:
         return f32
