@@ -1,7 +1,7 @@
 // Autograd of the ZLPR losses (see autograd_common.h). The forward kernel computes the loss and, when
 // compute_grad, its gradient (times grad_scale) in the same pass; the backward scales that stored gradient by the
-// incoming row gradients (divided by grad_scale), or hands it on when they all equal grad_scale (can_hand_on). The stored
-// gradient is an output without gradient of its own: differentiating the backward again raises
+// incoming row gradients (divided by grad_scale), or hands it on when they all equal grad_scale (can_hand_on). The
+// stored gradient is an output without gradient of its own: differentiating the backward again raises
 // (once_differentiable in autograd_common.h).
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/autograd/graph_task.h>

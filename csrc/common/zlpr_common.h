@@ -35,12 +35,13 @@ struct ZlprProblem {
   at::Tensor mask;        // undefined, or contiguous bool of d (class mask) or rows * d elements
   bool mask_per_row = false;
   at::Tensor loss, grad;  // outputs: loss [...], grad like input (or empty when not computed)
+  double grad_scale = 1.0;  // the stored gradient is grad_scale * dloss/dinput
 
   static ZlprProblem make(const at::Tensor& input, const at::Tensor& labels, const c10::optional<at::Tensor>& mask,
                           bool compute_grad, double grad_scale, bool sparse, const char* op) {
     check_float_input(input, op, "input");
-    TORCH_CHECK(std::isfinite(grad_scale) && grad_scale != 0.0, op, ": expected a finite, non-zero grad_scale, but got ",
-                grad_scale);
+    TORCH_CHECK(std::isfinite(grad_scale) && grad_scale != 0.0, op,
+                ": expected a finite, non-zero grad_scale, but got ", grad_scale);
     TORCH_CHECK(input.dim() >= 1, op, ": expected input with at least 1 dimension (classes last), but got a 0-d tensor");
     check_same_device(input, labels, op, "input", sparse ? "positives" : "target");
     const auto batch = input.sizes().slice(0, input.dim() - 1);
@@ -69,6 +70,7 @@ struct ZlprProblem {
                   "] (one flag per class), but got ", mask->sizes(), " (torchxc.zlpr_loss broadcasts other shapes)");
       p.mask = mask->contiguous();
     }
+    p.grad_scale = grad_scale;
     p.x = input.contiguous();
     p.labels = labels.contiguous();
     p.loss = at::empty(batch, input.options());

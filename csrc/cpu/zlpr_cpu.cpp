@@ -254,7 +254,7 @@ struct ZlprRow {
 };
 
 template <typename S, ZlprLabels L>
-void zlpr_cpu_kernel(const ZlprProblem& P, double grad_scale, const char* op) {
+void zlpr_cpu_kernel(const ZlprProblem& P, const char* op) {
   const int64_t rows = P.rows, d = P.d;
   const S* x = P.x.const_data_ptr<S>();
   S* loss = P.loss.mutable_data_ptr<S>();
@@ -300,9 +300,9 @@ void zlpr_cpu_kernel(const ZlprProblem& P, double grad_scale, const char* op) {
     });
   };
   if (mask) {
-    run(ZlprRow<S, L, true>{op, grad_scale});
+    run(ZlprRow<S, L, true>{op, P.grad_scale});
   } else {
-    run(ZlprRow<S, L, false>{op, grad_scale});
+    run(ZlprRow<S, L, false>{op, P.grad_scale});
   }
 }
 
@@ -314,9 +314,9 @@ std::tuple<at::Tensor, at::Tensor> zlpr_loss_cpu(const at::Tensor& input, const 
   if (P.rows > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "zlpr_loss_cpu", [&] {
       if (target.scalar_type() == at::kBool) {
-        zlpr_cpu_kernel<scalar_t, ZlprLabels::kHard>(P, grad_scale, op);
+        zlpr_cpu_kernel<scalar_t, ZlprLabels::kHard>(P, op);
       } else {
-        zlpr_cpu_kernel<scalar_t, ZlprLabels::kSoft>(P, grad_scale, op);
+        zlpr_cpu_kernel<scalar_t, ZlprLabels::kSoft>(P, op);
       }
     });
   }
@@ -330,7 +330,7 @@ std::tuple<at::Tensor, at::Tensor> zlpr_loss_sparse_cpu(const at::Tensor& input,
   ZlprProblem P = ZlprProblem::make(input, positives, mask, compute_grad, grad_scale, /*sparse=*/true, op);
   if (P.rows > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "zlpr_loss_sparse_cpu", [&] {
-      zlpr_cpu_kernel<scalar_t, ZlprLabels::kBits>(P, grad_scale, op);
+      zlpr_cpu_kernel<scalar_t, ZlprLabels::kBits>(P, op);
     });
   }
   return {P.loss, P.grad};

@@ -299,8 +299,8 @@ void zlpr_cuda_kernel(const ZlprProblem& P, const void* labels, int64_t words, c
 
 // grad_scale on the GPU: one in-place pass after the kernels for now (the CPU folds it into the row's normalisers;
 // doing the same in these kernels saves the pass, to be measured on a GPU first).
-void scale_grad(ZlprProblem& P, double grad_scale) {
-  if (grad_scale != 1.0 && P.grad.numel() > 0) P.grad.mul_(grad_scale);
+void scale_grad(ZlprProblem& P) {
+  if (P.grad_scale != 1.0 && P.grad.numel() > 0) P.grad.mul_(P.grad_scale);
 }
 
 std::tuple<at::Tensor, at::Tensor> zlpr_loss_cuda(const at::Tensor& input, const at::Tensor& target,
@@ -319,7 +319,7 @@ std::tuple<at::Tensor, at::Tensor> zlpr_loss_cuda(const at::Tensor& input, const
       zlpr_cuda_kernel<scalar_t, ZlprLabels::kSoft>(P, P.labels.const_data_ptr<scalar_t>(), 0, stream);
     }
   });
-  scale_grad(P, grad_scale);
+  scale_grad(P);
   return {P.loss, P.grad};
 }
 
@@ -346,7 +346,7 @@ std::tuple<at::Tensor, at::Tensor> zlpr_loss_sparse_cuda(const at::Tensor& input
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "zlpr_loss_sparse_cuda", [&] {
     zlpr_cuda_kernel<scalar_t, ZlprLabels::kBits>(P, bits.const_data_ptr<int>(), words, stream);
   });
-  scale_grad(P, grad_scale);
+  scale_grad(P);
   return {P.loss, P.grad};
 }
 
