@@ -74,13 +74,12 @@ TORCHXC_CPU_MULTIVERSION void refine_block(const float* logit, const uint32_t* u
                                            const uint32_t* row, const uint32_t* hi, uint64_t seed, int64_t level,
                                            int32_t empty_from, int64_t n, int32_t* node, float* lognum) {
   alignas(64) int32_t ask[kWalkBlock];
-  const uint32_t half = 16 * static_cast<uint32_t>(level & 1);  // tree_level_bits, written out for the vector loop
   TORCHXC_PRAGMA(omp simd)
   for (int64_t i = 0; i < n; ++i) {
     const float nabs = -std::fabs(logit[i]);
     const float a = vexp_nonpos(nabs), one_a = 1.0f + a;
     ask[i] = static_cast<int32_t>(((node[i] - 1) / 2 < empty_from) &
-                                  undecided(uniform16((u32[i] >> half) & 0xFFFFu), one_a, a));
+                                  undecided(uniform16(tree_level_bits(u32[i], level)), one_a, a));
   }
   for (int64_t i = 0; i < n; ++i) {
     if (!ask[i]) continue;
@@ -445,11 +444,10 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
     const int64_t shift = depth - l - 1;
     const int32_t empty_from = first + static_cast<int32_t>((((num_labels - 1) >> shift) + 1) / 2);
     const uint32_t* u32 = rnd[(l % kTreeLevelsPerBlock) / 2];
-    const uint32_t half = 16 * static_cast<uint32_t>(l & 1);  // tree_level_bits, written out for the vector loop
     int32_t any_refine = 0;
     TORCHXC_PRAGMA(omp simd reduction(| : any_refine))
     for (int64_t i = 0; i < n; ++i) {
-      tree_step(logit[i], (u32[i] >> half) & 0xFFFFu, node[i] >= empty_from, node[i], lognum[i], den[i], any_refine);
+      tree_step(logit[i], tree_level_bits(u32[i], l), node[i] >= empty_from, node[i], lognum[i], den[i], any_refine);
     }
     if (any_refine) refine_block(logit, u32, smp, row, hi, seed, l, empty_from, n, node, lognum);
     // Fetch what each walk reads next (its node's weights and bias, or its label) ahead of the next pass, which
