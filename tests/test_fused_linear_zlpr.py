@@ -78,6 +78,31 @@ def test_leading_dims_no_bias_frozen_weight_bf16(device):
 
 
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_float16_gradients_follow_loss_scaling(device):
+    # A mean over N = 2048 rows puts small float16 gradients near the subnormal range; a loss scaler's factor
+    # (torch.amp.GradScaler seeds the backward with it) lifts them out of it in PyTorch's own backward, and must
+    # in the fused one too: it may not apply 1/N to float16 gradients before the factor arrives.
+    h64, w64, b64, lab = make(2048, 32, 400, torch.float64, device)
+    for seed in (1.0, 1024.0):
+        ref = [t.clone().requires_grad_(True) for t in (h64, w64, b64)]
+        gref = torch.autograd.grad(unfused(*ref, lab), ref, torch.tensor(seed, dtype=torch.float64, device=device))
+        fh = [t.half().requires_grad_(True) for t in (h64, w64, b64)]
+        uh = [t.half().requires_grad_(True) for t in (h64, w64, b64)]
+        seed16 = torch.tensor(seed, dtype=torch.float16, device=device)
+        gf = torch.autograd.grad(torchxc.fused_linear_zlpr_loss(*fh, lab, chunk_size=300), fh, seed16)
+        gu = torch.autograd.grad(unfused(*uh, lab), uh, seed16)
+        for a, b, r in zip(gf, gu, gref):
+            assert a.dtype == torch.float16
+            off_f = ((a.double() - r).abs() > 0.01 * r.abs()).double().mean().item()
+            off_u = ((b.double() - r).abs() > 0.01 * r.abs()).double().mean().item()
+            assert off_f <= off_u + 0.005, (seed, off_f, off_u)  # share of entries off by more than 1%
+    h16, w16, b16, lab16 = make(6, 5, 9, torch.float16, device)
+    for flags in ([True, True, True], [False, True, True]):
+        torch.library.opcheck(torch.ops.torchxc.fused_linear_zlpr.default,
+                              (h16, w16, b16, lab16, None, False, 4, 1 / 6, flags))
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
 def test_gradcheck_opcheck_compile(device):
     hidden, weight, bias, labels = make(6, 5, 9, torch.float64, device)
     args = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]

@@ -45,7 +45,8 @@ def fused_linear_zlpr_loss(
 
     Returns:
         The scalar loss; gradients flow to hidden, weight and bias. For float16/bfloat16 the weight and bias
-        gradients are accumulated in float32 across chunks.
+        gradients are accumulated in float32 across chunks; in float16 the mean's 1/N is applied in the backward
+        with the incoming gradient (a loss scaler's factor included), not stored in float16.
 
     Example::
 
@@ -123,6 +124,11 @@ def _fused_linear_zlpr(
     want_h, want_w, want_b = grads
     reduced = hidden.dtype in (torch.float16, torch.bfloat16)
     acc = torch.float32 if reduced else hidden.dtype
+    # float16: the gradients are stored without `scale` (the weight and bias ones in float32) and the backward
+    # applies scale * grad_loss, as PyTorch's own backward does: a mean's 1/N applied here would push small float16
+    # gradients into subnormals before a loss scaler's factor (torch.amp.GradScaler) could lift them.
+    unscaled = hidden.dtype == torch.float16
+    gscale = 1.0 if unscaled else scale
     grad_h = torch.empty_like(hidden) if want_h else hidden.new_empty(0)
     grad_w = torch.zeros(C, H, dtype=acc, device=hidden.device) if want_w else hidden.new_empty(0)
     grad_b = torch.zeros(C, dtype=acc, device=hidden.device) if want_b else hidden.new_empty(0)
@@ -135,7 +141,7 @@ def _fused_linear_zlpr(
         h = hidden[start:end]
         logits = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
         m = mask if mask is None or mask.dim() == 1 else mask[start:end]
-        loss, g = op(logits, labels[start:end], m, need_grad, scale if need_grad else 1.0)  # g: scale * dL/dlogits
+        loss, g = op(logits, labels[start:end], m, need_grad, gscale if need_grad else 1.0)  # g: gscale * dL/dlogits
         total += loss.sum(dtype=total.dtype)
         del logits
         if not need_grad:
@@ -150,22 +156,29 @@ def _fused_linear_zlpr(
         if want_b:
             grad_b += g.sum(0, dtype=acc)
     loss = (total * scale).to(hidden.dtype)
-    return loss, grad_h, grad_w.to(weight.dtype) if want_w else grad_w, grad_b.to(weight.dtype) if want_b else grad_b
+    if not unscaled:
+        grad_w = grad_w.to(weight.dtype) if want_w else grad_w
+        grad_b = grad_b.to(weight.dtype) if want_b else grad_b
+    return loss, grad_h, grad_w, grad_b
 
 
 @_fused_linear_zlpr.register_fake
 def _(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads):
     want_h, want_w, want_b = grads
+    stored = torch.float32 if hidden.dtype == torch.float16 else weight.dtype  # see _fused_linear_zlpr
     return (
         hidden.new_empty(()),
         torch.empty_like(hidden) if want_h else hidden.new_empty(0),
-        weight.new_empty(weight.shape) if want_w else hidden.new_empty(0),
-        weight.new_empty(weight.shape[:1]) if want_b else hidden.new_empty(0),
+        weight.new_empty(weight.shape, dtype=stored) if want_w else hidden.new_empty(0),
+        weight.new_empty(weight.shape[:1], dtype=stored) if want_b else hidden.new_empty(0),
     )
 
 
 def _setup_context(ctx, inputs, output):
     ctx.grads = inputs[8]
+    ctx.unscaled = inputs[0].dtype == torch.float16  # stored without the scale (see _fused_linear_zlpr)
+    ctx.scale = inputs[7]
+    ctx.dtype = inputs[1].dtype
     _, grad_h, grad_w, grad_b = output
     ctx.save_for_backward(grad_h, grad_w, grad_b)
     ctx.set_materialize_grads(False)  # the gradient outputs get no gradient: no [C, H] zeros in the backward
@@ -202,6 +215,15 @@ def _backward(ctx, grad_loss, _gh, _gw, _gb):
     if grad_loss is None:  # only the (non-differentiable) gradient outputs were used
         return None, None, None, None, None, None, None, None, None
     with torch.no_grad():
+        if ctx.unscaled:  # float16: scale * grad_loss computed in float32, rounded once into the result
+            factor = grad_loss.float() * ctx.scale
+
+            def unscale(g):
+                return torch.mul(g, factor, out=torch.empty(g.shape, dtype=ctx.dtype, device=g.device))
+
+            out = (unscale(grad_h) if want_h else None, unscale(grad_w) if want_w else None,
+                   unscale(grad_b) if want_b else None, None, None, None, None, None, None)
+            return _no_double_backward(out)
         # loss.backward() seeds 1: the stored gradients are handed on themselves, so that the peak holds one [C, H]
         # weight gradient, not two (this node's saved tensors are released after it, and autograd moves them into
         # .grad without a copy). Only when the backward does not keep the graph (a retained graph keeps them,
