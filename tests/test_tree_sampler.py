@@ -346,6 +346,84 @@ def test_fit_multilabel_and_tiny_cases():
         torchxc.TreeSampler.fit(x, y + 1, 5, progress=False)
 
 
+def test_fit_label_forms_agree_and_bad_labels_are_named():
+    x, y = clustered_data(5, 4, 60, seed=2)
+    multi = torch.stack([y, (y + 2) % 5], 1)
+    multi[::3, 1] = -1
+    keep = multi >= 0
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), keep.sum(1).cumsum(0)])
+    indices = multi[keep]
+    dense = torch.zeros(60, 5)
+    dense[torch.arange(60).repeat_interleave(keep.sum(1)), indices] = 1.0
+    fits = [torchxc.TreeSampler.fit(x, labels, 5, dim=2, progress=False)
+            for labels in (multi, (indptr, indices), (indptr.numpy(), indices.numpy()), dense.to_sparse_csr())]
+    for s in fits[1:]:  # the same pairs (a sparse matrix orders each row's labels, so sums may round differently)
+        assert torch.equal(s.leaf_to_label, fits[0].leaf_to_label)
+        assert max_err(s.node_weight, fits[0].node_weight) < 1e-4 and max_err(s.node_bias, fits[0].node_bias) < 1e-4
+    bad = [
+        (y[:40], r"expected labels \[N = 60\]"),
+        (multi[:30], r"expected labels \[N = 60\] or \[N = 60, P\]"),
+        (y.float() + 0.7, "expected integer labels"),
+        (multi - 2, r"padded labels must lie in \[0, 5\) or be -1"),
+        ((indptr[:-1], indices), r"expected CSR indptr \[N \+ 1 = 61\]"),
+        ((indptr, indices[:-1]), "CSR indptr must start at 0, not decrease and end at len"),
+        ((indptr.flip(0), indices), "CSR indptr must start at 0"),
+        (dense[:50].to_sparse_csr(), r"expected a sparse CSR label matrix \[N = 60, C\]"),
+    ]
+    for labels, msg in bad:
+        with pytest.raises(ValueError, match="TreeSampler.fit: " + msg):
+            torchxc.TreeSampler.fit(x, labels, 5, dim=2, progress=False)
+    for kwargs, msg in (({"l2": 0.0}, "l2 must be positive"), ({"l2": -1.0}, "l2 must be positive"),
+                        ({"dim": 0}, "must be >= 1"), ({"iterations": 0}, "must be >= 1")):
+        with pytest.raises(ValueError, match=msg):
+            torchxc.TreeSampler.fit(x, y, 5, progress=False, **kwargs)
+    with pytest.raises(ValueError, match="needs at least one example"):
+        torchxc.TreeSampler.fit(x[:0], y[:0], 5, progress=False)
+
+
+def test_fit_whitening_ignores_scale_and_missing_directions():
+    # 32 features spanned by 4 directions, fitted with dim = 16: the 12 empty directions must not get huge
+    # projection columns (they would amplify noise in new inputs), and the features' overall scale must not matter
+    g = torch.Generator().manual_seed(3)
+    C, N = 20, 4000
+    centers = torch.randn(C, 4, generator=g) * 2
+    y = torch.randint(C, (N,), generator=g)
+    basis = torch.linalg.qr(torch.randn(32, 4, generator=g, dtype=torch.float64))[0].float()
+    x = (centers[y] + torch.randn(N, 4, generator=g)) @ basis.t()
+    s = torchxc.TreeSampler.fit(x, y, C, dim=16, progress=False)
+    noisy = x[:1000] + 1e-3 * torch.randn(1000, 32, generator=g)
+    clean_lq = s.log_prob(x[:1000], y[:1000, None]).mean().item()
+    assert clean_lq > -math.log(C) + 1
+    assert abs(s.log_prob(noisy, y[:1000, None]).mean().item() - clean_lq) < 0.05
+    for scale in (1e-8, 1e6):
+        t = torchxc.TreeSampler.fit(x * scale, y, C, dim=16, progress=False)
+        assert abs(t.log_prob(x[:1000] * scale, y[:1000, None]).mean().item() - clean_lq) < 0.05
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_default_label_maps_live_with_the_nodes(device):
+    s = torchxc.TreeSampler.from_parameters(torch.randn(7, 3, device=device), torch.zeros(7, device=device), 6)
+    assert s.leaf_to_label.device == s.node_weight.device and s.label_to_leaf.device == s.node_weight.device
+    labels, log_q = s.sample(torch.randn(2, 3, device=device), 4)
+    assert labels.device == log_q.device == s.node_weight.device
+
+
+def test_losses_treat_log_q_as_a_constant():
+    s = make_tree(37, 4, dtype=torch.float32)
+    x = torch.randn(3, 4)
+    neg, neg_lq = s.sample(x, 5)
+    y = torch.tensor([1, 2, 3])
+    pos_lq = s.log_prob(x, y[:, None])[:, 0]
+    logits = torch.randn(3, 37, requires_grad=True)
+    loss = torchxc.adversarial_negative_sampling_loss(logits.gather(1, y[:, None])[:, 0], logits.gather(1, neg),
+                                                      pos_lq, neg_lq, reg=0.1)
+    loss = loss + torchxc.sampled_softmax_loss(logits.gather(1, y[:, None])[:, 0], logits.gather(1, neg), neg,
+                                               neg_lq, y, pos_log_q=pos_lq)
+    loss.backward()
+    assert s.node_weight.grad is None and s.node_bias.grad is None  # nothing flows into the tree
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
 # ---- WeightTree ------------------------------------------------------------------------------------------------
 
 
@@ -496,6 +574,20 @@ def test_api_bad_input_errors():
     for bad in ([-1], [5], [-6]):
         with pytest.raises(ValueError, match=r"WeightTree.log_prob: indices must lie in \[0, 5\)"):
             t.log_prob(torch.tensor(bad))
+    with pytest.raises(ValueError, match="WeightTree.update: expected integer label indices"):
+        t.update(torch.tensor([1.7]), torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="expected one weight or one per index"):
+        t.update([1, 2], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="sum overflows float64"):
+        torchxc.WeightTree(torch.tensor([1e308, 1e308, 1e308], dtype=torch.float64))
+    with pytest.raises(ValueError, match="sum would overflow float64"):
+        t.update([0, 1], torch.tensor([1e308, 1e308], dtype=torch.float64))
+    assert float(t.total) == 6.0  # unchanged by the refused update
+    t.update([1, 3], [2.0, 0.5])  # lists are accepted, as in log_prob
+    assert max_err(t.log_prob([1, 3]).exp(), torch.tensor([2.0, 0.5], dtype=torch.float64) / 8.5) < 1e-15
+    t.update(torch.arange(5), torch.zeros(5))
+    with pytest.raises(ValueError, match="WeightTree.log_prob: every weight is zero"):
+        t.log_prob([0])
     with pytest.raises(ValueError, match="needs at least one negative"):
         torchxc.adversarial_negative_sampling_loss(torch.zeros(2), torch.zeros(2, 0), torch.zeros(2),
                                                    torch.zeros(2, 0))

@@ -76,7 +76,7 @@ class TreeSampler(torch.nn.Module):
         if leaf_to_label is None:
             leaf_to_label = torch.arange(1 << D)
             leaf_to_label[num_labels:] = -1
-        leaf_to_label = leaf_to_label.to(torch.long)
+        leaf_to_label = leaf_to_label.to(device=node_weight.device, dtype=torch.long)  # the buffers live with the nodes
         real = leaf_to_label[:num_labels]
         if leaf_to_label.shape != (1 << D,) or not torch.equal(real.sort().values, torch.arange(num_labels,
                                                                                               device=real.device)):
@@ -162,6 +162,17 @@ class TreeSampler(torch.nn.Module):
                 (indptr [N + 1], indices [nnz]). Each positive counts as one example.
             num_labels: C.
         """
+        if features.dim() != 2 or not features.is_floating_point():
+            raise ValueError(f"TreeSampler.fit: expected float features [N, F], got {features.dtype} "
+                             f"{tuple(features.shape)}")
+        if features.shape[0] == 0:
+            raise ValueError("TreeSampler.fit: needs at least one example, got N = 0")
+        if num_labels < 1 or dim < 1 or iterations < 1 or newton_steps < 1:
+            raise ValueError(f"TreeSampler.fit: num_labels, dim, iterations and newton_steps must be >= 1, got "
+                             f"{num_labels}, {dim}, {iterations}, {newton_steps}")
+        if not l2 > 0 or not math.isfinite(l2):
+            raise ValueError(f"TreeSampler.fit: l2 must be positive and finite (nodes without examples need it), "
+                             f"got {l2}")
         features = features.detach()
         device = features.device
         x = features.to(torch.float32)
@@ -175,8 +186,13 @@ class TreeSampler(torch.nn.Module):
             _, s, v = torch.pca_lowrank(x, q=k, center=True, niter=4)
         finally:
             torch.random.set_rng_state(gen_state)
-        std = (s / math.sqrt(max(N - 1, 1))).clamp(min=1e-6)
-        projection = v[:, :k] / std[:k]
+        # Directions whose spread is rounding noise relative to the largest (features of rank below k, as
+        # pseudo-inverses judge it) get a zero column rather than a huge one; the test is relative, so the
+        # features' overall scale does not matter.
+        std = s[:k] / math.sqrt(max(N - 1, 1))
+        tol = std[0] * max(N, F) * torch.finfo(x.dtype).eps
+        keep = std > tol
+        projection = torch.where(keep, v[:, :k] / torch.where(keep, std, torch.ones_like(std)), 0.0)
         z = (x - mean) @ projection
         ex, lab = _pairs(labels, N, num_labels, device)
         zt = torch.cat([z[ex], torch.ones(len(ex), 1, device=device)], 1)  # [E, k + 1]: a bias column
@@ -232,20 +248,49 @@ class TreeSampler(torch.nn.Module):
 
 
 def _pairs(labels, N, num_labels, device) -> tuple[Tensor, Tensor]:
-    """(example index, label) of every positive, from int64 [N], padded [N, P] or CSR (indptr, indices)."""
-    if isinstance(labels, (tuple, list)):
-        indptr, indices = (torch.as_tensor(t, device=device, dtype=torch.long) for t in labels)
-        ex = torch.repeat_interleave(torch.arange(N, device=device), indptr[1:] - indptr[:-1])
-        lab = indices
+    """(example index, label) of every positive, from int64 [N], padded [N, P], a CSR pair (indptr, indices) or a
+    torch.sparse_csr_tensor [N, C] (its stored non-zero entries are the positives)."""
+    op = "TreeSampler.fit"
+
+    def integral(t, name):
+        t = torch.as_tensor(t)
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"{op}: expected integer {name}, got {t.dtype}")
+        return t.to(device=device, dtype=torch.long)
+
+    if isinstance(labels, Tensor) and labels.layout == torch.sparse_csr:
+        if labels.dim() != 2 or labels.shape[0] != N:
+            raise ValueError(f"{op}: expected a sparse CSR label matrix [N = {N}, C], got {tuple(labels.shape)}")
+        nz = labels.values() != 0
+        indptr, indices = labels.crow_indices(), labels.col_indices()
+        ex = torch.repeat_interleave(torch.arange(N, device=indptr.device), indptr[1:] - indptr[:-1])
+        ex, lab = ex[nz].to(device), indices[nz].to(device=device, dtype=torch.long)
+    elif isinstance(labels, (tuple, list)):
+        if len(labels) != 2:
+            raise ValueError(f"{op}: a CSR label pair is (indptr [N + 1], indices [nnz]), got {len(labels)} items")
+        indptr, lab = integral(labels[0], "indptr"), integral(labels[1], "indices")
+        if indptr.shape != (N + 1,) or lab.dim() != 1:
+            raise ValueError(f"{op}: expected CSR indptr [N + 1 = {N + 1}] and indices [nnz], got "
+                             f"{tuple(indptr.shape)} and {tuple(lab.shape)}")
+        counts = indptr[1:] - indptr[:-1]
+        if indptr[0] != 0 or (counts < 0).any() or indptr[-1] != lab.numel():
+            raise ValueError(f"{op}: CSR indptr must start at 0, not decrease and end at len(indices) = "
+                             f"{lab.numel()}, got indptr[0] = {int(indptr[0])}, indptr[-1] = {int(indptr[-1])}")
+        ex = torch.repeat_interleave(torch.arange(N, device=device), counts)
     else:
-        labels = labels.to(device=device, dtype=torch.long)
+        labels = integral(labels, "labels (int64 [N] or [N, P] padded with -1)")
+        if labels.dim() not in (1, 2) or labels.shape[0] != N:
+            raise ValueError(f"{op}: expected labels [N = {N}] or [N = {N}, P] (one row per example), got "
+                             f"{tuple(labels.shape)}")
         if labels.dim() == 1:
             ex, lab = torch.arange(N, device=device), labels
         else:
+            if (labels < -1).any():
+                raise ValueError(f"{op}: padded labels must lie in [0, {num_labels}) or be -1")
             ex, col = (labels >= 0).nonzero(as_tuple=True)
             lab = labels[ex, col]
     if lab.numel() and (lab.min() < 0 or lab.max() >= num_labels):
-        raise ValueError(f"TreeSampler.fit: labels must lie in [0, {num_labels})")
+        raise ValueError(f"{op}: labels must lie in [0, {num_labels}), got [{int(lab.min())}, {int(lab.max())}]")
     return ex, lab
 
 
@@ -322,6 +367,8 @@ class WeightTree:
         w = weights.detach().to(torch.float64).flatten()
         if w.numel() == 0 or (w < 0).any() or not torch.isfinite(w).all():
             raise ValueError("WeightTree: expected a non-empty tensor of finite, non-negative weights")
+        if not torch.isfinite(w.sum()):
+            raise ValueError("WeightTree: the weights' sum overflows float64; scale them down")
         self.num_labels = w.numel()
         self.depth = _depth(self.num_labels)
         self.offset = (1 << self.depth) - 1  # index of leaf 0 in the heap array
@@ -356,22 +403,32 @@ class WeightTree:
 
     def log_prob(self, idx: Tensor) -> Tensor:
         """log(w_idx / sum(w)) for labels idx (int64, any shape, in [0, C))."""
+        idx = self._indices(idx, "log_prob")
+        if not self.total > 0:
+            raise ValueError("WeightTree.log_prob: every weight is zero (no distribution)")
+        return torch.log(self.tree[self.offset + idx.long()]) - torch.log(self.total)
+
+    def _indices(self, idx, op: str) -> Tensor:
         idx = torch.as_tensor(idx, device=self.tree.device)
         if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
-            raise ValueError(f"WeightTree.log_prob: expected integer label indices, got {idx.dtype}")
+            raise ValueError(f"WeightTree.{op}: expected integer label indices, got {idx.dtype}")
         if idx.numel() and (idx.min() < 0 or idx.max() >= self.num_labels):
-            raise ValueError(f"WeightTree.log_prob: indices must lie in [0, {self.num_labels}), got "
+            raise ValueError(f"WeightTree.{op}: indices must lie in [0, {self.num_labels}), got "
                              f"[{int(idx.min())}, {int(idx.max())}]")
-        return torch.log(self.tree[self.offset + idx.long()]) - torch.log(self.total)
+        return idx.long()
 
     def update(self, idx: Tensor, new_weights: Tensor) -> None:
         """Sets w[idx] = new_weights (with repeated indices, the last one wins) and refreshes their ancestors."""
-        idx = idx.to(device=self.tree.device, dtype=torch.long).flatten()
-        new_weights = new_weights.to(device=self.tree.device, dtype=torch.float64).flatten().expand(idx.shape)
-        if idx.numel() and (idx.min() < 0 or idx.max() >= self.num_labels):
-            raise ValueError(f"WeightTree.update: indices must lie in [0, {self.num_labels})")
+        idx = self._indices(idx, "update").flatten()
+        new_weights = torch.as_tensor(new_weights, device=self.tree.device, dtype=torch.float64).flatten()
+        if new_weights.numel() not in (1, idx.numel()):
+            raise ValueError(f"WeightTree.update: expected one weight or one per index ({idx.numel()}), got "
+                             f"{new_weights.numel()}")
+        new_weights = new_weights.expand(idx.shape)
         if (new_weights < 0).any() or not torch.isfinite(new_weights).all():
             raise ValueError("WeightTree.update: weights must be finite and non-negative")
+        if not torch.isfinite(self.total + new_weights.sum()):  # bounds every new partial sum
+            raise ValueError("WeightTree.update: the weights' sum would overflow float64; scale them down")
         # last occurrence of each index wins
         order = torch.arange(idx.numel(), device=idx.device)
         last = torch.zeros(self.num_labels, dtype=torch.long, device=idx.device).scatter_reduce_(
@@ -407,6 +464,9 @@ def adversarial_negative_sampling_loss(pos_logits: Tensor, neg_logits: Tensor, p
     Args:
         pos_logits [B], neg_logits [B, S]: the model's logits xi of the positive and the sampled labels.
         pos_log_q [B], neg_log_q [B, S]: their log q (from :meth:`TreeSampler.log_prob` / :meth:`~TreeSampler.sample`).
+            They enter as constants (detached): the auxiliary model q is fitted on its own (:meth:`TreeSampler.fit`,
+            or by maximising :meth:`TreeSampler.log_prob` of the data), as in the paper, and this loss must not
+            pull it toward the model's logits.
         reg: lambda. reduction: ``"none"`` ([B]), ``"mean"`` or ``"sum"``.
 
     Example::
@@ -423,6 +483,7 @@ def adversarial_negative_sampling_loss(pos_logits: Tensor, neg_logits: Tensor, p
     if neg_logits.shape[1] == 0:
         raise ValueError("adversarial_negative_sampling_loss: needs at least one negative per example (S >= 1), got "
                          "S = 0")
+    pos_log_q, neg_log_q = pos_log_q.detach(), neg_log_q.detach()  # q is fitted on its own (see the docstring)
     loss = torch.nn.functional.softplus(-pos_logits) + torch.nn.functional.softplus(neg_logits).mean(-1)
     if reg:
         loss = loss + reg * ((pos_logits + pos_log_q) ** 2 + ((neg_logits + neg_log_q) ** 2).mean(-1))
@@ -448,7 +509,7 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
         pos_logits [B], pos_labels int64 [B]: the positive's logit and label.
         neg_logits [B, S], neg_labels int64 [B, S], neg_log_q [B, S]: the sampled labels, their logits and log q.
         pos_log_q [B]: log q of the positive (optional: without it the positive's logit is not corrected, as in
-            the usual formulation where the positive is not a sample).
+            the usual formulation where the positive is not a sample). log q enters as a constant (detached).
         positives: int64 [B, P] padded with -1, every positive of each example for the accidental-hit check
             (default: pos_labels).
     """
@@ -463,8 +524,8 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
     if positives is not None and (positives.dim() != 2 or positives.shape[0] != pos_logits.shape[0]):
         raise ValueError(f"sampled_softmax_loss: expected positives int64 [B = {pos_logits.shape[0]}, P] (padded with "
                          f"-1), got {tuple(positives.shape)}")
-    pos = pos_logits - (pos_log_q if pos_log_q is not None else 0)
-    neg = neg_logits - neg_log_q
+    pos = pos_logits - (pos_log_q.detach() if pos_log_q is not None else 0)  # log q is a constant (as above)
+    neg = neg_logits - neg_log_q.detach()
     if remove_accidental_hits:
         pos_set = positives if positives is not None else pos_labels[:, None]
         hit = (neg_labels[:, :, None] == pos_set[:, None, :]).any(-1)
