@@ -102,6 +102,25 @@ def test_float16_gradients_follow_loss_scaling(device):
                               (h16, w16, b16, lab16, None, False, 4, 1 / 6, flags))
 
 
+def test_autocast_float32_parameters():
+    # the usual mixed-precision setup: float32 parameters, bfloat16 autocast; as zlpr_loss(linear(h)) runs
+    hidden, weight, bias, labels = make(16, 8, 12, torch.float32, "cpu")
+    soft = torch.rand(16, 12, generator=torch.Generator().manual_seed(2)) * labels
+    positives = dense_to_positives(labels)
+    for lab, sparse in ((labels, False), (soft, False), (positives, True)):
+        ts = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+        tu = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lf = torchxc.fused_linear_zlpr_loss(*ts, lab)
+            logits = torch.nn.functional.linear(*tu)  # bfloat16 (hidden @ weight.T + bias would add in float32)
+            lu = (torchxc.zlpr_loss_sparse if sparse else torchxc.zlpr_loss)(logits, lab)
+        assert lf.dtype == lu.dtype == torch.bfloat16
+        assert max_err(lf, lu) <= 2e-2 * float(lu.abs())
+        for a, b in zip(grads(lf, ts), grads(lu, tu)):
+            assert a.dtype == torch.float32
+            assert max_err(a, b) <= 2e-2 * float(b.abs().max())
+
+
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))
 def test_gradcheck_opcheck_compile(device):
     hidden, weight, bias, labels = make(6, 5, 9, torch.float64, device)

@@ -272,6 +272,27 @@ def test_weight_targets_outside_the_input_dtype_range():
         torchxc.sparsemax_loss(z, torch.rand(2, 3, device="meta"))
 
 
+def test_weight_targets_of_another_dtype_keep_precision_and_range():
+    z = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    counts = torch.tensor([[3, 0, 1, 0, 0], [0, 7, 0, 0, 11], [1, 1, 1, 1, 1]])
+    (g_int,) = torch.autograd.grad(torchxc.sparsemax_loss(z, counts), z)  # normalised in float64, not float32
+    (g_f64,) = torch.autograd.grad(torchxc.sparsemax_loss(z, counts.double()), z)
+    assert max_err(g_int, g_f64) < 1e-15
+    huge = torch.tensor([[3e38, 3e38, 0.0, 0.0, 0.0]])  # finite weights whose float32 sum overflows
+    for dt in (torch.float16, torch.bfloat16):
+        got = torchxc.sparsemax_loss(z[:1].detach().to(dt), huge, reduction="none")
+        want = torchxc.sparsemax_loss(z[:1].detach().to(dt), torch.tensor([[0.5, 0.5, 0, 0, 0]]), reduction="none")
+        assert torch.equal(got, want)
+
+
+def test_float16_mean_over_many_rows_is_finite():
+    z = torch.randn(40000, 16, generator=torch.Generator().manual_seed(0)).half()
+    y = torch.randint(16, (40000,), generator=torch.Generator().manual_seed(1))
+    mean = torchxc.sparsemax_loss(z, y)
+    assert mean.dtype == torch.float16
+    assert mean.float().item() == pytest.approx(torchxc.sparsemax_loss(z.float(), y).item(), rel=1e-3)
+
+
 def test_no_double_backward():
     x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     g, = torch.autograd.grad(torchxc.sparsemax_loss(x, torch.tensor([0, 1, 2])), x, create_graph=True)

@@ -366,6 +366,29 @@ def test_soft_labels_keep_both_terms_when_narrowed(dtype):
     assert abs(want.item() - dropped.item()) > 0.3  # the test tells the two apart
 
 
+def test_soft_labels_keep_both_terms_between_16_bit_dtypes():
+    """float16 and bfloat16 have the same width but round differently: float16 0.9995 is 1 in bfloat16, bfloat16
+    1e-9 is 0 in float16. Either way the class must stay in both terms, as for a float32 target."""
+    for x_dtype, t_dtype, t, s0 in ((torch.bfloat16, torch.float16, 0.9995, 8.0),
+                                    (torch.float16, torch.bfloat16, 1e-9, -25.0)):
+        x = torch.tensor([[s0, -8.0, 0.1]], dtype=x_dtype)  # |s0| large: the term the class would leave counts
+        target = torch.tensor([[t, 0.5, 0.5]], dtype=t_dtype)
+        got = torchxc.zlpr_loss(x, target, reduction="none")
+        assert torch.equal(got, torchxc.zlpr_loss(x, target.float(), reduction="none"))
+        dropped = zlpr_reference(x, torch.tensor([[round(t), 0.5, 0.5]], dtype=torch.float64))
+        assert abs(got.double().item() - dropped.item()) > 0.5
+
+
+def test_vmap_then_backward():
+    s = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(3, 4, 6, generator=torch.Generator().manual_seed(0)) < 0.3
+    pos = torch.tensor([[0, 2, -1]] * 4)
+    for fn, lab in ((torchxc.zlpr_loss, t), (torchxc.zlpr_loss_sparse, pos.expand(3, 4, 3))):
+        (g,) = torch.autograd.grad(torch.vmap(fn)(s, lab).sum(), s)
+        (want,) = torch.autograd.grad(sum(fn(s[i], lab[i]) for i in range(3)), s)
+        assert max_err(g, want) < 1e-15
+
+
 def test_no_double_backward():
     h = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)

@@ -64,6 +64,13 @@ def fused_linear_zlpr_loss(
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"torchxc.fused_linear_zlpr_loss: expected bias of shape ({weight.shape[0]},), got "
                          f"{tuple(bias.shape)}")
+    dev = hidden.device.type
+    if torch.is_autocast_enabled(dev):
+        # as autocast runs a Linear: float32 hidden, weight and bias in the autocast dtype (the casts' backward
+        # returns float32 gradients to float32 parameters); the op itself runs with autocast off
+        low = torch.get_autocast_dtype(dev)
+        hidden, weight, bias = (t.to(low) if t is not None and t.dtype == torch.float32 else t
+                                for t in (hidden, weight, bias))
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and (t.dtype != hidden.dtype or t.device != hidden.device):
             raise ValueError(f"torchxc.fused_linear_zlpr_loss: {name} must have hidden's dtype and device "
@@ -119,6 +126,11 @@ def _fused_linear_zlpr(
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """scale * sum of the ZLPR losses of hidden @ weight.T + bias, with the gradients of that value wrt hidden,
     weight and bias (empty tensors where grads[i] is False)."""
+    with torch.autocast(hidden.device.type, enabled=False):  # the products and their out= buffers in one dtype
+        return _fused_linear_zlpr_impl(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads)
+
+
+def _fused_linear_zlpr_impl(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads):
     N, H = hidden.shape
     C = weight.shape[0]
     want_h, want_w, want_b = grads

@@ -101,9 +101,12 @@ def sparsemax_loss(
         if target.dtype != input.dtype:
             # normalise before the cast (the loss divides by the row sum anyway), so that weights outside the input
             # dtype's range (1e-9 or 1e6 in float16) keep their proportions instead of under- or overflowing
-            w = target.to(torch.promote_types(target.dtype, torch.float32))
-            s = w.sum(-1, keepdim=True)
-            target = torch.where(s > 0, w / s, w).to(input.dtype)
+            # (in float64 where either is float64; the row sums in float64, which no finite float32 weights
+            # overflow, and their reciprocals applied in the weights' dtype)
+            acc = torch.promote_types(torch.promote_types(target.dtype, input.dtype), torch.float32)
+            w = target.to(acc)
+            s = w.sum(-1, keepdim=True, dtype=torch.float64)
+            target = torch.where(s > 0, w * (1 / s).to(acc), w).to(input.dtype)
     elif not target.is_floating_point() and not target.is_complex() and target.shape == scores.shape[:-1]:
         target = target.long()
     else:
@@ -117,8 +120,10 @@ def sparsemax_loss(
         return loss
     if reduction == "sum":
         return loss.sum()
-    # Rows with a label have a positive target mass (stats[..., 2]); skipped rows have exactly 0.
-    return loss.sum() / torch.count_nonzero(stats.select(-1, 2))
+    # Rows with a label have a positive target mass (stats[..., 2]); skipped rows have exactly 0. The sum in
+    # float32 at least: a float16 sum of 40,000 losses of about 2 would overflow before the division.
+    total = loss.sum(dtype=torch.promote_types(loss.dtype, torch.float32))
+    return (total / torch.count_nonzero(stats.select(-1, 2))).to(loss.dtype)
 
 
 def _wrap_dim(dim: int, ndim: int, op: str) -> int:

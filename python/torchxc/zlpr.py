@@ -116,7 +116,13 @@ def _check(input: Tensor, reduction: str, op: str) -> None:
 
 
 def _wants_grad(input: Tensor) -> bool:
-    return torch.is_grad_enabled() and input.requires_grad
+    if not torch.is_grad_enabled():
+        return False
+    if input.requires_grad or torch.compiler.is_compiling():
+        return input.requires_grad
+    # under torch.vmap the batched wrapper reports requires_grad=False while autograd still records the op on the
+    # tensor it wraps: compute the gradient (the backward would have nothing to scale otherwise)
+    return torch._C._functorch.is_functorch_wrapped_tensor(input)
 
 
 def _grad_scale(input: Tensor, reduction: str) -> float:
@@ -147,7 +153,9 @@ def _to_input_dtype(target: Tensor, dtype: torch.dtype) -> Tensor:
     """Soft labels in the input's dtype. A narrowing cast must not turn t < 1 into 1 or t > 0 into 0 (which would
     drop the class from a term): such values become the nearest representable value short of 1 or above 0."""
     t = target.to(dtype)
-    if target.is_floating_point() and torch.finfo(dtype).bits < torch.finfo(target.dtype).bits:
+    # any change of floating dtype can round: to fewer mantissa bits (float16 0.9995 -> bfloat16 1) or into a
+    # narrower exponent range (bfloat16 1e-9 -> float16 0)
+    if target.is_floating_point() and target.dtype != dtype:
         info = torch.finfo(dtype)
         t = torch.where((t == 1) & (target < 1), torch.full_like(t, 1 - info.eps / 2), t)
         t = torch.where((t == 0) & (target > 0), torch.full_like(t, info.tiny), t)
