@@ -266,6 +266,10 @@ def test_weight_targets_outside_the_input_dtype_range():
     assert torch.allclose(got.float(), want, atol=2e-3)
     with pytest.raises(RuntimeError, match="cannot be normalised in Float"):
         torchxc.sparsemax_loss(z, torch.full((2, 3), 3e38))
+    with pytest.raises(ValueError, match="no gradient with respect to the target; pass target.detach"):
+        torchxc.sparsemax_loss(z, torch.rand(2, 3, requires_grad=True))
+    with torch.no_grad():
+        torchxc.sparsemax_loss(z, torch.rand(2, 3, requires_grad=True))  # nothing to differentiate: allowed
     with pytest.raises(ValueError, match="label weights must be real"):
         torchxc.sparsemax_loss(z, torch.ones(2, 3, dtype=torch.complex64))
     with pytest.raises(RuntimeError, match="torchxc::sparsemax_loss: expected target on cpu"):

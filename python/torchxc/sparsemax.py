@@ -98,6 +98,8 @@ def sparsemax_loss(
         target = target if last else target.movedim(dim, -1)
         if target.is_complex():
             raise ValueError(f"torchxc.sparsemax_loss: label weights must be real, got {target.dtype}")
+        if target.requires_grad and torch.is_grad_enabled():
+            raise ValueError("torchxc.sparsemax_loss: no gradient with respect to the target; pass target.detach()")
         if target.dtype != input.dtype:
             # normalise before the cast (the loss divides by the row sum anyway), so that weights outside the input
             # dtype's range (1e-9 or 1e6 in float16) keep their proportions instead of under- or overflowing
