@@ -101,7 +101,8 @@ def main(argv=None):
         json.dump({"args": vars(args), "runs": runs, "summary": summary, "published": PUBLISHED,
                    "seconds": time.time() - start}, f, indent=1)
     plot(os.path.join(args.out, "temporal_sets.png"), summary)
-    os.remove(partial)
+    if not args.report and os.path.exists(partial):  # --report only looks: the partial file still resumes the run
+        os.remove(partial)
     return 0
 
 
@@ -155,6 +156,8 @@ def plot(path, summary):
         return
     cols = ["recall@10", "ndcg@10", "phr@10", "micro_auc", "weighted_f1"]
     datasets = list(dict.fromkeys(r["dataset"] for r in summary))
+    if not datasets:
+        return
     fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.5), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
         sel = [r for r in summary if r["dataset"] == ds]

@@ -156,6 +156,16 @@ def test_temporal_sets_table_runs(tmp_path):
     assert all(0 <= r["recall@10"] <= 1 for r in res["runs"])
     for ext in ("csv", "md", "png"):
         assert (out / f"temporal_sets.{ext}").exists()
+    assert not (out / "temporal_sets.partial.csv").exists()  # a finished run removes its resume file
+    # --report summarises a partial run and keeps its resume file; with none it writes an empty table
+    (out / "temporal_sets.csv").rename(out / "temporal_sets.partial.csv")
+    report = cmd[:2] + ["--data", str(tmp_path), "--datasets", "Tiny", "--out", str(out), "--report"]
+    subprocess.run(report, check=True, capture_output=True)
+    assert (out / "temporal_sets.partial.csv").exists()
+    assert len(json.load(open(out / "temporal_sets.json"))["runs"]) == len(res["runs"])
+    empty = tmp_path / "empty"
+    subprocess.run(report[:-3] + ["--out", str(empty), "--report"], check=True, capture_output=True)
+    assert json.load(open(empty / "temporal_sets.json"))["runs"] == []
     # the AUC breakdown, run in two parts: --append keeps the first part's rows
     auc = [sys.executable, os.path.join(ROOT, "benchmarks", "temporal_sets_auc.py"), "--data", str(tmp_path),
            "--dataset", "Tiny", "--out", str(out)]

@@ -151,6 +151,51 @@ def test_loaders_reject_malformed_files(tmp_path):
         load_temporal_sets_json(str(q))
 
 
+def test_csv_loader_bom_spaces_amount_column_and_bad_amounts(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("\ufeffuser, time, label\n" + "".join(f"u{u}, {t}, {'ab'[t % 2]}\n" for u in range(8)
+                                                      for t in range(4)), encoding="utf-8")
+    d = load_temporal_sets_csv(str(p))  # the byte-order mark is skipped, spaces around values are not names
+    assert sorted(d.vocab) == ["a", "b"]
+    for header, row, msg in (("user,time,label,store", "u,1,x,s1", "expected the header user,time,label"),
+                             ("user,time,label,amount,extra", "u,1,x,2,3", "expected the header user,time,label"),
+                             ("user,time,label,amount", "u,1,x,nan", "line 2: amount must be a finite number"),
+                             ("user,time,label,amount", "u,1,x,-3", "line 2: amount must be a finite number")):
+        p.write_text(f"{header}\n{row}\n")
+        with pytest.raises(ValueError, match=msg):
+            load_temporal_sets_csv(str(p))
+
+
+def test_csv_split_does_not_follow_the_training_seed(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("user,time,label\n" + "".join(f"u{u},{t},{'abc'[(t + u) % 3]}\n" for u in range(30)
+                                                for t in range(4)))
+    results = [json.loads((tmp_path / f"{seed}.json").read_text()) if cli_main(
+        ["--data", str(p), "--model", "frequency", "--seed", str(seed), "--output", str(tmp_path / f"{seed}.json")])
+        == 0 else None for seed in (0, 1)]
+    assert results[0]["recall@10"] == results[1]["recall@10"]  # the same test users
+    split = [load_temporal_sets_csv(str(p), seed=s) for s in (0, 1)]
+    assert [e.user for e in split[0].test] != [e.user for e in split[1].test]  # --split-seed moves them
+
+
+def test_cli_refuses_options_the_model_ignores(tmp_path, capsys):
+    data = favourite_label_users(1, 12, {"train": 10, "validate": 4, "test": 4}, max_events=4)
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(data))
+    for extra, msg in ((["--model", "transformer", "--attention", "sparsemax"], "--attention applies to"),
+                       (["--model", "transformer", "--past-counts"], "--past-counts applies to"),
+                       (["--model", "transformer", "--transitions"], "--transitions applies to"),
+                       (["--model", "frequency", "--past-counts"], "--past-counts applies to"),
+                       (["--model", "frequency", "--loss", "bce"], "--loss applies to"),
+                       (["--model", "lanet", "--epochs", "0"], "--epochs must be >= 1"),
+                       (["--model", "lanet", "--d-model", "16", "--d-time", "16"], "expected 0 < --d-time < --d-model")):
+        with pytest.raises(SystemExit):
+            cli_main(["--data", str(p)] + extra)
+        assert msg in capsys.readouterr().err
+        with pytest.raises(ValueError, match=msg.replace("+", r"\+")):
+            run(cli_parser().parse_args(["--data", str(p)] + extra))
+
+
 def test_small_csv_keeps_a_validation_user_and_empty_splits_are_refused(tmp_path):
     p = tmp_path / "d.csv"
     p.write_text("user,time,label\n" + "".join(f"u{u},{t},{'ab'[t % 2]}\n" for u in range(8) for t in range(4)))

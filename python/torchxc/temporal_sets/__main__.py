@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .train import run
+from .train import check_args, run
 
 
 def parser():
@@ -39,14 +39,21 @@ def parser():
                     help="LANET: add each label's transition lift from the user's last event and whole past, counted "
                          "over the training users (torchxc extension); frequency: break ties by the transition "
                          "probability from the user's past instead of popularity")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
+    ap.add_argument("--split-seed", type=int, default=0,
+                    help="CSV data: the random split of users into train / validate / test (JSON data has its own)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--output", default=None, help="write the metrics here (JSON)")
     return ap
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
+    try:
+        check_args(args)
+    except ValueError as e:
+        ap.error(str(e))
     result = run(args)
     keys = ["micro_auc", "macro_auc", "weighted_f1", "micro_f1", "recall@10", "ndcg@10", "recall@20", "ndcg@20",
             "phr@10", "train_seconds", "num_labels"]

@@ -132,10 +132,10 @@ def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2),
     same user and time form one event). Time is a number or an ISO date (gaps in days). Users are split at random
     (seeded) into train / validate / test with the given fractions."""
     events = defaultdict(lambda: defaultdict(dict))
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Excel's "CSV UTF-8") is skipped
         reader = csv.reader(f)
         header = [h.strip().lower() for h in next(reader, [])]
-        if header[:3] != ["user", "time", "label"]:
+        if header not in (["user", "time", "label"], ["user", "time", "label", "amount"]):
             raise ValueError(f"load_temporal_sets_csv: {path}: expected the header user,time,label[,amount], got "
                              f"{header or 'an empty file'}")
         has_amount = len(header) > 3
@@ -145,8 +145,11 @@ def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2),
             if len(row) != len(header):
                 raise ValueError(f"load_temporal_sets_csv: {path} line {reader.line_num}: expected {len(header)} "
                                  f"fields ({','.join(header)}), got {len(row)}: {row}")
+            row = [c.strip() for c in row]  # "u1, 5, a" and "u1,5,a" name the same user and label
             try:
                 amount = float(row[3]) if has_amount and row[3] != "" else 0.0
+                if not (math.isfinite(amount) and amount >= 0):
+                    raise ValueError(f"amount must be a finite number >= 0, got {row[3]!r}")
                 t = _parse_time(row[1])
             except ValueError as e:
                 raise ValueError(f"load_temporal_sets_csv: {path} line {reader.line_num}: {e}") from None
