@@ -166,6 +166,23 @@ def test_row_mask_when_rows_equal_classes_and_bad_chunks():
     assert math.isnan(torchxc.fused_linear_zlpr_loss(h[:0], w, None, t[:0]).item())  # as zlpr_loss's mean
 
 
+def test_raw_op_checks_its_arguments():
+    hidden, weight, bias, labels = make(6, 5, 9, torch.float32, "cpu")
+    op = torch.ops.torchxc.fused_linear_zlpr.default
+    flags = [True, True, True]
+    for args, msg in (((hidden, weight, bias, labels, None, False, -1, 1 / 6, flags), "chunk_size >= 1"),
+                      ((hidden, weight, bias, labels, None, False, 0, 1 / 6, flags), "chunk_size >= 1"),
+                      ((hidden, weight, bias, torch.cat([labels, labels]), None, False, 4, 1 / 6, flags),
+                       r"labels \[6, 9\]"),
+                      ((hidden, weight, bias, labels, torch.ones(12, 9, dtype=torch.bool), False, 4, 1 / 6, flags),
+                       r"mask \[9\] or \[6, 9\]"),
+                      ((hidden[0], weight, bias, labels, None, False, 4, 1 / 6, flags), "expected hidden \\[N, H\\]"),
+                      ((hidden, weight, bias, labels, None, False, 4, 1 / 6, [True, True]), "grads"),
+                      ((hidden, weight, bias, labels, None, False, 4, math.inf, flags), "a finite scale")):
+        with pytest.raises(ValueError, match="torchxc::fused_linear_zlpr: (expected )?" + msg):
+            op(*args)
+
+
 def test_no_double_backward_and_no_gradients_under_no_grad():
     h = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)

@@ -289,6 +289,14 @@ def test_weight_targets_of_another_dtype_keep_precision_and_range():
         assert torch.equal(got, want)
 
 
+def test_backward_op_checks_class_indices():
+    z = torch.randn(3, 5)
+    loss, stats = torch.ops.torchxc.sparsemax_loss(z, torch.tensor([0, 1, 2]), -100)
+    for bad in (5, -100, 2 ** 40):
+        with pytest.raises(RuntimeError, match=f"sparsemax_loss_backward: class index {bad} of row 1 is out of range"):
+            torch.ops.torchxc.sparsemax_loss_backward(torch.ones(3), z, torch.tensor([0, bad, 2]), stats)
+
+
 def test_float16_mean_over_many_rows_is_finite():
     z = torch.randn(40000, 16, generator=torch.Generator().manual_seed(0)).half()
     y = torch.randint(16, (40000,), generator=torch.Generator().manual_seed(1))

@@ -408,6 +408,20 @@ def test_default_label_maps_live_with_the_nodes(device):
     assert labels.device == log_q.device == s.node_weight.device
 
 
+def test_raw_ops_refuse_label_maps_outside_the_labels():
+    z, W, b = torch.randn(2, 3), torch.randn(7, 3), torch.zeros(7)
+    padding_leaf = torch.tensor([0, 1, 2, 3, 5])  # label 4 on leaf 5, a padding leaf of a 5-label tree
+    with pytest.raises(RuntimeError, match=r"label_to_leaf\[4\] = 5 is not the leaf of a label"):
+        torch.ops.torchxc.tree_log_prob(z, W, b, padding_leaf, torch.tensor([[4], [0]]))
+    for bad in (padding_leaf, torch.zeros(5, dtype=torch.long)):
+        with pytest.raises(RuntimeError, match="tree_log_prob_all: label_to_leaf must be a permutation"):
+            torch.ops.torchxc.tree_log_prob_all(z, W, b, bad)
+    leaf_to_label = torch.tensor([0, -1, 2, 99, 2 ** 40, 5, 6, 7])  # leaves below C = 5 hold -1, 99, 2^40
+    for dtype in (torch.float32, torch.float64):
+        with pytest.raises(RuntimeError, match=r"tree_sample: leaf_to_label maps a leaf below C = 5 to a label"):
+            torch.ops.torchxc.tree_sample(z.to(dtype), W.to(dtype), b.to(dtype), leaf_to_label, 5, 100, 0)
+
+
 def test_losses_treat_log_q_as_a_constant():
     s = make_tree(37, 4, dtype=torch.float32)
     x = torch.randn(3, 4)
@@ -564,7 +578,7 @@ def test_empty_batch_backward_and_no_double_backward():
 def test_api_bad_input_errors():
     with pytest.raises(ValueError, match="num_labels must be >= 1"):
         torchxc.TreeSampler.from_parameters(torch.zeros(0, 1), torch.zeros(0), 0)
-    with pytest.raises(RuntimeError, match=r"label_to_leaf\[1\] = 1000000000000 is not a leaf"):
+    with pytest.raises(RuntimeError, match=r"label_to_leaf\[1\] = 1000000000000 is not the leaf of a label"):
         torch.ops.torchxc.tree_log_prob(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1),
                                         torch.tensor([0, 10 ** 12]), torch.tensor([[1]]))
     with pytest.raises(RuntimeError, match="torchxc::tree_log_prob: expected labels on cpu"):

@@ -379,6 +379,16 @@ def test_soft_labels_keep_both_terms_between_16_bit_dtypes():
         assert abs(got.double().item() - dropped.item()) > 0.5
 
 
+def test_grad_scale_must_fit_the_compute_dtype():
+    x, t = torch.randn(2, 4), torch.rand(2, 4) < 0.5
+    with pytest.raises(RuntimeError, match="grad_scale 1e\\+39 is not a finite, non-zero float32"):
+        torch.ops.torchxc.zlpr_loss(x, t, None, True, 1e39)
+    with pytest.raises(RuntimeError, match="is not a finite, non-zero float32"):
+        torch.ops.torchxc.zlpr_loss(x.half(), t, None, True, 1e-50)
+    _, g = torch.ops.torchxc.zlpr_loss(x.double(), t, None, True, 1e39)  # float64 holds it
+    assert torch.isfinite(g).all()
+
+
 def test_vmap_then_backward():
     s = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
     t = torch.rand(3, 4, 6, generator=torch.Generator().manual_seed(0)) < 0.3

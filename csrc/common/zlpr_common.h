@@ -42,6 +42,10 @@ struct ZlprProblem {
     check_float_input(input, op, "input");
     TORCH_CHECK(std::isfinite(grad_scale) && grad_scale != 0.0, op,
                 ": expected a finite, non-zero grad_scale, but got ", grad_scale);
+    const float grad_scale_f = static_cast<float>(grad_scale);  // what the float32-computing kernels multiply by
+    TORCH_CHECK(input.scalar_type() == at::kDouble || (std::isfinite(grad_scale_f) && grad_scale_f != 0.0f), op,
+                ": grad_scale ", grad_scale, " is not a finite, non-zero float32, in which ", input.scalar_type(),
+                " input is computed");
     TORCH_CHECK(input.dim() >= 1, op, ": expected input with at least 1 dimension (classes last), but got a 0-d tensor");
     check_same_device(input, labels, op, "input", sparse ? "positives" : "target");
     const auto batch = input.sizes().slice(0, input.dim() - 1);

@@ -38,6 +38,16 @@ at::Tensor tree_log_prob_all(const at::Tensor& z, const at::Tensor& weight, cons
   check_same_device(z, label_to_leaf, op, "z", "label_to_leaf");
   const int64_t C = label_to_leaf.size(0);
   const int64_t depth = check_tree_inputs(z, weight, bias, C, op);
+  if (C > 0) {  // O(C log C) next to the op's O(B C k): an error on the CPU, a device-side assert (no sync) on CUDA
+    const at::Tensor ok = (std::get<0>(at::sort(label_to_leaf)) == at::arange(C, label_to_leaf.options())).all();
+    const std::string msg = std::string(op) + ": label_to_leaf must be a permutation of the leaves 0 .. C - 1 = " +
+                            std::to_string(C - 1) + " (leaves C .. 2^depth - 1 are padding)";
+    if (label_to_leaf.is_cpu()) {
+      TORCH_CHECK(ok.item<bool>(), msg);
+    } else if (label_to_leaf.is_cuda()) {
+      at::_assert_async(ok, msg);
+    }
+  }
   at::Tensor logp = at::zeros({z.size(0), 1}, z.options());
   for (int64_t l = 0; l < depth; ++l) {
     const int64_t first = (int64_t(1) << l) - 1, width = int64_t(1) << l;

@@ -985,7 +985,10 @@ at::Tensor sparsemax_loss_backward_cpu(const at::Tensor& grad_loss, const at::Te
         if (mass == T(0)) {  // ignored row (zero target mass)
           std::fill(out, out + d, scalar_t(0));
         } else if (index_target) {
-          loss_grad_index(xp + r * d, out, d, m, t, tg.const_data_ptr<int64_t>()[r], glp[r]);
+          const int64_t y = tg.const_data_ptr<int64_t>()[r];  // as the forward checked it (a labelled row)
+          TORCH_CHECK(y >= 0 && y < d, "torchxc::sparsemax_loss_backward: class index ", y, " of row ", r,
+                      " is out of range for ", d, " classes");
+          loss_grad_index(xp + r * d, out, d, m, t, y, glp[r]);
         } else {
           loss_grad_dense(xp + r * d, tg.const_data_ptr<scalar_t>() + r * d, out, d, m, t, T(1) / mass, glp[r]);
         }

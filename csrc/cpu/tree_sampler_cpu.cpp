@@ -378,8 +378,10 @@ constexpr int64_t kMaxBlockDepth = 30;
 
 // Draws i0 .. i0+n-1 of the flat [B, S] output (n <= kWalkBlock), float32, depth <= kMaxBlockDepth. The loops over
 // the block's walks are 8 lanes wide on AVX2 (float and int32 state only). The path probability is kept as a
-// log numerator and a float denominator (tree_step); one logarithm per draw at the end.
-TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float* weight, const float* bias, int64_t k,
+// log numerator and a float denominator (tree_step); one logarithm per draw at the end. Returns whether a drawn
+// leaf's label lay outside [0, C) (a bad leaf_to_label), which the caller reports: an exception thrown from here (a
+// target_clones function on a parallel_for thread) terminated the process.
+TORCHXC_CPU_MULTIVERSION bool tree_sample_block_f32(const float* z, const float* weight, const float* bias, int64_t k,
                                                    int64_t depth, int64_t num_labels, uint64_t seed, int64_t S,
                                                    int64_t i0, int64_t n, const int64_t* leaf_to_label,
                                                    int64_t* labels, float* log_q) {
@@ -464,7 +466,12 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
     }
   }
   constexpr float kLn2 = 0.693147180559945309f;
-  for (int64_t i = 0; i < n; ++i) labels[i0 + i] = leaf_to_label[node[i] - leaf0];
+  bool bad_label = false;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t label = leaf_to_label[node[i] - leaf0];
+    bad_label |= static_cast<uint64_t>(label) >= static_cast<uint64_t>(num_labels);
+    labels[i0 + i] = label;
+  }
   TORCHXC_PRAGMA(omp simd)
   for (int64_t i = 0; i < n; ++i) {  // lognum - log(den), den = m 2^e with m in [1, 2)
     const uint32_t bits = __builtin_bit_cast(uint32_t, den[i]);
@@ -473,6 +480,7 @@ TORCHXC_CPU_MULTIVERSION void tree_sample_block_f32(const float* z, const float*
     const float lq = lognum[i] - (log_1_2(m) + static_cast<float>(e) * kLn2);
     log_q[i0 + i] = bsel(den[i] != den[i], den[i], lq);  // a NaN logit on the path made den NaN: log q is NaN
   }
+  return bad_label;
 }
 
 std::tuple<at::Tensor, at::Tensor> tree_sample_cpu(const at::Tensor& z_in, const at::Tensor& weight_in,
@@ -491,6 +499,11 @@ std::tuple<at::Tensor, at::Tensor> tree_sample_cpu(const at::Tensor& z_in, const
   const int64_t B = z.size(0), k = z.size(1), S = num_samples;
   at::Tensor labels = at::empty({B, S}, z.options().dtype(at::kLong));
   at::Tensor log_q = at::empty({B, S}, z.options());
+  std::atomic<bool> bad_label{false};
+  const auto check_labels = [&] {
+    TORCH_CHECK(!bad_label.load(), op, ": leaf_to_label maps a leaf below C = ", num_labels, " to a label outside ",
+                "[0, C) (its first C entries must be a permutation of the labels)");
+  };
   if (z.scalar_type() == at::kFloat && depth <= kMaxBlockDepth && S > 0) {
     const float* zp = z.const_data_ptr<float>();
     const float* wp = weight.const_data_ptr<float>();
@@ -506,10 +519,13 @@ std::tuple<at::Tensor, at::Tensor> tree_sample_cpu(const at::Tensor& z_in, const
     at::parallel_for(0, std::min<int64_t>(blocks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
       for (int64_t blk; (blk = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
         const int64_t i = blk * kWalkBlock;
-        tree_sample_block_f32(zp, wp, bp, k, depth, num_labels, static_cast<uint64_t>(seed), S, i,
-                              std::min(kWalkBlock, total - i), l2l, lab, lq);
+        if (tree_sample_block_f32(zp, wp, bp, k, depth, num_labels, static_cast<uint64_t>(seed), S, i,
+                                  std::min(kWalkBlock, total - i), l2l, lab, lq)) {
+          bad_label.store(true);
+        }
       }
     });
+    check_labels();
     return {labels, log_q};
   }
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "tree_sample_cpu", [&] {
@@ -526,14 +542,17 @@ std::tuple<at::Tensor, at::Tensor> tree_sample_cpu(const at::Tensor& z_in, const
           const int64_t leaf = tree_draw(zp + b * k, wp, bp, k, depth, num_labels, static_cast<uint64_t>(seed),
                                          static_cast<uint64_t>(b), static_cast<uint64_t>(s), lq + i);
           lab[i] = l2l[leaf];
+          if (lab[i] < 0 || lab[i] >= num_labels) bad_label.store(true);
         }
       }
     });
   });
+  check_labels();
   return {labels, log_q};
 }
 
-// The leaves of `labels` [B, P] (checked against C), from label_to_leaf [C] (each leaf checked against 2^depth).
+// The leaves of `labels` [B, P] (checked against C), from label_to_leaf [C] (each leaf checked to be a label's leaf,
+// i.e. in [0, C): leaves C .. 2^depth - 1 are padding, of probability 0).
 at::Tensor leaves_of(const at::Tensor& labels, const at::Tensor& label_to_leaf, int64_t num_labels, int64_t depth,
                      const char* op) {
   const at::Tensor lab = labels.contiguous();
@@ -547,8 +566,9 @@ at::Tensor leaves_of(const at::Tensor& labels, const at::Tensor& label_to_leaf, 
       TORCH_CHECK(lp[i] >= 0 && lp[i] < num_labels, op, ": label ", lp[i], " is out of range for ", num_labels,
                   " labels");
       out[i] = map[lp[i]];
-      TORCH_CHECK(out[i] >= 0 && out[i] < (int64_t(1) << depth), op, ": label_to_leaf[", lp[i], "] = ", out[i],
-                  " is not a leaf of a depth-", depth, " tree (expected [0, ", int64_t(1) << depth, "))");
+      TORCH_CHECK(out[i] >= 0 && out[i] < num_labels, op, ": label_to_leaf[", lp[i], "] = ", out[i],
+                  " is not the leaf of a label (expected [0, ", num_labels, "); leaves ", num_labels, " to ",
+                  (int64_t(1) << depth) - 1, " of the depth-", depth, " tree are padding)");
     }
   });
   return leaves;

@@ -195,7 +195,7 @@ inline int64_t cuda_split_above() {
 // Configurations a kernel cannot use are not instantiated.
 template <int WORDS, typename F>
 bool dispatch_row_config(int64_t d, F&& f) {
-  if (d > cuda_split_above()) return false;
+  if (d > 0 && d > cuda_split_above()) return false;  // empty rows never take the split path (a grid of 0 chunks)
   if (d <= 8) return f(RowConfig<8, 1, 128>{});  // sub-warp groups: 4 rows per warp
   if (d <= 16) return f(RowConfig<16, 1, 128>{});
   if (d <= 32) return f(RowConfig<32, 1, 128>{});

@@ -209,6 +209,8 @@ __global__ void __launch_bounds__(kBackwardThreads) sparsemax_loss_backward_kern
     const acc_t m = stats[3 * row], t = stats[3 * row + 1], mass = stats[3 * row + 2];
     const acc_t gl = grad_loss[row];
     const int64_t y = kIndex ? labels[row] : -1;
+    CUDA_KERNEL_ASSERT_MSG(!kIndex || mass == acc_t(0) || (y >= 0 && y < d),
+                           "torchxc::sparsemax_loss_backward: class index out of range");
     const acc_t inv_mass = acc_t(1) / mass;
 #pragma unroll
     for (int k = 0; k < kBackwardItems; ++k) {

@@ -173,6 +173,9 @@ struct SplitThreshold {
 
   SplitThreshold(const at::Tensor& like, int64_t rows_, int64_t d_, int max_newton_, cudaStream_t stream_)
       : rows(rows_), d(d_), nchunks(ceil_div(d_, kChunk)), max_newton(max_newton_), stream(stream_) {
+    // one finishing block per row (reachable with TORCHXC_CUDA_SPLIT_ABOVE set low): checked before any launch
+    TORCH_CHECK(rows < (int64_t(1) << 31) - 1, "torchxc: the split sparsemax path supports up to 2^31 - 2 rows, got ",
+                rows);
     const auto acc_opts = like.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
     chunk_m = at::empty({rows, nchunks}, acc_opts);
     chunk_t = at::empty({rows, nchunks}, acc_opts);
@@ -201,8 +204,6 @@ struct SplitThreshold {
           rmax.mutable_data_ptr<acc_t>(), rows, d, nchunks);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    TORCH_CHECK(rows < (int64_t(1) << 31) - 1, "torchxc: the split sparsemax path supports up to 2^31 - 2 rows, got ",
-                rows);  // one finishing block per row (reachable with TORCHXC_CUDA_SPLIT_ABOVE set low)
     sparsemax_solve_kernel<scalar_t><<<static_cast<unsigned>(rows), kSolveThreads, 0, stream>>>(
         cand, counts.const_data_ptr<int>(), rmax.const_data_ptr<acc_t>(), rtau.mutable_data_ptr<acc_t>(), d, nchunks,
         max_newton);

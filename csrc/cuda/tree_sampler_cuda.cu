@@ -32,7 +32,10 @@ __global__ void tree_sample_kernel(const scalar_t* __restrict__ z, const scalar_
     const int64_t b = i / S, s = i % S;
     const int64_t leaf = tree_draw(z + b * k, weight, bias, k, depth, num_labels, seed, static_cast<uint64_t>(b),
                                    static_cast<uint64_t>(s), log_q + i);
-    labels[i] = leaf_to_label[leaf];
+    const int64_t label = leaf_to_label[leaf];
+    CUDA_KERNEL_ASSERT_MSG(label >= 0 && label < num_labels,
+                           "torchxc::tree_sample: leaf_to_label maps a leaf below C to a label outside [0, C)");
+    labels[i] = label;
   }
 }
 
@@ -48,8 +51,8 @@ __global__ void tree_path_kernel(const scalar_t* __restrict__ z, const scalar_t*
     const int64_t y = labels[i];
     CUDA_KERNEL_ASSERT_MSG(y >= 0 && y < num_labels, "torchxc::tree_log_prob: label out of range");
     const int64_t leaf = label_to_leaf[y];
-    CUDA_KERNEL_ASSERT_MSG(leaf >= 0 && leaf < (int64_t(1) << depth),
-                           "torchxc::tree_log_prob: label_to_leaf entry is not a leaf of the tree");
+    CUDA_KERNEL_ASSERT_MSG(leaf >= 0 && leaf < num_labels,
+                           "torchxc::tree_log_prob: label_to_leaf entry is not a label's leaf (expected [0, C))");
     log_q[i] = tree_path(z + (i / P) * k, weight, bias, k, depth, num_labels, leaf, nodes ? nodes + i * depth : nullptr,
                          coef ? coef + i * depth : nullptr);
   }

@@ -126,8 +126,30 @@ def _fused_linear_zlpr(
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """scale * sum of the ZLPR losses of hidden @ weight.T + bias, with the gradients of that value wrt hidden,
     weight and bias (empty tensors where grads[i] is False)."""
+    _check_op_args(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads)
     with torch.autocast(hidden.device.type, enabled=False):  # the products and their out= buffers in one dtype
         return _fused_linear_zlpr_impl(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads)
+
+
+def _check_op_args(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads):
+    """The op's own argument checks (torch.ops users skip the wrapper's): shapes the chunk loop relies on."""
+    op = "torchxc::fused_linear_zlpr"
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"{op}: expected hidden [N, H] and weight [C, H], got {tuple(hidden.shape)} and "
+                         f"{tuple(weight.shape)}")
+    N, C = hidden.shape[0], weight.shape[0]
+    if bias is not None and tuple(bias.shape) != (C,):
+        raise ValueError(f"{op}: expected bias [{C}], got {tuple(bias.shape)}")
+    if labels.dim() != 2 or labels.shape[0] != N or (not sparse and labels.shape[1] != C):
+        raise ValueError(f"{op}: expected labels [{N}, {'P' if sparse else C}], got {tuple(labels.shape)}")
+    if mask is not None and not (tuple(mask.shape) == (C,) or tuple(mask.shape) == (N, C)):
+        raise ValueError(f"{op}: expected mask [{C}] or [{N}, {C}], got {tuple(mask.shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"{op}: expected chunk_size >= 1, got {chunk_size}")
+    if math.isinf(scale) or (math.isnan(scale) and N > 0):  # NaN: the wrapper's mean over no rows
+        raise ValueError(f"{op}: expected a finite scale, got {scale}")
+    if len(grads) != 3:
+        raise ValueError(f"{op}: expected grads = [hidden, weight, bias] flags, got {len(grads)} flags")
 
 
 def _fused_linear_zlpr_impl(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads):
@@ -176,6 +198,7 @@ def _fused_linear_zlpr_impl(hidden, weight, bias, labels, mask, sparse, chunk_si
 
 @_fused_linear_zlpr.register_fake
 def _(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads):
+    _check_op_args(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads)
     want_h, want_w, want_b = grads
     stored = torch.float32 if hidden.dtype == torch.float16 else weight.dtype  # see _fused_linear_zlpr
     return (
@@ -236,17 +259,20 @@ def _backward(ctx, grad_loss, _gh, _gw, _gb):
             out = (unscale(grad_h) if want_h else None, unscale(grad_w) if want_w else None,
                    unscale(grad_b) if want_b else None, None, None, None, None, None, None)
             return _no_double_backward(out)
-        # loss.backward() seeds 1: the stored gradients are handed on themselves, so that the peak holds one [C, H]
-        # weight gradient, not two (this node's saved tensors are released after it, and autograd moves them into
-        # .grad without a copy). Only when the backward does not keep the graph (a retained graph keeps them,
-        # and they must not become a .grad that later backwards accumulate into), not while traced
-        # (torch.compile: the value is unknown; the traced backward always scales) and not during CUDA graph
-        # capture; on a GPU the value test costs one host sync.
-        one = (not _is_traced(grad_loss) and not (grad_loss.is_cuda and torch.cuda.is_current_stream_capturing())
-               and not torch.ops.torchxc._backward_keeps_graph() and bool(grad_loss == 1))
+        # The stored gradients are this node's own when the backward frees the graph and is not traced
+        # (torch.compile: the traced backward always scales out of place); a retained graph keeps them, and they
+        # must not become a .grad that later backwards accumulate into. Then loss.backward() (seed 1) gets them
+        # handed on as they are, and any other seed scales them in place: either way the peak holds one [C, H]
+        # weight gradient, not two (autograd moves them into .grad without a copy). The seed test is made on the
+        # CPU only; on a GPU it would cost a host sync, so the in-place product (no sync, CUDA-graph safe) serves
+        # every seed there.
+        own = not _is_traced(grad_loss) and not torch.ops.torchxc._backward_keeps_graph()
+        one = own and grad_loss.device.type == "cpu" and bool(grad_loss == 1)
 
         def scaled(g):
-            return g if one else g * grad_loss.to(g.dtype)
+            if one:
+                return g
+            return g.mul_(grad_loss.to(g.dtype)) if own else g * grad_loss.to(g.dtype)
 
         out = (scaled(grad_h) if want_h else None, scaled(grad_w) if want_w else None,
                scaled(grad_b) if want_b else None, None, None, None, None, None, None)

@@ -378,6 +378,7 @@ class WeightTree:
             first, n = (1 << level) - 1, 1 << level
             self.tree[first:first + n] = self.tree[2 * first + 1:2 * first + 1 + 2 * n:2] + \
                 self.tree[2 * first + 2:2 * first + 2 + 2 * n:2]
+        self._has_mass = bool(self.total > 0)  # kept on the host: sample needs no device sync to check it
 
     @property
     def weights(self) -> Tensor:
@@ -389,7 +390,7 @@ class WeightTree:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n independent labels (int64 [n]), each with probability w_y / sum(w)."""
-        if not self.total > 0:
+        if not self._has_mass:
             raise ValueError("WeightTree.sample: every weight is zero")
         u = torch.rand(n, dtype=torch.float64, device=self.tree.device, generator=generator) * self.total
         node = torch.zeros(n, dtype=torch.long, device=self.tree.device)
@@ -404,7 +405,7 @@ class WeightTree:
     def log_prob(self, idx: Tensor) -> Tensor:
         """log(w_idx / sum(w)) for labels idx (int64, any shape, in [0, C))."""
         idx = self._indices(idx, "log_prob")
-        if not self.total > 0:
+        if not self._has_mass:
             raise ValueError("WeightTree.log_prob: every weight is zero (no distribution)")
         return torch.log(self.tree[self.offset + idx.long()]) - torch.log(self.total)
 
@@ -439,6 +440,7 @@ class WeightTree:
         for _ in range(self.depth):
             nodes = torch.unique((nodes - 1) // 2)
             self.tree[nodes] = self.tree[2 * nodes + 1] + self.tree[2 * nodes + 2]
+        self._has_mass = bool(self.total > 0)
 
 
 # ---- losses ---------------------------------------------------------------------------------------------------------
