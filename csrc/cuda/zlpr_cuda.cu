@@ -122,7 +122,8 @@ struct ZlprTile {
 template <typename scalar_t, int TPR, int ITEMS, int VEC, int BLOCK, ZlprLabels L>
 __global__ void __launch_bounds__(BLOCK) zlpr_rows_kernel(const scalar_t* __restrict__ x, ZlprArgs a,
                                                           scalar_t* __restrict__ loss, scalar_t* __restrict__ grad,
-                                                          int64_t rows, int64_t d) {
+                                                          int64_t rows, int64_t d,
+                                                          at::opmath_type<scalar_t> grad_scale) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ RowSmem<acc_t> smem_a, smem_b;
   const int lane = threadIdx.x % TPR;
@@ -138,8 +139,9 @@ __global__ void __launch_bounds__(BLOCK) zlpr_rows_kernel(const scalar_t* __rest
   row_allreduce2<TPR>(sneg, spos, Sum(), Sum(), smem_a.f, smem_b.f);
   if (valid && lane == 0) loss[row] = static_cast<scalar_t>(zlpr_term(mneg, sneg) + zlpr_term(mpos, spos));
   if (grad) {
-    // 1 / (1 + sum) in the units of the shifted exponentials: e^{-m} / Z = 1 / (e^{-m} + s)
-    tile.gradient(mneg, mpos, acc_t(1) / (exp(-mneg) + sneg), acc_t(1) / (exp(-mpos) + spos));
+    // 1 / (1 + sum) in the units of the shifted exponentials: e^{-m} / Z = 1 / (e^{-m} + s); grad_scale folded in
+    // (as on the CPU: no separate pass, one rounding)
+    tile.gradient(mneg, mpos, grad_scale / (exp(-mneg) + sneg), grad_scale / (exp(-mpos) + spos));
     tile_store<TPR, ITEMS, VEC>(tile.s, grad + row * d, d, lane, valid);
   }
 }
@@ -175,11 +177,11 @@ __global__ void __launch_bounds__(kChunkThreads) zlpr_chunk_kernel(const scalar_
 }
 
 // Per row (one warp): merges the chunks (rescaling each sum to the row maximum, in a fixed order), writes the
-// loss and the row statistics (m_neg, inv_zneg, m_pos, inv_zpos) for the gradient pass.
+// loss and the row statistics (m_neg, grad_scale / z_neg, m_pos, grad_scale / z_pos) for the gradient pass.
 template <typename scalar_t>
 __global__ void zlpr_merge_kernel(const at::opmath_type<scalar_t>* __restrict__ part,
                                   at::opmath_type<scalar_t>* __restrict__ stats, scalar_t* __restrict__ loss,
-                                  int64_t rows, int64_t nchunks) {
+                                  int64_t rows, int64_t nchunks, at::opmath_type<scalar_t> grad_scale) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
   if (row >= rows) return;  // whole warps exit together
@@ -202,9 +204,9 @@ __global__ void zlpr_merge_kernel(const at::opmath_type<scalar_t>* __restrict__ 
   if (lane == 0) {
     loss[row] = static_cast<scalar_t>(zlpr_term(mneg, sneg) + zlpr_term(mpos, spos));
     stats[4 * row] = mneg;
-    stats[4 * row + 1] = acc_t(1) / (exp(-mneg) + sneg);
+    stats[4 * row + 1] = grad_scale / (exp(-mneg) + sneg);
     stats[4 * row + 2] = mpos;
-    stats[4 * row + 3] = acc_t(1) / (exp(-mpos) + spos);
+    stats[4 * row + 3] = grad_scale / (exp(-mpos) + spos);
   }
 }
 
@@ -243,6 +245,7 @@ void zlpr_cuda_kernel(const ZlprProblem& P, const void* labels, int64_t words, c
   const ZlprArgs a{labels, P.mask.defined() ? P.mask.const_data_ptr<bool>() : nullptr, P.mask_per_row ? P.d : 0,
                    words};
   const int64_t rows = P.rows, d = P.d;
+  const acc_t gs = static_cast<acc_t>(P.grad_scale);  // representable: ZlprProblem::make checked it
   const scalar_t* xp = P.x.const_data_ptr<scalar_t>();
   scalar_t* lp = P.loss.mutable_data_ptr<scalar_t>();
   scalar_t* gp = P.grad.numel() > 0 ? P.grad.mutable_data_ptr<scalar_t>() : nullptr;
@@ -258,9 +261,11 @@ void zlpr_cuda_kernel(const ZlprProblem& P, const void* labels, int64_t words, c
     constexpr int V = max_vec<scalar_t, C::ITEMS>();
     const dim3 grid(static_cast<unsigned>(ceil_div(rows, C::ROWS_PER_BLOCK)));
     if (aligned(V)) {
-      zlpr_rows_kernel<scalar_t, C::TPR, C::ITEMS, V, C::BLOCK, L><<<grid, C::BLOCK, 0, stream>>>(xp, a, lp, gp, rows, d);
+      zlpr_rows_kernel<scalar_t, C::TPR, C::ITEMS, V, C::BLOCK, L>
+          <<<grid, C::BLOCK, 0, stream>>>(xp, a, lp, gp, rows, d, gs);
     } else {
-      zlpr_rows_kernel<scalar_t, C::TPR, C::ITEMS, 1, C::BLOCK, L><<<grid, C::BLOCK, 0, stream>>>(xp, a, lp, gp, rows, d);
+      zlpr_rows_kernel<scalar_t, C::TPR, C::ITEMS, 1, C::BLOCK, L>
+          <<<grid, C::BLOCK, 0, stream>>>(xp, a, lp, gp, rows, d, gs);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return true;
@@ -284,7 +289,7 @@ void zlpr_cuda_kernel(const ZlprProblem& P, const void* labels, int64_t words, c
   constexpr int kMergeThreads = 256;
   zlpr_merge_kernel<scalar_t>
       <<<static_cast<unsigned>(ceil_div(rows, kMergeThreads / kWarp)), kMergeThreads, 0, stream>>>(
-          part.const_data_ptr<acc_t>(), stats.mutable_data_ptr<acc_t>(), lp, rows, nchunks);
+          part.const_data_ptr<acc_t>(), stats.mutable_data_ptr<acc_t>(), lp, rows, nchunks, gs);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!gp) return;
   if (vec) {
@@ -295,12 +300,6 @@ void zlpr_cuda_kernel(const ZlprProblem& P, const void* labels, int64_t words, c
                                                                                gp, rows, d);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// grad_scale on the GPU: one in-place pass after the kernels for now (the CPU folds it into the row's normalisers;
-// doing the same in these kernels saves the pass, to be measured on a GPU first).
-void scale_grad(ZlprProblem& P) {
-  if (P.grad_scale != 1.0 && P.grad.numel() > 0) P.grad.mul_(P.grad_scale);
 }
 
 std::tuple<at::Tensor, at::Tensor> zlpr_loss_cuda(const at::Tensor& input, const at::Tensor& target,
@@ -319,7 +318,6 @@ std::tuple<at::Tensor, at::Tensor> zlpr_loss_cuda(const at::Tensor& input, const
       zlpr_cuda_kernel<scalar_t, ZlprLabels::kSoft>(P, P.labels.const_data_ptr<scalar_t>(), 0, stream);
     }
   });
-  scale_grad(P);
   return {P.loss, P.grad};
 }
 
@@ -346,7 +344,6 @@ std::tuple<at::Tensor, at::Tensor> zlpr_loss_sparse_cuda(const at::Tensor& input
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "zlpr_loss_sparse_cuda", [&] {
     zlpr_cuda_kernel<scalar_t, ZlprLabels::kBits>(P, bits.const_data_ptr<int>(), words, stream);
   });
-  scale_grad(P);
   return {P.loss, P.grad};
 }
 
