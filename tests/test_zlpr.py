@@ -409,6 +409,30 @@ def test_no_double_backward():
             (g ** 2).sum().backward()
 
 
+def test_second_derivatives_wrt_the_input_raise():
+    """Differentiating a gradient with respect to the op's own input (autograd.grad(g, x), Hessians, Hessian-vector
+    products) must raise, not fail with "not used in the graph" or come out as zeros (allow_unused)."""
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(3, 5, generator=torch.Generator().manual_seed(0)) < 0.4
+    h = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    sampler = torchxc.TreeSampler.from_parameters(torch.randn(7, 5, dtype=torch.float64),
+                                                  torch.zeros(7, dtype=torch.float64), 6)
+    cases = {"torchxc::zlpr_loss:": (lambda a: torchxc.zlpr_loss(a, t), x),
+             "torchxc::zlpr_loss_sparse:": (lambda a: torchxc.zlpr_loss_sparse(a, torch.tensor([[0, -1]] * 3)), x),
+             "torchxc::sparsemax_loss:": (lambda a: torchxc.sparsemax_loss(a, torch.tensor([0, 1, 2])), x),
+             "torchxc::tree_log_prob:": (lambda a: sampler.log_prob(a, torch.tensor([[1], [2], [5]])).sum(), x),
+             "torchxc.fused_linear_zlpr_loss:": (lambda a: torchxc.fused_linear_zlpr_loss(a, w, None, t), h)}
+    for name, (f, a) in cases.items():
+        (g,) = torch.autograd.grad(f(a), a, create_graph=True)
+        with pytest.raises(RuntimeError, match=name + " double backward"):
+            torch.autograd.grad(g.sum(), a)
+        with pytest.raises(RuntimeError, match=name + " double backward"):
+            torch.autograd.functional.hessian(f, a)
+        with pytest.raises(RuntimeError, match=name + " double backward"):
+            torch.autograd.functional.hvp(f, a, torch.ones_like(a))
+
+
 def test_noncontiguous_empty_and_broadcast_masks():
     s, t = make_case((5, 4, 9), torch.float64, "cpu", kind="soft")
     m = torch.rand(5, 1, 9, generator=torch.Generator().manual_seed(3)) < 0.7  # broadcast over the middle dim

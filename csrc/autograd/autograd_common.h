@@ -12,9 +12,14 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
 
+#include <memory>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 // The dispatcher handle of the registered op `qualified_name` ("torchxc::...") with the C++ signature given as
 // the remaining arguments, looked up once per call site.
@@ -27,12 +32,38 @@
 
 namespace torchxc {
 
+namespace detail {
+// A new autograd node held the way this torch holds nodes (std::shared_ptr in older releases, c10::intrusive_ptr in
+// newer ones): Ptr is the type torch::autograd::get_current_node() returns.
+template <typename Ptr>
+struct MakeNode;
+template <typename T>
+struct MakeNode<std::shared_ptr<T>> {
+  template <typename N, typename... A>
+  static std::shared_ptr<N> make(A&&... args) {
+    return std::make_shared<N>(std::forward<A>(args)...);
+  }
+};
+template <typename T>
+struct MakeNode<c10::intrusive_ptr<T>> {
+  template <typename N, typename... A>
+  static c10::intrusive_ptr<N> make(A&&... args) {
+    return c10::make_intrusive<N>(std::forward<A>(args)...);
+  }
+};
+}  // namespace detail
+
 // For a backward that is not itself differentiable (its op has no autograd kernel): when it runs with
 // create_graph=True (grad mode on), its results get a node that raises if anything differentiates through them,
-// as torch.autograd.function.once_differentiable does in Python, instead of a silently wrong second derivative.
-// `compute` runs without grad mode (no autograd fallback warnings).
+// instead of a silently wrong second derivative. The node's edges are those of the backward's own node (the
+// forward's inputs) and of the incoming gradients, so that differentiating the results with respect to the
+// forward's input reaches it and raises: torch.autograd.function.once_differentiable (and this function before)
+// linked the node to detached copies only, so autograd.grad(g, input) failed with "not used in the graph" and
+// torch.autograd.functional.hessian / hvp returned zeros. `compute` runs without grad mode (no autograd fallback
+// warnings).
 template <typename F>
-torch::autograd::variable_list once_differentiable(const char* op, F&& compute) {
+torch::autograd::variable_list once_differentiable(const char* op, const torch::autograd::variable_list& grads,
+                                                   F&& compute) {
   const bool create_graph = at::GradMode::is_enabled();
   torch::autograd::variable_list out;
   {
@@ -40,12 +71,25 @@ torch::autograd::variable_list once_differentiable(const char* op, F&& compute) 
     out = compute();
   }
   if (!create_graph) return out;
-  torch::autograd::variable_list inputs;
-  for (const auto& t : out) inputs.push_back(t.defined() ? t.detach().requires_grad_(true) : t);
-  return torch::autograd::DelayedError(std::string(op) + ": double backward (differentiating its gradient again) "
-                                       "is not supported",
-                                       static_cast<int64_t>(inputs.size()))
-      .apply(std::move(inputs));
+  const std::string msg = std::string(op) + ": double backward (differentiating its gradient again) is not supported";
+  const auto current = torch::autograd::get_current_node();  // the node whose backward is running
+  if (!current) {  // not run by the autograd engine: link the node to the results alone
+    torch::autograd::variable_list inputs;
+    for (const auto& t : out) inputs.push_back(t.defined() ? t.detach().requires_grad_(true) : t);
+    return torch::autograd::DelayedError(msg, static_cast<int64_t>(inputs.size())).apply(std::move(inputs));
+  }
+  torch::autograd::edge_list edges = current->next_edges();
+  for (const auto& g : grads) {
+    if (g.defined() && g.requires_grad()) edges.push_back(torch::autograd::impl::gradient_edge(g));
+  }
+  const auto error =
+      detail::MakeNode<std::decay_t<decltype(current)>>::template make<torch::autograd::Error>(msg, std::move(edges));
+  for (auto& t : out) {
+    if (!t.defined() || !t.is_floating_point()) continue;
+    t = t.detach();
+    torch::autograd::set_history(t, error);
+  }
+  return out;
 }
 
 }  // namespace torchxc

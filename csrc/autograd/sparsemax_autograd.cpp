@@ -61,7 +61,7 @@ struct SparsemaxLossFunction : public torch::autograd::Function<SparsemaxLossFun
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
     const variable_list saved = ctx->get_saved_variables();
-    return once_differentiable("torchxc::sparsemax_loss", [&]() -> variable_list {
+    return once_differentiable("torchxc::sparsemax_loss", grads, [&]() -> variable_list {
       at::Tensor grad = TORCHXC_OP("torchxc::sparsemax_loss_backward",
                                    at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&))
                             .call(grads[0], saved[0], saved[1], saved[2]);

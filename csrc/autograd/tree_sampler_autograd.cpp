@@ -24,7 +24,7 @@ struct TreeLogProbFunction : public torch::autograd::Function<TreeLogProbFunctio
     using Sig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                                const at::Tensor&, const at::Tensor&,
                                                                const at::Tensor&, const at::Tensor&);
-    return once_differentiable("torchxc::tree_log_prob", [&]() -> variable_list {
+    return once_differentiable("torchxc::tree_log_prob", grads, [&]() -> variable_list {
       auto [gz, gw, gb] =
           TORCHXC_OP("torchxc::tree_log_prob_backward", Sig).call(grads[0], s[0], s[1], s[2], s[3], s[4]);
       return {gz, gw, gb, at::Tensor(), at::Tensor()};

@@ -55,7 +55,7 @@ struct ZlprFunction : public torch::autograd::Function<ZlprFunction<Tag>> {
                 ": backward needs the gradient, but the op ran with compute_grad=False");
     const at::Tensor grad = ctx->get_saved_variables()[0];
     const double grad_scale = ctx->saved_data["grad_scale"].toDouble();
-    return once_differentiable(Tag::name, [&]() -> variable_list {
+    return once_differentiable(Tag::name, grads, [&]() -> variable_list {
       variable_list out = none;
       // The common case (a mean or sum of the rows, seed 1): hand on the stored gradient itself, with no second
       // input-sized tensor (a caller of the raw op who kept its second output gets that same tensor back).

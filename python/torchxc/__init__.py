@@ -38,6 +38,15 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str):
+    """torchxc.datasets, torchxc.models and torchxc.temporal_sets load on first use (they pull in more modules)."""
+    if name in ("datasets", "models", "temporal_sets"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'torchxc' has no attribute {name!r}")
+
+
 def cuda_kernels_built() -> bool:
     """True when this build of torchxc contains CUDA kernels (independent of whether a GPU is present)."""
     return bool(_C.with_cuda)

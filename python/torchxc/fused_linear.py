@@ -217,19 +217,26 @@ def _setup_context(ctx, inputs, output):
     _, grad_h, grad_w, grad_b = output
     ctx.save_for_backward(grad_h, grad_w, grad_b)
     ctx.set_materialize_grads(False)  # the gradient outputs get no gradient: no [C, H] zeros in the backward
+    # hidden, weight, bias themselves (references, no copies; not saved tensors, so in-place changes after the
+    # forward stay allowed): _no_double_backward links its error node to them (eager only)
+    ctx.inputs = () if torch.compiler.is_compiling() else tuple(t for t in inputs[:3] if t is not None)
 
 
-def _no_double_backward(outputs):
+def _no_double_backward(outputs, connect=()):
     """Under create_graph=True, gradients whose dependence on the inputs is not recorded (the stored ones) get a
     node that raises when differentiated, so a second derivative is an error rather than silently missing terms.
-    (torch.autograd.function.once_differentiable only does this when an incoming gradient requires grad.)"""
+    The node is linked to `connect` (the forward's inputs, the incoming gradient) as well, so that differentiating
+    the gradients with respect to those inputs reaches it: linked to detached copies only (as
+    torch.autograd.function.once_differentiable does), autograd.grad(g, hidden) failed with "not used in the graph"
+    and torch.autograd.functional.hessian returned zeros."""
     if not torch.is_grad_enabled():
         return outputs
     live = [i for i, t in enumerate(outputs) if isinstance(t, Tensor)]
+    links = [t for t in connect if isinstance(t, Tensor) and t.requires_grad]
     err = torch._C._functions.DelayedError(
         b"torchxc.fused_linear_zlpr_loss: double backward (differentiating its gradient again) is not supported",
-        len(live))
-    wrapped = err(*[outputs[i].detach().requires_grad_() for i in live])
+        len(live) + len(links))
+    wrapped = err(*[outputs[i].detach().requires_grad_() for i in live], *links)
     wrapped = wrapped if isinstance(wrapped, tuple) else (wrapped,)
     out = list(outputs)
     for i, t in zip(live, wrapped):
@@ -258,7 +265,7 @@ def _backward(ctx, grad_loss, _gh, _gw, _gb):
 
             out = (unscale(grad_h) if want_h else None, unscale(grad_w) if want_w else None,
                    unscale(grad_b) if want_b else None, None, None, None, None, None, None)
-            return _no_double_backward(out)
+            return _no_double_backward(out, (*getattr(ctx, "inputs", ()), grad_loss))
         # The stored gradients are this node's own when the backward frees the graph and is not traced
         # (torch.compile: the traced backward always scales out of place); a retained graph keeps them, and they
         # must not become a .grad that later backwards accumulate into. Then loss.backward() (seed 1) gets them
@@ -276,7 +283,7 @@ def _backward(ctx, grad_loss, _gh, _gw, _gb):
 
         out = (scaled(grad_h) if want_h else None, scaled(grad_w) if want_w else None,
                scaled(grad_b) if want_b else None, None, None, None, None, None, None)
-    return _no_double_backward(out)
+    return _no_double_backward(out, (*getattr(ctx, "inputs", ()), grad_loss))
 
 
 _fused_linear_zlpr.register_autograd(_backward, setup_context=_setup_context)

@@ -107,6 +107,10 @@ class TreeSampler(torch.nn.Module):
 
     def project(self, features: Tensor) -> Tensor:
         """z = (x - mean) @ projection, in the nodes' dtype."""
+        F = self.projection.shape[0] if self.projection is not None else self.node_weight.shape[1]
+        if features.dim() != 2 or features.shape[1] != F:
+            raise ValueError(f"TreeSampler: expected features [B, {F}] (the projection's input width), got "
+                             f"{tuple(features.shape)}")
         x = features.to(self.node_weight.dtype)
         if self.mean is not None:
             x = x - self.mean
@@ -158,9 +162,14 @@ class TreeSampler(torch.nn.Module):
 
         Args:
             features: [N, F] float tensor.
-            labels: int64 [N] (one label per example), int64 [N, P] padded with -1 (multi-label), or a CSR pair
-                (indptr [N + 1], indices [nnz]). Each positive counts as one example.
+            labels: int64 [N] (one label per example), int64 [N, P] padded with -1 (multi-label), a CSR pair
+                (indptr [N + 1], indices [nnz]), or a torch.sparse_csr_tensor [N, C] whose stored non-zero entries
+                are the positives. Each positive counts as one example.
             num_labels: C.
+            dim: k, the width of the whitened PCA projection (at most F and N - 1).
+            iterations: label reassignments per level; newton_steps: Newton steps per reassignment.
+            l2: the L2 penalty on each node's weights (> 0; its bias gets a weak fixed one).
+            progress: a tqdm bar over the levels. seed: the randomised SVD's seed (the global RNG is left alone).
         """
         if features.dim() != 2 or not features.is_floating_point():
             raise ValueError(f"TreeSampler.fit: expected float features [N, F], got {features.dtype} "
