@@ -29,6 +29,9 @@ TORCH_LIBRARY(torchxc, m) {
 
   // Whether the backward now running keeps its graph (retain_graph); fused_linear_zlpr's Python backward asks.
   m.def("_backward_keeps_graph() -> bool");
+  // Called by that backward under create_graph=True: `grads` (its results) linked to a node that raises `msg` when
+  // differentiated (link_double_backward_error in csrc/autograd/autograd_common.h).
+  m.def("_double_backward_error(Tensor[] grads, Tensor[] incoming, str msg) -> Tensor[]");
 
   // ---- adversarial tree sampler (python/torchxc/sampling.py; tree in csrc/common/tree_common.h) ----
   // num_samples independent draws per row of z [B, k] from q(. | z): (labels int64 [B, S], log q [B, S]). The

@@ -283,10 +283,11 @@ def test_weight_targets_of_another_dtype_keep_precision_and_range():
     (g_f64,) = torch.autograd.grad(torchxc.sparsemax_loss(z, counts.double()), z)
     assert max_err(g_int, g_f64) < 1e-15
     huge = torch.tensor([[3e38, 3e38, 0.0, 0.0, 0.0]])  # finite weights whose float32 sum overflows
+    tiny = torch.tensor([[1e-39, 1e-39, 0.0, 0.0, 0.0]])  # subnormal weights whose sum's reciprocal overflows
     for dt in (torch.float16, torch.bfloat16):
-        got = torchxc.sparsemax_loss(z[:1].detach().to(dt), huge, reduction="none")
         want = torchxc.sparsemax_loss(z[:1].detach().to(dt), torch.tensor([[0.5, 0.5, 0, 0, 0]]), reduction="none")
-        assert torch.equal(got, want)
+        for w in (huge, tiny):
+            assert torch.equal(torchxc.sparsemax_loss(z[:1].detach().to(dt), w, reduction="none"), want)
 
 
 def test_backward_op_checks_class_indices():

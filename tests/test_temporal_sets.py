@@ -160,7 +160,7 @@ def test_csv_loader_bom_spaces_amount_column_and_bad_amounts(tmp_path):
     for header, row, msg in (("user,time,label,store", "u,1,x,s1", "expected the header user,time,label"),
                              ("user,time,label,amount,extra", "u,1,x,2,3", "expected the header user,time,label"),
                              ("user,time,label,amount", "u,1,x,nan", "line 2: amount must be a finite number"),
-                             ("user,time,label,amount", "u,1,x,-3", "line 2: amount must be a finite number")):
+                             ("user,time,label,amount", "u,1,x,inf", "line 2: amount must be a finite number")):
         p.write_text(f"{header}\n{row}\n")
         with pytest.raises(ValueError, match=msg):
             load_temporal_sets_csv(str(p))
@@ -188,7 +188,7 @@ def test_cli_refuses_options_the_model_ignores(tmp_path, capsys):
                        (["--model", "frequency", "--past-counts"], "--past-counts applies to"),
                        (["--model", "frequency", "--loss", "bce"], "--loss applies to"),
                        (["--model", "lanet", "--epochs", "0"], "--epochs must be >= 1"),
-                       (["--model", "lanet", "--d-model", "16", "--d-time", "16"], "expected 0 < --d-time < --d-model")):
+                       (["--model", "lanet", "--d-model", "16", "--d-time", "16"], "expected 0 <= --d-time < --d-model")):
         with pytest.raises(SystemExit):
             cli_main(["--data", str(p)] + extra)
         assert msg in capsys.readouterr().err

@@ -398,6 +398,12 @@ def test_fit_whitening_ignores_scale_and_missing_directions():
     for scale in (1e-8, 1e6):
         t = torchxc.TreeSampler.fit(x * scale, y, C, dim=16, progress=False)
         assert abs(t.log_prob(x[:1000] * scale, y[:1000, None]).mean().item() - clean_lq) < 0.05
+    # full rank, one direction 10x wider than the rest, many examples: every direction is kept (a cut-off growing
+    # with N dropped 15 of 16 at N = 1e6)
+    wide = torch.randn(1_000_000, 32, generator=g)
+    wide[:, 0] *= 10
+    t = torchxc.TreeSampler.fit(wide, torch.zeros(1_000_000, dtype=torch.long), 2, dim=16, progress=False)
+    assert (t.projection.abs().sum(0) > 0).all()
 
 
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))

@@ -53,25 +53,16 @@ struct MakeNode<c10::intrusive_ptr<T>> {
 };
 }  // namespace detail
 
-// For a backward that is not itself differentiable (its op has no autograd kernel): when it runs with
-// create_graph=True (grad mode on), its results get a node that raises if anything differentiates through them,
-// instead of a silently wrong second derivative. The node's edges are those of the backward's own node (the
-// forward's inputs) and of the incoming gradients, so that differentiating the results with respect to the
-// forward's input reaches it and raises: torch.autograd.function.once_differentiable (and this function before)
-// linked the node to detached copies only, so autograd.grad(g, input) failed with "not used in the graph" and
-// torch.autograd.functional.hessian / hvp returned zeros. `compute` runs without grad mode (no autograd fallback
-// warnings).
-template <typename F>
-torch::autograd::variable_list once_differentiable(const char* op, const torch::autograd::variable_list& grads,
-                                                   F&& compute) {
-  const bool create_graph = at::GradMode::is_enabled();
-  torch::autograd::variable_list out;
-  {
-    at::NoGradGuard no_grad;
-    out = compute();
-  }
-  if (!create_graph) return out;
-  const std::string msg = std::string(op) + ": double backward (differentiating its gradient again) is not supported";
+// Under create_graph=True (grad mode on in a backward): gives the gradients `out` computed by a backward that is not
+// itself differentiable a node that raises `msg` if anything differentiates through them, instead of a silently
+// wrong second derivative. The node's edges are those of the backward's own node (the forward's inputs) and of the
+// incoming gradients `grads`, so that differentiating the results with respect to the forward's input reaches it
+// and raises: torch.autograd.function.once_differentiable (and this code before) linked the node to detached copies
+// only, so autograd.grad(g, input) failed with "not used in the graph" and torch.autograd.functional.hessian / hvp
+// returned zeros.
+inline torch::autograd::variable_list link_double_backward_error(const std::string& msg,
+                                                                 const torch::autograd::variable_list& grads,
+                                                                 torch::autograd::variable_list out) {
   const auto current = torch::autograd::get_current_node();  // the node whose backward is running
   if (!current) {  // not run by the autograd engine: link the node to the results alone
     torch::autograd::variable_list inputs;
@@ -90,6 +81,23 @@ torch::autograd::variable_list once_differentiable(const char* op, const torch::
     torch::autograd::set_history(t, error);
   }
   return out;
+}
+
+// For a backward that is not itself differentiable (its op has no autograd kernel): `compute` runs without grad
+// mode (no autograd fallback warnings); with create_graph=True its results get the raising node above.
+template <typename F>
+torch::autograd::variable_list once_differentiable(const char* op, const torch::autograd::variable_list& grads,
+                                                   F&& compute) {
+  const bool create_graph = at::GradMode::is_enabled();
+  torch::autograd::variable_list out;
+  {
+    at::NoGradGuard no_grad;
+    out = compute();
+  }
+  if (!create_graph) return out;
+  return link_double_backward_error(
+      std::string(op) + ": double backward (differentiating its gradient again) is not supported", grads,
+      std::move(out));
 }
 
 }  // namespace torchxc

@@ -217,27 +217,24 @@ def _setup_context(ctx, inputs, output):
     _, grad_h, grad_w, grad_b = output
     ctx.save_for_backward(grad_h, grad_w, grad_b)
     ctx.set_materialize_grads(False)  # the gradient outputs get no gradient: no [C, H] zeros in the backward
-    # hidden, weight, bias themselves (references, no copies; not saved tensors, so in-place changes after the
-    # forward stay allowed): _no_double_backward links its error node to them (eager only)
-    ctx.inputs = () if torch.compiler.is_compiling() else tuple(t for t in inputs[:3] if t is not None)
 
 
-def _no_double_backward(outputs, connect=()):
+def _no_double_backward(outputs, incoming):
     """Under create_graph=True, gradients whose dependence on the inputs is not recorded (the stored ones) get a
     node that raises when differentiated, so a second derivative is an error rather than silently missing terms.
-    The node is linked to `connect` (the forward's inputs, the incoming gradient) as well, so that differentiating
-    the gradients with respect to those inputs reaches it: linked to detached copies only (as
-    torch.autograd.function.once_differentiable does), autograd.grad(g, hidden) failed with "not used in the graph"
-    and torch.autograd.functional.hessian returned zeros."""
+    The node (torchxc::_double_backward_error, the C++ losses' own mechanism) is linked to this backward node's
+    edges (hidden, weight, bias) and to the incoming gradient, so that differentiating the gradients with respect to
+    hidden reaches it: linked to detached copies only (as torch.autograd.function.once_differentiable does),
+    autograd.grad(g, hidden) failed with "not used in the graph" and torch.autograd.functional.hessian returned
+    zeros. It holds no tensor beyond the backward."""
     if not torch.is_grad_enabled():
         return outputs
     live = [i for i, t in enumerate(outputs) if isinstance(t, Tensor)]
-    links = [t for t in connect if isinstance(t, Tensor) and t.requires_grad]
-    err = torch._C._functions.DelayedError(
-        b"torchxc.fused_linear_zlpr_loss: double backward (differentiating its gradient again) is not supported",
-        len(live) + len(links))
-    wrapped = err(*[outputs[i].detach().requires_grad_() for i in live], *links)
-    wrapped = wrapped if isinstance(wrapped, tuple) else (wrapped,)
+    if not live:
+        return outputs
+    wrapped = torch.ops.torchxc._double_backward_error(
+        [outputs[i] for i in live], [incoming],
+        "torchxc.fused_linear_zlpr_loss: double backward (differentiating its gradient again) is not supported")
     out = list(outputs)
     for i, t in zip(live, wrapped):
         out[i] = t
@@ -260,12 +257,12 @@ def _backward(ctx, grad_loss, _gh, _gw, _gb):
         if ctx.unscaled:  # float16: scale * grad_loss computed in float32, rounded once into the result
             factor = grad_loss.float() * ctx.scale
 
-            def unscale(g):
-                return torch.mul(g, factor, out=torch.empty(g.shape, dtype=ctx.dtype, device=g.device))
+            def unscale(g):  # g.float() first: a CUDA multiply would round the float32 factor to float16
+                return g.float().mul_(factor).to(ctx.dtype)
 
             out = (unscale(grad_h) if want_h else None, unscale(grad_w) if want_w else None,
                    unscale(grad_b) if want_b else None, None, None, None, None, None, None)
-            return _no_double_backward(out, (*getattr(ctx, "inputs", ()), grad_loss))
+            return _no_double_backward(out, grad_loss)
         # The stored gradients are this node's own when the backward frees the graph and is not traced
         # (torch.compile: the traced backward always scales out of place); a retained graph keeps them, and they
         # must not become a .grad that later backwards accumulate into. Then loss.backward() (seed 1) gets them
@@ -283,7 +280,7 @@ def _backward(ctx, grad_loss, _gh, _gw, _gb):
 
         out = (scaled(grad_h) if want_h else None, scaled(grad_w) if want_w else None,
                scaled(grad_b) if want_b else None, None, None, None, None, None, None)
-    return _no_double_backward(out, (*getattr(ctx, "inputs", ()), grad_loss))
+    return _no_double_backward(out, grad_loss)
 
 
 _fused_linear_zlpr.register_autograd(_backward, setup_context=_setup_context)

@@ -195,11 +195,12 @@ class TreeSampler(torch.nn.Module):
             _, s, v = torch.pca_lowrank(x, q=k, center=True, niter=4)
         finally:
             torch.random.set_rng_state(gen_state)
-        # Directions whose spread is rounding noise relative to the largest (features of rank below k, as
-        # pseudo-inverses judge it) get a zero column rather than a huge one; the test is relative, so the
-        # features' overall scale does not matter.
+        # Directions whose spread is rounding noise relative to the largest (features of rank below k: their
+        # spread comes out at 1e-8 - 1e-7 of the largest in float32) get a zero column rather than a huge one. The
+        # test is relative, so the features' overall scale does not matter, and independent of N (a cut-off
+        # growing with N, as pseudo-inverses use, dropped real directions at N = 1e6).
         std = s[:k] / math.sqrt(max(N - 1, 1))
-        tol = std[0] * max(N, F) * torch.finfo(x.dtype).eps
+        tol = std[0] * 100 * torch.finfo(x.dtype).eps
         keep = std > tol
         projection = torch.where(keep, v[:, :k] / torch.where(keep, std, torch.ones_like(std)), 0.0)
         z = (x - mean) @ projection

@@ -148,8 +148,8 @@ def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2),
             row = [c.strip() for c in row]  # "u1, 5, a" and "u1,5,a" name the same user and label
             try:
                 amount = float(row[3]) if has_amount and row[3] != "" else 0.0
-                if not (math.isfinite(amount) and amount >= 0):
-                    raise ValueError(f"amount must be a finite number >= 0, got {row[3]!r}")
+                if not math.isfinite(amount):  # negative amounts (returns) are data: their bucket is 0's
+                    raise ValueError(f"amount must be a finite number, got {row[3]!r}")
                 t = _parse_time(row[1])
             except ValueError as e:
                 raise ValueError(f"load_temporal_sets_csv: {path} line {reader.line_num}: {e}") from None

@@ -116,8 +116,8 @@ def check_args(args) -> None:
         problems.append(f"--epochs must be >= 1 for a trained model, got {args.epochs}")
     if args.look_back < 1:
         problems.append(f"--look-back must be >= 1, got {args.look_back}")
-    if args.model == "lanet" and not 0 < args.d_time < args.d_model:
-        problems.append(f"LANET splits --d-model into a label part and a --d-time part: expected 0 < --d-time < "
+    if args.model == "lanet" and not 0 <= args.d_time < args.d_model:
+        problems.append(f"LANET splits --d-model into a label part and a --d-time part: expected 0 <= --d-time < "
                         f"--d-model, got {args.d_time} and {args.d_model}")
     if args.model == "lanet" and args.max_tokens < 1:
         problems.append(f"--max-tokens must be >= 1, got {args.max_tokens}")
