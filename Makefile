@@ -6,7 +6,7 @@ VENV := .venv
 PYTHON ?= $(VENV)/bin/python
 STAMP := $(dir $(PYTHON)).torchxc-deps
 
-.PHONY: setup build test bench bench-cpu lint gpu-check cuda-compile-check cmake-check ci clean
+.PHONY: setup build test bench bench-cpu lint device-prep gpu-check cuda-compile-check cmake-check ci clean
 
 setup: $(STAMP) build
 
@@ -33,6 +33,10 @@ bench-cpu: setup
 # Static checks of the Python code: undefined names, unused imports, syntax errors.
 lint: $(STAMP)
 	$(PYTHON) -m ruff check --select F,E9 --line-length 120 python benchmarks tests tools
+
+# Here, before a device call (no GPU needed): the CUDA library for the device's torch into .prebuilt/, wheels into .whl/.
+device-prep:
+	tools/build_for_device.sh
 
 # On a GPU machine: build with CUDA, full tests, compute-sanitizer, benchmarks; results under $$OUT.
 gpu-check:

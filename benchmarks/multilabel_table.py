@@ -295,7 +295,8 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--max-epochs", type=int, default=100)
     ap.add_argument("--patience", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=256,
+                    help="minibatch size for training sets of more than 2000 rows (smaller ones use 64)")
     ap.add_argument("--out", default=RESULTS_DIR)
     ap.add_argument("--resume", action="store_true", help="keep the rows of an interrupted run's partial CSV")
     ap.add_argument("--report", action="store_true",
@@ -306,8 +307,9 @@ def main(argv=None):
     if args.report:
         final = os.path.join(args.out, "multilabel_table.csv")
         rows = read_partial(args.partial if os.path.exists(args.partial) else final)
-        print_table(rows, args.seeds)
-        write_markdown(os.path.join(args.out, "multilabel_table.md"), rows, args.seeds)
+        seeds = len({r["seed"] for r in rows if "seed" in r}) or args.seeds  # what the rows hold, not --seeds
+        print_table(rows, seeds)
+        write_markdown(os.path.join(args.out, "multilabel_table.md"), rows, seeds)
         plot(os.path.join(args.out, "multilabel_table.png"), rows)
         print(f"{len(rows)} rows; wrote {args.out}/multilabel_table.{{md,png}}")
         return 0

@@ -57,6 +57,10 @@ def test_sparse_arff_keeps_empty_rows(tmp_path):
     np.testing.assert_array_equal(d.labels, [[True, False], [False, False], [False, True], [False, False]])
     with pytest.raises(ValueError, match="no attributes named"):
         load_arff(str(tmp_path / "s.arff"), label_names=["nope"])
+    # a sparse row leaves out a nominal attribute's first declared value, which need not be 0
+    (tmp_path / "n.arff").write_text(SPARSE.replace("@attribute lab1 {0,1}", "@attribute lab1 {1,0}"))
+    n = load_arff(str(tmp_path / "n.arff"), num_labels=2)
+    np.testing.assert_array_equal(n.labels, [[True, False], [True, False], [True, True], [True, False]])
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "mulan")), reason="../shared/data/mulan not present")

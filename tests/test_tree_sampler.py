@@ -428,6 +428,31 @@ def test_raw_ops_refuse_label_maps_outside_the_labels():
             torch.ops.torchxc.tree_sample(z.to(dtype), W.to(dtype), b.to(dtype), leaf_to_label, 5, 100, 0)
 
 
+@requires_cuda
+def test_cuda_device_asserts_on_bad_maps_and_indices():
+    """The CUDA kernels' device-side asserts (a failed assert breaks the process's CUDA context: one subprocess each)."""
+    import subprocess
+    import sys
+
+    cases = {
+        "leaf_to_label maps a leaf below C": "torch.ops.torchxc.tree_sample(z, W, b, "
+        "torch.tensor([0, -1, 2, 99, 7, 5, 6, 7], device='cuda'), 5, 100, 0)",
+        "not a label's leaf": "torch.ops.torchxc.tree_log_prob(z, W, b, torch.tensor([0, 1, 2, 3, 5], device='cuda'), "
+        "torch.tensor([[4]] * 3, device='cuda'))",
+        "label_to_leaf must be a permutation": "torch.ops.torchxc.tree_log_prob_all(z, W, b, "
+        "torch.zeros(5, dtype=torch.long, device='cuda'))",
+        "class index out of range": "torch.ops.torchxc.sparsemax_loss_backward(torch.ones(3, device='cuda'), z, "
+        "torch.tensor([0, 9, 2], device='cuda'), torch.ops.torchxc.sparsemax_loss(z, torch.tensor([0, 1, 2], "
+        "device='cuda'), -100)[1])",
+    }
+    setup = ("import torch, torchxc; z = torch.randn(3, 3, device='cuda'); W = torch.randn(7, 3, device='cuda'); "
+             "b = torch.zeros(7, device='cuda'); ")
+    for msg, call in cases.items():
+        r = subprocess.run([sys.executable, "-c", setup + call + "; torch.cuda.synchronize()"], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode != 0 and (msg in r.stderr or "device-side assert" in r.stderr), (msg, r.stderr[-2000:])
+
+
 def test_losses_treat_log_q_as_a_constant():
     s = make_tree(37, 4, dtype=torch.float32)
     x = torch.randn(3, 4)

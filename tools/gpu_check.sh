@@ -3,21 +3,26 @@
 # compute-sanitizer (memcheck, racecheck) over every CUDA kernel path, the split path on every row length and its
 # timing against the register paths, then the rest of the test suite with this build.
 #   make gpu-check   or   OUT=/tmp/out tools/gpu_check.sh [build|test|bench|sanitize|split-paths|test-rest]...
-# Logs and benchmark results are written to $WORK (default $OUT/work, $OUT defaults to ./gpu-check-out) and packed
-# into $OUT/gpu_check.tgz after every step, with a one-line-per-step $OUT/summary.txt, so that a run cut short still
-# returns what it did. Each step has a time limit in seconds (T_BUILD, T_TEST_CUDA, T_TEST_REST, T_HOST_OVERHEAD,
-# T_BENCH_SPARSEMAX, T_BENCH_ZLPR, T_PROFILE, T_BENCH_TREE, T_BENCH_FUSED, T_MEMCHECK, T_RACECHECK, T_SPLIT_PATHS,
-# T_SPLIT_MEMCHECK, T_TUNE), so that one slow step cannot starve the rest. On an H200 the steps took: CUDA test cases
+# Logs and benchmark results are written to $WORK (default /tmp/gpu-check-work, outside $OUT: the device tool
+# brings back at most 8 files from $OUT) and packed into $OUT/gpu_check.tgz (written to a temporary name, then
+# renamed) after every step, with a one-line-per-step $OUT/summary.txt, so that a run cut short still returns what it
+# did ($OUT defaults to ./gpu-check-out). Each step has a time limit in seconds (T_BUILD, T_TEST_CUDA, T_TEST_REST,
+# T_HOST_OVERHEAD, T_BENCH_SPARSEMAX, T_BENCH_ZLPR, T_PROFILE, T_BENCH_TREE, T_BENCH_FUSED, T_MEMCHECK, T_RACECHECK,
+# T_SPLIT_PATHS, T_SPLIT_MEMCHECK, T_TUNE), so that one slow step cannot starve the rest, and every step ends by
+# DEADLINE seconds after the start (default 540, inside the device tool's 600-s command limit): a step is cut to the
+# time left and skipped when less than 15 s are left. On an H200 the steps took: CUDA test cases
 # 27-33 s (8 workers), the rest of the tests 72 s, benchmarks 80 s (host time per call, tools/host_overhead.py, first),
 # memcheck 22 s, racecheck 52 s, split-paths 28 s.
-# PYTHON: the python that has a CUDA build of torch (default python3). If python/torchxc/ already holds a
-# CUDA-enabled _C*.so built elsewhere against the same torch (built with FORCE_CUDA=1 ... setup.py build_ext
-# --inplace), the build step uses it through PYTHONPATH instead of compiling again.
+# PYTHON: the python that has a CUDA build of torch (default python3). If python/torchxc/ (or .prebuilt/, which
+# tools/build_for_device.sh fills without a GPU) already holds a CUDA-enabled _C*.so built against the same torch,
+# the build step uses it through PYTHONPATH instead of compiling again (minutes of device time). .whl/ (filled by
+# tools/build_for_device.sh too) holds the wheels of test and benchmark dependencies the machine lacks.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-$PWD/gpu-check-out}
-WORK=${WORK:-$OUT/work}
+WORK=${WORK:-${TMPDIR:-/tmp}/gpu-check-work}
+DEADLINE=${DEADLINE:-540}
 mkdir -p "$OUT" "$WORK/results"
 STEPS=("$@")
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(build test bench sanitize split-paths test-rest)
@@ -36,15 +41,22 @@ PYTEST+=($PY -m pytest tests)
 status=0
 T0=$(date +%s)
 
-pack() { tar czf "$OUT/gpu_check.tgz" -C "$WORK" . 2>/dev/null; }
+pack() { tar czf "$OUT/gpu_check.tgz.part" -C "$WORK" . 2>/dev/null && mv -f "$OUT/gpu_check.tgz.part" "$OUT/gpu_check.tgz"; }
 
 run() {  # run NAME LIMIT CMD...: log to $WORK/NAME.log, stop it after LIMIT seconds, record the status
   local name=$1 limit=$2; shift 2
   local start=$(date +%s)
+  local left=$(( DEADLINE - (start - T0) - 10 ))
+  if [ $left -lt 15 ]; then
+    echo "$name: skipped (${DEADLINE}-s deadline reached at +$(( start - T0 ))s)" | tee -a "$OUT/summary.txt"
+    status=1
+    return 1
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   echo "== $name (limit ${limit}s, at +$(( start - T0 ))s): $*"
   timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
   local rc=$?
-  local line="$name: exit $rc after $(( $(date +%s) - start ))s$([ $rc -eq 124 ] && echo ' (time limit)')"
+  local line="$name: exit $rc after $(( $(date +%s) - start ))s$( { [ $rc -eq 124 ] || [ $rc -eq 137 ]; } && echo ' (time limit)')"
   echo "== $line"
   echo "$line" >> "$OUT/summary.txt"
   tail -n "${TAIL:-15}" "$WORK/$name.log"
@@ -65,16 +77,29 @@ for step in "${STEPS[@]}"; do
         > "$WORK/machine.txt" 2>&1
       head -n 12 "$WORK/machine.txt"
       if ls .whl/*.whl >/dev/null 2>&1; then  # test/benchmark-only wheels carried to a machine without internet
-        $PY -m pip install -q --no-index --no-deps .whl/*.whl
+        TAIL=3 run wheels 60 $PY -m pip install --no-index --no-deps .whl/*.whl
       fi
-      if ls python/torchxc/_C*.so >/dev/null 2>&1 && PYTHONPATH=$PWD/python cuda_build_ok; then
-        export PYTHONPATH=$PWD/python
-        echo "build: using the prebuilt $(ls python/torchxc/_C*.so)" | tee -a "$OUT/summary.txt"
-      else
-        rm -f python/torchxc/_C*.so
+      if ! ls python/torchxc/_C*.so >/dev/null 2>&1 && ls .prebuilt/_C*.so >/dev/null 2>&1; then
+        cp .prebuilt/_C*.so python/torchxc/
+      fi
+      if ls python/torchxc/_C*.so >/dev/null 2>&1; then
+        if PYTHONPATH=$PWD/python cuda_build_ok > "$WORK/prebuilt_check.log" 2>&1; then
+          export PYTHONPATH=$PWD/python
+          echo "build: using the prebuilt $(ls python/torchxc/_C*.so)" | tee -a "$OUT/summary.txt"
+        else
+          echo "build: the prebuilt library was refused (prebuilt_check.log: $(tail -n 1 "$WORK/prebuilt_check.log"))" \
+            | tee -a "$OUT/summary.txt"
+          rm -f python/torchxc/_C*.so
+        fi
+      fi
+      if ! ls python/torchxc/_C*.so >/dev/null 2>&1; then
         run build "${T_BUILD:-400}" env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
           MAX_JOBS="${MAX_JOBS:-$(nproc)}" $PY -m pip install -v --no-build-isolation --no-deps --no-index . || exit 1
-        cuda_build_ok || exit 1
+        if ! cuda_build_ok > "$WORK/build_check.log" 2>&1; then
+          echo "build: built, but torchxc has no CUDA kernels or no GPU (build_check.log)" | tee -a "$OUT/summary.txt"
+          pack
+          exit 1
+        fi
       fi
       ;;
     test)  # the CUDA cases (their test ids hold "cuda")

@@ -100,7 +100,11 @@ def load_arff(path: str, label_names: Optional[Sequence[str]] = None, num_labels
     feature_cols = [i for i in range(len(names)) if i not in label_set]
     if sparse:
         values, rows, cols = data["data"]
-        full = np.zeros((num_rows, len(names)), dtype=np.float32)
+        # an entry a sparse row leaves out is 0 for a numeric attribute, but the first declared value of a nominal
+        # one ({1,0} leaves out 1)
+        default = np.array([float(kind[0]) if isinstance(kind, list) and kind else 0.0
+                            for _, kind in data["attributes"]], dtype=np.float32)
+        full = np.broadcast_to(default, (num_rows, len(names))).copy()
         full[np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)] = np.asarray(values, dtype=np.float32)
     else:
         full = np.asarray(data["data"], dtype=np.float32).reshape(-1, len(names))  # (0, F) without rows
