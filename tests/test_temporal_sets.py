@@ -220,6 +220,36 @@ def test_personal_frequency_ranks_own_history_first(tmp_path):
     assert order == [ix["b"], ix["c"], ix["a"]]
 
 
+def test_lanet_state_dict_carries_the_token_choice_and_inputs_are_checked():
+    import io
+
+    torch.manual_seed(0)
+    C, B, J = 40, 3, 3
+    m = LANET(C, J, d_label=24, d_time=8, n_layers=1, n_heads=2, max_tokens=8,
+              popularity=torch.randint(1, 100, (C,))).eval()
+    history, gap = torch.rand(B, J, C) < 0.1, torch.tensor([[1, 2, 3]] * B)
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    buf.seek(0)
+    other = LANET(C, J, d_label=24, d_time=8, n_layers=1, n_heads=2, max_tokens=8).eval()  # no popularity given
+    other.load_state_dict(torch.load(buf))
+    with torch.no_grad():
+        assert torch.equal(other(history, gap), m(history, gap))  # the same tokens, so the same logits
+    bad = [((torch.rand(B, J, C + 5) < 0.1, gap), r"history \[B, J, C\] with C = 40"),
+           ((torch.rand(B, 5, C) < 0.1, torch.ones(B, 5, dtype=torch.long)), "1 <= J <= look_back = 3"),
+           ((history, gap[:, :2]), r"expected gap \[B, J\]")]
+    for args, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            m(*args)
+    with pytest.raises(ValueError, match="amount must be"):
+        m(history, gap, amount=torch.ones(B, J, C, dtype=torch.long))  # built without an amount embedding
+    with pytest.raises(ValueError, match="popularity must be"):
+        LANET(C, J, popularity=torch.ones(C + 1))
+    t = TimeStepTransformer(C, J, d_model=16, n_heads=2)
+    with pytest.raises(ValueError, match="TimeStepTransformer.forward: expected history"):
+        t(torch.rand(B, J, C - 1) < 0.1, gap)
+
+
 @pytest.mark.parametrize("attention", ["softmax", "sparsemax"])
 @pytest.mark.parametrize("max_tokens", [512, 8])
 def test_lanet_forward_backward(attention, max_tokens):

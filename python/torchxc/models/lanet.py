@@ -103,6 +103,12 @@ class LANET(nn.Module):
                  num_gaps: int = 32, num_amounts: int = 16, popularity: Tensor | None = None,
                  past_counts: bool = False, transitions: bool = False):
         super().__init__()
+        if num_labels < 1 or look_back < 1 or max_tokens < 1:
+            raise ValueError(f"LANET: num_labels, look_back and max_tokens must be >= 1, got {num_labels}, {look_back}, "
+                             f"{max_tokens}")
+        if popularity is not None and (tuple(popularity.shape) != (num_labels,) or bool((popularity < 0).any())):
+            raise ValueError(f"LANET: popularity must be [{num_labels}] non-negative label counts, got "
+                             f"{tuple(popularity.shape)}")
         self.C, self.look_back, self.max_tokens = num_labels, look_back, max_tokens
         d_model = d_label + d_time + d_amount + (d_time if past_counts else 0) + (d_time if transitions else 0)
         self.count = nn.Linear(3, d_time) if past_counts else None
@@ -120,9 +126,11 @@ class LANET(nn.Module):
         self.bias = nn.Parameter(prior - prior.mean())  # every label's logit offset (the only part of non-tokens)
         order = torch.argsort(popularity.float(), descending=True) if popularity is not None \
             else torch.arange(num_labels)
-        self.register_buffer("popular", order, persistent=False)
+        # saved with the weights: they choose which labels get tokens on large vocabularies (a model loaded into one
+        # built without the same popularity would otherwise pick other tokens)
+        self.register_buffer("popular", order)
         share = torch.ones(num_labels) if popularity is None else popularity.float().clamp(min=1)
-        self.register_buffer("log_popularity", (share / share.sum()).log(), persistent=False)
+        self.register_buffer("log_popularity", (share / share.sum()).log())
 
     @property
     def zero_fraction(self) -> float:
@@ -158,9 +166,15 @@ class LANET(nn.Module):
 
     def forward(self, history: Tensor, gap: Tensor, amount: Tensor | None = None,
                 counts: Tensor | None = None, transitions: Tensor | None = None) -> Tensor:
+        _check_events("LANET", history, gap, self.C, self.look_back)
         B, J, C = history.shape
-        if self.count is not None and counts is None:
-            raise ValueError("LANET(past_counts=True).forward needs counts [B, C] (past_count_matrix)")
+        if amount is not None and (self.amount is None or tuple(amount.shape) != (B, J, C)):
+            raise ValueError(f"LANET.forward: amount must be [B, J, C] = [{B}, {J}, {C}] for a model built with "
+                             f"d_amount > 0, got {tuple(amount.shape)} (d_amount "
+                             f"{0 if self.amount is None else self.amount.embedding_dim})")
+        if self.count is not None and (counts is None or tuple(counts.shape) != (B, C)):
+            raise ValueError(f"LANET(past_counts=True).forward needs counts [B, C] = [{B}, {C}] (past_count_matrix), "
+                             f"got {None if counts is None else tuple(counts.shape)}")
         if self.trans is not None and (transitions is None or transitions.shape != (B, C, 2)):
             raise ValueError(f"LANET(transitions=True).forward needs transitions [B, C, 2] = [{B}, {C}, 2] "
                              "(TransitionPrior.features), got "
@@ -169,10 +183,11 @@ class LANET(nn.Module):
             counts = None
         if self.trans is None:
             transitions = None
-        cand, pad = self.candidates(history, counts, transitions)
+        cand, _ = self.candidates(history, counts, transitions)
+        pad = None  # candidates never pads: no mask, so the layers make no host-side mask test (a sync on a GPU)
         L = cand.shape[1]
         member = history.gather(2, cand[:, None, :].expand(B, J, L)).to(self.label.weight.dtype)  # [B, J, L]
-        pos = torch.arange(J, device=history.device).clamp(max=self.look_back - 1)
+        pos = torch.arange(J, device=history.device)
         event = self.gap(gap) + self.pos(pos)[None]  # [B, J, d_time]
         parts = [self.label(cand), torch.einsum("bjl,bjd->bld", member, event)]
         if self.amount is not None:
@@ -190,7 +205,6 @@ class LANET(nn.Module):
         x = torch.cat(parts, -1)
         if self.id_token is not None:
             x = torch.cat([self.id_token.expand(B, 1, -1), x], 1)
-            pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=pad.device), pad], 1)
         for layer in self.layers:
             x = layer(x, pad)
         if self.id_token is not None:
@@ -217,14 +231,24 @@ class TimeStepTransformer(nn.Module):
         self.look_back = look_back
 
     def forward(self, history: Tensor, gap: Tensor, amount: Tensor | None = None) -> Tensor:
+        _check_events("TimeStepTransformer", history, gap, self.inp.in_features, self.look_back)
         B, J, C = history.shape
-        pos = torch.arange(J, device=history.device).clamp(max=self.look_back - 1)
+        pos = torch.arange(J, device=history.device)
         x = self.inp(history.to(self.inp.weight.dtype)) + self.pos(pos)[None] + self.gap(gap)
         pad = gap == 0  # padding events
         pad[:, 0] = False  # the latest step is always present
         for layer in self.layers:
             x = layer(x, pad)
         return self.out(x[:, 0])
+
+
+def _check_events(model: str, history: Tensor, gap: Tensor, C: int, look_back: int) -> None:
+    """history [B, J, C] (most recent event first) with 1 <= J <= look_back, gap [B, J]."""
+    if history.dim() != 3 or history.shape[2] != C or not 1 <= history.shape[1] <= look_back:
+        raise ValueError(f"{model}.forward: expected history [B, J, C] with C = {C} labels and 1 <= J <= look_back = "
+                         f"{look_back} events, got {tuple(history.shape)}")
+    if tuple(gap.shape) != tuple(history.shape[:2]):
+        raise ValueError(f"{model}.forward: expected gap [B, J] = {list(history.shape[:2])}, got {tuple(gap.shape)}")
 
 
 def loss_fn(name: str, logits: Tensor, target: Tensor) -> Tensor:
