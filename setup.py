@@ -12,7 +12,13 @@ Install with `pip install --no-build-isolation .` so the build sees the torch yo
 import glob
 import os
 
-import torch
+try:
+    import torch
+except ImportError as e:  # what `pip install .` (with build isolation) meets: its build environment has no torch
+    raise RuntimeError(
+        "torchxc builds against the torch you have installed: install torch first (pip install torch), then "
+        "`pip install --no-build-isolation .` (pip's default build isolation hides your torch from this build)"
+    ) from e
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
@@ -43,7 +49,7 @@ def extensions():
     sources = ["csrc/schema.cpp", "csrc/python_module.cpp"] + rel("csrc/cpu/*.cpp") + rel("csrc/composite/*.cpp") + rel("csrc/autograd/*.cpp")
     sources += rel("csrc/cuda/*.cu") if cuda else ["csrc/cuda_unavailable.cpp"]
     debug = _flag("DEBUG")
-    cxx = ["-O0", "-g"] if debug else ["-O3"]
+    cxx = ["-O0", "-g"] if debug else ["-O3", "-g0"]  # -g0: no debug info from Python's CFLAGS (30 MB -> a few)
     # -fopenmp: at::parallel_for is an inline OpenMP region in ATen's headers; without the flag it runs serially.
     # -fno-trapping-math (no floating-point traps are observed; results are unchanged) lets GCC turn the kernels'
     # float selects into vector blends: without it the AVX2 clone of the sparsemax backward was scalar, with a
