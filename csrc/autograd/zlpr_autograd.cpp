@@ -93,33 +93,3 @@ TORCH_LIBRARY_IMPL(torchxc, Autograd, m) {
 }
 
 }  // namespace torchxc
-
-// For the Python autograd of fused_linear_zlpr (python/torchxc/fused_linear.py), which hands on its stored
-// gradients only when the running backward frees the graph afterwards: whether the current backward keeps it (true
-// outside a backward). No tensor arguments: one kernel for every device.
-TORCH_LIBRARY_IMPL(torchxc, CompositeExplicitAutograd, m) {
-  m.impl("_backward_keeps_graph", []() { return torch::autograd::get_current_graph_task_keep_graph(); });
-}
-
-// Its create_graph companion: registered for the Autograd key, so that the history it sets on the results is
-// returned as is (the autograd fallback of a backend kernel would not keep it). Below autograd: the results as they
-// are.
-namespace torchxc {
-namespace {
-std::vector<at::Tensor> double_backward_error_autograd(at::TensorList grads, at::TensorList incoming,
-                                                       c10::string_view msg) {
-  return link_double_backward_error(std::string(msg), torch::autograd::variable_list(incoming.begin(), incoming.end()),
-                                    torch::autograd::variable_list(grads.begin(), grads.end()));
-}
-std::vector<at::Tensor> double_backward_error_plain(at::TensorList grads, at::TensorList, c10::string_view) {
-  return std::vector<at::Tensor>(grads.begin(), grads.end());
-}
-}  // namespace
-}  // namespace torchxc
-
-TORCH_LIBRARY_IMPL(torchxc, Autograd, m) {
-  m.impl("_double_backward_error", &torchxc::double_backward_error_autograd);
-}
-TORCH_LIBRARY_IMPL(torchxc, CompositeExplicitAutograd, m) {
-  m.impl("_double_backward_error", &torchxc::double_backward_error_plain);
-}
