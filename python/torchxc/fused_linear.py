@@ -257,26 +257,23 @@ def _backward(ctx, grad_loss, _gh, _gw, _gb):
         if ctx.unscaled:  # float16: scale * grad_loss computed in float32, rounded once into the result
             factor = grad_loss.float() * ctx.scale
 
-            def unscale(g):  # g.float() first: a CUDA multiply would round the float32 factor to float16
+            def scaled(g):  # g.float() first: a CUDA multiply would round the float32 factor to float16
                 return g.float().mul_(factor).to(ctx.dtype)
+        else:
+            # The stored gradients are this node's own when the backward frees the graph and is not traced
+            # (torch.compile: the traced backward always scales out of place); a retained graph keeps them, and
+            # they must not become a .grad that later backwards accumulate into. Then loss.backward() (seed 1) gets
+            # them handed on as they are, and any other seed scales them in place: either way the peak holds one
+            # [C, H] weight gradient, not two (autograd moves them into .grad without a copy). The seed test is made
+            # on the CPU only; on a GPU it would cost a host sync, so the in-place product (no sync, CUDA-graph
+            # safe) serves every seed there.
+            own = not _is_traced(grad_loss) and not torch.ops.torchxc._backward_keeps_graph()
+            one = own and grad_loss.device.type == "cpu" and bool(grad_loss == 1)
 
-            out = (unscale(grad_h) if want_h else None, unscale(grad_w) if want_w else None,
-                   unscale(grad_b) if want_b else None, None, None, None, None, None, None)
-            return _no_double_backward(out, grad_loss)
-        # The stored gradients are this node's own when the backward frees the graph and is not traced
-        # (torch.compile: the traced backward always scales out of place); a retained graph keeps them, and they
-        # must not become a .grad that later backwards accumulate into. Then loss.backward() (seed 1) gets them
-        # handed on as they are, and any other seed scales them in place: either way the peak holds one [C, H]
-        # weight gradient, not two (autograd moves them into .grad without a copy). The seed test is made on the
-        # CPU only; on a GPU it would cost a host sync, so the in-place product (no sync, CUDA-graph safe) serves
-        # every seed there.
-        own = not _is_traced(grad_loss) and not torch.ops.torchxc._backward_keeps_graph()
-        one = own and grad_loss.device.type == "cpu" and bool(grad_loss == 1)
-
-        def scaled(g):
-            if one:
-                return g
-            return g.mul_(grad_loss.to(g.dtype)) if own else g * grad_loss.to(g.dtype)
+            def scaled(g):
+                if one:
+                    return g
+                return g.mul_(grad_loss.to(g.dtype)) if own else g * grad_loss.to(g.dtype)
 
         out = (scaled(grad_h) if want_h else None, scaled(grad_w) if want_w else None,
                scaled(grad_b) if want_b else None, None, None, None, None, None, None)
