@@ -103,12 +103,11 @@ def sparsemax_loss(
         if target.dtype != input.dtype:
             # normalise before the cast (the loss divides by the row sum anyway), so that weights outside the input
             # dtype's range (1e-9 or 1e6 in float16) keep their proportions instead of under- or overflowing
-            # (in float64 where either is float64; the row sums and the division in float64, which neither
-            # overflow for finite float32 weights nor underflow for tiny ones)
-            acc = torch.promote_types(torch.promote_types(target.dtype, input.dtype), torch.float32)
-            w = target.to(acc)
-            s = w.sum(-1, keepdim=True, dtype=torch.float64)
-            target = torch.where(s > 0, (w.double() / s).to(acc), w).to(input.dtype)
+            # (in float64, whose sums and quotients neither overflow for finite float32 weights nor underflow for
+            # tiny ones, and which holds integer counts exactly)
+            w = target.double()
+            s = w.sum(-1, keepdim=True)
+            target = torch.where(s > 0, w / s, w).to(input.dtype)
     elif not target.is_floating_point() and not target.is_complex() and target.shape == scores.shape[:-1]:
         target = target.long()
     else:
