@@ -273,7 +273,7 @@ def test_lanet_forward_backward(attention, max_tokens):
         assert m.zero_fraction == 0.0
     if max_tokens == 8:  # labels outside an example's candidates get their bias only
         with torch.no_grad():
-            cand, _ = m.candidates(history)
+            cand = m.candidates(history)
             out = m(history, gap)
             other = torch.ones(B, C, dtype=torch.bool).scatter_(1, cand, False)
             assert torch.equal(out[other], m.bias.expand(B, -1)[other])
@@ -299,7 +299,7 @@ def test_lanet_past_counts(tmp_path):
               popularity=d.popularity, past_counts=True)
     with pytest.raises(ValueError, match="needs counts"):
         m(h, g)
-    cand, _ = m.candidates(h, counts)
+    cand = m.candidates(h, counts)
     assert ix["a"] in cand[0].tolist()
     out = m(h, g, counts=counts)
     out.sum().backward()
@@ -318,7 +318,7 @@ def test_lanet_candidates_put_the_window_first():
     history[0, 0, [8, 9]] = True  # the window: the two least popular labels
     counts = torch.zeros(1, C)
     counts[0, [0, 1, 2, 8, 9]] = 1.0  # older past: the three most popular
-    cand, _ = m.candidates(history, counts)
+    cand = m.candidates(history, counts)
     assert sorted(cand[0].tolist()) == [0, 8, 9]  # both window labels, then the most popular older past label
 
 
@@ -403,7 +403,7 @@ def test_lanet_transitions(tmp_path):
         m(h, g, counts=counts)
     with pytest.raises(ValueError, match="needs transitions"):
         m(h, g, counts=counts, transitions=tr[..., :1])
-    cand, _ = m.candidates(h, counts, tr)
+    cand = m.candidates(h, counts, tr)
     seen = (counts > 0) | h.any(1)
     for b in range(3):
         n_seen = int(seen[b].sum())

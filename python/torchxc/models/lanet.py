@@ -137,15 +137,15 @@ class LANET(nn.Module):
         return sum(layer.zeros for layer in self.layers) / max(len(self.layers), 1)
 
     def candidates(self, history: Tensor, counts: Tensor | None = None,
-                   transitions: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Token labels [B, L] and padding mask [B, L] (True = padding): every label when C <= max_tokens, else the
+                   transitions: Tensor | None = None) -> Tensor:
+        """Token labels [B, L], L = min(C, max_tokens), never padded: every label when C <= max_tokens, else the
         labels of the example's look-back window first, then those of the rest of its past, then the others by
         popularity (with ``transitions``: by popularity plus the transition lift from the whole past, i.e. by the
         smoothed transition probability)."""
         B = history.shape[0]
         dev = history.device
         if self.C <= self.max_tokens:
-            return torch.arange(self.C, device=dev).expand(B, -1), torch.zeros(B, self.C, dtype=torch.bool, device=dev)
+            return torch.arange(self.C, device=dev).expand(B, -1)
         seen = history.any(1)  # [B, C]
         if counts is not None:
             seen = seen | (counts > 0)
@@ -160,9 +160,7 @@ class LANET(nn.Module):
         # the look-back window's labels first (only they carry time-gap and position embeddings), then the rest of
         # the past, then the others by the key; keep max_tokens
         key = key - seen.long() * (self.C + 1) - history.any(1).long() * (2 * self.C + 2)
-        L = self.max_tokens
-        cand = torch.topk(key, L, dim=1, largest=False).indices
-        return cand, torch.zeros(B, L, dtype=torch.bool, device=dev)
+        return torch.topk(key, self.max_tokens, dim=1, largest=False).indices
 
     def forward(self, history: Tensor, gap: Tensor, amount: Tensor | None = None,
                 counts: Tensor | None = None, transitions: Tensor | None = None) -> Tensor:
@@ -183,8 +181,7 @@ class LANET(nn.Module):
             counts = None
         if self.trans is None:
             transitions = None
-        cand, _ = self.candidates(history, counts, transitions)
-        pad = None  # candidates never pads: no mask, so the layers make no host-side mask test (a sync on a GPU)
+        cand = self.candidates(history, counts, transitions)
         L = cand.shape[1]
         member = history.gather(2, cand[:, None, :].expand(B, J, L)).to(self.label.weight.dtype)  # [B, J, L]
         pos = torch.arange(J, device=history.device)
@@ -205,8 +202,8 @@ class LANET(nn.Module):
         x = torch.cat(parts, -1)
         if self.id_token is not None:
             x = torch.cat([self.id_token.expand(B, 1, -1), x], 1)
-        for layer in self.layers:
-            x = layer(x, pad)
+        for layer in self.layers:  # no key-padding mask (tokens are never padded): no host-side mask test per layer
+            x = layer(x)
         if self.id_token is not None:
             x = x[:, 1:]
         token_logits = self.head(x).squeeze(-1)  # [B, L]
