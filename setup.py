@@ -77,6 +77,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages("python"),
     package_dir={"": "python"},
+    package_data={"torchxc": ["py.typed"]},  # PEP 561: the wrappers are typed
     ext_modules=extensions(),
     install_requires=["torch>=2.4"],
     python_requires=">=3.9",

@@ -32,3 +32,9 @@ def test_public_api():
     assert isinstance(torchxc.cuda_kernels_built(), bool)
     for fn in (torchxc.sparsemax, torchxc.sparsemax_loss):
         assert fn.__doc__ and "Example" in fn.__doc__
+
+
+def test_installed_package_is_marked_typed():
+    """PEP 561: the installed package carries py.typed, so type checkers read the wrappers' annotations."""
+    import os
+    assert os.path.isfile(os.path.join(os.path.dirname(torchxc.__file__), "py.typed"))
