@@ -456,6 +456,20 @@ def test_noncontiguous_empty_and_broadcast_masks():
                    zlpr_reference(x, torch.zeros(3, 6, dtype=torch.bool))) < 1e-12  # P = 0: no positives
 
 
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("d", [11, 1000, 40000], ids=str)  # on CUDA: warp, block and split rows
+def test_bool_labels_and_masks_read_any_nonzero_byte_as_true(device, d):
+    """A bool tensor viewed from uint8 can hold bytes other than 0 and 1; every kernel reads such a byte as True
+    (on CUDA the bytes are packed into bit masks, where a 2 must not set the neighbouring class's bit)."""
+    gen = torch.Generator().manual_seed(d)
+    s = torch.randn(4, d, generator=gen, dtype=torch.float64).float().to(device)
+    t_bytes = torch.randint(0, 4, (4, d), generator=gen, dtype=torch.uint8) * (torch.rand(4, d, generator=gen) < 0.1)
+    m_bytes = torch.randint(0, 4, (4, d), generator=gen, dtype=torch.uint8)
+    t, m = t_bytes.to(device).view(torch.bool), m_bytes.to(device).view(torch.bool)
+    got = torchxc.zlpr_loss(s, t, m, reduction="none")
+    want = torchxc.zlpr_loss(s, (t_bytes != 0).to(device), (m_bytes != 0).to(device), reduction="none")
+    assert torch.equal(got, want)
+
 def test_extreme_scores_value_and_gradient():
     """Scores of +-1e30 (float32 and float64): finite losses equal to the reference, gradients 0 or +-1."""
     for dtype in (torch.float32, torch.float64):

@@ -47,6 +47,12 @@ struct LabelPtr {
 // at full width (mixing byte and float lanes makes it fall back to 4-lane vectors even with AVX-512).
 constexpr int64_t kBlock = 256;
 
+// A class mask entry, read as a byte and tested != 0: a bool tensor viewed from uint8 can hold other bytes than 0/1
+// (read as bool, a 2 would count as False under the & with the -inf test).
+TORCHXC_ALWAYS_INLINE bool mask_on(const bool* mask, int64_t i) {
+  return reinterpret_cast<const uint8_t*>(mask)[i] != 0;
+}
+
 template <ZlprLabels L, typename S>
 TORCHXC_ALWAYS_INLINE void load_labels(const LabelPtr<S>& lab, int64_t j, int64_t len, acc_t<S>* t) {
   using T = acc_t<S>;
@@ -92,7 +98,7 @@ TORCHXC_CPU_MULTIVERSION ZlprMax<acc_t<S>> zlpr_max(const S* x, LabelPtr<S> lab,
     TORCHXC_PRAGMA(omp simd reduction(max : mneg, mpos) reduction(| : nan) reduction(+ : bad))
     for (int64_t i = 0; i < len; ++i) {
       const T s = load_acc(x[j + i]);
-      const bool valid = (kMask ? mask[j + i] : true) & (s != neg_inf);
+      const bool valid = (kMask ? mask_on(mask, j + i) : true) & (s != neg_inf);
       bad += !((t[i] >= T(0)) & (t[i] <= T(1)));
       const T a = bsel(valid & (t[i] < T(1)), s, neg_inf), b = bsel(valid & (t[i] > T(0)), -s, neg_inf);
       mneg = mneg > a ? mneg : a;
@@ -121,7 +127,7 @@ TORCHXC_CPU_MULTIVERSION ZlprSum<acc_t<S>> zlpr_sum(const S* x, LabelPtr<S> lab,
     TORCHXC_PRAGMA(omp simd reduction(+ : sneg, spos))
     for (int64_t i = 0; i < len; ++i) {
       const T s = load_acc(x[j + i]);
-      const bool valid = (kMask ? mask[j + i] : true) & (s != neg_inf);
+      const bool valid = (kMask ? mask_on(mask, j + i) : true) & (s != neg_inf);
       if constexpr (L == ZlprLabels::kSoft) {
         const T a = bsel(valid & (t[i] < T(1)), (T(1) - t[i]) * vexp(s - mneg), T(0));
         const T b = bsel(valid & (t[i] > T(0)), t[i] * vexp(-s - mpos), T(0));

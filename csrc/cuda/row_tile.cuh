@@ -116,12 +116,14 @@ __device__ __forceinline__ uint32_t tile_load_bits(const bool* __restrict__ row,
   for (int i = 0; i < ITEMS; i += VEC) {
     const int64_t col = tile_col<TPR, ITEMS, VEC>(i, lane);
     if (valid && col < d) {
+      // read as bytes and tested != 0, as the CPU does: a bool tensor viewed from uint8 may hold bytes other than 0/1
+      const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row + col);
       if constexpr (VEC > 1) {
-        const auto pack = *reinterpret_cast<const AlignedVec<bool, VEC>*>(row + col);
+        const auto pack = *reinterpret_cast<const AlignedVec<uint8_t, VEC>*>(bytes);
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) bits |= uint32_t(pack.v[e]) << (i + e);
+        for (int e = 0; e < VEC; ++e) bits |= uint32_t(pack.v[e] != 0) << (i + e);
       } else {
-        bits |= uint32_t(row[col]) << i;
+        bits |= uint32_t(bytes[0] != 0) << i;
       }
     }
   }
