@@ -422,6 +422,8 @@ def test_raw_ops_refuse_label_maps_outside_the_labels():
     for bad in (padding_leaf, torch.zeros(5, dtype=torch.long)):
         with pytest.raises(RuntimeError, match="tree_log_prob_all: label_to_leaf must be a permutation"):
             torch.ops.torchxc.tree_log_prob_all(z, W, b, bad)
+    with pytest.raises(RuntimeError, match=r"tree_sample: expected 0 <= num_samples <= 2\^32"):
+        torch.ops.torchxc.tree_sample(z, W, b, torch.arange(8), 8, 2 ** 32 + 1, 0)  # sample indices would repeat
     leaf_to_label = torch.tensor([0, -1, 2, 99, 2 ** 40, 5, 6, 7])  # leaves below C = 5 hold -1, 99, 2^40
     for dtype in (torch.float32, torch.float64):
         with pytest.raises(RuntimeError, match=r"tree_sample: leaf_to_label maps a leaf below C = 5 to a label"):

@@ -401,10 +401,12 @@ TORCHXC_AVX2 SumCount<double> support_sum_avx2(const S* p, const S* g, int64_t n
   __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
   h = _mm_add_ps(h, _mm_movehl_ps(h, h));
   h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-  __m128i c = _mm_add_epi32(_mm256_castsi256_si128(c0), _mm256_extracti128_si256(c0, 1));
-  c = _mm_add_epi32(c, _mm_shuffle_epi32(c, 0x4E));
-  c = _mm_add_epi32(c, _mm_shuffle_epi32(c, 0xB1));
-  return {static_cast<double>(_mm_cvtss_f32(h)), static_cast<int64_t>(_mm_cvtsi128_si32(c))};
+  // the lanes' counts (each <= n / 16) are added in int64: a support of 2^31 values or more must not wrap
+  alignas(32) uint32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), c0);
+  int64_t count = 0;
+  for (int i = 0; i < 8; ++i) count += lanes[i];
+  return {static_cast<double>(_mm_cvtss_f32(h)), count};
 }
 
 constexpr int64_t kRegisterCandidatesAVX2 = 32;
@@ -474,12 +476,11 @@ TORCHXC_ALWAYS_INLINE SumCount<double> support_sum_impl(const S* p, const S* g, 
   }
   for (int w = U / 2; w >= 1; w /= 2) {
     TORCHXC_PRAGMA(omp simd)
-    for (int i = 0; i < w; ++i) {
-      s[i] += s[i + w];
-      c[i] += c[i + w];
-    }
+    for (int i = 0; i < w; ++i) s[i] += s[i + w];
   }
-  return {static_cast<double>(s[0]), static_cast<int64_t>(c[0])};
+  int64_t count = 0;  // each lane's count is <= n / U; their sum in int64 (a support of 2^31 values must not wrap)
+  for (int i = 0; i < U; ++i) count += static_cast<std::make_unsigned_t<C>>(c[i]);
+  return {static_cast<double>(s[0]), count};
 }
 
 // g_in = g - mean on the support, 0 off it, NaN where the forward output was NaN.
