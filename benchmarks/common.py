@@ -160,8 +160,10 @@ class Timer:
         for name, fn in fns.items():  # warm-up
             try:
                 launch_ms[name] = self._warm_up(fn, setups.get(name))
-            except (RuntimeError, torch.OutOfMemoryError) as e:
-                print(f"  {name}: failed ({str(e).splitlines()[0][:100]})")
+            except Exception as e:  # noqa: BLE001 -- reported, and a MISS in print_targets
+                message = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+                print(f"  {name}: failed ({message})")
+                FAILURES.append((name, message))
         names = [n for n in fns if n in launch_ms]
         window = self.budget_s / rounds
         for r in range(rounds):
@@ -431,7 +433,14 @@ def suite_main(argv, doc: str, run, check_targets, dtypes: List[str]) -> int:
     return 0 if ok else 1
 
 
+# Providers that raised in Timer.compare since the last print_targets: each is a MISS there, since a failed torchxc
+# op, or a baseline that a target is measured against, would otherwise only drop that target's line.
+FAILURES: List[Tuple[str, str]] = []
+
+
 def print_targets(lines) -> bool:
+    lines = list(lines) + [(f"{name} ran", False, f"failed: {message}") for name, message in FAILURES]
+    FAILURES.clear()
     print("\ntargets:")
     for name, ok, val in lines:
         print(f"  [{'PASS' if ok else 'MISS'}] {name}: {val}")

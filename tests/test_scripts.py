@@ -177,3 +177,21 @@ def test_temporal_sets_table_runs(tmp_path):
     assert [r["variant"] for r in rows] == ["frequency", "frequency_tr", "transformer"]
     assert rows[:2] == first  # frequency is deterministic: the rerun frequency_tr row is the same
     assert "| transformer |" in (out / "temporal_sets_auc.md").read_text()
+
+
+def test_a_provider_that_raises_is_a_missed_target(capsys):
+    """A torchxc op (or a baseline a target is measured against) that raises inside the timer drops its ratios:
+    print_targets reports it as a MISS, so `make bench` fails instead of passing on the remaining targets."""
+    import torch
+    common = benchmark_module("common")
+    common.FAILURES.clear()
+
+    def broken():
+        raise ValueError("broken op")
+
+    res = common.Timer(torch.device("cpu"), budget_s=0.01, min_reps=1).compare({"torchxc": broken,
+                                                                              "base": lambda: torch.ones(4).sum()})
+    assert res["torchxc"] is None and res["base"] is not None
+    assert common.print_targets([]) is False
+    assert "[MISS] torchxc ran: failed: broken op" in capsys.readouterr().out
+    assert common.print_targets([("x", True, "1x")]) is True  # reported once
