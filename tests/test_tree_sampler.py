@@ -414,6 +414,45 @@ def test_default_label_maps_live_with_the_nodes(device):
     assert labels.device == log_q.device == s.node_weight.device
 
 
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_HUGEPAGE"), reason="huge-page advice is Linux-only")
+def test_large_cpu_trees_live_in_huge_page_memory():
+    """Node parameters and leaf maps of >= 1 MiB are copied into 2 MiB-aligned memory advised for huge pages (the
+    walks read them at random); the copies behave like ordinary tensors: equal values, own storage, trainable in
+    place, state_dict / torch.save / deepcopy round trips. Small trees get ordinary clones."""
+    import copy
+    import io
+    C, k = 2 ** 17, 16
+    W, b = torch.randn(C - 1, k), torch.randn(C - 1)
+    s = torchxc.TreeSampler.from_parameters(W, b, C)
+    for t in (s.node_weight, s.leaf_to_label, s.label_to_leaf):  # 8 MiB, 1 MiB, 1 MiB
+        assert t.data_ptr() % (1 << 21) == 0 and t.is_contiguous()
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size()  # checkpoints hold no padding
+    assert s.node_bias.untyped_storage().nbytes() == 4 * (C - 1)  # 512 KiB: an ordinary clone
+    assert torch.equal(s.node_weight, W) and torch.equal(s.node_bias, b)
+    assert s.node_weight.data_ptr() != W.data_ptr() and s.node_weight.requires_grad
+    z = torch.randn(5, k)
+    y = torch.randint(C, (5, 3))
+    ref = torchxc.TreeSampler.from_parameters(W.clone(), b.clone(), C)
+    opt, opt_ref = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (s, ref))
+    for m, o in ((s, opt), (ref, opt_ref)):
+        m.log_prob(z, y).sum().backward()
+        o.step()
+    assert s.node_weight.data_ptr() % (1 << 21) == 0 and torch.equal(s.node_weight, ref.node_weight)
+    buf = io.BytesIO()
+    torch.save(s.state_dict(), buf)
+    buf.seek(0)
+    fresh = torchxc.TreeSampler.from_parameters(torch.zeros(C - 1, k), torch.zeros(C - 1), C)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    clone = copy.deepcopy(s)
+    for m in (fresh, clone):
+        assert torch.equal(m.node_weight, s.node_weight) and torch.equal(m.log_prob(z, y), s.log_prob(z, y))
+    torch.manual_seed(3)
+    draws = s.sample(z, 7)
+    torch.manual_seed(3)
+    assert all(torch.equal(a, c) for a, c in zip(draws, ref.sample(z, 7)))
+    small = torchxc.TreeSampler.from_parameters(torch.randn(7, 3), torch.randn(7), 8)
+    assert small.node_weight.untyped_storage().nbytes() == 7 * 3 * 4
+
 def test_raw_ops_refuse_label_maps_outside_the_labels():
     z, W, b = torch.randn(2, 3), torch.randn(7, 3), torch.zeros(7)
     padding_leaf = torch.tensor([0, 1, 2, 3, 5])  # label 4 on leaf 5, a padding leaf of a 5-label tree
