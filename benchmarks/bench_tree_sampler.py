@@ -3,8 +3,11 @@
 Providers, all drawing S labels with replacement for each of B rows from the same tree distribution q(. | z):
 - torchxc: the tree_sample op (one walk per draw, D dot products of length k, counter-based RNG);
 - pytorch_levels: the same walk written level by level with tensor ops over all B*S draws at once (gather the node
-  weights, dot product, sigmoid, compare with a uniform, step to the child), i.e. the best a pure-PyTorch user
-  writes without a kernel;
+  weights, dot product, sigmoid, compare with a uniform, step to the child): the direct eager formulation;
+- at the main C only, the stronger pure-PyTorch samplers, whose ratios are printed beside the target's:
+  pytorch_levels_tuned (pytorch_levels_tuned_sample below: the same walk with a matmul per upper level and logit(u)
+  comparisons) and torch.compile of each of the two. The target is measured against pytorch_levels, the issue's
+  baseline;
 - multinomial: torch.multinomial over the full distribution exp(log q(. | z)) [B, C]. Only the multinomial call is
   timed (the [B, C] probabilities are computed beforehand, which favours this baseline); at large C it runs on a
   slice of the rows (rows are independent, draws/s is per row slice) so that [rows, C] fits in memory.
@@ -15,6 +18,7 @@ Targets: CPU >= 20x the pure-PyTorch sampler; GPU >= 1e9 draws/s (H100).
     python benchmarks/bench_tree_sampler.py [--device cpu|cuda|all] [--quick]
 """
 import argparse
+import functools
 import math
 import os
 import sys
@@ -60,7 +64,29 @@ def pytorch_levels_sample(z, W, b, leaf_to_label, C, S, generator=None):
     return leaf_to_label[node - ((1 << D) - 1)], log_q
 
 
-def measure(C, k, B, S, device, budget_s, multinomial_rows):
+def pytorch_levels_tuned_sample(z, W, b, leaf_to_label, C, S, generator=None):
+    """The same walk, tuned (from a benchmark review): while a level has at most S nodes, one [B, 2^l] matmul gives
+    every node's logit for each row and the walks gather theirs (no [B, S, k] weight gather); deeper levels use a
+    batched matmul; the branch compares logit(u) with the logit instead of u with a sigmoid; in-place masking."""
+    B = z.shape[0]
+    D = max(0, math.ceil(math.log2(C))) if C > 1 else 0
+    node = torch.zeros(B, S, dtype=torch.long, device=z.device)
+    log_q = torch.zeros(B, S, dtype=z.dtype, device=z.device)
+    thresholds = torch.logit(torch.rand(D, B, S, dtype=z.dtype, device=z.device, generator=generator))
+    for level in range(D):
+        first = (1 << level) - 1
+        right_empty = ((2 * (node - first) + 1) << (D - level - 1)) >= C
+        if (1 << level) <= S:
+            logit = torch.addmm(b[first:2 * first + 1], z, W[first:2 * first + 1].T).gather(1, node - first)
+        else:
+            logit = torch.bmm(W[node], z[:, :, None])[..., 0] + b[node]
+        right = (thresholds[level] < logit) & ~right_empty
+        log_q += torch.nn.functional.logsigmoid(torch.where(right, logit, -logit)).masked_fill_(right_empty, 0)
+        node = 2 * node + 1 + right.long()
+    return leaf_to_label[node - ((1 << D) - 1)], log_q
+
+
+def measure(C, k, B, S, device, budget_s, multinomial_rows, compiled=False):
     sampler = make_sampler(C, k, device)
     g = torch.Generator(device=device).manual_seed(1)
     z = torch.randn(B, k, device=device, generator=g)
@@ -73,8 +99,15 @@ def measure(C, k, B, S, device, budget_s, multinomial_rows):
         "multinomial": lambda: torch.multinomial(probs, S, replacement=True),
     }
     draws = {"torchxc": B * S, "pytorch_levels": B * S, "multinomial": rows * S}
+    optional = ()
+    if compiled:  # the other pure-PyTorch samplers, at the main C: compiled in the warm-up (not timed)
+        fns["pytorch_levels_tuned"] = lambda: pytorch_levels_tuned_sample(z, W, b, l2l, C, S)
+        for name, fn in (("pytorch_levels", pytorch_levels_sample), ("pytorch_levels_tuned", pytorch_levels_tuned_sample)):
+            fns[f"{name}_compiled"] = functools.partial(torch.compile(fn), z, W, b, l2l, C, S)
+        optional = ("pytorch_levels_compiled", "pytorch_levels_tuned_compiled")
+        draws.update({name: B * S for name in fns if name.startswith("pytorch_levels_")})
     with torch.no_grad():
-        res = Timer(device, budget_s=budget_s, min_reps=3).compare(fns, rounds=3)
+        res = Timer(device, budget_s=budget_s, min_reps=3).compare(fns, rounds=3, optional=optional)
     out = []
     for name, m in res.items():
         if m is None:
@@ -87,18 +120,21 @@ def measure(C, k, B, S, device, budget_s, multinomial_rows):
 
 
 def check_draws(device):
-    """The two samplers draw from the same distribution: compare their label frequencies at small C."""
+    """The samplers draw from the same distribution: their label frequencies at small C against log_prob_all, and
+    the pure-PyTorch samplers' log q against log_prob_all of the labels they drew."""
     C, k, B, S = 37, 4, 2, 200_000
     sampler = make_sampler(C, k, device)
     z = torch.randn(B, k, device=device)
     p = sampler.log_prob_all(z).detach().exp()
-    a = sampler.sample(z, S)[0]
-    c = pytorch_levels_sample(z, sampler.node_weight.detach(), sampler.node_bias.detach(), sampler.leaf_to_label, C,
-                              S)[0]
-    fa = torch.stack([torch.bincount(r, minlength=C) for r in a.cpu()]).double() / S
-    fc = torch.stack([torch.bincount(r, minlength=C) for r in c.cpu()]).double() / S
-    err = max((fa - p.cpu()).abs().max().item(), (fc - p.cpu()).abs().max().item())
-    assert err < 0.01, f"samplers disagree with log_prob_all: max frequency error {err}"
+    W, b, l2l = sampler.node_weight.detach(), sampler.node_bias.detach(), sampler.leaf_to_label
+    draws = {"torchxc": sampler.sample(z, S), "pytorch_levels": pytorch_levels_sample(z, W, b, l2l, C, S),
+             "pytorch_levels_tuned": pytorch_levels_tuned_sample(z, W, b, l2l, C, S)}
+    for name, (labels, log_q) in draws.items():
+        freq = torch.stack([torch.bincount(r, minlength=C) for r in labels.cpu()]).double() / S
+        err = (freq - p.cpu()).abs().max().item()
+        assert err < 0.01, f"{name} disagrees with log_prob_all: max frequency error {err}"
+        lq_err = (log_q - p.log().gather(1, labels)).abs().max().item()
+        assert lq_err < 1e-4, f"{name}: log q of the drawn labels off by {lq_err}"
 
 
 def plot(rows, path, title):
@@ -134,12 +170,12 @@ def run(device, quick, budget_s, out_dir):
         mrows = max(1, min(MAIN["B"], (1 << 27) // C if cpu else (1 << 30) // C))  # [rows, C] <= 512 MB / 4 GB
         if cpu:
             mrows = min(mrows, 256)  # multinomial on the CPU costs O(C) per row: a slice is enough to time it
-        rows += measure(C, MAIN["k"], MAIN["B"], MAIN["S"], device, budget_s, mrows)
+        rows += measure(C, MAIN["k"], MAIN["B"], MAIN["S"], device, budget_s, mrows, compiled=C == MAIN["C"])
         sel = [r for r in rows if r["C"] == C]
         base = {r["provider"]: r["draws_per_s"] for r in sel}
-        print(f"C={C:>8}: " + "  ".join(f"{n} {v / 1e6:8.2f} M draws/s" for n, v in base.items()) +
-              f"  | torchxc/pytorch_levels {base['torchxc'] / base['pytorch_levels']:.1f}x"
-              f"  torchxc/multinomial {base['torchxc'] / base['multinomial']:.1f}x", flush=True)
+        print(f"C={C:>8}: " + "  ".join(f"{n} {v / 1e6:8.2f} M draws/s" for n, v in base.items()) + "  | " +
+              "  ".join(f"torchxc/{n} {base['torchxc'] / v:.1f}x" for n, v in base.items() if n != "torchxc"),
+              flush=True)
     name = "cuda" if device.type == "cuda" else "cpu"
     os.makedirs(out_dir, exist_ok=True)
     write_csv(os.path.join(out_dir, f"tree_sampler_{name}.csv"), rows)

@@ -149,10 +149,13 @@ class Timer:
         return _measurement(times, hosts)
 
     def compare(self, fns: Dict[str, Callable[[], object]], rounds: int = 4,
-                setups: Optional[Dict[str, Callable[[], None]]] = None) -> Dict[str, Optional[Measurement]]:
+                setups: Optional[Dict[str, Callable[[], None]]] = None,
+                optional: Tuple[str, ...] = ()) -> Dict[str, Optional[Measurement]]:
         """Times several providers of the same computation in interleaved rounds (each round gives every
         provider a window of `budget_s / rounds` seconds, in a rotating order), so that a slow spell of the
-        machine hits all providers alike instead of one. A provider that raises gets None."""
+        machine hits all providers alike instead of one. A provider that raises gets None, and is a FAILURE (a
+        MISS in print_targets) unless it is `optional` (a reference no target is measured against, e.g. a
+        torch.compile'd baseline on a machine where compiling is not possible)."""
         setups = setups or {}
         samples: Dict[str, List[float]] = {name: [] for name in fns}
         hosts: Dict[str, List[Optional[float]]] = {name: [] for name in fns}
@@ -163,7 +166,8 @@ class Timer:
             except Exception as e:  # noqa: BLE001 -- reported, and a MISS in print_targets
                 message = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
                 print(f"  {name}: failed ({message})")
-                FAILURES.append((name, message))
+                if name not in optional:
+                    FAILURES.append((name, message))
         names = [n for n in fns if n in launch_ms]
         window = self.budget_s / rounds
         for r in range(rounds):
@@ -278,11 +282,12 @@ def loop_ratio(rows: List[Dict], base: str, main: str = "torchxc", **key) -> Opt
 
 
 def run_suite(op: str, device: torch.device, cases, modes, make_callables, nbytes, budget_s: float, csv_path: str,
-              baselines: List[str], main: str = "torchxc") -> List[Dict]:
+              baselines: List[str], main: str = "torchxc", optional: Tuple[str, ...] = ()) -> List[Dict]:
     """Times every provider on every (dtype, shape) case and mode, in interleaved rounds, prints the table and
     writes the CSV, a Markdown summary (mode fwd+bwd) and the plot.
 
-    make_callables(dtype_name, shape, mode) -> {provider: zero-argument callable}
+    make_callables(dtype_name, shape, mode) -> {provider: zero-argument callable}; `optional` providers may fail
+    without failing the suite (Timer.compare)
     nbytes(dtype_name, shape, mode) -> the bytes the computation must move at least (for effective GB/s)."""
     timer = Timer(device, budget_s=budget_s)  # per provider and measurement, spread over interleaved rounds
     copy_gbs = copy_bandwidth_gbs(device)
@@ -300,7 +305,7 @@ def run_suite(op: str, device: torch.device, cases, modes, make_callables, nbyte
     jobs = [(dt, shape, mode) for dt, shape in cases for mode in modes]
     rows = []
     for dtype_name, shape, mode in (tqdm(jobs, desc=f"{op} {device.type}", leave=False) if tqdm else jobs):
-        results = timer.compare(make_callables(dtype_name, shape, mode))
+        results = timer.compare(make_callables(dtype_name, shape, mode), optional=optional)
         moved = nbytes(dtype_name, shape, mode)
         for name, m in results.items():
             if m is None:
