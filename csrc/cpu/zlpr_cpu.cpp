@@ -1,8 +1,9 @@
 // CPU kernels of the ZLPR loss (math in csrc/common/zlpr_common.h).
 //
-// Per row, three vectorized passes over data that stays in cache: the two maxima m_neg = max(0, s_i over the
-// first sum) and m_pos = max(0, -s_i over the second), then the two sums of exponentials relative to them, then
-// (when the gradient is wanted) the gradient. Hard labels cost one exponential per class (each class is in exactly
+// Per chunk of 16384 classes of a row, two vectorized passes while the chunk stays in cache: the two maxima
+// m_neg = max(0, s_i over the first sum) and m_pos = max(0, -s_i over the second), then the two sums of
+// exponentials relative to them; the chunks' sums are merged relative to the row's maxima (an online log-sum-exp
+// at chunk granularity, so a long row is read once); then (when the gradient is wanted) a pass writing the gradient. Hard labels cost one exponential per class (each class is in exactly
 // one sum), soft labels two. When the gradient is wanted, the sum pass also stores its terms (unscaled gradient
 // entries, in the accumulation type: in the gradient itself for float32 / float64, in a per-task buffer for
 // 16-bit types), and the gradient pass only scales them, with no exponential. Rows run in parallel; a few long
@@ -183,68 +184,84 @@ struct ZlprRow {
   static constexpr bool kInPlace = std::is_same_v<S, T>;
   static int64_t work_size(int64_t d) { return (kInPlace ? 0 : d) + (L == ZlprLabels::kSoft ? d : 0); }
 
-  // Loss of one row; writes its gradient when grad != nullptr, with `work` holding work_size(d) values. Splits the
-  // row across threads when `split`.
+  // One chunk of a row: its maxima (at least 0), NaN and bad-label flags, and its sums relative to its own maxima
+  // (storing the terms in e1 / e2 when they are given). The chunk is read twice while it is in cache.
+  struct Chunk {
+    ZlprMax<T> mx;
+    T s_neg, s_pos;
+  };
+  static Chunk run_chunk(const S* x, LabelPtr<S> lab, const bool* mask, int64_t c0, int64_t n, T* e1, T* e2) {
+    const ZlprMax<T> mx = run_max(x, lab, mask, c0, n);
+    if (mx.nan || mx.bad) return {mx, T(0), T(0)};  // the row is NaN or an error: no sums needed
+    const ZlprSum<T> sm = run_sum(x, lab, mask, c0, n, mx, e1, e2);
+    return {mx, sm.s_neg, sm.s_pos};
+  }
+
+  // Loss of one row; writes its gradient when grad != nullptr, with `work` holding work_size(d) values. The row
+  // is processed in chunks of kChunk classes (a log-sum-exp per chunk, merged in chunk order: one pass over memory
+  // for the loss, and the same result whether the chunks run on one thread or, when `split`, on several).
   double operator()(const S* x, LabelPtr<S> lab, const bool* mask, S* grad, T* work, int64_t d, bool split) const {
-    ZlprMax<T> mx{0, 0, 0, 0};
-    if (split) {
-      const int64_t nchunks = num_chunks(d);
-      std::vector<ZlprMax<T>> part(nchunks);
-      at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
-        for (int64_t c = b; c < e; ++c) part[c] = run_max(x, lab, mask, c * kChunk, chunk_len(d, c));
-      });
-      for (const auto& p : part) {
-        mx.m_neg = std::max(mx.m_neg, p.m_neg);
-        mx.m_pos = std::max(mx.m_pos, p.m_pos);
-        mx.nan |= p.nan;
-        mx.bad += p.bad;
-      }
-    } else {
-      mx = run_max(x, lab, mask, 0, d);
-    }
-    TORCH_CHECK(mx.bad == 0, op, ": soft labels must lie in [0, 1], but a row has ", mx.bad, " values outside");
-    if (mx.nan) {
-      if (grad) std::fill(grad, grad + d, store_acc<S>(std::numeric_limits<T>::quiet_NaN()));
-      return std::numeric_limits<double>::quiet_NaN();
-    }
     T* e1 = nullptr;
     T* e2 = nullptr;  // soft labels only
     if (grad) {
       e1 = kInPlace ? reinterpret_cast<T*>(grad) : work;
       if constexpr (L == ZlprLabels::kSoft) e2 = kInPlace ? work : work + d;
     }
-    double sneg = 0, spos = 0;
+    const int64_t nchunks = num_chunks(d);
+    Chunk one;
+    std::vector<Chunk> many(nchunks > 1 ? nchunks : 0);
+    Chunk* part = nchunks > 1 ? many.data() : &one;
+    auto chunks = [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) part[c] = run_chunk(x, lab, mask, c * kChunk, chunk_len(d, c), e1, e2);
+    };
     if (split) {
-      const int64_t nchunks = num_chunks(d);
-      std::vector<ZlprSum<T>> part(nchunks);
-      at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
-        for (int64_t c = b; c < e; ++c) part[c] = run_sum(x, lab, mask, c * kChunk, chunk_len(d, c), mx, e1, e2);
-      });
-      for (const auto& p : part) {  // fixed order: the result does not depend on the thread count
-        sneg += p.s_neg;
-        spos += p.s_pos;
-      }
+      at::parallel_for(0, nchunks, 1, chunks);
     } else {
-      const ZlprSum<T> sm = run_sum(x, lab, mask, 0, d, mx, e1, e2);
-      sneg = sm.s_neg;
-      spos = sm.s_pos;
+      chunks(0, nchunks);
+    }
+    T m_neg = 0, m_pos = 0;
+    int nan = 0;
+    int64_t bad = 0;
+    for (int64_t c = 0; c < nchunks; ++c) {
+      m_neg = std::max(m_neg, part[c].mx.m_neg);
+      m_pos = std::max(m_pos, part[c].mx.m_pos);
+      nan |= part[c].mx.nan;
+      bad += part[c].mx.bad;
+    }
+    TORCH_CHECK(bad == 0, op, ": soft labels must lie in [0, 1], but a row has ", bad, " values outside");
+    if (nan) {
+      if (grad) std::fill(grad, grad + d, store_acc<S>(std::numeric_limits<T>::quiet_NaN()));
+      return std::numeric_limits<double>::quiet_NaN();
+    }
+    // the chunks' sums relative to the row's maxima, in chunk order (factors e^(m_c - m) <= 1: no overflow)
+    double sneg = 0, spos = 0;
+    for (int64_t c = 0; c < nchunks; ++c) {
+      sneg += static_cast<double>(part[c].s_neg) * chunk_factor(part[c].mx.m_neg, m_neg);
+      spos += static_cast<double>(part[c].s_pos) * chunk_factor(part[c].mx.m_pos, m_pos);
     }
     if (grad) {
-      const double zneg = std::exp(-static_cast<double>(mx.m_neg)) + sneg;
-      const double zpos = std::exp(-static_cast<double>(mx.m_pos)) + spos;
-      const T inv_zneg = static_cast<T>(grad_scale / zneg), inv_zpos = static_cast<T>(grad_scale / zpos);
-      auto write = [&](int64_t c0, int64_t n) {
-        zlpr_scale<S, L>(e1 + c0, e2 ? e2 + c0 : nullptr, grad + c0, n, inv_zneg, inv_zpos);
+      const double zneg = std::exp(-static_cast<double>(m_neg)) + sneg;
+      const double zpos = std::exp(-static_cast<double>(m_pos)) + spos;
+      auto write = [&](int64_t b, int64_t e) {
+        for (int64_t c = b; c < e; ++c) {
+          const T inv_zneg = static_cast<T>(grad_scale * chunk_factor(part[c].mx.m_neg, m_neg) / zneg);
+          const T inv_zpos = static_cast<T>(grad_scale * chunk_factor(part[c].mx.m_pos, m_pos) / zpos);
+          const int64_t c0 = c * kChunk;
+          zlpr_scale<S, L>(e1 + c0, e2 ? e2 + c0 : nullptr, grad + c0, chunk_len(d, c), inv_zneg, inv_zpos);
+        }
       };
       if (split) {
-        at::parallel_for(0, num_chunks(d), 1, [&](int64_t b, int64_t e) {
-          for (int64_t c = b; c < e; ++c) write(c * kChunk, chunk_len(d, c));
-        });
+        at::parallel_for(0, nchunks, 1, write);
       } else {
-        write(0, d);
+        write(0, nchunks);
       }
     }
-    return zlpr_term(mx.m_neg, sneg) + zlpr_term(mx.m_pos, spos);
+    return zlpr_term(m_neg, sneg) + zlpr_term(m_pos, spos);
+  }
+
+  // e^(m_c - m) for a chunk maximum m_c <= m; exactly 1 when they are equal (a row of one chunk is unchanged)
+  static double chunk_factor(T m_c, T m) {
+    return m_c == m ? 1.0 : std::exp(static_cast<double>(m_c) - static_cast<double>(m));
   }
 
   static ZlprMax<T> run_max(const S* x, LabelPtr<S> lab, const bool* mask, int64_t c0, int64_t n) {
