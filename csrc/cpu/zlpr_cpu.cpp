@@ -72,6 +72,19 @@ TORCHXC_ALWAYS_INLINE void load_labels(const LabelPtr<S>& lab, int64_t j, int64_
   }
 }
 
+// The block's scores in the accumulation type: 16-bit scores are first widened into a local float array (one
+// vectorized conversion loop), so that the passes below, like the labels, only see float lanes.
+template <typename S>
+TORCHXC_ALWAYS_INLINE const acc_t<S>* load_scores(const S* x, int64_t j, int64_t len, acc_t<S>* buf) {
+  if constexpr (std::is_same_v<S, acc_t<S>>) {
+    return x + j;
+  } else {
+    TORCHXC_PRAGMA(omp simd)
+    for (int64_t i = 0; i < len; ++i) buf[i] = load_acc(x[j + i]);
+    return buf;
+  }
+}
+
 template <typename T>
 struct ZlprMax {
   T m_neg, m_pos;
@@ -93,12 +106,14 @@ TORCHXC_CPU_MULTIVERSION ZlprMax<acc_t<S>> zlpr_max(const S* x, LabelPtr<S> lab,
   int nan = 0;
   int64_t bad = 0;
   alignas(64) T t[kBlock];
+  alignas(64) T xb[kBlock];
   for (int64_t j = 0; j < n; j += kBlock) {
     const int64_t len = std::min(kBlock, n - j);
     load_labels<L>(lab, j, len, t);
+    const T* xs = load_scores(x, j, len, xb);
     TORCHXC_PRAGMA(omp simd reduction(max : mneg, mpos) reduction(| : nan) reduction(+ : bad))
     for (int64_t i = 0; i < len; ++i) {
-      const T s = load_acc(x[j + i]);
+      const T s = xs[i];
       const bool valid = (kMask ? mask_on(mask, j + i) : true) & (s != neg_inf);
       bad += !((t[i] >= T(0)) & (t[i] <= T(1)));
       const T a = bsel(valid & (t[i] < T(1)), s, neg_inf), b = bsel(valid & (t[i] > T(0)), -s, neg_inf);
@@ -122,12 +137,14 @@ TORCHXC_CPU_MULTIVERSION ZlprSum<acc_t<S>> zlpr_sum(const S* x, LabelPtr<S> lab,
   const T neg_inf = -std::numeric_limits<T>::infinity();
   T sneg = 0, spos = 0;
   alignas(64) T t[kBlock];
+  alignas(64) T xb[kBlock];
   for (int64_t j = 0; j < n; j += kBlock) {
     const int64_t len = std::min(kBlock, n - j);
     load_labels<L>(lab, j, len, t);
+    const T* xs = load_scores(x, j, len, xb);
     TORCHXC_PRAGMA(omp simd reduction(+ : sneg, spos))
     for (int64_t i = 0; i < len; ++i) {
-      const T s = load_acc(x[j + i]);
+      const T s = xs[i];
       const bool valid = (kMask ? mask_on(mask, j + i) : true) & (s != neg_inf);
       if constexpr (L == ZlprLabels::kSoft) {
         const T a = bsel(valid & (t[i] < T(1)), (T(1) - t[i]) * vexp(s - mneg), T(0));
