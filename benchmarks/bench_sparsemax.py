@@ -51,8 +51,11 @@ def sparsemax_torch_sort(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 def sparsemax_bisect(x: torch.Tensor, dim: int = -1, halvings: int = 30) -> torch.Tensor:
     """Sparsemax without sorting: sum(max(z - tau, 0)) = 1 has its root tau in [max - 1, max); halving that bracket
-    (no autograd) leaves lo <= tau with {z > lo} the support (up to values within 2^-30 of tau, which change tau by
-    at most that much), and tau = (sum over it of z - 1) / its size is the exact threshold, differentiable."""
+    (no autograd) until it stops shrinking (about an ulp of the row maximum in float32) leaves lo <= tau, and the
+    support {z > lo} may still hold values tied with tau. Its threshold tau0 <= tau puts those back at or below it,
+    so {z > tau0} is the support (once more, for rounding), and tau = (sum over it of z - 1) / its size is the exact,
+    differentiable threshold; the output is masked to that support, so the Jacobian is sparsemax's on {p > 0}, as
+    torchxc and entmax use."""
     z = x.movedim(dim, -1).float()
     with torch.no_grad():
         hi = z.amax(-1, keepdim=True)
@@ -62,8 +65,11 @@ def sparsemax_bisect(x: torch.Tensor, dim: int = -1, halvings: int = 30) -> torc
             above = (z - mid).clamp_min(0).sum(-1, keepdim=True) >= 1
             lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
         support = z > lo
+        for _ in range(2):  # tau0 from the wider set, then the support it gives (ties with tau drop out)
+            tau0 = ((z * support).sum(-1, keepdim=True) - 1) / support.sum(-1, keepdim=True)
+            support = z > tau0
     tau = ((z * support).sum(-1, keepdim=True) - 1) / support.sum(-1, keepdim=True)
-    return (z - tau).clamp_min(0).to(x.dtype).movedim(-1, dim)
+    return ((z - tau) * support).clamp_min(0).to(x.dtype).movedim(-1, dim)  # no gradient off the support
 
 
 def providers():

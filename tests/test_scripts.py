@@ -195,3 +195,16 @@ def test_a_provider_that_raises_is_a_missed_target(capsys):
     assert common.print_targets([]) is False
     assert "[MISS] torchxc ran: failed: broken op" in capsys.readouterr().out
     assert common.print_targets([("x", True, "1x")]) is True  # reported once
+
+
+def test_tree_sampler_targets_with_a_failed_baseline(capsys):
+    """A failed baseline leaves no row: bench_tree_sampler's check_targets still prints its lines and the MISS."""
+    import torch
+    common, bts = benchmark_module("common"), benchmark_module("bench_tree_sampler")
+    common.FAILURES[:] = [("multinomial", "out of memory")]
+    rows = [dict(C=2 ** 18, provider="torchxc", draws_per_s=1e8), dict(C=2 ** 18, provider="pytorch_levels",
+                                                                      draws_per_s=1e6)]
+    assert bts.check_targets(rows, torch.device("cpu")) is False
+    out = capsys.readouterr().out
+    assert "[PASS] CPU draws/s >= 20x" in out and "[MISS] multinomial ran: failed: out of memory" in out
+    assert not common.FAILURES

@@ -3,11 +3,12 @@
 // Per chunk of 16384 classes of a row, two vectorized passes while the chunk stays in cache: the two maxima
 // m_neg = max(0, s_i over the first sum) and m_pos = max(0, -s_i over the second), then the two sums of
 // exponentials relative to them; the chunks' sums are merged relative to the row's maxima (an online log-sum-exp
-// at chunk granularity, so a long row is read once); then (when the gradient is wanted) a pass writing the gradient. Hard labels cost one exponential per class (each class is in exactly
-// one sum), soft labels two. When the gradient is wanted, the sum pass also stores its terms (unscaled gradient
-// entries, in the accumulation type: in the gradient itself for float32 / float64, in a per-task buffer for
-// 16-bit types), and the gradient pass only scales them, with no exponential. Rows run in parallel; a few long
-// rows are split into chunks instead. Sparse positives become a per-row bitmask, after which they are hard labels.
+// at chunk granularity, so a long row is read once); then (when the gradient is wanted) a pass writing the
+// gradient. Hard labels cost one exponential per class (each class is in exactly one sum), soft labels two. When
+// the gradient is wanted, the sum pass also stores its terms (unscaled gradient entries, in the accumulation type:
+// in the gradient itself for float32 / float64, in a per-task buffer for 16-bit types), and the gradient pass only
+// scales them, with no exponential. Rows run in parallel; a few long rows have their chunks run in parallel
+// instead. Sparse positives become a per-row bitmask, after which they are hard labels.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
