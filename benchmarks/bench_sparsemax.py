@@ -27,7 +27,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import fmt_ratio, lookup, loop_ratio, print_targets, ratio, run_suite, setup_cpu_process, suite_main  # noqa: E402
+from common import (COMPILED_BASELINES, fmt_ratio, lookup, loop_ratio, print_targets, ratio, run_suite,  # noqa: E402
+                    setup_cpu_process, suite_main)
 
 import torchxc  # noqa: E402
 
@@ -107,9 +108,11 @@ def run(device, dtypes, budget_s, out_dir):
     def make_callables(dtype_name, shape, mode):
         x = torch.randn(shape, generator=gen).to(device=device, dtype=DTYPES[dtype_name])
         g = torch.randn(shape, generator=gen).to(device=device, dtype=DTYPES[dtype_name])
-        torch._dynamo.reset()  # one compilation per case: no recompile limit reached over the cases
-        compiled = torch.compile(sparsemax_bisect, dynamic=False)
-        fns = {name: mode_callable(fn, x, g, mode) for name, fn in dict(provs, bisect_compiled=compiled).items()}
+        extra = {}
+        if COMPILED_BASELINES:
+            torch._dynamo.reset()  # one compilation per case: no recompile limit reached over the cases
+            extra["bisect_compiled"] = torch.compile(sparsemax_bisect, dynamic=False)
+        fns = {name: mode_callable(fn, x, g, mode) for name, fn in dict(provs, **extra).items()}
         if mode == "fwd":
             fns["copy"] = x.clone
         return fns
@@ -120,7 +123,8 @@ def run(device, dtypes, budget_s, out_dir):
     cases = [(dt, s) for dt in dtypes for s in SHAPES]
     csv_path = os.path.join(out_dir, f"sparsemax_{device.type}.csv")
     return run_suite("sparsemax", device, cases, MODES, make_callables, nbytes, budget_s, csv_path,
-                     [b for b in BASELINES if b in provs or b == "bisect_compiled"], optional=("bisect_compiled",))
+                     [b for b in BASELINES if b in provs or (b == "bisect_compiled" and COMPILED_BASELINES)],
+                     optional=("bisect_compiled",))
 
 
 def check_targets(rows, device):

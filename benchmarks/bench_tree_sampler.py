@@ -26,7 +26,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (RESULTS_DIR, Timer, device_name, print_targets, selected_devices,  # noqa: E402
+from common import (COMPILED_BASELINES, RESULTS_DIR, Timer, device_name, print_targets, selected_devices,  # noqa: E402
                     allocator_settings, setup_cpu_process, write_csv)
 
 import torchxc  # noqa: E402
@@ -103,7 +103,8 @@ def measure(C, k, B, S, device, budget_s, multinomial_rows, compiled=False):
     if compiled:  # the other pure-PyTorch samplers, at the main C: compiled in the warm-up (not timed)
         fns["pytorch_levels_tuned"] = lambda: pytorch_levels_tuned_sample(z, W, b, l2l, C, S)
         for name, fn in (("pytorch_levels", pytorch_levels_sample), ("pytorch_levels_tuned", pytorch_levels_tuned_sample)):
-            fns[f"{name}_compiled"] = functools.partial(torch.compile(fn), z, W, b, l2l, C, S)
+            if COMPILED_BASELINES:
+                fns[f"{name}_compiled"] = functools.partial(torch.compile(fn), z, W, b, l2l, C, S)
         optional = ("pytorch_levels_compiled", "pytorch_levels_tuned_compiled")
         draws.update({name: B * S for name in fns if name.startswith("pytorch_levels_")})
     with torch.no_grad():

@@ -25,14 +25,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import lookup, print_targets, ratio, run_suite, setup_cpu_process, suite_main  # noqa: E402
+from common import (COMPILED_BASELINES, lookup, print_targets, ratio, run_suite, setup_cpu_process,  # noqa: E402
+                    suite_main)
 
 import torchxc  # noqa: E402
 
 SHAPES = [(4096, 1024), (1024, 32768), (64, 1048576)]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MODES = ("fwd", "fwd+bwd")
-BASELINES = ["bert4keras", "bert4keras_compiled", "soft_torch", "bce"]
+BASELINES = ["bert4keras"] + (["bert4keras_compiled"] if COMPILED_BASELINES else []) + ["soft_torch", "bce"]
 POSITIVES_PER_ROW = 8
 
 
@@ -74,16 +75,18 @@ def run(device, dtypes, budget_s, out_dir):
         s = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
         hard, positives = make_labels(shape, device, gen)
         soft = hard.to(dtype)
-        torch._dynamo.reset()  # one compilation per case: no recompile limit reached over the cases
-        compiled = torch.compile(zlpr_bert4keras, dynamic=False)
+        if COMPILED_BASELINES:
+            torch._dynamo.reset()  # one compilation per case: no recompile limit reached over the cases
+            compiled = torch.compile(zlpr_bert4keras, dynamic=False)
         fns = {
             "torchxc": lambda x: torchxc.zlpr_loss(x, hard),
             "torchxc_sparse": lambda x: torchxc.zlpr_loss_sparse(x, positives),
             "bert4keras": lambda x: zlpr_bert4keras(x, soft),
-            "bert4keras_compiled": lambda x: compiled(x, soft),
             "soft_torch": lambda x: zlpr_soft_torch(x, soft),
             "bce": lambda x: F.binary_cross_entropy_with_logits(x, soft),
         }
+        if COMPILED_BASELINES:
+            fns["bert4keras_compiled"] = lambda x: compiled(x, soft)
         if mode == "fwd":
             def wrap(fn):
                 def run_fwd():

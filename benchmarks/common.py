@@ -438,6 +438,10 @@ def suite_main(argv, doc: str, run, check_targets, dtypes: List[str]) -> int:
     return 0 if ok else 1
 
 
+# torch.compile'd baselines (reported beside the targets' baselines): TORCHXC_BENCH_COMPILED=0 leaves them out, e.g.
+# on a lent GPU whose minutes are for the kernels (tools/gpu_check.sh), since each case compiles anew.
+COMPILED_BASELINES = os.environ.get("TORCHXC_BENCH_COMPILED", "1") != "0"
+
 # Providers that raised in Timer.compare since the last print_targets: each is a MISS there, since a failed torchxc
 # op, or a baseline that a target is measured against, would otherwise only drop that target's line.
 FAILURES: List[Tuple[str, str]] = []

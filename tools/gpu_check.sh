@@ -110,6 +110,9 @@ for step in "${STEPS[@]}"; do
       ;;
     bench)
       R=$WORK/results
+      # the torch.compile'd baselines compile anew for every case (minutes of Triton compiles): left out here, the
+      # device minutes are for the kernels (TORCHXC_BENCH_COMPILED=1 make gpu-check to include them)
+      export TORCHXC_BENCH_COMPILED=${TORCHXC_BENCH_COMPILED:-0}
       TAIL=12 run host_overhead "${T_HOST_OVERHEAD:-60}" $PY tools/host_overhead.py --device cuda
       run bench_sparsemax "${T_BENCH_SPARSEMAX:-120}" $PY benchmarks/bench_sparsemax.py --device cuda \
         --budget "${BENCH_BUDGET:-0.2}" --out "$R"
