@@ -29,6 +29,7 @@ git ls-files -z | tar --null -T - -cf - | tar -x -C "$WORKDIR/src"  # tracked fi
 mkdir -p "$ROOT/.prebuilt"
 rm -f "$ROOT"/.prebuilt/_C*.so
 cp "$WORKDIR"/src/python/torchxc/_C*.so "$ROOT/.prebuilt/"
+"$ROOT/tools/source_hash.sh" > "$ROOT/.prebuilt/SOURCE_HASH"  # the sources it was built from (this checkout's)
 echo "== wheels of liac-arff and entmax (pure Python) into .whl/"
 mkdir -p "$ROOT/.whl"
 "$WORKDIR/venv/bin/pip" wheel -q --no-deps -w "$ROOT/.whl" liac-arff==2.5.0 entmax==1.3

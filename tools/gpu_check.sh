@@ -80,7 +80,12 @@ for step in "${STEPS[@]}"; do
         TAIL=3 run wheels 60 $PY -m pip install --no-index --no-deps .whl/*.whl
       fi
       if ! ls python/torchxc/_C*.so >/dev/null 2>&1 && ls .prebuilt/_C*.so >/dev/null 2>&1; then
-        cp .prebuilt/_C*.so python/torchxc/
+        if [ "$(cat .prebuilt/SOURCE_HASH 2>/dev/null)" = "$(tools/source_hash.sh)" ]; then
+          cp .prebuilt/_C*.so python/torchxc/
+        else  # built from other sources (make device-prep after the last change to csrc/ or setup.py): compile here
+          echo "build: .prebuilt/ is stale or has no SOURCE_HASH (run make device-prep); compiling here" \
+            | tee -a "$OUT/summary.txt"
+        fi
       fi
       if ls python/torchxc/_C*.so >/dev/null 2>&1; then
         if PYTHONPATH=$PWD/python cuda_build_ok > "$WORK/prebuilt_check.log" 2>&1; then
