@@ -16,7 +16,11 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export PATH=$CUDA_HOME/bin:$PATH
 WORKDIR=$(mktemp -d)
 trap 'rm -rf "$WORKDIR"' EXIT
-PYBIN=$(command -v "python$PYV" || command -v python3)
+PYBIN=""
+for candidate in "python$PYV" python3; do  # the first that runs (a pyenv shim can exist for an inactive version)
+  if "$candidate" -c "import sys" >/dev/null 2>&1; then PYBIN=$(command -v "$candidate"); break; fi
+done
+[ -n "$PYBIN" ] || { echo "build_for_device: no working python$PYV or python3" >&2; exit 1; }
 echo "== venv with torch $TORCH_VERSION ($PYBIN; the library is built for the limited API, one file for every Python)"
 "$PYBIN" -m venv "$WORKDIR/venv"
 "$WORKDIR/venv/bin/pip" install -q "torch==$TORCH_VERSION" setuptools wheel ninja numpy
