@@ -50,6 +50,20 @@ inline int64_t check_tree_inputs(const at::Tensor& z, const at::Tensor& weight, 
   return depth;
 }
 
+// tree_sample's other arguments: num_samples draws per row, leaf_to_label int64 [2^D] on z's device.
+inline void check_sample_inputs(const at::Tensor& z, const at::Tensor& leaf_to_label, int64_t depth,
+                                int64_t num_samples, const char* op) {
+  // the sample index is a 32-bit word of the Philox counter: draws s and s + 2^32 of a row would be equal
+  TORCH_CHECK(num_samples >= 0 && num_samples <= (int64_t(1) << 32), op,
+              ": expected 0 <= num_samples <= 2^32 (the sample index is a 32-bit Philox counter word), but got ",
+              num_samples);
+  TORCH_CHECK(leaf_to_label.scalar_type() == at::kLong && leaf_to_label.dim() == 1 &&
+                  leaf_to_label.size(0) == (int64_t(1) << depth),
+              op, ": expected leaf_to_label int64 of shape [", int64_t(1) << depth, "], but got ",
+              leaf_to_label.scalar_type(), " ", leaf_to_label.sizes());
+  check_same_device(z, leaf_to_label, op, "z", "leaf_to_label");
+}
+
 // Whether the right child of the node at `level`, position p within the level, holds only padding leaves.
 C10_HOST_DEVICE inline bool right_child_empty(int64_t p, int64_t level, int64_t depth, int64_t num_labels) {
   return ((2 * p + 1) << (depth - level - 1)) >= num_labels;

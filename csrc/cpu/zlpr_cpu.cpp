@@ -229,14 +229,17 @@ struct ZlprRow {
     Chunk one;
     std::vector<Chunk> many(nchunks > 1 ? nchunks : 0);
     Chunk* part = nchunks > 1 ? many.data() : &one;
-    auto chunks = [&](int64_t b, int64_t e) {
-      for (int64_t c = b; c < e; ++c) part[c] = run_chunk(x, lab, mask, c * kChunk, chunk_len(d, c), e1, e2);
+    // chunks [b, e) of the row by f(b, e): on this thread, or across threads when `split`
+    const auto over_chunks = [&](const auto& f) {
+      if (split) {
+        at::parallel_for(0, nchunks, 1, f);
+      } else {
+        f(0, nchunks);
+      }
     };
-    if (split) {
-      at::parallel_for(0, nchunks, 1, chunks);
-    } else {
-      chunks(0, nchunks);
-    }
+    over_chunks([&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) part[c] = run_chunk(x, lab, mask, c * kChunk, chunk_len(d, c), e1, e2);
+    });
     T m_neg = 0, m_pos = 0;
     int nan = 0;
     int64_t bad = 0;
@@ -260,19 +263,14 @@ struct ZlprRow {
     if (grad) {
       const double zneg = std::exp(-static_cast<double>(m_neg)) + sneg;
       const double zpos = std::exp(-static_cast<double>(m_pos)) + spos;
-      auto write = [&](int64_t b, int64_t e) {
+      over_chunks([&](int64_t b, int64_t e) {
         for (int64_t c = b; c < e; ++c) {
           const T inv_zneg = static_cast<T>(grad_scale * chunk_factor(part[c].mx.m_neg, m_neg) / zneg);
           const T inv_zpos = static_cast<T>(grad_scale * chunk_factor(part[c].mx.m_pos, m_pos) / zpos);
           const int64_t c0 = c * kChunk;
           zlpr_scale<S, L>(e1 + c0, e2 ? e2 + c0 : nullptr, grad + c0, chunk_len(d, c), inv_zneg, inv_zpos);
         }
-      };
-      if (split) {
-        at::parallel_for(0, nchunks, 1, write);
-      } else {
-        write(0, nchunks);
-      }
+      });
     }
     return zlpr_term(m_neg, sneg) + zlpr_term(m_pos, spos);
   }

@@ -63,15 +63,7 @@ std::tuple<at::Tensor, at::Tensor> tree_sample_cuda(const at::Tensor& z_in, cons
                                                     int64_t num_labels, int64_t num_samples, int64_t seed) {
   constexpr const char* op = "torchxc::tree_sample";
   const int64_t depth = check_tree_inputs(z_in, weight_in, bias_in, num_labels, op);
-  // the sample index is a 32-bit word of the Philox counter: draws s and s + 2^32 of a row would be equal
-  TORCH_CHECK(num_samples >= 0 && num_samples <= (int64_t(1) << 32), op,
-              ": expected 0 <= num_samples <= 2^32 (the sample index is a 32-bit Philox counter word), but got ",
-              num_samples);
-  TORCH_CHECK(leaf_to_label_in.scalar_type() == at::kLong && leaf_to_label_in.dim() == 1 &&
-                  leaf_to_label_in.size(0) == (int64_t(1) << depth),
-              op, ": expected leaf_to_label int64 of shape [", int64_t(1) << depth, "], but got ",
-              leaf_to_label_in.scalar_type(), " ", leaf_to_label_in.sizes());
-  check_same_device(z_in, leaf_to_label_in, op, "z", "leaf_to_label");
+  check_sample_inputs(z_in, leaf_to_label_in, depth, num_samples, op);
   const c10::cuda::CUDAGuard guard(z_in.device());
   const at::Tensor z = z_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
   const at::Tensor leaf_to_label = leaf_to_label_in.contiguous();
