@@ -102,8 +102,9 @@ def measure(C, k, B, S, device, budget_s, multinomial_rows, compiled=False):
     optional = ()
     if compiled:  # the other pure-PyTorch samplers, at the main C: compiled in the warm-up (not timed)
         fns["pytorch_levels_tuned"] = lambda: pytorch_levels_tuned_sample(z, W, b, l2l, C, S)
-        for name, fn in (("pytorch_levels", pytorch_levels_sample), ("pytorch_levels_tuned", pytorch_levels_tuned_sample)):
-            if COMPILED_BASELINES:
+        if COMPILED_BASELINES:
+            for name, fn in (("pytorch_levels", pytorch_levels_sample),
+                             ("pytorch_levels_tuned", pytorch_levels_tuned_sample)):
                 fns[f"{name}_compiled"] = functools.partial(torch.compile(fn), z, W, b, l2l, C, S)
         optional = ("pytorch_levels_compiled", "pytorch_levels_tuned_compiled")
         draws.update({name: B * S for name in fns if name.startswith("pytorch_levels_")})

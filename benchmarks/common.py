@@ -442,6 +442,16 @@ def suite_main(argv, doc: str, run, check_targets, dtypes: List[str]) -> int:
 # on a lent GPU whose minutes are for the kernels (tools/gpu_check.sh), since each case compiles anew.
 COMPILED_BASELINES = os.environ.get("TORCHXC_BENCH_COMPILED", "1") != "0"
 
+def compile_for_case(fn):
+    """torch.compile of a baseline for one benchmark case, or None when COMPILED_BASELINES is off. Dynamo is reset
+    first: every case compiles anew, so a suite of cases never reaches dynamo's recompile limit (past it, calls
+    would silently run eagerly)."""
+    if not COMPILED_BASELINES:
+        return None
+    torch._dynamo.reset()
+    return torch.compile(fn, dynamic=False)
+
+
 # Providers that raised in Timer.compare since the last print_targets: each is a MISS there, since a failed torchxc
 # op, or a baseline that a target is measured against, would otherwise only drop that target's line.
 FAILURES: List[Tuple[str, str]] = []
