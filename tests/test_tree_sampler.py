@@ -153,14 +153,24 @@ def test_float32_draws_equal_float64_draws(device):
     """The float32 kernels (vectorized random numbers, shared upper levels) use the same uniform per (seed, row, draw,
     level) as the float64 walk: on a tree whose float32 and float64 parameters are equal, the draws agree except
     where a uniform falls within rounding of a branch probability (none for this seed). The 1.1M level steps here
-    leave about 17 choices to the refinement (2^-16 each, tree_take_unlikely), which both walks must settle alike."""
+    leave about 17 choices to the refinement (2^-16 each, tree_take_unlikely), which both walks must settle alike.
+    On CUDA the float32 logits round differently (FMA chains, expf), so a flip or two stays possible there (about
+    0.05 expected for these 111,000 draws); each flipped draw must still carry its own label's log q."""
     f32 = make_tree(1000, 16, dtype=torch.float32, scale=0.4)
     f64 = float64_copy(f32)
     z = torch.randn(37, 16, generator=torch.Generator().manual_seed(11))
     a = f32.to(device).sample(z.to(device), 3000, generator=torch.Generator().manual_seed(12))
     b = f64.to(device).sample(z.double().to(device), 3000, generator=torch.Generator().manual_seed(12))
-    assert torch.equal(a[0], b[0])
-    assert max_err(a[1], b[1]) < 1e-5
+    same = a[0] == b[0]
+    if device.type == "cpu":
+        assert same.all()
+    else:
+        assert (~same).sum() <= 2
+        rows = (~same).nonzero()[:, 0]
+        for s, o, zz in ((f32, a, z), (f64, b, z.double())):
+            lp = s.to(device).log_prob(zz.to(device)[rows], o[0][~same].unsqueeze(1)).squeeze(1)
+            assert max_err(lp.double(), o[1][~same].double()) < 1e-5
+    assert max_err(a[1][same], b[1][same]) < 1e-5
 
 
 def assert_kernel_switch_keeps_draws(env_var, k):
