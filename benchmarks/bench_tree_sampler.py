@@ -13,7 +13,9 @@ Providers, all drawing S labels with replacement for each of B rows from the sam
   slice of the rows (rows are independent, draws/s is per row slice) so that [rows, C] fits in memory.
 
 The main case is the issue's: C = 2^18, k = 16, B = 4096, S = 64. A sweep over C gives the PNG (draws/s vs C).
-Targets: CPU >= 20x the pure-PyTorch sampler; GPU >= 1e9 draws/s (H100).
+Targets: CPU >= 20x the pure-PyTorch sampler; GPU >= 1e9 draws/s (H100). Also reported, with no target: log q of
+every label (log_prob_all, for evaluation) against the same computation level by level in PyTorch
+(tree_log_prob_all_<device>.csv).
 
     python benchmarks/bench_tree_sampler.py [--device cpu|cuda|all] [--quick]
 """
@@ -186,6 +188,55 @@ def run(device, quick, budget_s, out_dir):
     return rows
 
 
+def pytorch_levels_log_prob_all(z, W, b, label_to_leaf, C):
+    """log q(y | z) for every label, level by level with tensor ops: a matrix product per level, log sigmoid of
+    both branches (exact form, as torch.nn.functional.logsigmoid), the children's values interleaved; padding
+    subtrees get probability 0. The direct eager formulation of TreeSampler.log_prob_all."""
+    D = max(0, math.ceil(math.log2(C))) if C > 1 else 0
+    logp = torch.zeros(z.shape[0], 1, dtype=z.dtype, device=z.device)
+    for level in range(D):
+        first, width = (1 << level) - 1, 1 << level
+        x = torch.addmm(b[first:first + width], z, W[first:first + width].t())
+        empty = (2 * torch.arange(width, device=z.device) + 1) * (1 << (D - level - 1)) >= C
+        left = torch.where(empty, 0.0, torch.nn.functional.logsigmoid(-x))
+        right = torch.where(empty, -math.inf, torch.nn.functional.logsigmoid(x))
+        logp = torch.stack([logp + left, logp + right], -1).reshape(z.shape[0], 2 * width)
+    return logp.index_select(1, label_to_leaf)
+
+
+LOG_PROB_ALL_CASES = [(2 ** 14, 512), (2 ** 20, 64)]  # (C, B), k = 16
+
+
+def measure_log_prob_all(device, budget_s, out_dir):
+    """Evaluation: log q of every label (TreeSampler.log_prob_all, [B, C]) against pytorch_levels_log_prob_all;
+    entries (B * C) per second and the bandwidth of writing the output."""
+    rows = []
+    for C, B in LOG_PROB_ALL_CASES:
+        sampler = make_sampler(C, MAIN["k"], device)
+        z = torch.randn(B, MAIN["k"], device=device, generator=torch.Generator(device=device).manual_seed(2))
+        W, b, l2l = sampler.node_weight.detach(), sampler.node_bias.detach(), sampler.label_to_leaf
+        err = (sampler.log_prob_all(z) - pytorch_levels_log_prob_all(z, W, b, l2l, C)).abs().max().item()
+        assert err < 1e-3, f"log_prob_all and the pure-PyTorch version differ by {err} at C = {C}"
+        fns = {"torchxc": lambda: sampler.log_prob_all(z),
+               "pytorch_levels": lambda: pytorch_levels_log_prob_all(z, W, b, l2l, C)}
+        with torch.no_grad():
+            res = Timer(device, budget_s=budget_s, min_reps=3).compare(fns, rounds=3)
+        base = {}
+        for name, m in res.items():
+            if m is None:
+                continue
+            base[name] = B * C / (m.median_ms * 1e-3)
+            rows.append(dict(device=device_name(device), C=C, k=MAIN["k"], B=B, provider=name,
+                             median_ms=m.median_ms, p20_ms=m.p20_ms, p80_ms=m.p80_ms, reps=m.reps,
+                             entries_per_s=base[name], output_GBps=B * C * 4 / (m.median_ms * 1e-3) / 1e9))
+        ratio = f"{base['torchxc'] / base['pytorch_levels']:.1f}x" if len(base) == 2 else "-"
+        print(f"log_prob_all C={C:>8} B={B}: " + "  ".join(f"{n} {v / 1e6:8.1f} M entries/s" for n, v in base.items())
+              + f"  | torchxc/pytorch_levels {ratio}", flush=True)
+    name = "cuda" if device.type == "cuda" else "cpu"
+    write_csv(os.path.join(out_dir, f"tree_log_prob_all_{name}.csv"), rows)
+    return rows
+
+
 def check_targets(rows, device):
     main = {r["provider"]: r["draws_per_s"] for r in rows if r["C"] == MAIN["C"]}
     lines = []
@@ -214,6 +265,7 @@ def main(argv=None):
         print(f"\ntree sampler on {device_name(dev)} (torch threads: {torch.get_num_threads()})")
         rows = run(dev, args.quick, 0.3 if args.quick else args.budget, args.out)
         ok &= check_targets(rows, dev)
+        measure_log_prob_all(dev, 0.3 if args.quick else args.budget, args.out)  # no target: reported only
     return 0 if ok else 1
 
 

@@ -80,6 +80,47 @@ def test_log_prob_all_matches_reference_and_sums_to_one(device, C):
     assert max_err(sampler.log_prob(z, labels), lqa.gather(1, labels)) < 1e-12
 
 
+@pytest.mark.parametrize("C,B", [(1, 3), (2, 17), (37, 1), (1000, 5), (1000, 70), (3000, 21), (2049, 36)])
+def test_log_prob_all_cpu_kernel_paths(C, B):
+    """The CPU kernel of tree_log_prob_all: groups of 16 rows and a last group of at most 4 (4 lanes), groups in
+    parallel (many groups, small trees) or one at a time with its subtrees in parallel, trees deeper than the
+    kernel's 10-level tiles (C > 1024: a top part, then subtrees, padding subtrees skipped). float64 equals the
+    reference walk; float32 is within rounding of it; a row's values do not depend on its batch or the thread count."""
+    f64 = make_tree(C, 6, seed=C)
+    z = torch.randn(B, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(B))
+    ref = reference_log_q(f64, z)
+    assert max_err(f64.log_prob_all(z), ref) < 1e-12
+    f32 = torchxc.TreeSampler.from_parameters(f64.node_weight.float(), f64.node_bias.float(), C, f64.leaf_to_label)
+    z32 = z.float()
+    with num_threads(4):
+        la = f32.log_prob_all(z32)
+    assert la.dtype == torch.float32 and max_err(la, ref) < 2e-6 * (1 + ref.abs().max().item())
+    with num_threads(1):
+        assert torch.equal(f32.log_prob_all(z32), la)
+    for i in {0, B // 2, B - 1}:
+        assert torch.equal(f32.log_prob_all(z32[i:i + 1])[0], la[i])
+    assert f32.log_prob_all(z32[:0]).shape == (0, C)
+
+
+def test_log_prob_all_float32_log_sigmoid_tails():
+    """float32 log sigmoid over the whole range of logits (the kernel's own e^-|x| and log1p): within a few ulp of the
+    float64 values down to 1e-37, tiny tails kept (log sigmoid(30) = -9.4e-14, not 0), an inf logit gives 0 and
+    -inf, a NaN logit NaN. One node of weight 1: the logit of row i is x[i]."""
+    x = torch.cat([torch.linspace(-120, 120, 4001), torch.tensor([0.0, 1e-30, -1e-30, 30.0, 88.0, -88.0])])
+    got = torchxc.TreeSampler.from_parameters(torch.ones(1, 1), torch.zeros(1), 2).log_prob_all(x[:, None])
+    one64 = torch.ones(1, 1, dtype=torch.float64)
+    want = torchxc.TreeSampler.from_parameters(one64, torch.zeros(1, dtype=torch.float64), 2).log_prob_all(
+        x[:, None].double())
+    got = got.double()
+    normal = want.abs() > 1e-37  # below, at float32's smallest normals (1.2e-38), e^-|x| flushes to 0
+    assert ((got - want).abs() / want.abs())[normal].max() < 4e-7
+    assert (got - want)[~normal].abs().max() < 1e-37
+    assert got[x == 30].abs().min() > 0
+    special = torch.tensor([[float("inf")], [float("nan")]])
+    out = torchxc.TreeSampler.from_parameters(torch.ones(1, 1), torch.zeros(1), 2).log_prob_all(special)
+    assert out[0].tolist() == [-float("inf"), 0.0] and out[1].isnan().all()
+
+
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))
 @pytest.mark.parametrize("C", [37, 1000])
 def test_sample_frequencies_match_log_prob_all(device, C):
