@@ -645,13 +645,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_log_prob_backward_cpu(const 
 //
 // Rows in groups of R (16, or 4 for a group of at most 4 rows). Within a group, the log-probability of the node at
 // position p of level l is kept in the slot of the first leaf below it, slot p << (D - l), the group's rows side by
-// side (stage [2^D, R]): expanding a node adds its left branch's log-probability in place and writes its right
-// child's slot, p << (D - l) + 2^(D - l - 1), so no level needs a buffer of its own. The levels below
-// L = D - kAllTileLevels run subtree by subtree, each subtree's slots (2^kAllTileLevels x R values) staying in cache,
-// and each dot product serves the group's rows at once (one node's weights, R rows in the vector lanes). Subtrees
-// whose leaves are all padding are skipped. Then each label reads its leaf's slot: one line per label for the group.
+// side (stage [C, R], the slots of real leaves): expanding a node adds its left branch's log-probability in place
+// and writes its right child's slot, p << (D - l) + 2^(D - l - 1), so no level needs a buffer of its own. The
+// levels below L = D - kAllTileLevels run subtree by subtree, each subtree's slots (2^kAllTileLevels x R values)
+// staying in cache, and each dot product serves the group's rows at once (one node's weights, R rows in the vector
+// lanes). Subtrees whose leaves are all padding are skipped. Then each label reads its leaf's slot: one line per
+// label for the group. For k > kAllDotK the group's logits come from one matrix product first (at::addmm).
 constexpr int64_t kAllRows = 16;
 constexpr int64_t kAllTileLevels = 10;
+// Wider projections: the logits by at::addmm, [nodes, R] (k = 1024, 512 rows, C = 4096: 2.0x the time of the
+// level-by-level ATen version with the dot products here, where each multiply-add loads a weight and a z vector).
+constexpr int64_t kAllDotK = 64;
 // Labels between a slot's prefetch and its read: the slots are random lines of a stage larger than the caches;
 // 8-32 all measured 8-10% faster than no prefetch at B = 512, C = 10^6 (one 2-core Xeon).
 constexpr int64_t kGatherAhead = 16;
@@ -670,23 +674,50 @@ TORCHXC_ALWAYS_INLINE float log1p_01(float a) {
 TORCHXC_ALWAYS_INLINE float log1p_exp_neg_abs(float x) { return log1p_01(vexp_nonpos(-std::fabs(x))); }
 TORCHXC_ALWAYS_INLINE double log1p_exp_neg_abs(double x) { return std::log1p(std::exp(-std::fabs(x))); }
 
+// One group's view of the tree: zt, the group's z transposed [k, R]; or xt, its logits [nodes, R] (k > kAllDotK).
+template <typename T>
+struct AllGroup {
+  const T* zt;
+  const T* xt;
+  const T* weight;
+  const T* bias;
+  int64_t k, depth, C;
+};
+
 // Expands the subtree of the node at position s of level l0 through levels l0 .. l1 - 1 (positions whose leaves are
-// all padding skipped). zt: the group's z transposed, [k, R].
+// all padding skipped).
 template <int64_t R, typename T>
-TORCHXC_ALWAYS_INLINE void expand_subtree(const T* zt, const T* weight, const T* bias, int64_t k, int64_t depth,
-                                          int64_t C, int64_t l0, int64_t s, int64_t l1, T* stage) {
+TORCHXC_ALWAYS_INLINE void expand_subtree(const AllGroup<T>& g, int64_t l0, int64_t s, int64_t l1, T* stage) {
+  const int64_t k = g.k, depth = g.depth, C = g.C;
   for (int64_t l = l0; l < l1; ++l) {
     const int64_t shift = depth - l, first = (int64_t(1) << l) - 1;
     const int64_t p0 = s << (l - l0), p1 = std::min((s + 1) << (l - l0), ((C - 1) >> shift) + 1);
     for (int64_t p = p0; p < p1; ++p) {
       if (right_child_empty(p, l, depth, C)) continue;  // left with probability 1; the right slots are padding
-      const T* w = weight + (first + p) * k;
       T x[R];
-      for (int64_t r = 0; r < R; ++r) x[r] = bias[first + p];
-      for (int64_t j = 0; j < k; ++j) {
-        const T wj = w[j];
+      if (g.xt != nullptr) {
+        for (int64_t r = 0; r < R; ++r) x[r] = g.xt[(first + p) * R + r];
+      } else {
+        // w . z in four partial sums (j mod 4), each row in its own lane: one chain of k dependent multiply-adds
+        // per node made wide nodes latency-bound (k = 1024, one row: 4.5x the time of ATen's matrix-vector
+        // product). The same order for every R, so a row's values do not depend on its group; the bias last.
+        const T* w = g.weight + (first + p) * k;
+        T acc[4][R] = {};
+        int64_t j = 0;
+        for (; j + 4 <= k; j += 4) {
+          for (int64_t a = 0; a < 4; ++a) {
+            const T wj = w[j + a];
+            TORCHXC_PRAGMA(omp simd)
+            for (int64_t r = 0; r < R; ++r) acc[a][r] += wj * g.zt[(j + a) * R + r];
+          }
+        }
+        for (; j < k; ++j) {
+          const T wj = w[j];
+          TORCHXC_PRAGMA(omp simd)
+          for (int64_t r = 0; r < R; ++r) acc[j & 3][r] += wj * g.zt[j * R + r];
+        }
         TORCHXC_PRAGMA(omp simd)
-        for (int64_t r = 0; r < R; ++r) x[r] += wj * zt[j * R + r];
+        for (int64_t r = 0; r < R; ++r) x[r] = ((acc[0][r] + acc[1][r]) + (acc[2][r] + acc[3][r])) + g.bias[first + p];
       }
       T* left = stage + (p << shift) * R;
       T* right = left + (int64_t(1) << (shift - 1)) * R;
@@ -703,42 +734,47 @@ TORCHXC_ALWAYS_INLINE void expand_subtree(const T* zt, const T* weight, const T*
 
 // The ISA clones (target_clones does not apply to templates): float32 with 16 or 4 rows per group; float64 is
 // bound by its scalar exp and log1p.
-TORCHXC_CPU_MULTIVERSION void expand_subtree_f32x16(const float* zt, const float* w, const float* b, int64_t k,
-                                                    int64_t depth, int64_t C, int64_t l0, int64_t s, int64_t l1,
+TORCHXC_CPU_MULTIVERSION void expand_subtree_f32x16(const AllGroup<float>& g, int64_t l0, int64_t s, int64_t l1,
                                                     float* stage) {
-  expand_subtree<16>(zt, w, b, k, depth, C, l0, s, l1, stage);
+  expand_subtree<16>(g, l0, s, l1, stage);
 }
-TORCHXC_CPU_MULTIVERSION void expand_subtree_f32x4(const float* zt, const float* w, const float* b, int64_t k,
-                                                   int64_t depth, int64_t C, int64_t l0, int64_t s, int64_t l1,
+TORCHXC_CPU_MULTIVERSION void expand_subtree_f32x4(const AllGroup<float>& g, int64_t l0, int64_t s, int64_t l1,
                                                    float* stage) {
-  expand_subtree<4>(zt, w, b, k, depth, C, l0, s, l1, stage);
+  expand_subtree<4>(g, l0, s, l1, stage);
 }
 template <int64_t R>
-void expand_subtree_any(const float* zt, const float* w, const float* b, int64_t k, int64_t depth, int64_t C,
-                        int64_t l0, int64_t s, int64_t l1, float* stage) {
-  (R == 16 ? expand_subtree_f32x16 : expand_subtree_f32x4)(zt, w, b, k, depth, C, l0, s, l1, stage);
+void expand_subtree_any(const AllGroup<float>& g, int64_t l0, int64_t s, int64_t l1, float* stage) {
+  (R == 16 ? expand_subtree_f32x16 : expand_subtree_f32x4)(g, l0, s, l1, stage);
 }
 template <int64_t R>
-void expand_subtree_any(const double* zt, const double* w, const double* b, int64_t k, int64_t depth, int64_t C,
-                        int64_t l0, int64_t s, int64_t l1, double* stage) {
-  expand_subtree<R>(zt, w, b, k, depth, C, l0, s, l1, stage);
+void expand_subtree_any(const AllGroup<double>& g, int64_t l0, int64_t s, int64_t l1, double* stage) {
+  expand_subtree<R>(g, l0, s, l1, stage);
 }
 
 // One group: rows r0 .. r0 + nr - 1 (nr <= R) of out [B, C]. inner: run the group's subtrees and labels in parallel
 // (few groups); otherwise the caller runs groups in parallel.
 template <int64_t R, typename T>
-void log_prob_all_group(const T* z, const T* weight, const T* bias, const int64_t* label_to_leaf, int64_t k,
-                        int64_t depth, int64_t C, int64_t r0, int64_t nr, bool inner, T* stage, T* out) {
-  std::vector<T> zt(k * R);
+void log_prob_all_group(const at::Tensor& z, const at::Tensor& weight, const at::Tensor& bias,
+                        const int64_t* label_to_leaf, int64_t depth, int64_t C, int64_t r0, int64_t nr, bool inner,
+                        T* stage, T* out) {
+  const int64_t k = z.size(1);
+  const T* zp = z.const_data_ptr<T>();
+  std::vector<T> zt(k * R);  // rows past the group's repeat its last row
   for (int64_t j = 0; j < k; ++j) {
-    for (int64_t r = 0; r < R; ++r) zt[j * R + r] = z[(r0 + std::min(r, nr - 1)) * k + j];
+    for (int64_t r = 0; r < R; ++r) zt[j * R + r] = zp[(r0 + std::min(r, nr - 1)) * k + j];
   }
+  at::Tensor xt;
+  if (k > kAllDotK) {
+    xt = at::addmm(bias.unsqueeze(1), weight, at::from_blob(zt.data(), {k, R}, z.options()));  // [nodes, R]
+  }
+  const AllGroup<T> g{zt.data(), xt.defined() ? xt.const_data_ptr<T>() : nullptr, weight.const_data_ptr<T>(),
+                      bias.const_data_ptr<T>(), k, depth, C};
   for (int64_t r = 0; r < R; ++r) stage[r] = T(0);  // the root's slot
   const int64_t top = std::max<int64_t>(0, depth - kAllTileLevels);
-  expand_subtree_any<R>(zt.data(), weight, bias, k, depth, C, 0, 0, top, stage);
+  expand_subtree_any<R>(g, 0, 0, top, stage);
   const int64_t subtrees = ((C - 1) >> (depth - top)) + 1;  // those holding a label
   const auto bottom = [&](int64_t s0, int64_t s1) {
-    for (int64_t s = s0; s < s1; ++s) expand_subtree_any<R>(zt.data(), weight, bias, k, depth, C, top, s, depth, stage);
+    for (int64_t s = s0; s < s1; ++s) expand_subtree_any<R>(g, top, s, depth, stage);
   };
   // Labels in tiles of kGatherTile: the group's values for a tile are transposed on the stack, then each row's run is
   // copied out whole (storing every label's values straight into the group's rows, C apart, took 1.75x as long at
@@ -789,22 +825,21 @@ at::Tensor tree_log_prob_all_cpu(const at::Tensor& z_in, const at::Tensor& weigh
   at::Tensor out = at::empty({B, C}, z.options());
   if (B == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "tree_log_prob_all_cpu", [&] {
-    const scalar_t* zp = z.const_data_ptr<scalar_t>();
-    const scalar_t* wp = weight.const_data_ptr<scalar_t>();
-    const scalar_t* bp = bias.const_data_ptr<scalar_t>();
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
     const int64_t groups = (B + kAllRows - 1) / kAllRows;
-    const int64_t stage_numel = (int64_t(1) << depth) * (B <= 4 ? 4 : kAllRows);  // [2^D, R]
-    // Groups in parallel when there are enough of them and a stage per thread stays small; else one group at a
-    // time, its subtrees and labels in parallel.
-    const bool outer = groups >= 2 * at::get_num_threads() && stage_numel * int64_t(sizeof(scalar_t)) <= (8 << 20);
+    const int64_t stage_numel = C * (B <= 4 ? 4 : kAllRows);  // [C, R]: slots of padding leaves are never written
+    // Groups in parallel when there are enough of them and a stage per thread stays small (and the logits are not
+    // a matrix product, which runs on all threads itself); else one group at a time, its subtrees and labels in
+    // parallel.
+    const bool outer = groups >= 2 * at::get_num_threads() && stage_numel * int64_t(sizeof(scalar_t)) <= (8 << 20) &&
+                       k <= kAllDotK;
     const auto group = [&](int64_t g, bool inner, scalar_t* stage) {
       const int64_t nr = std::min(kAllRows, B - g * kAllRows);
       if (nr > 4) {
-        log_prob_all_group<kAllRows>(zp, wp, bp, l2l, k, depth, C, g * kAllRows, nr, inner, stage, op_);
+        log_prob_all_group<kAllRows>(z, weight, bias, l2l, depth, C, g * kAllRows, nr, inner, stage, op_);
       } else {  // a last group of at most 4 rows: 4 lanes rather than 16 (one lane measured slower still: the
                 // exponential and logarithm per node are what a row costs, and they vectorize across rows only)
-        log_prob_all_group<4>(zp, wp, bp, l2l, k, depth, C, g * kAllRows, nr, inner, stage, op_);
+        log_prob_all_group<4>(z, weight, bias, l2l, depth, C, g * kAllRows, nr, inner, stage, op_);
       }
     };
     if (outer) {
