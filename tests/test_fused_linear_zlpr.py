@@ -99,7 +99,7 @@ def test_float16_gradients_follow_loss_scaling(device):
     h16, w16, b16, lab16 = make(6, 5, 9, torch.float16, device)
     for flags in ([True, True, True], [False, True, True]):
         torch.library.opcheck(torch.ops.torchxc.fused_linear_zlpr.default,
-                              (h16, w16, b16, lab16, None, False, 4, 1 / 6, flags))
+                              (h16, w16, b16, lab16, None, False, 4, True, flags))
 
 
 def test_autocast_float32_parameters():
@@ -130,7 +130,7 @@ def test_gradcheck_opcheck_compile(device):
     h32, w32, b32, lab = make(6, 5, 9, torch.float32, device)
     for flags in ([True, True, True], [False, True, False], [False, False, False]):
         torch.library.opcheck(torch.ops.torchxc.fused_linear_zlpr.default,
-                              (h32, w32, b32, lab, None, False, 4, 1 / 6, flags))
+                              (h32, w32, b32, lab, None, False, 4, True, flags))
     torch._dynamo.reset()
     f = torch.compile(lambda h, w, b: torchxc.fused_linear_zlpr_loss(h, w, b, lab, chunk_size=2), fullgraph=True)
     ts = [t.clone().requires_grad_(True) for t in (h32, w32, b32)]
@@ -170,15 +170,14 @@ def test_raw_op_checks_its_arguments():
     hidden, weight, bias, labels = make(6, 5, 9, torch.float32, "cpu")
     op = torch.ops.torchxc.fused_linear_zlpr.default
     flags = [True, True, True]
-    for args, msg in (((hidden, weight, bias, labels, None, False, -1, 1 / 6, flags), "chunk_size >= 1"),
-                      ((hidden, weight, bias, labels, None, False, 0, 1 / 6, flags), "chunk_size >= 1"),
-                      ((hidden, weight, bias, torch.cat([labels, labels]), None, False, 4, 1 / 6, flags),
+    for args, msg in (((hidden, weight, bias, labels, None, False, -1, True, flags), "chunk_size >= 1"),
+                      ((hidden, weight, bias, labels, None, False, 0, True, flags), "chunk_size >= 1"),
+                      ((hidden, weight, bias, torch.cat([labels, labels]), None, False, 4, True, flags),
                        r"labels \[6, 9\]"),
-                      ((hidden, weight, bias, labels, torch.ones(12, 9, dtype=torch.bool), False, 4, 1 / 6, flags),
+                      ((hidden, weight, bias, labels, torch.ones(12, 9, dtype=torch.bool), False, 4, True, flags),
                        r"mask \[9\] or \[6, 9\]"),
-                      ((hidden[0], weight, bias, labels, None, False, 4, 1 / 6, flags), "expected hidden \\[N, H\\]"),
-                      ((hidden, weight, bias, labels, None, False, 4, 1 / 6, [True, True]), "grads"),
-                      ((hidden, weight, bias, labels, None, False, 4, math.inf, flags), "a finite scale")):
+                      ((hidden[0], weight, bias, labels, None, False, 4, True, flags), "expected hidden \\[N, H\\]"),
+                      ((hidden, weight, bias, labels, None, False, 4, True, [True, True]), "grads")):
         with pytest.raises(ValueError, match="torchxc::fused_linear_zlpr: (expected )?" + msg):
             op(*args)
 
@@ -244,3 +243,55 @@ def test_compiled_backward_scales_by_any_seed():
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_soft_target_requiring_grad_is_refused():
+    """As zlpr_loss: no gradient flows to the target, so a target that requires grad (a teacher's output) is an
+    error rather than a silently missing gradient."""
+    hidden, weight, bias, labels = make(4, 3, 5, torch.float64, "cpu")
+    teacher = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="no gradient with respect to the target"):
+        torchxc.fused_linear_zlpr_loss(hidden, weight, bias, torch.sigmoid(teacher))
+    with torch.no_grad():
+        torchxc.fused_linear_zlpr_loss(hidden, weight, bias, torch.sigmoid(teacher))
+
+
+def test_dynamic_batch_is_one_graph():
+    """The mean's 1 / N is taken inside the op: torch.compile(dynamic=True) makes one graph for every batch size
+    (a Python-float scale argument made a guard on N and a recompile per size)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    f = torch.compile(torchxc.fused_linear_zlpr_loss, backend=counter, dynamic=True)
+    w = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    for n in (3, 5, 7, 9):
+        h = torch.randn(n, 5, dtype=torch.float64, requires_grad=True)
+        t = torch.rand(n, 6, generator=torch.Generator().manual_seed(n)) < 0.4
+        loss = f(h, w, None, t)
+        assert max_err(loss, torchxc.zlpr_loss(h @ w.T, t)) < 1e-12
+        loss.backward()
+    assert counter.frame_count == 1
+
+
+def test_exported_without_gradients_refuses_backward():
+    """A graph exported under torch.no_grad() holds an op that computed no gradients; training through it raises
+    instead of leaving the parameters' .grad at None."""
+    lin = torch.nn.Linear(5, 6)
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, h, t):
+            return torchxc.fused_linear_zlpr_loss(h, self.lin.weight, self.lin.bias, t)
+
+    h, t = torch.randn(4, 5), torch.rand(4, 6) < 0.4
+    with torch.no_grad():
+        ep = torch.export.export(Head(), (h, t))
+    loss = ep.module()(h, t)
+    assert loss.item() == pytest.approx(torchxc.zlpr_loss(lin(h), t).item(), rel=1e-6)
+    assert loss.requires_grad  # the exported module's parameters require grad
+    with pytest.raises(RuntimeError, match="backward needs the gradient of weight"):
+        loss.backward()

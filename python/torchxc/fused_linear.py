@@ -78,6 +78,9 @@ def fused_linear_zlpr_loss(
     C, H = weight.shape
     lead = hidden.shape[:-1]
     labels = target_or_positives
+    if labels.requires_grad and torch.is_grad_enabled():
+        raise ValueError("torchxc.fused_linear_zlpr_loss: no gradient with respect to the target; pass "
+                         "target_or_positives.detach()")
     if sparse is None:
         sparse = not labels.is_floating_point() and labels.dtype != torch.bool and labels.shape[-1] != C
     if labels.shape[:-1] != lead or (not sparse and labels.shape[-1] != C):
@@ -104,10 +107,9 @@ def fused_linear_zlpr_loss(
     # no gradients under torch.no_grad() (an evaluation pass costs one chunked forward only)
     on = torch.is_grad_enabled()
     grads = [on and h2.requires_grad, on and weight.requires_grad, on and bias is not None and bias.requires_grad]
-    # the mean over no rows is NaN, as for zlpr_loss
-    scale = (1.0 / N if N > 0 else math.nan) if reduction == "mean" else 1.0
+    # the mean's 1 / N is taken inside the op (from hidden's rows), so that a dynamic batch size stays one graph
     loss, _, _, _ = torch.ops.torchxc.fused_linear_zlpr.default(
-        h2, weight, bias, labels2, mask2, sparse, int(min(chunk_size, max(N, 1))), scale, grads
+        h2, weight, bias, labels2, mask2, sparse, int(min(chunk_size, max(N, 1))), reduction == "mean", grads
     )
     return loss
 
@@ -121,17 +123,25 @@ def _fused_linear_zlpr(
     mask: Optional[Tensor],
     sparse: bool,
     chunk_size: int,
-    scale: float,
+    mean: bool,
     grads: List[bool],
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """scale * sum of the ZLPR losses of hidden @ weight.T + bias, with the gradients of that value wrt hidden,
-    weight and bias (empty tensors where grads[i] is False)."""
-    _check_op_args(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads)
+    """The sum (or, with mean, the mean over the N rows) of the ZLPR losses of hidden @ weight.T + bias, with the
+    gradients of that value wrt hidden, weight and bias (empty tensors where grads[i] is False)."""
+    _check_op_args(hidden, weight, bias, labels, mask, sparse, chunk_size, grads)
     with torch.autocast(hidden.device.type, enabled=False):  # the products and their out= buffers in one dtype
-        return _fused_linear_zlpr_impl(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads)
+        return _fused_linear_zlpr_impl(hidden, weight, bias, labels, mask, sparse, chunk_size,
+                                       _scale(hidden.shape[0], mean), grads)
 
 
-def _check_op_args(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads):
+def _scale(rows, mean):
+    """The loss's factor: 1 / rows for a mean (NaN over no rows, as zlpr_loss's mean), 1 for a sum."""
+    if not mean:
+        return 1.0
+    return 1.0 / rows if rows > 0 else math.nan
+
+
+def _check_op_args(hidden, weight, bias, labels, mask, sparse, chunk_size, grads):
     """The op's own argument checks (torch.ops users skip the wrapper's): shapes the chunk loop relies on."""
     op = "torchxc::fused_linear_zlpr"
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
@@ -146,8 +156,6 @@ def _check_op_args(hidden, weight, bias, labels, mask, sparse, chunk_size, scale
         raise ValueError(f"{op}: expected mask [{C}] or [{N}, {C}], got {tuple(mask.shape)}")
     if chunk_size < 1:
         raise ValueError(f"{op}: expected chunk_size >= 1, got {chunk_size}")
-    if math.isinf(scale) or (math.isnan(scale) and N > 0):  # NaN: the wrapper's mean over no rows
-        raise ValueError(f"{op}: expected a finite scale, got {scale}")
     if len(grads) != 3:
         raise ValueError(f"{op}: expected grads = [hidden, weight, bias] flags, got {len(grads)} flags")
 
@@ -197,8 +205,8 @@ def _fused_linear_zlpr_impl(hidden, weight, bias, labels, mask, sparse, chunk_si
 
 
 @_fused_linear_zlpr.register_fake
-def _(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads):
-    _check_op_args(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads)
+def _(hidden, weight, bias, labels, mask, sparse, chunk_size, mean, grads):
+    _check_op_args(hidden, weight, bias, labels, mask, sparse, chunk_size, grads)
     want_h, want_w, want_b = grads
     stored = torch.float32 if hidden.dtype == torch.float16 else weight.dtype  # see _fused_linear_zlpr
     return (
@@ -212,7 +220,7 @@ def _(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads):
 def _setup_context(ctx, inputs, output):
     ctx.grads = inputs[8]
     ctx.unscaled = inputs[0].dtype == torch.float16  # stored without the scale (see _fused_linear_zlpr)
-    ctx.scale = inputs[7]
+    ctx.scale = _scale(inputs[0].shape[0], inputs[7])
     ctx.dtype = inputs[1].dtype
     _, grad_h, grad_w, grad_b = output
     ctx.save_for_backward(grad_h, grad_w, grad_b)
@@ -253,6 +261,11 @@ def _backward(ctx, grad_loss, _gh, _gw, _gb):
     want_h, want_w, want_b = ctx.grads
     if grad_loss is None:  # only the (non-differentiable) gradient outputs were used
         return None, None, None, None, None, None, None, None, None
+    for i, name in enumerate(("hidden", "weight", "bias")):
+        if ctx.needs_input_grad[i] and not ctx.grads[i]:  # e.g. a graph exported under torch.no_grad(), then trained
+            raise RuntimeError(f"torchxc.fused_linear_zlpr_loss: backward needs the gradient of {name}, but the op "
+                               "ran without computing it (its forward was traced or exported under torch.no_grad() "
+                               f"or with {name} not requiring grad); run the forward with gradients enabled")
     with torch.no_grad():
         if ctx.unscaled:  # float16: scale * grad_loss computed in float32, rounded once into the result
             factor = grad_loss.float() * ctx.scale
