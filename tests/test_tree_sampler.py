@@ -567,6 +567,28 @@ def test_losses_treat_log_q_as_a_constant():
 # ---- WeightTree ------------------------------------------------------------------------------------------------
 
 
+def test_weight_tree_is_a_module():
+    """state_dict round trip (the loaded weights decide whether sampling is possible), a parent module's
+    checkpoint, and a dtype cast that keeps the exact float64 sums."""
+    t = torchxc.WeightTree(torch.tensor([1.0, 0.0, 3.0, 0.5, 2.0]))
+    parent = torch.nn.Module()
+    parent.freq = t
+    assert list(parent.state_dict()) == ["freq.tree"]
+    u = torchxc.WeightTree(torch.ones(5))
+    u.load_state_dict(t.state_dict())
+    assert torch.equal(u.weights, t.weights) and torch.equal(u.log_prob(torch.arange(5)), t.log_prob(torch.arange(5)))
+    zero = torchxc.WeightTree(torch.zeros(5))
+    u.load_state_dict(zero.state_dict())
+    with pytest.raises(ValueError, match="every weight is zero"):
+        u.sample(3)
+    zero.load_state_dict(t.state_dict())
+    assert zero.sample(4).shape == (4,)
+    parent.float()
+    assert t.tree.dtype == torch.float64 and t.to(torch.float16).tree.dtype == torch.float64
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        t.load_state_dict(torchxc.WeightTree(torch.ones(9)).state_dict())
+
+
 @pytest.mark.parametrize("C", [1, 7, 1000])
 def test_weight_tree_matches_multinomial(C):
     g = torch.Generator().manual_seed(C)

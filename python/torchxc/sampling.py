@@ -396,9 +396,13 @@ class _NodeLogistic:
 # ---- frequency sampler -------------------------------------------------------------------------------------------
 
 
-class WeightTree:
+class WeightTree(torch.nn.Module):
     """A sum tree over non-negative weights [C]: draws y with probability w_y / sum(w), gives log-probabilities and
     takes weight updates, all in O(log C) per item and batched (a label-frequency or popularity sampler).
+
+    A module with one float64 buffer (``tree``), so ``.to(device)``, ``state_dict`` / ``load_state_dict`` and a
+    parent module's checkpoint carry it; a dtype cast (``.float()``, ``.half()`` of a parent) moves it but keeps
+    float64, which its exact sums need.
 
     Example::
 
@@ -408,6 +412,7 @@ class WeightTree:
     """
 
     def __init__(self, weights: Tensor):
+        super().__init__()
         w = weights.detach().to(torch.float64).flatten()
         if w.numel() == 0 or (w < 0).any() or not torch.isfinite(w).all():
             raise ValueError("WeightTree: expected a non-empty tensor of finite, non-negative weights")
@@ -416,13 +421,26 @@ class WeightTree:
         self.num_labels = w.numel()
         self.depth = _depth(self.num_labels)
         self.offset = (1 << self.depth) - 1  # index of leaf 0 in the heap array
-        self.tree = torch.zeros(2 * (1 << self.depth) - 1, dtype=torch.float64, device=w.device)
-        self.tree[self.offset:self.offset + self.num_labels] = w
+        tree = torch.zeros(2 * (1 << self.depth) - 1, dtype=torch.float64, device=w.device)
+        tree[self.offset:self.offset + self.num_labels] = w
         for level in range(self.depth - 1, -1, -1):  # each level from its children: exact sums, no drift
             first, n = (1 << level) - 1, 1 << level
-            self.tree[first:first + n] = self.tree[2 * first + 1:2 * first + 1 + 2 * n:2] + \
-                self.tree[2 * first + 2:2 * first + 2 + 2 * n:2]
+            tree[first:first + n] = (tree[2 * first + 1:2 * first + 1 + 2 * n:2] +
+                                     tree[2 * first + 2:2 * first + 2 + 2 * n:2])
+        self.register_buffer("tree", tree)
         self._has_mass = bool(self.total > 0)  # kept on the host: sample needs no device sync to check it
+        self.register_load_state_dict_post_hook(WeightTree._after_load)
+
+    @staticmethod
+    def _after_load(module, incompatible_keys) -> None:
+        module._has_mass = bool(module.total > 0)  # the loaded weights' (the shapes were checked by the load)
+
+    def _apply(self, fn, recurse=True):
+        tree = self.tree
+        out = super()._apply(fn, recurse)
+        if self.tree.dtype != torch.float64:  # a cast (module.float()): follow the move, keep the exact dtype
+            self.tree = tree.to(self.tree.device)
+        return out
 
     @property
     def weights(self) -> Tensor:
