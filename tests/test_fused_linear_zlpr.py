@@ -171,7 +171,7 @@ def test_raw_op_checks_its_arguments():
     op = torch.ops.torchxc.fused_linear_zlpr.default
     flags = [True, True, True]
     for args, msg in (((hidden, weight, bias, labels, None, False, -1, True, flags), "chunk_size >= 1"),
-                      ((hidden, weight, bias, labels, None, False, 0, True, flags), "chunk_size >= 1"),
+                      ((hidden, weight, bias, labels, None, False, -5, True, flags), "chunk_size >= 1"),
                       ((hidden, weight, bias, torch.cat([labels, labels]), None, False, 4, True, flags),
                        r"labels \[6, 9\]"),
                       ((hidden, weight, bias, labels, torch.ones(12, 9, dtype=torch.bool), False, 4, True, flags),
@@ -295,3 +295,38 @@ def test_exported_without_gradients_refuses_backward():
     assert loss.requires_grad  # the exported module's parameters require grad
     with pytest.raises(RuntimeError, match="backward needs the gradient of weight"):
         loss.backward()
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_export_with_a_dynamic_batch(chunk_size):
+    """Nothing in the wrapper depends on N's value (the default chunk size and the mean's 1 / N are worked out in
+    the op): torch.export takes a dynamic batch and the program is right for other sizes."""
+    lin = torch.nn.Linear(8, 6).double()
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, h, t):
+            return torchxc.fused_linear_zlpr_loss(h, self.lin.weight, self.lin.bias, t, chunk_size=chunk_size)
+
+    b = torch.export.Dim("b")
+    h, t = torch.randn(5, 8, dtype=torch.float64), torch.rand(5, 6) < 0.4
+    ep = torch.export.export(Head(), (h, t), dynamic_shapes=({0: b}, {0: b}))
+    for n in (2, 5, 17):
+        h, t = torch.randn(n, 8, dtype=torch.float64), torch.rand(n, 6) < 0.4
+        assert max_err(ep.module()(h, t), torchxc.zlpr_loss(lin(h), t)) < 1e-12
+
+
+def test_float16_mean_over_no_rows_gives_zero_gradients():
+    """As zlpr_loss on the logits: the loss over no rows is NaN, the weight and bias gradients are zeros (the
+    float16 path applies the mean's 1 / N in the backward; over no rows that factor is 0, not NaN)."""
+    h = torch.randn(0, 5).half().requires_grad_(True)
+    w = torch.randn(3, 5).half().requires_grad_(True)
+    b = torch.randn(3).half().requires_grad_(True)
+    loss = torchxc.fused_linear_zlpr_loss(h, w, b, torch.zeros(0, 3, dtype=torch.bool))
+    assert loss.isnan()
+    loss.backward()
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+    assert h.grad.shape == (0, 5)

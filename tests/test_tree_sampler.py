@@ -573,7 +573,7 @@ def test_weight_tree_is_a_module():
     t = torchxc.WeightTree(torch.tensor([1.0, 0.0, 3.0, 0.5, 2.0]))
     parent = torch.nn.Module()
     parent.freq = t
-    assert list(parent.state_dict()) == ["freq.tree"]
+    assert list(parent.state_dict()) == ["freq.tree", "freq._extra_state"]
     u = torchxc.WeightTree(torch.ones(5))
     u.load_state_dict(t.state_dict())
     assert torch.equal(u.weights, t.weights) and torch.equal(u.log_prob(torch.arange(5)), t.log_prob(torch.arange(5)))
@@ -585,8 +585,21 @@ def test_weight_tree_is_a_module():
     assert zero.sample(4).shape == (4,)
     parent.float()
     assert t.tree.dtype == torch.float64 and t.to(torch.float16).tree.dtype == torch.float64
-    with pytest.raises(RuntimeError, match="size mismatch"):
-        t.load_state_dict(torchxc.WeightTree(torch.ones(9)).state_dict())
+    for other in (9, 7, 6):  # 7 and 6: the same depth, so a buffer of the same size; the label count tells apart
+        with pytest.raises(ValueError, match=f"state is a tree of {other} labels, this one has 5"):
+            t.load_state_dict(torchxc.WeightTree(torch.ones(other)).state_dict())
+    state = t.state_dict()
+    state["tree"] = state["tree"].float()
+    with pytest.raises(ValueError, match="expected a float64 tree"):
+        t.load_state_dict(state, assign=True)
+    assert t.tree.dtype == torch.float64 and t.num_labels == 5 and t.sample(100).max() < 5
+    import io
+    buf = io.BytesIO()
+    torch.save(parent.state_dict(), buf)
+    buf.seek(0)
+    fresh = torchxc.WeightTree(torch.ones(5))
+    fresh.load_state_dict({k[len("freq."):]: v for k, v in torch.load(buf).items()})
+    assert torch.equal(fresh.weights, t.weights)
 
 
 @pytest.mark.parametrize("C", [1, 7, 1000])

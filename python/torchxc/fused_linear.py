@@ -99,17 +99,13 @@ def fused_linear_zlpr_loss(
         mask2 = mask2.reshape(N, C)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"torchxc.fused_linear_zlpr_loss: chunk_size must be a positive int, got {chunk_size!r}")
-    if chunk_size is None:
-        # a chunk of logits about as large as hidden, and at least 1/8 of the weight (H / 8 rows): thinner chunks
-        # make the three matrix products per chunk slow and re-read the [C, H] weight gradient every few rows
-        rows = max(N / max(1, math.ceil(C / max(H, 1))), H / 8)
-        chunk_size = max(1, 2 ** math.ceil(math.log2(max(1.0, rows))))
     # no gradients under torch.no_grad() (an evaluation pass costs one chunked forward only)
     on = torch.is_grad_enabled()
     grads = [on and h2.requires_grad, on and weight.requires_grad, on and bias is not None and bias.requires_grad]
-    # the mean's 1 / N is taken inside the op (from hidden's rows), so that a dynamic batch size stays one graph
+    # The default chunk size (0) and the mean's 1 / N are worked out inside the op from hidden's rows, so that
+    # nothing here depends on the value of N: a dynamic batch stays one graph (torch.compile, torch.export).
     loss, _, _, _ = torch.ops.torchxc.fused_linear_zlpr.default(
-        h2, weight, bias, labels2, mask2, sparse, int(min(chunk_size, max(N, 1))), reduction == "mean", grads
+        h2, weight, bias, labels2, mask2, sparse, 0 if chunk_size is None else chunk_size, reduction == "mean", grads
     )
     return loss
 
@@ -130,8 +126,20 @@ def _fused_linear_zlpr(
     gradients of that value wrt hidden, weight and bias (empty tensors where grads[i] is False)."""
     _check_op_args(hidden, weight, bias, labels, mask, sparse, chunk_size, grads)
     with torch.autocast(hidden.device.type, enabled=False):  # the products and their out= buffers in one dtype
-        return _fused_linear_zlpr_impl(hidden, weight, bias, labels, mask, sparse, chunk_size,
-                                       _scale(hidden.shape[0], mean), grads)
+        rows = _chunk_rows(hidden, weight, chunk_size)
+        return _fused_linear_zlpr_impl(hidden, weight, bias, labels, mask, sparse, rows, _scale(hidden.shape[0], mean),
+                                       grads)
+
+
+def _chunk_rows(hidden, weight, chunk_size):
+    """Rows per chunk: chunk_size (at most N), or for 0 a chunk of logits about as large as hidden and at least 1/8
+    of the weight (H / 8 rows; thinner chunks make the three matrix products per chunk slow and re-read the [C, H]
+    weight gradient every few rows), rounded up to a power of two."""
+    (N, H), C = hidden.shape, weight.shape[0]
+    if chunk_size == 0:
+        rows = max(N / max(1, math.ceil(C / max(H, 1))), H / 8)
+        chunk_size = max(1, 2 ** math.ceil(math.log2(max(1.0, rows))))
+    return int(min(chunk_size, max(N, 1)))
 
 
 def _scale(rows, mean):
@@ -154,8 +162,8 @@ def _check_op_args(hidden, weight, bias, labels, mask, sparse, chunk_size, grads
         raise ValueError(f"{op}: expected labels [{N}, {'P' if sparse else C}], got {tuple(labels.shape)}")
     if mask is not None and not (tuple(mask.shape) == (C,) or tuple(mask.shape) == (N, C)):
         raise ValueError(f"{op}: expected mask [{C}] or [{N}, {C}], got {tuple(mask.shape)}")
-    if chunk_size < 1:
-        raise ValueError(f"{op}: expected chunk_size >= 1, got {chunk_size}")
+    if chunk_size < 0:
+        raise ValueError(f"{op}: expected chunk_size >= 1 (or 0: the default), got {chunk_size}")
     if len(grads) != 3:
         raise ValueError(f"{op}: expected grads = [hidden, weight, bias] flags, got {len(grads)} flags")
 
@@ -220,7 +228,9 @@ def _(hidden, weight, bias, labels, mask, sparse, chunk_size, mean, grads):
 def _setup_context(ctx, inputs, output):
     ctx.grads = inputs[8]
     ctx.unscaled = inputs[0].dtype == torch.float16  # stored without the scale (see _fused_linear_zlpr)
-    ctx.scale = _scale(inputs[0].shape[0], inputs[7])
+    # the scale of the unscaled (float16) gradients; over no rows they are zeros and stay so (the loss is NaN)
+    rows = inputs[0].shape[0]
+    ctx.scale = _scale(rows, inputs[7]) if rows > 0 else 0.0
     ctx.dtype = inputs[1].dtype
     _, grad_h, grad_w, grad_b = output
     ctx.save_for_backward(grad_h, grad_w, grad_b)

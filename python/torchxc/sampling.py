@@ -431,9 +431,28 @@ class WeightTree(torch.nn.Module):
         self._has_mass = bool(self.total > 0)  # kept on the host: sample needs no device sync to check it
         self.register_load_state_dict_post_hook(WeightTree._after_load)
 
+    # The state holds the label count beside the tree: trees of the same depth have buffers of the same size.
+    def get_extra_state(self) -> dict:
+        return {"num_labels": self.num_labels}
+
+    def set_extra_state(self, state) -> None:
+        pass  # checked before anything is loaded (_load_from_state_dict)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checked before the tree is copied in, so that a refused state leaves this tree as it was
+        extra = state_dict.get(prefix + "_extra_state")
+        if isinstance(extra, dict) and extra.get("num_labels") != self.num_labels:
+            raise ValueError(f"WeightTree.load_state_dict: the state is a tree of {extra.get('num_labels')} labels, "
+                             f"this one has {self.num_labels}")
+        tree = state_dict.get(prefix + "tree")
+        if tree is not None and tree.dtype != torch.float64:
+            raise ValueError(f"WeightTree.load_state_dict: expected a float64 tree (its sums are exact), got "
+                             f"{tree.dtype}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @staticmethod
     def _after_load(module, incompatible_keys) -> None:
-        module._has_mass = bool(module.total > 0)  # the loaded weights' (the shapes were checked by the load)
+        module._has_mass = bool(module.total > 0)  # the loaded weights'
 
     def _apply(self, fn, recurse=True):
         tree = self.tree
