@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <tuple>
 
 #include "philox.h"
@@ -62,6 +63,20 @@ inline void check_sample_inputs(const at::Tensor& z, const at::Tensor& leaf_to_l
               op, ": expected leaf_to_label int64 of shape [", int64_t(1) << depth, "], but got ",
               leaf_to_label.scalar_type(), " ", leaf_to_label.sizes());
   check_same_device(z, leaf_to_label, op, "z", "leaf_to_label");
+}
+
+// label_to_leaf [C] (the log-prob ops' label map): int64, one dimension, on z's device.
+inline void check_label_to_leaf(const at::Tensor& z, const at::Tensor& label_to_leaf, const char* op) {
+  TORCH_CHECK(label_to_leaf.scalar_type() == at::kLong && label_to_leaf.dim() == 1, op,
+              ": expected label_to_leaf int64 of shape [C], but got ", label_to_leaf.scalar_type(), " ",
+              label_to_leaf.sizes());
+  check_same_device(z, label_to_leaf, op, "z", "label_to_leaf");
+}
+
+// The error of a label_to_leaf that is not a permutation of the leaves 0 .. C - 1 (tree_log_prob_all).
+inline std::string not_a_permutation_message(const char* op, int64_t num_labels) {
+  return std::string(op) + ": label_to_leaf must be a permutation of the leaves 0 .. C - 1 = " +
+         std::to_string(num_labels - 1) + " (leaves C .. 2^depth - 1 are padding)";
 }
 
 // Whether the right child of the node at `level`, position p within the level, holds only padding leaves.

@@ -34,21 +34,12 @@ namespace {
 at::Tensor tree_log_prob_all(const at::Tensor& z, const at::Tensor& weight, const at::Tensor& bias,
                              const at::Tensor& label_to_leaf) {
   constexpr const char* op = "torchxc::tree_log_prob_all";
-  TORCH_CHECK(label_to_leaf.scalar_type() == at::kLong && label_to_leaf.dim() == 1, op,
-              ": expected label_to_leaf int64 of shape [C], but got ", label_to_leaf.scalar_type(), " ",
-              label_to_leaf.sizes());
-  check_same_device(z, label_to_leaf, op, "z", "label_to_leaf");
+  check_label_to_leaf(z, label_to_leaf, op);
   const int64_t C = label_to_leaf.size(0);
   const int64_t depth = check_tree_inputs(z, weight, bias, C, op);
-  if (C > 0) {  // O(C log C) next to the op's O(B C k): an error on the CPU, a device-side assert (no sync) on CUDA
+  if (C > 0 && label_to_leaf.is_cuda()) {  // O(C log C) next to the op's O(B C k); a device-side assert, no sync
     const at::Tensor ok = (std::get<0>(at::sort(label_to_leaf)) == at::arange(C, label_to_leaf.options())).all();
-    const std::string msg = std::string(op) + ": label_to_leaf must be a permutation of the leaves 0 .. C - 1 = " +
-                            std::to_string(C - 1) + " (leaves C .. 2^depth - 1 are padding)";
-    if (label_to_leaf.is_cpu()) {
-      TORCH_CHECK(ok.item<bool>(), msg);
-    } else if (label_to_leaf.is_cuda()) {
-      at::_assert_async(ok, msg);
-    }
+    at::_assert_async(ok, not_a_permutation_message(op, C));
   }
   at::Tensor logp = at::zeros({z.size(0), 1}, z.options());
   for (int64_t l = 0; l < depth; ++l) {

@@ -574,13 +574,6 @@ at::Tensor leaves_of(const at::Tensor& labels, const at::Tensor& label_to_leaf, 
   return leaves;
 }
 
-void check_label_to_leaf(const at::Tensor& z, const at::Tensor& label_to_leaf, const char* op) {
-  TORCH_CHECK(label_to_leaf.scalar_type() == at::kLong && label_to_leaf.dim() == 1, op,
-              ": expected label_to_leaf int64 of shape [C], but got ", label_to_leaf.scalar_type(), " ",
-              label_to_leaf.sizes());
-  check_same_device(z, label_to_leaf, op, "z", "label_to_leaf");
-}
-
 // log q of labels, and optionally (nodes, coef) [B, P, D] for the backward.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_paths_cpu(const at::Tensor& z_in, const at::Tensor& weight_in,
                                                               const at::Tensor& bias_in,
@@ -652,6 +645,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_log_prob_backward_cpu(const 
 // lanes). Subtrees whose leaves are all padding are skipped. Then each label reads its leaf's slot: one line per
 // label for the group. For k > kAllDotK the group's logits come from one matrix product first (at::addmm).
 constexpr int64_t kAllRows = 16;
+constexpr int64_t kAllRowsFew = 4;  // the group width for a last group of at most 4 rows
 constexpr int64_t kAllTileLevels = 10;
 // Wider projections: the logits by at::addmm, [nodes, R] (k = 1024, 512 rows, C = 4096: 2.0x the time of the
 // level-by-level ATen version with the dot products here, where each multiply-add loads a weight and a z vector).
@@ -744,7 +738,8 @@ TORCHXC_CPU_MULTIVERSION void expand_subtree_f32x4(const AllGroup<float>& g, int
 }
 template <int64_t R>
 void expand_subtree_any(const AllGroup<float>& g, int64_t l0, int64_t s, int64_t l1, float* stage) {
-  (R == 16 ? expand_subtree_f32x16 : expand_subtree_f32x4)(g, l0, s, l1, stage);
+  static_assert(R == kAllRows || R == kAllRowsFew, "a float32 clone per group width");
+  (R == kAllRows ? expand_subtree_f32x16 : expand_subtree_f32x4)(g, l0, s, l1, stage);
 }
 template <int64_t R>
 void expand_subtree_any(const AllGroup<double>& g, int64_t l0, int64_t s, int64_t l1, double* stage) {
@@ -817,8 +812,7 @@ at::Tensor tree_log_prob_all_cpu(const at::Tensor& z_in, const at::Tensor& weigh
       ok = leaf >= 0 && leaf < C && !seen[leaf];
       if (ok) seen[leaf] = 1;
     }
-    TORCH_CHECK(ok, op, ": label_to_leaf must be a permutation of the leaves 0 .. C - 1 = ", C - 1,
-                " (leaves C .. 2^depth - 1 are padding)");
+    TORCH_CHECK(ok, not_a_permutation_message(op, C));
   }
   const at::Tensor z = z_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
   const int64_t B = z.size(0), k = z.size(1);
@@ -827,7 +821,8 @@ at::Tensor tree_log_prob_all_cpu(const at::Tensor& z_in, const at::Tensor& weigh
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "tree_log_prob_all_cpu", [&] {
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
     const int64_t groups = (B + kAllRows - 1) / kAllRows;
-    const int64_t stage_numel = C * (B <= 4 ? 4 : kAllRows);  // [C, R]: slots of padding leaves are never written
+    // [C, R]: slots of padding leaves are never written
+    const int64_t stage_numel = C * (B <= kAllRowsFew ? kAllRowsFew : kAllRows);
     // Groups in parallel when there are enough of them and a stage per thread stays small (and the logits are not
     // a matrix product, which runs on all threads itself); else one group at a time, its subtrees and labels in
     // parallel.
@@ -835,11 +830,11 @@ at::Tensor tree_log_prob_all_cpu(const at::Tensor& z_in, const at::Tensor& weigh
                        k <= kAllDotK;
     const auto group = [&](int64_t g, bool inner, scalar_t* stage) {
       const int64_t nr = std::min(kAllRows, B - g * kAllRows);
-      if (nr > 4) {
+      if (nr > kAllRowsFew) {
         log_prob_all_group<kAllRows>(z, weight, bias, l2l, depth, C, g * kAllRows, nr, inner, stage, op_);
-      } else {  // a last group of at most 4 rows: 4 lanes rather than 16 (one lane measured slower still: the
-                // exponential and logarithm per node are what a row costs, and they vectorize across rows only)
-        log_prob_all_group<4>(z, weight, bias, l2l, depth, C, g * kAllRows, nr, inner, stage, op_);
+      } else {  // 4 lanes rather than 16 (one lane measured slower still: the exponential and logarithm per node
+                // are what a row costs, and they vectorize across rows only)
+        log_prob_all_group<kAllRowsFew>(z, weight, bias, l2l, depth, C, g * kAllRows, nr, inner, stage, op_);
       }
     };
     if (outer) {

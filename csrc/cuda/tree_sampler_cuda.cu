@@ -87,10 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_paths_cuda(const at::Tensor&
                                                                const at::Tensor& label_to_leaf_in,
                                                                const at::Tensor& labels_in, bool want_path,
                                                                const char* op) {
-  TORCH_CHECK(label_to_leaf_in.scalar_type() == at::kLong && label_to_leaf_in.dim() == 1, op,
-              ": expected label_to_leaf int64 of shape [C], but got ", label_to_leaf_in.scalar_type(), " ",
-              label_to_leaf_in.sizes());
-  check_same_device(z_in, label_to_leaf_in, op, "z", "label_to_leaf");
+  check_label_to_leaf(z_in, label_to_leaf_in, op);
   const int64_t C = label_to_leaf_in.size(0);
   const int64_t depth = check_tree_inputs(z_in, weight_in, bias_in, C, op);
   check_same_device(z_in, labels_in, op, "z", "labels");
