@@ -429,7 +429,6 @@ class WeightTree(torch.nn.Module):
                                      tree[2 * first + 2:2 * first + 2 + 2 * n:2])
         self.register_buffer("tree", tree)
         self._has_mass = bool(self.total > 0)  # kept on the host: sample needs no device sync to check it
-        self.register_load_state_dict_post_hook(WeightTree._after_load)
 
     # The state holds the label count beside the tree: trees of the same depth have buffers of the same size.
     def get_extra_state(self) -> dict:
@@ -449,10 +448,7 @@ class WeightTree(torch.nn.Module):
             raise ValueError(f"WeightTree.load_state_dict: expected a float64 tree (its sums are exact), got "
                              f"{tree.dtype}")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    @staticmethod
-    def _after_load(module, incompatible_keys) -> None:
-        module._has_mass = bool(module.total > 0)  # the loaded weights'
+        self._has_mass = bool(self.total > 0)  # the loaded weights'
 
     def _apply(self, fn, recurse=True):
         tree = self.tree
