@@ -116,6 +116,24 @@ def test_masked_long_rows(device, d):
 
 
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("d", [1000, 100003, 2 ** 20 + 3])
+def test_float64_near_uniform_rows_to_rounding(device, d):
+    """float64 keeps float64 accuracy when the whole row is the support: every entry within 1e-9 of the others, so
+    tau is about -1/d. The threshold search's last sum must not be the one taken at t = -1, whose d terms u - t are
+    each about 1 (the answer came out 4e-8 off at d = 10^6, float32's accuracy). Reference: tau from the
+    correctly rounded sum (math.fsum)."""
+    gen = torch.Generator().manual_seed(d)
+    x = torch.randn(2, d, generator=gen, dtype=torch.float64) * 1e-9
+    x[1] += 1e-7 * torch.arange(d, dtype=torch.float64) / d  # an evenly spread row
+    out = torchxc.sparsemax(x.to(device)).cpu()
+    for r in range(2):
+        tau = (math.fsum(x[r].tolist()) - 1.0) / d
+        exact = x[r] - tau
+        assert (exact > 0).all()  # the support is the whole row
+        assert ((out[r] - exact).abs() / exact).max().item() < 1e-12
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
 def test_bisection_fallback(device, monkeypatch):
     # With no Newton steps allowed, every threshold comes from the bisection over representable numbers.
     monkeypatch.setenv("TORCHXC_SPARSEMAX_MAX_NEWTON", "0")

@@ -81,7 +81,11 @@ C10_HOST_DEVICE inline acc_t sparsemax_threshold(SumAbove&& sum_above, int max_n
     }
     const SumCount<acc_t> next = sum_above(tn, true);
     if (next.count == sc.count) {
-      return tn;  // the set above tn is the set tn was computed from: exact
+      // The set above tn is the set tn was computed from, so tn is the threshold; the sum at tn (the support's
+      // values, which add up to about 1) gives it again without the cancellation of sc's terms u - t, which at
+      // t = -1 each hold about 1 (a near-uniform row of a million entries: a relative error of 4e-8 in float64
+      // from that sum alone, 1e-15 from this one). Same set, so no further step can move it.
+      return tn + (next.sum - acc_t(1)) / acc_t(next.count);
     }
     t = tn;
     sc = next;
