@@ -330,3 +330,32 @@ def test_float16_mean_over_no_rows_gives_zero_gradients():
     loss.backward()
     assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
     assert h.grad.shape == (0, 5)
+
+
+def test_vmap_then_backward():
+    """Under torch.vmap the batched hidden reports requires_grad=False while autograd records the op on the tensor it
+    wraps: the op must still compute hidden's gradient (it raised "ran without computing it"), and only it when
+    hidden is a plain batched input. Nested vmap too."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, generator=g, requires_grad=True)
+    h = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    t = torch.rand(2, 3, 4, 6, generator=g) < 0.3
+
+    def fn(hh, tt):
+        return torchxc.fused_linear_zlpr_loss(hh, w, b, tt)
+
+    def unfused(hh, tt):
+        return torchxc.zlpr_loss(hh @ w.T + b, tt)
+
+    want = torch.autograd.grad(sum(unfused(h[i, j], t[i, j]) for i in range(2) for j in range(3)), (h, w, b))
+    for batched in (torch.vmap(torch.vmap(fn)), lambda hh, tt: torch.stack([torch.vmap(fn)(hh[i], tt[i])
+                                                                           for i in range(2)])):
+        got = torch.autograd.grad(batched(h, t).sum(), (h, w, b))
+        for a, e in zip(got, want):
+            assert max_err(a, e) < 1e-12
+    # hidden a plain (batched) input: only the weight and bias gradients
+    got = torch.autograd.grad(torch.vmap(fn)(h[0].detach(), t[0]).sum(), (w, b))
+    want = torch.autograd.grad(sum(unfused(h[0, j].detach(), t[0, j]) for j in range(3)), (w, b))
+    for a, e in zip(got, want):
+        assert max_err(a, e) < 1e-12

@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .zlpr import _class_mask, _to_input_dtype
+from .zlpr import _class_mask, _to_input_dtype, _wants_grad
 
 __all__ = ["fused_linear_zlpr_loss"]
 
@@ -101,7 +101,7 @@ def fused_linear_zlpr_loss(
         raise ValueError(f"torchxc.fused_linear_zlpr_loss: chunk_size must be a positive int, got {chunk_size!r}")
     # no gradients under torch.no_grad() (an evaluation pass costs one chunked forward only)
     on = torch.is_grad_enabled()
-    grads = [on and h2.requires_grad, on and weight.requires_grad, on and bias is not None and bias.requires_grad]
+    grads = [on and _wants_grad(h2), on and _wants_grad(weight), on and bias is not None and _wants_grad(bias)]
     # The default chunk size (0) and the mean's 1 / N are worked out inside the op from hidden's rows, so that
     # nothing here depends on the value of N: a dynamic batch stays one graph (torch.compile, torch.export).
     loss, _, _, _ = torch.ops.torchxc.fused_linear_zlpr.default(

@@ -121,8 +121,13 @@ def _wants_grad(input: Tensor) -> bool:
     if input.requires_grad or torch.compiler.is_compiling():
         return input.requires_grad
     # under torch.vmap the batched wrapper reports requires_grad=False while autograd still records the op on the
-    # tensor it wraps: compute the gradient (the backward would have nothing to scale otherwise)
-    return torch._C._functorch.is_functorch_wrapped_tensor(input)
+    # tensor it wraps: look through the wrappers (one per vmap level) for a tensor that requires grad
+    t = input
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
+        if t.requires_grad:
+            return True
+    return False
 
 
 def _grad_scale(input: Tensor, reduction: str) -> float:
