@@ -288,6 +288,14 @@ def test_weight_targets_of_another_dtype_keep_precision_and_range():
         want = torchxc.sparsemax_loss(z[:1].detach().to(dt), torch.tensor([[0.5, 0.5, 0, 0, 0]]), reduction="none")
         for w in (huge, tiny):
             assert torch.equal(torchxc.sparsemax_loss(z[:1].detach().to(dt), w, reduction="none"), want)
+    # float64 weights whose float64 sum overflows: the same proportions (the row was read as unlabelled, loss 0)
+    huge64 = torch.tensor([[1e308, 1e308, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    for dt in (torch.float32, torch.float16):
+        want = torchxc.sparsemax_loss(z[:1].detach().to(dt), torch.tensor([[0.5, 0.5, 0, 0, 0]]), reduction="none")
+        assert torch.equal(torchxc.sparsemax_loss(z[:1].detach().to(dt), huge64, reduction="none"), want)
+        for bad in ([1e308, -1.0, 0, 0, 0], [math.inf, 1.0, 0, 0, 0], [math.nan, 1.0, 0, 0, 0]):
+            with pytest.raises(RuntimeError, match="must be finite and non-negative, but row 0"):
+                torchxc.sparsemax_loss(z[:1].detach().to(dt), torch.tensor([bad], dtype=torch.float64))
 
 
 def test_backward_op_checks_class_indices():
