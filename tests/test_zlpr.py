@@ -325,10 +325,24 @@ def test_bad_input_errors(device):
 
 def test_bad_label_values_cpu():
     s = torch.randn(4, 5)
-    with pytest.raises(RuntimeError, match=r"soft labels must lie in \[0, 1\]"):
+    with pytest.raises(RuntimeError, match=r"labels must lie in \[0, 1\], but row 0 has 5 outside, the first 1.5 "):
         torchxc.zlpr_loss(s, torch.full((4, 5), 1.5))
-    with pytest.raises(RuntimeError, match=r"soft labels must lie in \[0, 1\]"):
+    with pytest.raises(RuntimeError, match=r"labels must lie in \[0, 1\], but row 0 has 5 outside, the first 2 "):
         torchxc.zlpr_loss(s, torch.full((4, 5), 2, dtype=torch.long))  # integer labels must be 0 or 1
+    # labels outside [0, 1] that a cast to the input's dtype would round into it (float16: 1.0004 -> 1, -1e-30 -> -0)
+    bad = torch.zeros(2, 3, 4)
+    bad[1, 2, 1], bad[1, 2, 3] = 1.0004, -1e-30
+    for dt in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        with pytest.raises(RuntimeError, match=r"zlpr_loss: labels must lie in \[0, 1\], but row 5 has 2 outside, "
+                                               r"the first 1.0004 \(class 1\)"):
+            torchxc.zlpr_loss(torch.randn(2, 3, 4, dtype=dt), bad)
+    # the fused loss names the row of the whole batch, not of a chunk
+    h, w = torch.randn(70, 4), torch.randn(5, 4)
+    t = torch.rand(70, 5)
+    t[65, 3] = 1.5
+    for lab in (t, t.double(), (2 * t).long()):
+        with pytest.raises(RuntimeError, match=r"fused_linear_zlpr_loss: labels must lie in \[0, 1\], but row 65 "):
+            torchxc.fused_linear_zlpr_loss(h, w, None, lab, chunk_size=16)
     with pytest.raises(RuntimeError, match="positive class index 5 is out of range for 5 classes"):
         torchxc.zlpr_loss_sparse(s, torch.tensor([[0], [5], [1], [2]]))
     with pytest.raises(RuntimeError, match="positive class index -2 is out of range"):

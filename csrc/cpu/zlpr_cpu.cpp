@@ -218,7 +218,8 @@ struct ZlprRow {
   // Loss of one row; writes its gradient when grad != nullptr, with `work` holding work_size(d) values. The row
   // is processed in chunks of kChunk classes (a log-sum-exp per chunk, merged in chunk order: one pass over memory
   // for the loss, and the same result whether the chunks run on one thread or, when `split`, on several).
-  double operator()(const S* x, LabelPtr<S> lab, const bool* mask, S* grad, T* work, int64_t d, bool split) const {
+  double operator()(const S* x, LabelPtr<S> lab, const bool* mask, S* grad, T* work, int64_t d, bool split,
+                    int64_t row) const {
     T* e1 = nullptr;
     T* e2 = nullptr;  // soft labels only
     if (grad) {
@@ -249,7 +250,12 @@ struct ZlprRow {
       nan |= part[c].mx.nan;
       bad += part[c].mx.bad;
     }
-    TORCH_CHECK(bad == 0, op, ": soft labels must lie in [0, 1], but a row has ", bad, " values outside");
+    if (bad != 0) {  // only soft (float) labels can be outside; integer labels arrive as floats
+      int64_t j = 0;
+      while (j < d && load_acc(lab.soft[j]) >= T(0) && load_acc(lab.soft[j]) <= T(1)) ++j;
+      TORCH_CHECK(false, op, ": labels must lie in [0, 1], but row ", row, " has ", bad, " outside, the first ",
+                  j < d ? static_cast<double>(load_acc(lab.soft[j])) : 0.0, " (class ", j, ")");
+    }
     if (nan) {
       if (grad) std::fill(grad, grad + d, store_acc<S>(std::numeric_limits<T>::quiet_NaN()));
       return std::numeric_limits<double>::quiet_NaN();
@@ -323,7 +329,7 @@ void zlpr_cpu_kernel(const ZlprProblem& P, const char* op) {
     }
     const bool* mk = mask ? mask + r * mask_stride : nullptr;
     loss[r] = store_acc<S>(static_cast<acc_t<S>>(
-        row_fn(x + r * d, lab, mk, grad ? grad + r * d : nullptr, work, d, split)));
+        row_fn(x + r * d, lab, mk, grad ? grad + r * d : nullptr, work, d, split, r)));
   };
   auto run = [&](auto row_fn) {
     const int64_t work = grad ? decltype(row_fn)::work_size(d) : 0;

@@ -51,7 +51,7 @@ struct ZlprTile {
                                  acc_t(0));
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
-        CUDA_KERNEL_ASSERT_MSG(t[i] >= acc_t(0) && t[i] <= acc_t(1), "torchxc::zlpr_loss: soft labels must lie in [0, 1]");
+        CUDA_KERNEL_ASSERT_MSG(t[i] >= acc_t(0) && t[i] <= acc_t(1), "torchxc::zlpr_loss: labels must lie in [0, 1]");
       }
     } else if constexpr (L == ZlprLabels::kHard) {
       pos = tile_load_bits<TPR, ITEMS, VEC>(static_cast<const bool*>(a.labels) + row * d + c0, n, lane, row_valid);

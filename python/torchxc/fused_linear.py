@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .zlpr import _class_mask, _to_input_dtype, _wants_grad
+from .zlpr import _check_label_range, _class_mask, _to_input_dtype, _wants_grad
 
 __all__ = ["fused_linear_zlpr_loss"]
 
@@ -91,8 +91,10 @@ def fused_linear_zlpr_loss(
     labels2 = labels.reshape(N, labels.shape[-1])
     if sparse:
         labels2 = labels2.long()
-    elif labels2.dtype != torch.bool and labels2.dtype != hidden.dtype:
-        labels2 = _to_input_dtype(labels2, hidden.dtype)
+    elif labels2.dtype != torch.bool:
+        _check_label_range(labels2, "torchxc.fused_linear_zlpr_loss")  # the chunks' kernels would name chunk rows
+        if labels2.dtype != hidden.dtype:
+            labels2 = _to_input_dtype(labels2, hidden.dtype, "torchxc.fused_linear_zlpr_loss")
     # a class mask [C], or one row of it per logits row (the logits are [*lead, C], flattened to [N, C] here)
     mask2 = _class_mask(mask, torch.Size((*lead, C)), "torchxc.fused_linear_zlpr_loss")
     if mask2 is not None and mask2.dim() > 1:

@@ -154,7 +154,7 @@ def _round_to_dtype(x: float, dtype: torch.dtype) -> float:
     return struct.unpack("f", struct.pack("I", bits))[0]
 
 
-def _to_input_dtype(target: Tensor, dtype: torch.dtype) -> Tensor:
+def _to_input_dtype(target: Tensor, dtype: torch.dtype, op: str = "torchxc::zlpr_loss") -> Tensor:
     """Soft labels in the input's dtype. A narrowing cast must not turn t < 1 into 1 or t > 0 into 0 (which would
     drop the class from a term): such values become the nearest representable value short of 1 or above 0."""
     t = target.to(dtype)
@@ -164,7 +164,24 @@ def _to_input_dtype(target: Tensor, dtype: torch.dtype) -> Tensor:
         info = torch.finfo(dtype)
         t = torch.where((t == 1) & (target < 1), torch.full_like(t, 1 - info.eps / 2), t)
         t = torch.where((t == 0) & (target > 0), torch.full_like(t, info.tiny), t)
+        # ... and can round a label outside [0, 1] into it (float32 1.0004 -> float16 1, -1e-30 -> -0): such labels
+        # become 2 and -1, which the op refuses; on the CPU they are reported here first, with their own values
+        outside = _check_label_range(target, op)
+        t = torch.where(outside, torch.where(target > 1, 2.0, -1.0).to(dtype), t)
     return t
+
+
+def _check_label_range(target: Tensor, op: str) -> Tensor:
+    """Where float labels lie outside [0, 1]; on the CPU, an error naming the first such label's row (rows
+    flattened over the leading dims), value and class. (On CUDA the kernels assert: no host sync here.)"""
+    outside = (target > 1) | (target < 0)
+    if target.device.type == "cpu" and target.numel() > 0 and bool(outside.any()):
+        flat = outside.reshape(-1, target.shape[-1])
+        row, cls = (int(i) for i in flat.nonzero()[0])
+        value = target.reshape(-1, target.shape[-1])[row, cls].item()
+        raise RuntimeError(f"{op}: labels must lie in [0, 1], but row {row} has {int(flat[row].sum())} outside, "
+                           f"the first {value:.7g} (class {cls})")
+    return outside
 
 
 def _class_mask(mask: Optional[Tensor], shape: torch.Size, op: str = "torchxc.zlpr_loss") -> Optional[Tensor]:
