@@ -80,7 +80,7 @@ setup(
     package_data={"torchxc": ["py.typed"]},  # PEP 561: the wrappers are typed
     ext_modules=extensions(),
     install_requires=["torch>=2.4"],
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
     zip_safe=False,

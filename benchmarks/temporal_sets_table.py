@@ -27,7 +27,8 @@ DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data",
 # *_tr: plus the label-transition prior counted over the training users (--transitions, torchxc extension: most
 # target labels are new to the user); frequency_tr breaks frequency's ties by that prior instead of popularity;
 # *_ema: validated and tested with an exponential moving average of the weights (--ema 0.995, per step);
-# *_d128: token width 128 with 4 heads instead of 64 with 2; *_cos: cosine learning-rate decay over the epochs;
+# *_d128: --d-model 128 with 4 heads instead of 64 with 2 (token width 160 against 96 with past counts and
+# transitions); *_cos: cosine learning-rate decay over the epochs;
 # *_do2: dropout 0.2 instead of 0.1; *_smx: the paper's softmax cross-entropy over the positives instead of ZLPR.
 PC_TR_EMA = ["--model", "lanet", "--attention", "softmax", "--past-counts", "--transitions", "--ema", "0.995"]
 VARIANTS = {"frequency": ["--model", "frequency"], "transformer": ["--model", "transformer"],

@@ -2,6 +2,7 @@
 import json
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -188,12 +189,34 @@ def test_cli_refuses_options_the_model_ignores(tmp_path, capsys):
                        (["--model", "frequency", "--past-counts"], "--past-counts applies to"),
                        (["--model", "frequency", "--loss", "bce"], "--loss applies to"),
                        (["--model", "lanet", "--epochs", "0"], "--epochs must be >= 1"),
-                       (["--model", "lanet", "--d-model", "16", "--d-time", "16"], "expected 0 <= --d-time < --d-model")):
+                       (["--model", "lanet", "--d-model", "16", "--d-time", "16"], "expected 0 <= --d-time < --d-model"),
+                       (["--model", "lanet", "--d-time", "0", "--past-counts"], "--d-time 0 would drop --past-counts"),
+                       (["--model", "lanet", "--d-time", "0", "--transitions"], "--d-time 0 would drop --transitions"),
+                       (["--model", "lanet", "--heads", "8", "--d-time", "12", "--past-counts"],
+                        "--heads 8 must divide LANET's token width 76"),
+                       (["--model", "transformer", "--heads", "3"], "--heads 3 must divide --d-model 64"),
+                       (["--model", "lanet", "--ema", "-0.5"], "--ema must lie in [0, 1)"),
+                       (["--model", "lanet", "--ema", "1.5"], "--ema must lie in [0, 1)"),
+                       (["--model", "transformer", "--batch-size", "0"], "--batch-size must be >= 1")):
         with pytest.raises(SystemExit):
             cli_main(["--data", str(p)] + extra)
         assert msg in capsys.readouterr().err
-        with pytest.raises(ValueError, match=msg.replace("+", r"\+")):
+        with pytest.raises(ValueError, match=re.escape(msg)):
             run(cli_parser().parse_args(["--data", str(p)] + extra))
+    # options that depend on the data: a CSV with amounts adds a --d-time wide amount part to LANET's tokens
+    q = tmp_path / "a.csv"
+    q.write_text("user,time,label,amount\n" + "".join(f"u{u},{t},{'abc'[(t + u) % 3]},{t + 1}\n" for u in range(30)
+                                                       for t in range(4)))
+    for extra, msg in ((["--d-time", "0"], "--d-time 0 would drop the data's amounts"),
+                       (["--heads", "6", "--d-time", "16"], "--heads 6 must divide LANET's token width 80")):
+        with pytest.raises(SystemExit):
+            cli_main(["--data", str(q), "--model", "lanet", "--epochs", "1"] + extra)
+        assert msg in capsys.readouterr().err
+    # a width the heads divide builds the model: 64 + 16 (past counts) = 80 = 5 x 16
+    out = tmp_path / "ok.json"
+    assert cli_main(["--data", str(p), "--model", "lanet", "--epochs", "1", "--heads", "5", "--past-counts",
+                     "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["num_labels"] > 0
 
 
 def test_small_csv_keeps_a_validation_user_and_empty_splits_are_refused(tmp_path):

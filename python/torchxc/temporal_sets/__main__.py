@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .train import check_args, run
+from .train import OptionError, check_args, run
 
 
 def parser():
@@ -52,9 +52,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         check_args(args)
-    except ValueError as e:
+        result = run(args)  # checks again once the data is loaded (whether it has amounts)
+    except OptionError as e:
         ap.error(str(e))
-    result = run(args)
     keys = ["micro_auc", "macro_auc", "weighted_f1", "micro_f1", "recall@10", "ndcg@10", "recall@20", "ndcg@20",
             "phr@10", "train_seconds", "num_labels"]
     print(json.dumps({k: result[k] for k in keys if k in result}, indent=1))

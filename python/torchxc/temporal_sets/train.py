@@ -99,8 +99,21 @@ def build_model(args, data: TemporalSets):
                                n_heads=args.heads, d_ff=2 * args.d_model, dropout=args.dropout, num_gaps=NUM_GAPS)
 
 
-def check_args(args) -> None:
-    """Refuses options the chosen model would silently ignore, and sizes that cannot build it."""
+class OptionError(ValueError):
+    """Options that cannot build the chosen model, or that it would silently ignore (the command line reports it as
+    a usage error)."""
+
+
+def lanet_width(args, has_amounts: bool) -> int:
+    """The width of LANET's label tokens: --d-model (label and time parts) plus a --d-time wide part for each of
+    past counts, transitions and amounts."""
+    extra = int(getattr(args, "past_counts", False)) + int(getattr(args, "transitions", False)) + int(has_amounts)
+    return args.d_model + extra * args.d_time
+
+
+def check_args(args, has_amounts: bool | None = None) -> None:
+    """Refuses options the chosen model would silently ignore, and sizes that cannot build it. ``has_amounts``: whether
+    the data has amounts (None before it is loaded: the checks that depend on it wait)."""
     neural = args.model in ("lanet", "transformer")
     problems = []
     if args.model != "lanet":
@@ -116,13 +129,34 @@ def check_args(args) -> None:
         problems.append(f"--epochs must be >= 1 for a trained model, got {args.epochs}")
     if args.look_back < 1:
         problems.append(f"--look-back must be >= 1, got {args.look_back}")
-    if args.model == "lanet" and not 0 <= args.d_time < args.d_model:
-        problems.append(f"LANET splits --d-model into a label part and a --d-time part: expected 0 <= --d-time < "
-                        f"--d-model, got {args.d_time} and {args.d_model}")
-    if args.model == "lanet" and args.max_tokens < 1:
-        problems.append(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if neural:
+        if args.batch_size < 1:
+            problems.append(f"--batch-size must be >= 1, got {args.batch_size}")
+        if not 0 <= getattr(args, "ema", 0.0) < 1:
+            problems.append(f"--ema must lie in [0, 1) (0: no weight average), got {args.ema}")
+        if args.heads < 1 or args.layers < 1:
+            problems.append(f"--heads and --layers must be >= 1, got {args.heads} and {args.layers}")
+    if args.model == "lanet":
+        if not 0 <= args.d_time < args.d_model:
+            problems.append(f"LANET splits --d-model into a label part and a --d-time part: expected 0 <= --d-time < "
+                            f"--d-model, got {args.d_time} and {args.d_model}")
+        elif args.d_time == 0:
+            dropped = [name for name, on in (("--past-counts", getattr(args, "past_counts", False)),
+                                             ("--transitions", getattr(args, "transitions", False)),
+                                             ("the data's amounts", bool(has_amounts))) if on]
+            if dropped:
+                problems.append(f"the past-count, transition and amount parts of LANET's label tokens are --d-time "
+                                f"wide: --d-time 0 would drop {', '.join(dropped)}")
+        if args.max_tokens < 1:
+            problems.append(f"--max-tokens must be >= 1, got {args.max_tokens}")
+        width = lanet_width(args, bool(has_amounts))
+        if has_amounts is not None and args.heads >= 1 and width % args.heads:
+            problems.append(f"--heads {args.heads} must divide LANET's token width {width} (--d-model {args.d_model} "
+                            f"plus --d-time {args.d_time} for each of past counts, transitions and amounts)")
+    if args.model == "transformer" and args.heads >= 1 and args.d_model % args.heads:
+        problems.append(f"--heads {args.heads} must divide --d-model {args.d_model}")
     if problems:
-        raise ValueError("temporal_sets: " + "; ".join(problems))
+        raise OptionError("temporal_sets: " + "; ".join(problems))
 
 
 def run(args, data: TemporalSets | None = None, progress: bool = True, scores: dict | None = None) -> dict:
@@ -133,6 +167,7 @@ def run(args, data: TemporalSets | None = None, progress: bool = True, scores: d
     random.seed(args.seed)
     if data is None:  # the CSV split does not follow --seed: seeds of one configuration see the same users
         data = load(args.data, args.look_back, getattr(args, "split_seed", 0))
+    check_args(args, data.has_amounts)
     C = data.num_labels
     for name in ("train", "validate", "test"):
         if not getattr(data, name):
