@@ -102,6 +102,11 @@ def test_xc_format_edge_cases_and_errors(tmp_path):
     d = load_xc(str(p))
     assert d.indptr.tolist() == [0, 1, 1, 2] and d.indices.tolist() == [0, 1] and d.features.shape == (3, 4)
     assert d.features[1].abs().sum() == 0 and load_xc(str(p), dense=False).features.values().numel() == 2
+    # such a row last (it was taken for a trailing blank line), with and without the final newline and blank lines
+    for tail in (b" \n", b" ", b" \n\n\n"):
+        p.write_bytes(b"3 4 3\n0 0:1\n1 1:1\n" + tail)
+        d = load_xc(str(p))
+        assert d.indptr.tolist() == [0, 1, 2, 2] and d.features.shape == (3, 4) and d.features[2].abs().sum() == 0
     for body, match in (("2 4 3\n1.7 0:1\n0 1:1\n", "line 2: labels must be integers"),
                         ("2 4 3\n0 1:1\n0,x 1:1\n", "line 3: labels must be comma-separated integers"),
                         ("2 4 3\n0 4:1\n1 1:1\n", r"line 2: feature index 4 must lie in \[0, 4\)"),

@@ -433,6 +433,12 @@ def test_fit_label_forms_agree_and_bad_labels_are_named():
             torchxc.TreeSampler.fit(x, y, 5, progress=False, **kwargs)
     with pytest.raises(ValueError, match="needs at least one example"):
         torchxc.TreeSampler.fit(x[:0], y[:0], 5, progress=False)
+    nan_x = x.clone()
+    nan_x[7, 1] = math.nan
+    with pytest.raises(ValueError, match="TreeSampler.fit: features must be finite, but row 7"):
+        torchxc.TreeSampler.fit(nan_x, y, 5, dim=2, progress=False)
+    with pytest.raises(ValueError, match="TreeSampler.fit: expected dense features, got layout torch.sparse_csr"):
+        torchxc.TreeSampler.fit(x.to_sparse_csr(), y, 5, dim=2, progress=False)
 
 
 def test_fit_whitening_ignores_scale_and_missing_directions():
@@ -758,6 +764,36 @@ def test_api_bad_input_errors():
     with pytest.raises(ValueError, match="sum would overflow float64"):
         t.update([0, 1], torch.tensor([1e308, 1e308], dtype=torch.float64))
     assert float(t.total) == 6.0  # unchanged by the refused update
+    # an update whose new sum is finite is taken, though old total + new weights would overflow
+    big = torchxc.WeightTree(torch.tensor([1e308, 1.0, 1.0, 1.0], dtype=torch.float64))
+    big.update(torch.tensor([0, 1]), torch.tensor([1.0, 1.7e308], dtype=torch.float64))
+    assert big.weights.tolist() == [1.0, 1.7e308, 1.0, 1.0] and float(big.total) == 1.7e308
+    before = big.tree.clone()
+    with pytest.raises(ValueError, match="sum would overflow float64"):
+        big.update(torch.tensor([2]), torch.tensor([1.7e308], dtype=torch.float64))
+    assert torch.equal(big.tree, before)  # a refused update leaves every node as it was
+    # a list of weights, like update's; counts that are not non-negative ints refused by name
+    assert torchxc.WeightTree([1.0, 2.0]).weights.tolist() == [1.0, 2.0]
+    for bad in (-1, 2.5, True, torch.tensor(2.0), "3"):
+        with pytest.raises(ValueError, match="WeightTree.sample: n must be a non-negative int"):
+            t.sample(bad)
+    assert t.sample(torch.tensor(3)).shape == (3,)
+    sampler = torchxc.TreeSampler.from_parameters(torch.zeros(3, 2), torch.zeros(3), 4)
+    with pytest.raises(ValueError, match="TreeSampler.sample: num_samples must be a non-negative int, got 2.7"):
+        sampler.sample(torch.zeros(2, 2), 2.7)  # it drew 2
+    # a state whose tree this class would not build is refused, and the tree is left as it was
+    for change, match in ((lambda tr: tr.__setitem__(0, tr[0] + 1), "inner nodes must be the sums"),
+                          (lambda tr: tr.__setitem__(-1, -1.0), "finite and non-negative"),
+                          (lambda tr: tr.__setitem__(t.offset + 5, 1.0), "padding leaves must be zero")):
+        state = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in t.state_dict().items()}
+        change(state["tree"])
+        before = t.tree.clone()
+        with pytest.raises(ValueError, match=match):
+            t.load_state_dict(state)
+        assert torch.equal(t.tree, before)
+    other = torchxc.WeightTree(torch.ones(4))
+    other.load_state_dict(big.state_dict())  # an updated tree's own state loads
+    assert torch.equal(other.tree, big.tree)
     t.update([1, 3], [2.0, 0.5])  # lists are accepted, as in log_prob
     assert max_err(t.log_prob([1, 3]).exp(), torch.tensor([2.0, 0.5], dtype=torch.float64) / 8.5) < 1e-15
     t.update(torch.arange(5), torch.zeros(5))

@@ -17,6 +17,7 @@ probabilities on the path to y's leaf and sums to 1 over the C labels.
 from __future__ import annotations  # X | None annotations on Python 3.9
 import math
 import mmap
+import operator
 
 import torch
 from torch import Tensor
@@ -69,6 +70,20 @@ def _walk_copy(t: Tensor) -> Tensor:
 
 def _depth(num_labels: int) -> int:
     return max(0, math.ceil(math.log2(num_labels))) if num_labels > 1 else 0
+
+
+def _count(n, op: str, name: str) -> int:
+    """n as a non-negative int (a Python or NumPy integer, or a 0-d integer tensor); 2.7 or True are errors, not 2
+    or 1."""
+    if isinstance(n, bool) or (isinstance(n, Tensor) and n.is_floating_point()):
+        raise ValueError(f"{op}: {name} must be a non-negative int, got {n!r}")
+    try:
+        value = operator.index(n)
+    except TypeError:
+        raise ValueError(f"{op}: {name} must be a non-negative int, got {n!r}") from None
+    if value < 0:
+        raise ValueError(f"{op}: {name} must be a non-negative int, got {value}")
+    return value
 
 
 def _seed_from(generator: torch.Generator | None) -> int:
@@ -155,10 +170,11 @@ class TreeSampler(torch.nn.Module):
         """``num_samples`` independent draws (with replacement) from q(. | x) per row of ``features`` [B, F]:
         (labels int64 [B, S], log q float [B, S]). Deterministic for a seeded generator; with none, torch's
         default generator seeds the draw (so ``torch.manual_seed`` makes it reproducible)."""
+        num_samples = _count(num_samples, "TreeSampler.sample", "num_samples")
         with torch.no_grad():
             z = self.project(features)
             return torch.ops.torchxc.tree_sample.default(z, self.node_weight, self.node_bias, self.leaf_to_label,
-                                                         self.num_labels, int(num_samples), _seed_from(generator))
+                                                         self.num_labels, num_samples, _seed_from(generator))
 
     def log_prob(self, features: Tensor, labels: Tensor) -> Tensor:
         """log q(labels | x) for labels int64 [B, P] in [0, C); differentiable with respect to the node classifiers
@@ -208,8 +224,14 @@ class TreeSampler(torch.nn.Module):
         if features.dim() != 2 or not features.is_floating_point():
             raise ValueError(f"TreeSampler.fit: expected float features [N, F], got {features.dtype} "
                              f"{tuple(features.shape)}")
+        if features.layout != torch.strided:
+            raise ValueError(f"TreeSampler.fit: expected dense features, got layout {features.layout} (e.g. the CSR "
+                             "features of load_xc(..., dense=False)); pass features.to_dense()")
         if features.shape[0] == 0:
             raise ValueError("TreeSampler.fit: needs at least one example, got N = 0")
+        if not bool(torch.isfinite(features).all()):
+            bad = int((~torch.isfinite(features)).any(1).nonzero()[0])
+            raise ValueError(f"TreeSampler.fit: features must be finite, but row {bad} has a NaN or infinite value")
         if num_labels < 1 or dim < 1 or iterations < 1 or newton_steps < 1:
             raise ValueError(f"TreeSampler.fit: num_labels, dim, iterations and newton_steps must be >= 1, got "
                              f"{num_labels}, {dim}, {iterations}, {newton_steps}")
@@ -413,7 +435,7 @@ class WeightTree(torch.nn.Module):
 
     def __init__(self, weights: Tensor):
         super().__init__()
-        w = weights.detach().to(torch.float64).flatten()
+        w = torch.as_tensor(weights).detach().to(torch.float64).flatten()
         if w.numel() == 0 or (w < 0).any() or not torch.isfinite(w).all():
             raise ValueError("WeightTree: expected a non-empty tensor of finite, non-negative weights")
         if not torch.isfinite(w.sum()):
@@ -447,8 +469,30 @@ class WeightTree(torch.nn.Module):
         if tree is not None and tree.dtype != torch.float64:
             raise ValueError(f"WeightTree.load_state_dict: expected a float64 tree (its sums are exact), got "
                              f"{tree.dtype}")
+        if tree is not None and tree.shape == self.tree.shape:
+            self._check_tree(tree)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._has_mass = bool(self.total > 0)  # the loaded weights'
+
+    def _check_tree(self, tree: Tensor) -> None:
+        """A state's tree must be one this class builds: finite non-negative leaf weights, zero padding leaves, and
+        every parent the float64 sum of its children (as computed here, so the comparison is exact)."""
+        leaves = tree[self.offset:]
+        problem = None
+        if (leaves < 0).any() or not torch.isfinite(leaves).all():
+            problem = "its weights must be finite and non-negative"
+        elif (leaves[self.num_labels:] != 0).any():
+            problem = "its padding leaves must be zero"
+        else:
+            sums = tree.clone()
+            for level in range(self.depth - 1, -1, -1):
+                first, n = (1 << level) - 1, 1 << level
+                sums[first:first + n] = sums[2 * first + 1:2 * first + 1 + 2 * n:2] + \
+                    sums[2 * first + 2:2 * first + 2 + 2 * n:2]
+            if not torch.equal(sums, tree):
+                problem = "its inner nodes must be the sums of their children"
+        if problem:
+            raise ValueError(f"WeightTree.load_state_dict: the state is not a weight tree: {problem}")
 
     def _apply(self, fn, recurse=True):
         tree = self.tree
@@ -467,6 +511,7 @@ class WeightTree(torch.nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n independent labels (int64 [n]), each with probability w_y / sum(w)."""
+        n = _count(n, "WeightTree.sample", "n")
         if not self._has_mass:
             raise ValueError("WeightTree.sample: every weight is zero")
         u = torch.rand(n, dtype=torch.float64, device=self.tree.device, generator=generator) * self.total
@@ -505,19 +550,26 @@ class WeightTree(torch.nn.Module):
         new_weights = new_weights.expand(idx.shape)
         if (new_weights < 0).any() or not torch.isfinite(new_weights).all():
             raise ValueError("WeightTree.update: weights must be finite and non-negative")
-        if not torch.isfinite(self.total + new_weights.sum()):  # bounds every new partial sum
-            raise ValueError("WeightTree.update: the weights' sum would overflow float64; scale them down")
         # last occurrence of each index wins
         order = torch.arange(idx.numel(), device=idx.device)
         last = torch.zeros(self.num_labels, dtype=torch.long, device=idx.device).scatter_reduce_(
             0, idx, order, reduce="amax", include_self=False)
         keep = last[idx] == order
-        nodes = self.offset + idx[keep]
-        self.tree[nodes] = new_weights[keep]
+        leaves = self.offset + idx[keep]
+        old = self.tree[leaves].clone()
+        self._write(leaves, new_weights[keep])
+        if not torch.isfinite(self.total):  # the new total bounds every partial sum: all of them are finite
+            self._write(leaves, old)
+            raise ValueError("WeightTree.update: the weights' sum would overflow float64; scale them down")
+        self._has_mass = bool(self.total > 0)
+
+    def _write(self, leaves: Tensor, values: Tensor) -> None:
+        """Sets the given leaf nodes (distinct) and recomputes their ancestors."""
+        nodes = leaves
+        self.tree[nodes] = values
         for _ in range(self.depth):
             nodes = torch.unique((nodes - 1) // 2)
             self.tree[nodes] = self.tree[2 * nodes + 1] + self.tree[2 * nodes + 2]
-        self._has_mass = bool(self.total > 0)
 
 
 # ---- losses ---------------------------------------------------------------------------------------------------------

@@ -61,7 +61,10 @@ def load_xc(path: str, dense: bool = True) -> XCData:
             raise ValueError(f"load_xc: {path} line {line}: unexpected {token.decode()!r} (the XC format has no "
                              "comments or query ids)")
     lines = body.split(b"\n")
-    while lines and not lines[-1].strip():  # the final newline, trailing blank lines
+    if body.endswith(b"\n"):  # the last line's newline
+        lines.pop()
+    # trailing blank lines, but not a last example without labels or features (a blank line the header counts)
+    while len(lines) > n and not lines[-1].strip():
         lines.pop()
     if len(lines) != n:
         raise ValueError(f"load_xc: {path}: the header says {n} rows, the file has {len(lines)}")
