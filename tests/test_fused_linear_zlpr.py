@@ -354,6 +354,20 @@ def test_vmap_then_backward():
         got = torch.autograd.grad(batched(h, t).sum(), (h, w, b))
         for a, e in zip(got, want):
             assert max_err(a, e) < 1e-12
+    # the wrappers see through vmap's wrappers (one per level) to whether the tensor inside requires grad
+    from torchxc.zlpr import _wants_grad
+
+    seen = []
+
+    def probe(a, b):
+        seen.append((_wants_grad(a), _wants_grad(b)))
+        return a.sum() + b.sum()
+
+    torch.vmap(probe)(h[0], h[0].detach())
+    torch.vmap(torch.vmap(probe))(h, h.detach())
+    with torch.no_grad():
+        torch.vmap(probe)(h[0], h[0].detach())
+    assert seen == [(True, False), (True, False), (False, False)]
     # hidden a plain (batched) input: only the weight and bias gradients
     got = torch.autograd.grad(torch.vmap(fn)(h[0].detach(), t[0]).sum(), (w, b))
     want = torch.autograd.grad(sum(unfused(h[0, j].detach(), t[0, j]) for j in range(3)), (w, b))

@@ -336,17 +336,51 @@ def test_bad_label_values_cpu():
         with pytest.raises(RuntimeError, match=r"zlpr_loss: labels must lie in \[0, 1\], but row 5 has 2 outside, "
                                                r"the first 1.0004 \(class 1\)"):
             torchxc.zlpr_loss(torch.randn(2, 3, 4, dtype=dt), bad)
-    # the fused loss names the row of the whole batch, not of a chunk
+    # the same labels where nothing data-dependent may run (vmap; torch.compile likewise): they reach the op as the
+    # nearest value on their own side of [0, 1], which it refuses
+    with pytest.raises(RuntimeError, match=r"labels must lie in \[0, 1\], but row 2 has 2 outside, the first 1.00"):
+        torch.vmap(torchxc.zlpr_loss)(torch.randn(2, 3, 4, dtype=torch.float16), bad)
+    # the fused loss names the row of the whole batch, not of a chunk (NaN counts as outside)
     h, w = torch.randn(70, 4), torch.randn(5, 4)
     t = torch.rand(70, 5)
     t[65, 3] = 1.5
-    for lab in (t, t.double(), (2 * t).long()):
+    nan_t = torch.rand(70, 5)
+    nan_t[65, 3] = math.nan
+    for lab in (t, t.double(), (2 * t).long(), nan_t):
         with pytest.raises(RuntimeError, match=r"fused_linear_zlpr_loss: labels must lie in \[0, 1\], but row 65 "):
             torchxc.fused_linear_zlpr_loss(h, w, None, lab, chunk_size=16)
+    s = torch.randn(4, 5)
     with pytest.raises(RuntimeError, match="positive class index 5 is out of range for 5 classes"):
         torchxc.zlpr_loss_sparse(s, torch.tensor([[0], [5], [1], [2]]))
     with pytest.raises(RuntimeError, match="positive class index -2 is out of range"):
         torchxc.zlpr_loss_sparse(s, torch.tensor([[0], [-2], [1], [2]]))
+
+
+def test_soft_labels_of_another_dtype_under_compile_export_and_vmap():
+    """The range handling of labels of another dtype is traceable: no data-dependent Python (it broke
+    torch.compile(fullgraph=True), torch.export and vmap once)."""
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(6, 9, generator=g)
+    t = torch.rand(6, 9, generator=g, dtype=torch.float64)
+    t[0, :3] = torch.tensor([0.0, 1.0, 1e-300], dtype=torch.float64)  # 1e-300 rounds to 0 in float32: kept > 0
+    want = zlpr_reference(s.double(), t.float().double().clamp(min=torch.finfo(torch.float32).tiny).where(t > 0, 0))
+    eager = torchxc.zlpr_loss(s, t, reduction="none")
+    assert max_err(eager, want) < 1e-5
+    compiled = torch.compile(lambda a, b: torchxc.zlpr_loss(a, b, reduction="none"), fullgraph=True, backend="eager")
+    assert torch.equal(compiled(s, t), eager)
+
+    class Loss(torch.nn.Module):
+        def forward(self, a, b):
+            return torchxc.zlpr_loss(a, b, reduction="none")
+
+    ep = torch.export.export(Loss(), (s, t))
+    assert torch.equal(ep.module()(s, t), eager)
+    batched = torch.vmap(lambda a, b: torchxc.zlpr_loss(a, b, reduction="none"))(s[None], t[None])[0]
+    assert torch.equal(batched, eager)
+    h, w = torch.randn(6, 4, generator=g), torch.randn(9, 4, generator=g)
+    fused = torch.compile(lambda a, b: torchxc.fused_linear_zlpr_loss(a, w, None, b), fullgraph=True, backend="eager")
+    for lab in (t.float(), t, (t > 0.5).long()):
+        assert max_err(fused(h, lab), torchxc.zlpr_loss(h @ w.T, lab)) < 1e-5
 
 
 @requires_cuda

@@ -91,10 +91,8 @@ def fused_linear_zlpr_loss(
     labels2 = labels.reshape(N, labels.shape[-1])
     if sparse:
         labels2 = labels2.long()
-    elif labels2.dtype != torch.bool:
-        _check_label_range(labels2, "torchxc.fused_linear_zlpr_loss")  # the chunks' kernels would name chunk rows
-        if labels2.dtype != hidden.dtype:
-            labels2 = _to_input_dtype(labels2, hidden.dtype, "torchxc.fused_linear_zlpr_loss")
+    elif labels2.dtype != torch.bool and labels2.dtype != hidden.dtype:
+        labels2 = _to_input_dtype(labels2, hidden.dtype, "torchxc.fused_linear_zlpr_loss")
     # a class mask [C], or one row of it per logits row (the logits are [*lead, C], flattened to [N, C] here)
     mask2 = _class_mask(mask, torch.Size((*lead, C)), "torchxc.fused_linear_zlpr_loss")
     if mask2 is not None and mask2.dim() > 1:
@@ -193,7 +191,12 @@ def _fused_linear_zlpr_impl(hidden, weight, bias, labels, mask, sparse, chunk_si
         h = hidden[start:end]
         logits = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
         m = mask if mask is None or mask.dim() == 1 else mask[start:end]
-        loss, g = op(logits, labels[start:end], m, need_grad, gscale if need_grad else 1.0)  # g: gscale * dL/dlogits
+        try:
+            loss, g = op(logits, labels[start:end], m, need_grad, gscale if need_grad else 1.0)  # gscale * dL/dlogits
+        except RuntimeError:
+            if not sparse and labels.is_floating_point():  # name the batch's row, not the chunk's
+                _check_label_range(labels, "torchxc.fused_linear_zlpr_loss")
+            raise
         total += loss.sum(dtype=total.dtype)
         del logits
         if not need_grad:

@@ -155,33 +155,43 @@ def _round_to_dtype(x: float, dtype: torch.dtype) -> float:
 
 
 def _to_input_dtype(target: Tensor, dtype: torch.dtype, op: str = "torchxc::zlpr_loss") -> Tensor:
-    """Soft labels in the input's dtype. A narrowing cast must not turn t < 1 into 1 or t > 0 into 0 (which would
-    drop the class from a term): such values become the nearest representable value short of 1 or above 0."""
+    """Soft labels in the input's dtype. A narrowing cast must not move a label across 0 or 1: t < 1 rounded to 1
+    or t > 0 rounded to 0 would drop the class from a term (such labels become 1 - eps/2 or the smallest normal),
+    and a label outside [0, 1] rounded into it (float32 1.0004 -> float16 1, -1e-30 -> -0) would pass the op's range
+    check. On the CPU in eager mode the labels' range is checked here (one min/max pass; the error names the label's
+    own value); elsewhere (CUDA, torch.compile, vmap: no host sync, nothing data-dependent) such labels become the
+    nearest value on their own side (1 + eps, minus the smallest normal), which the op refuses."""
     t = target.to(dtype)
     # any change of floating dtype can round: to fewer mantissa bits (float16 0.9995 -> bfloat16 1) or into a
     # narrower exponent range (bfloat16 1e-9 -> float16 0)
     if target.is_floating_point() and target.dtype != dtype:
         info = torch.finfo(dtype)
-        t = torch.where((t == 1) & (target < 1), torch.full_like(t, 1 - info.eps / 2), t)
-        t = torch.where((t == 0) & (target > 0), torch.full_like(t, info.tiny), t)
-        # ... and can round a label outside [0, 1] into it (float32 1.0004 -> float16 1, -1e-30 -> -0): such labels
-        # become 2 and -1, which the op refuses; on the CPU they are reported here first, with their own values
-        outside = _check_label_range(target, op)
-        t = torch.where(outside, torch.where(target > 1, 2.0, -1.0).to(dtype), t)
+        below, tiny = t.new_tensor(1 - info.eps / 2), t.new_tensor(info.tiny)
+        eager_cpu = (target.device.type == "cpu" and not torch.compiler.is_compiling()
+                     and not torch._C._functorch.is_functorch_wrapped_tensor(target))
+        if eager_cpu:
+            if target.numel() > 0:
+                lo, hi = torch.aminmax(target)
+                if bool(lo < 0) or bool(hi > 1):
+                    _check_label_range(target, op)
+            t = torch.where((t == 1) & (target < 1), below, t)
+            t = torch.where((t == 0) & (target > 0), tiny, t)
+        else:
+            t = torch.where((t == 1) & (target != 1), torch.where(target < 1, below, t.new_tensor(1 + info.eps)), t)
+            t = torch.where((t == 0) & (target != 0), torch.where(target > 0, tiny, -tiny), t)
     return t
 
 
-def _check_label_range(target: Tensor, op: str) -> Tensor:
-    """Where float labels lie outside [0, 1]; on the CPU, an error naming the first such label's row (rows
-    flattened over the leading dims), value and class. (On CUDA the kernels assert: no host sync here.)"""
-    outside = (target > 1) | (target < 0)
-    if target.device.type == "cpu" and target.numel() > 0 and bool(outside.any()):
+def _check_label_range(target: Tensor, op: str) -> None:
+    """On the CPU, raises naming the first label outside [0, 1] (NaN included): its row (flattened over the leading
+    dims), value and class. Data-dependent: for error paths only (the kernels check every label)."""
+    outside = ~((target >= 0) & (target <= 1))
+    if target.device.type == "cpu" and target.dim() > 0 and target.numel() > 0 and bool(outside.any()):
         flat = outside.reshape(-1, target.shape[-1])
         row, cls = (int(i) for i in flat.nonzero()[0])
         value = target.reshape(-1, target.shape[-1])[row, cls].item()
         raise RuntimeError(f"{op}: labels must lie in [0, 1], but row {row} has {int(flat[row].sum())} outside, "
                            f"the first {value:.7g} (class {cls})")
-    return outside
 
 
 def _class_mask(mask: Optional[Tensor], shape: torch.Size, op: str = "torchxc.zlpr_loss") -> Optional[Tensor]:
