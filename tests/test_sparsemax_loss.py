@@ -288,6 +288,10 @@ def test_weight_targets_of_another_dtype_keep_precision_and_range():
         want = torchxc.sparsemax_loss(z[:1].detach().to(dt), torch.tensor([[0.5, 0.5, 0, 0, 0]]), reduction="none")
         for w in (huge, tiny):
             assert torch.equal(torchxc.sparsemax_loss(z[:1].detach().to(dt), w, reduction="none"), want)
+    # no classes: the op's own error for every target dtype (not an error from the normalisation)
+    for target in (torch.zeros(3, 0, dtype=torch.bool), torch.zeros(3, 0, dtype=torch.float64)):
+        with pytest.raises(RuntimeError, match="expected at least one class"):
+            torchxc.sparsemax_loss(torch.zeros(3, 0), target)
     # float64 weights whose float64 sum overflows: the same proportions (the row was read as unlabelled, loss 0)
     huge64 = torch.tensor([[1e308, 1e308, 0.0, 0.0, 0.0]], dtype=torch.float64)
     for dt in (torch.float32, torch.float16):

@@ -105,14 +105,16 @@ def sparsemax_loss(
             # normalise before the cast (the loss divides by the row sum anyway), so that weights outside the input
             # dtype's range (1e-9 or 1e6 in float16) keep their proportions instead of under- or overflowing
             # (in float64, whose sums and quotients neither overflow for finite float32 weights nor underflow for
-            # tiny ones, and which holds integer counts exactly). Float64 weights are first divided by the row's
-            # largest magnitude, so that a sum past float64's range (two weights of 1e308) does not turn the row
-            # into zeros (a row without labels, skipped). Negative, infinite and NaN weights must reach the op as
-            # NaN, which it refuses: a tiny negative quotient would round to -0.0 in the cast and pass.
+            # tiny ones, and which holds integer counts exactly). Negative weights must reach the op as NaN,
+            # which it refuses: a tiny negative quotient would round to -0.0 in the cast and pass. Float64 weights
+            # are first divided by the row's largest, so that a sum past float64's range (two weights of 1e308)
+            # does not turn the row into zeros (a row without labels, skipped).
             w = target.double()
-            w = w.masked_fill(w < 0, math.nan)
-            m = w.abs().amax(-1, keepdim=True)
-            w = torch.where((m > 0) & (m < math.inf), w / m, w)
+            if target.is_floating_point() or target.dtype in (torch.int8, torch.int16, torch.int32, torch.int64):
+                w = w.masked_fill(w < 0, math.nan)
+            if target.dtype == torch.float64 and w.shape[-1] > 0:
+                m = w.amax(-1, keepdim=True)
+                w = torch.where((m > 0) & (m < math.inf), w / m, w)
             s = w.sum(-1, keepdim=True)
             target = torch.where(s > 0, w / s, w).to(input.dtype)
     elif not target.is_floating_point() and not target.is_complex() and target.shape == scores.shape[:-1]:
