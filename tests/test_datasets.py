@@ -103,6 +103,10 @@ def test_xc_format_edge_cases_and_errors(tmp_path):
     assert d.indptr.tolist() == [0, 1, 1, 2] and d.indices.tolist() == [0, 1] and d.features.shape == (3, 4)
     assert d.features[1].abs().sum() == 0 and load_xc(str(p), dense=False).features.values().numel() == 2
     # such a row last (it was taken for a trailing blank line), with and without the final newline and blank lines
+    for header_only in (b"1 5 3\n", b"1 5 3"):  # N = 1 but no row
+        p.write_bytes(header_only)
+        with pytest.raises(ValueError, match="the header says 1 rows, the file has 0"):
+            load_xc(str(p))
     for tail in (b" \n", b" ", b" \n\n\n"):
         p.write_bytes(b"3 4 3\n0 0:1\n1 1:1\n" + tail)
         d = load_xc(str(p))

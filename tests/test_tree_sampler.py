@@ -774,7 +774,7 @@ def test_api_bad_input_errors():
     assert torch.equal(big.tree, before)  # a refused update leaves every node as it was
     # a list of weights, like update's; counts that are not non-negative ints refused by name
     assert torchxc.WeightTree([1.0, 2.0]).weights.tolist() == [1.0, 2.0]
-    for bad in (-1, 2.5, True, torch.tensor(2.0), "3"):
+    for bad in (-1, 2.5, True, torch.tensor(2.0), torch.tensor(True), "3"):
         with pytest.raises(ValueError, match="WeightTree.sample: n must be a non-negative int"):
             t.sample(bad)
     assert t.sample(torch.tensor(3)).shape == (3,)
@@ -782,9 +782,17 @@ def test_api_bad_input_errors():
     with pytest.raises(ValueError, match="TreeSampler.sample: num_samples must be a non-negative int, got 2.7"):
         sampler.sample(torch.zeros(2, 2), 2.7)  # it drew 2
     # a state whose tree this class would not build is refused, and the tree is left as it was
+
+    def overflowing(tr):  # leaves whose sums are consistent but reach inf (what the constructor refuses)
+        tr[t.offset:t.offset + 2] = 1e308
+        for level in range(t.depth - 1, -1, -1):
+            first, n = (1 << level) - 1, 1 << level
+            tr[first:first + n] = tr[2 * first + 1:2 * first + 1 + 2 * n:2] + tr[2 * first + 2:2 * first + 2 + 2 * n:2]
+
     for change, match in ((lambda tr: tr.__setitem__(0, tr[0] + 1), "inner nodes must be the sums"),
                           (lambda tr: tr.__setitem__(-1, -1.0), "finite and non-negative"),
-                          (lambda tr: tr.__setitem__(t.offset + 5, 1.0), "padding leaves must be zero")):
+                          (lambda tr: tr.__setitem__(t.offset + 5, 1.0), "padding leaves must be zero"),
+                          (lambda tr: overflowing(tr), "sum overflows")):
         state = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in t.state_dict().items()}
         change(state["tree"])
         before = t.tree.clone()

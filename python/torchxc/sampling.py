@@ -75,7 +75,7 @@ def _depth(num_labels: int) -> int:
 def _count(n, op: str, name: str) -> int:
     """n as a non-negative int (a Python or NumPy integer, or a 0-d integer tensor); 2.7 or True are errors, not 2
     or 1."""
-    if isinstance(n, bool) or (isinstance(n, Tensor) and n.is_floating_point()):
+    if isinstance(n, bool) or (isinstance(n, Tensor) and (n.is_floating_point() or n.dtype == torch.bool)):
         raise ValueError(f"{op}: {name} must be a non-negative int, got {n!r}")
     try:
         value = operator.index(n)
@@ -481,6 +481,8 @@ class WeightTree(torch.nn.Module):
         problem = None
         if (leaves < 0).any() or not torch.isfinite(leaves).all():
             problem = "its weights must be finite and non-negative"
+        elif not torch.isfinite(tree[0]):
+            problem = "the weights' sum overflows float64"
         elif (leaves[self.num_labels:] != 0).any():
             problem = "its padding leaves must be zero"
         else:

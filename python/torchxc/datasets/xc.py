@@ -60,7 +60,7 @@ def load_xc(path: str, dense: bool = True) -> XCData:
             line = body.count(b"\n", 0, at) + 2
             raise ValueError(f"load_xc: {path} line {line}: unexpected {token.decode()!r} (the XC format has no "
                              "comments or query ids)")
-    lines = body.split(b"\n")
+    lines = body.split(b"\n") if body else []
     if body.endswith(b"\n"):  # the last line's newline
         lines.pop()
     # trailing blank lines, but not a last example without labels or features (a blank line the header counts)
