@@ -130,14 +130,16 @@ def check_targets(rows, device):
     """The issue's speed targets, checked on this run's numbers."""
     lines = []
     dtypes = sorted({r["dtype"] for r in rows})
-    shapes = ["x".join(map(str, s)) for s in SHAPES]
+    measured = {r["shape"] for r in rows if r["provider"] == "torchxc"}
+    shapes = [s for s in ("x".join(map(str, s)) for s in SHAPES) if s in measured]
     for dt in dtypes:
         for s in shapes:
             checks = [("entmax_sort", 20.0), ("entmax_k64", 4.0)] if device.type == "cpu" else [("entmax_sort", 10.0)]
             for base, need in checks:
                 r = ratio(rows, base, dtype=dt, shape=s, mode="fwd+bwd")
-                if r is not None:
-                    lines.append((f"{dt} {s} fwd+bwd vs {base} >= {need:g}x", r >= need, f"{r:.1f}x"))
+                # a baseline that did not run (entmax not installed) is a target not met, not one that vanishes
+                lines.append((f"{dt} {s} fwd+bwd vs {base} >= {need:g}x", r is not None and r >= need,
+                              f"{r:.1f}x" if r is not None else f"not measured ({base} did not run)"))
         if device.type == "cpu":
             r = ratio(rows, "softmax", dtype=dt, shape="4096x1024", mode="fwd+bwd")
             if r is not None:
