@@ -8,6 +8,17 @@
 // are compiled for the clone's ISA too. Other compilers and platforms get the baseline build.
 #pragma once
 
+#include <cstdlib>
+#include <cstring>
+
+namespace torchxc {
+// A switch read from the environment: on when set to anything but "" or "0" (TORCHXC_*_NO_AVX2=0 keeps AVX2 on).
+inline bool env_switch(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
+}
+}  // namespace torchxc
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(TORCHXC_NO_MULTIVERSION)
 #define TORCHXC_CPU_MULTIVERSION \

@@ -166,7 +166,7 @@ TORCHXC_AVX512 double search_in_registers(const T* cand, int64_t n, int max_newt
 // TORCHXC_SPARSEMAX_NO_AVX512=1 keeps the AVX-512 collect and register search off (an AVX-512 machine then runs the
 // AVX2 rows below, which tests compare with the portable ones).
 const bool kCpuHasAVX512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                           __builtin_cpu_supports("avx512vl") && std::getenv("TORCHXC_SPARSEMAX_NO_AVX512") == nullptr;
+                           __builtin_cpu_supports("avx512vl") && !env_switch("TORCHXC_SPARSEMAX_NO_AVX512");
 
 // ---- float32 / bfloat16 / float16 rows on AVX2 CPUs without AVX-512 -------------------------------------
 // The row kernels written with AVX2 intrinsics: the maximum and a superset of the candidates in one pass (values
@@ -179,7 +179,7 @@ const bool kCpuHasAVX512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_su
 // TORCHXC_SPARSEMAX_NO_AVX2=1 selects the portable primitives on an AVX2 machine too (tests compare the two).
 #define TORCHXC_AVX2 __attribute__((target("avx2,fma,f16c")))
 const bool kCpuAVX2Rows = !kCpuHasAVX512 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          std::getenv("TORCHXC_SPARSEMAX_NO_AVX2") == nullptr;
+                          !env_switch("TORCHXC_SPARSEMAX_NO_AVX2");
 
 // kCompress.idx[mask]: the lanes set in `mask`, in order, then zeros.
 struct CompressTable {

@@ -103,7 +103,7 @@ TORCHXC_CPU_MULTIVERSION void refine_block(const float* logit, const uint32_t* u
 #if TORCHXC_HAVE_AVX512_COLLECT
 // TORCHXC_TREE_NO_AVX2=1 selects the portable loops on an AVX2 machine too (tests compare the two).
 const bool kTreeAVX2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                       std::getenv("TORCHXC_TREE_NO_AVX2") == nullptr;
+                       !env_switch("TORCHXC_TREE_NO_AVX2");
 
 // kChunks: k / 8 when the caller knows it at compile time (unrolled, no tail), else -1.
 template <int kChunks>
@@ -162,7 +162,7 @@ __attribute__((target("avx2,fma"))) void tree_logits_avx2(const float* z, const 
 // transposing add tree (unpack, then 128-bit block shuffles), so one reduction serves sixteen dot products and a
 // k = 16 dot product is one multiply. TORCHXC_TREE_NO_AVX512=1 keeps the AVX2 loops (tests compare the two).
 const bool kTreeAVX512 = kTreeAVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512vl") && std::getenv("TORCHXC_TREE_NO_AVX512") == nullptr;
+                         __builtin_cpu_supports("avx512vl") && !env_switch("TORCHXC_TREE_NO_AVX512");
 
 // kChunks: k / 16 when the caller knows it at compile time (unrolled, no tail), else -1.
 template <int kChunks>
