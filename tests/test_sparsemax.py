@@ -224,9 +224,12 @@ def test_backward_matches_reference(device, dtype, shape, dim):
 def test_backward_nan_and_masks(device):
     x = torch.tensor([[0.0, -math.inf, 1.0, 0.5], [math.nan, 0.0, 1.0, 2.0]], device=device, requires_grad=True)
     out = torchxc.sparsemax(x)
-    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out), retain_graph=True)
     assert (grad[0] == 0).all()  # a constant upstream gradient has no effect on a distribution
     assert grad[1].isnan().all()  # NaN rows propagate NaN
+    # row 0 is [0, 0, 0.75, 0.25] (support {2, 3}): g - mean over the support there, 0 off it (the -inf entry too)
+    (grad,) = torch.autograd.grad(out, x, torch.tensor([[1.0, 2.0, 3.0, 5.0], [0.0, 0.0, 0.0, 0.0]], device=device))
+    assert grad[0].tolist() == [0.0, 0.0, -1.0, 1.0]
 
 
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))

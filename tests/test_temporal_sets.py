@@ -174,7 +174,8 @@ def test_csv_split_does_not_follow_the_training_seed(tmp_path):
     results = [json.loads((tmp_path / f"{seed}.json").read_text()) if cli_main(
         ["--data", str(p), "--model", "frequency", "--seed", str(seed), "--output", str(tmp_path / f"{seed}.json")])
         == 0 else None for seed in (0, 1)]
-    assert results[0]["recall@10"] == results[1]["recall@10"]  # the same test users
+    # the same test users: every ranking metric equal (recall@10 alone is 1.0 for any split of 3 labels)
+    assert all(results[0][k] == results[1][k] for k in ("recall@10", "ndcg@10", "ndcg@20", "phr@10", "micro_auc"))
     split = [load_temporal_sets_csv(str(p), seed=s) for s in (0, 1)]
     assert [e.user for e in split[0].test] != [e.user for e in split[1].test]  # --split-seed moves them
 
@@ -520,7 +521,13 @@ def test_cli_cosine_schedule_and_weight_average(tmp_path):
                      "--output", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["config"]["lr_schedule"] == "cosine" and res["config"]["ema"] == 0.9
-    assert res["recall@10"] > 0.5
+    # learned something: above the same model whose weights never move (recall@10 on 12 labels is no test: random
+    # rankings average 0.84)
+    still = tmp_path / "still.json"
+    assert cli_main(["--data", str(p), "--model", "lanet", "--epochs", "3", "--d-model", "16", "--d-time", "8",
+                     "--past-counts", "--lr-schedule", "cosine", "--ema", "0.9", "--lr", "0",
+                     "--output", str(still)]) == 0
+    assert res["ndcg@10"] > json.loads(still.read_text())["ndcg@10"] + 0.03
 
 
 @pytest.mark.parametrize("extra", [[], ["--ema", "0.9"], ["--lr-schedule", "cosine"]])

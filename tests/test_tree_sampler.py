@@ -666,13 +666,16 @@ def test_adversarial_loss_value_and_optimum():
     xi = torch.zeros(5, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([xi], max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14)
 
+    lq = torch.log(q)
+    far = torch.full((5,), 50.0, dtype=torch.float64)  # softplus(-50) = 2e-22: the other half of a row vanishes
+
     def closure():
         opt.zero_grad()
-        per_label = torchxc.adversarial_negative_sampling_loss(xi, xi[:, None], torch.log(q), torch.log(q)[:, None],
-                                                               reduction="none")
-        # per_label[y] = softplus(-xi_y) + softplus(xi_y); weight the two halves by p and q
-        loss = (p * torch.nn.functional.softplus(-xi)).sum() + (q * torch.nn.functional.softplus(xi)).sum()
-        loss = loss + 0 * per_label.sum()
+        # the op's two halves, each weighted by its distribution: rows whose negative (or positive) logit is far
+        # out contribute softplus(-xi_y) (or softplus(xi_y)) only
+        pos_half = torchxc.adversarial_negative_sampling_loss(xi, -far[:, None], lq, lq[:, None], reduction="none")
+        neg_half = torchxc.adversarial_negative_sampling_loss(far, xi[:, None], lq, lq[:, None], reduction="none")
+        loss = (p * pos_half).sum() + (q * neg_half).sum()
         loss.backward()
         return loss
 
