@@ -288,6 +288,16 @@ def test_weight_targets_of_another_dtype_keep_precision_and_range():
         want = torchxc.sparsemax_loss(z[:1].detach().to(dt), torch.tensor([[0.5, 0.5, 0, 0, 0]]), reduction="none")
         for w in (huge, tiny):
             assert torch.equal(torchxc.sparsemax_loss(z[:1].detach().to(dt), w, reduction="none"), want)
+    # bool and uint8 targets go to the op as they are (it divides by the row's sum): counts whose sum is past
+    # float16's range (8192 x 255) give what the float64 path gives
+    zz = torch.randn(2, 8192, generator=torch.Generator().manual_seed(5))
+    counts8 = torch.full((2, 8192), 255, dtype=torch.uint8)
+    counts8[1, :100] = 0
+    for dt in (torch.float16, torch.bfloat16, torch.float32):
+        for target in (counts8, counts8 > 0):
+            direct = torchxc.sparsemax_loss(zz.to(dt), target, reduction="none")
+            assert max_err(direct, torchxc.sparsemax_loss(zz.to(dt), target.double(), reduction="none")) <= \
+                (1e-5 if dt == torch.float32 else 1e-2) * direct.abs().max().item()
     # no classes: the op's own error for every target dtype (not an error from the normalisation)
     for target in (torch.zeros(3, 0, dtype=torch.bool), torch.zeros(3, 0, dtype=torch.float64)):
         with pytest.raises(RuntimeError, match="expected at least one class"):

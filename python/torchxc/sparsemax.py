@@ -101,7 +101,11 @@ def sparsemax_loss(
             raise ValueError(f"torchxc.sparsemax_loss: label weights must be real, got {target.dtype}")
         if target.requires_grad and torch.is_grad_enabled():
             raise ValueError("torchxc.sparsemax_loss: no gradient with respect to the target; pass target.detach()")
-        if target.dtype != input.dtype:
+        if target.dtype in (torch.bool, torch.uint8):
+            # exact in every float dtype (0 / 1, or counts up to 255); the op divides by the row's sum itself. The
+            # float64 normalisation below would cost four passes over the batch in float64 (4096x8192: 287 -> 62 ms)
+            target = target.to(input.dtype)
+        elif target.dtype != input.dtype:
             # normalise before the cast (the loss divides by the row sum anyway), so that weights outside the input
             # dtype's range (1e-9 or 1e6 in float16) keep their proportions instead of under- or overflowing
             # (in float64, whose sums and quotients neither overflow for finite float32 weights nor underflow for
