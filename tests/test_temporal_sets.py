@@ -472,8 +472,9 @@ def test_cli_end_to_end(tmp_path):
                     "ndcg@20", "phr@10", "train_seconds", "num_labels"):
             assert key in res, key
         assert res["num_labels"] == 12 and 0 <= res["recall@10"] <= 1
-        if model == "frequency":  # each user's labels are 3 favourites: frequency finds most of them
-            assert res["recall@10"] > 0.9
+        if model == "frequency":  # each user's labels are 3 favourites: frequency ranks them at the top
+            # (recall@10 on 12 labels is a weak test: random rankings average 0.84; their NDCG@10 is far lower)
+            assert res["recall@10"] > 0.9 and res["ndcg@10"] > 0.8 and res["phr@10"] == 1.0
 
 
 def test_run_hands_back_test_scores(tmp_path):
