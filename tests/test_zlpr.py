@@ -383,6 +383,14 @@ def test_soft_labels_of_another_dtype_under_compile_export_and_vmap():
     assert torch.equal(ep.module()(s, t), eager)
     batched = torch.vmap(lambda a, b: torchxc.zlpr_loss(a, b, reduction="none"))(s[None], t[None])[0]
     assert torch.equal(batched, eager)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    for mode in ("real", "fake"):  # make_fx and fake tensors trace too (no data-dependent check on them)
+        gm = make_fx(lambda a, b: torchxc.zlpr_loss(a, b, reduction="none"), tracing_mode=mode)(s, t)
+        assert torch.equal(gm(s, t), eager)
+    fake_mode = FakeTensorMode()
+    assert torchxc.zlpr_loss(fake_mode.from_tensor(s), fake_mode.from_tensor(t), reduction="none").shape == (6,)
     h, w = torch.randn(6, 4, generator=g), torch.randn(9, 4, generator=g)
     fused = torch.compile(lambda a, b: torchxc.fused_linear_zlpr_loss(a, w, None, b), fullgraph=True, backend="eager")
     for lab in (t.float(), t, (t > 0.5).long()):

@@ -163,23 +163,36 @@ def _to_input_dtype(target: Tensor, dtype: torch.dtype, op: str = "torchxc::zlpr
     nearest value on their own side (1 + eps, minus the smallest normal), which the op refuses."""
     t = target.to(dtype)
     # any change of floating dtype can round: to fewer mantissa bits (float16 0.9995 -> bfloat16 1) or into a
-    # narrower exponent range (bfloat16 1e-9 -> float16 0)
+    # narrower exponent range (bfloat16 1e-9 -> float16 0). No replacement value is copied from the host (new_tensor
+    # of a float would be, with a stream sync on CUDA).
     if target.is_floating_point() and target.dtype != dtype:
         info = torch.finfo(dtype)
-        below, tiny = t.new_tensor(1 - info.eps / 2), t.new_tensor(info.tiny)
-        eager_cpu = (target.device.type == "cpu" and not torch.compiler.is_compiling()
-                     and not torch._C._functorch.is_functorch_wrapped_tensor(target))
-        if eager_cpu:
+        if _eager_cpu(target):
             if target.numel() > 0:
                 lo, hi = torch.aminmax(target)
                 if bool(lo < 0) or bool(hi > 1):
                     _check_label_range(target, op)
-            t = torch.where((t == 1) & (target < 1), below, t)
-            t = torch.where((t == 0) & (target > 0), tiny, t)
-        else:
-            t = torch.where((t == 1) & (target != 1), torch.where(target < 1, below, t.new_tensor(1 + info.eps)), t)
-            t = torch.where((t == 0) & (target != 0), torch.where(target > 0, tiny, -tiny), t)
+            t = torch.where((t == 1) & (target < 1), 1 - info.eps / 2, t)
+            t = torch.where((t == 0) & (target > 0), info.tiny, t)
+        else:  # 0-d values made by t itself: fake or traced like t, filled on its device (no copy)
+            def value(v):
+                return t.new_full((), v)
+
+            t = torch.where((t == 1) & (target < 1), value(1 - info.eps / 2), t)
+            t = torch.where((t == 1) & (target > 1), value(1 + info.eps), t)
+            t = torch.where((t == 0) & (target > 0), value(info.tiny), t)
+            t = torch.where((t == 0) & (target < 0), value(-info.tiny), t)
     return t
+
+
+def _eager_cpu(t: Tensor) -> bool:
+    """Whether t is a plain CPU tensor computed now: not traced (torch.compile, make_fx, fake tensors, any dispatch
+    mode) and not batched by vmap, so that data-dependent checks may run on it."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return (t.device.type == "cpu" and not torch.compiler.is_compiling() and not is_fake(t)
+            and torch._C._len_torch_dispatch_stack() == 0
+            and not torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
 def _check_label_range(target: Tensor, op: str) -> None:
