@@ -4,8 +4,8 @@ present. Nothing here probes for a GPU, so the CUDA kernels build on machines wi
 Switches (environment):
   FORCE_CUDA=1      build the CUDA kernels (fails clearly if torch or the toolkit lacks CUDA)
   FORCE_ONLY_CPU=1  never build the CUDA kernels
-  TORCH_CUDA_ARCH_LIST="9.0"  GPU architectures (default here "8.0;9.0+PTX": Ampere, Ada, Hopper, and newer GPUs
-                    through the PTX; torch's own default would count the visible GPUs and fails with none)
+  TORCH_CUDA_ARCH_LIST="9.0"  GPU architectures (default here "7.5;8.0;9.0+PTX": Turing, Ampere, Ada, Hopper, and
+                    newer GPUs through the PTX; torch's own default counts the visible GPUs and fails with none)
   MAX_JOBS=N        parallel compile jobs (ninja)
 
 Install with `pip install --no-build-isolation .` so the build sees the torch you already have.
@@ -60,8 +60,8 @@ def extensions():
     if cuda and not os.getenv("TORCH_CUDA_ARCH_LIST"):
         # torch picks the architectures of the visible GPUs when the list is unset, and on a machine without one
         # (a container build, CI) its build code fails with an IndexError: a fixed default instead, no GPU probe
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
-        print("torchxc: TORCH_CUDA_ARCH_LIST unset, building for 8.0;9.0+PTX", flush=True)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "7.5;8.0;9.0+PTX"
+        print("torchxc: TORCH_CUDA_ARCH_LIST unset, building for 7.5;8.0;9.0+PTX", flush=True)
     Extension = CUDAExtension if cuda else CppExtension
     print(f"torchxc: building {'CPU + CUDA' if cuda else 'CPU-only'} kernels", flush=True)
     return [
