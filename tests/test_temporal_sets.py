@@ -293,6 +293,17 @@ def test_lanet_forward_backward(attention, max_tokens):
         m(history, gap)
     if attention == "sparsemax":
         assert 0.0 < m.zero_fraction < 1.0  # exact zeros in the label attention
+        # the share is pooled over every eval forward since the reset (it was the last batch's alone)
+        other_history, fractions = torch.rand(1, J, C) < 0.3, []
+        for batches in ([history], [other_history], [history, other_history]):
+            m.reset_attention_stats()
+            with torch.no_grad():
+                for h in batches:
+                    m(h, gap[:h.shape[0]])
+            fractions.append(m.zero_fraction)
+        n = [B, 1]  # weights per forward are proportional to the batch size (no padded keys)
+        assert fractions[2] == pytest.approx((n[0] * fractions[0] + n[1] * fractions[1]) / sum(n), abs=1e-12)
+        assert fractions[0] != fractions[1]
     else:
         assert m.zero_fraction == 0.0
     if max_tokens == 8:  # labels outside an example's candidates get their bias only

@@ -16,8 +16,8 @@ Each label c of the vocabulary is a token, the concatenation of
       learned linear map, so that labels outside the tokens of a large vocabulary get them too;
 an optional learned id token goes in front, a TransformerEncoder mixes the tokens, and one shared Linear head gives
 each label token its logit. The attention normaliser is ``softmax`` or ``sparsemax`` (torchxc.sparsemax: sparse
-label attention); :attr:`LANET.zero_fraction` reports the share of exactly-zero attention weights of the last
-forward pass in eval mode.
+label attention); :attr:`LANET.zero_fraction` reports the share of exactly-zero attention weights over the eval-mode
+forward passes since :meth:`LANET.reset_attention_stats` (every layer, head and valid key).
 
 Large vocabularies: attention over all C tokens costs O(C^2) per example. When C exceeds ``max_tokens``, the tokens
 of an example are its candidates -- the labels of its look-back window first (they carry the time-gap and position
@@ -52,7 +52,8 @@ class LabelAttentionLayer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
-        self.zeros = 0.0  # fraction of exactly-zero attention weights (valid keys) in the last forward in eval mode
+        # exactly-zero attention weights and all weights (valid keys) counted over eval-mode forwards
+        self.zero_count, self.weight_count = 0, 0
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         B, L, D = x.shape
@@ -77,7 +78,8 @@ class LabelAttentionLayer(nn.Module):
                     if key_padding_mask is not None:  # padded keys are zero by construction: not counted
                         n_pad = key_padding_mask.sum().item() * self.h * L
                         zeros, total = zeros - n_pad, total - n_pad
-                    self.zeros = zeros / max(total, 1)
+                    self.zero_count += zeros
+                    self.weight_count += total
             y = attn @ v
         y = y.transpose(1, 2).reshape(B, L, D)
         x = self.norm1(x + self.drop(self.out(y)))
@@ -134,7 +136,13 @@ class LANET(nn.Module):
 
     @property
     def zero_fraction(self) -> float:
-        return sum(layer.zeros for layer in self.layers) / max(len(self.layers), 1)
+        """Share of exactly-zero attention weights (valid keys) in the eval-mode forwards since the last
+        :meth:`reset_attention_stats`, over every layer."""
+        return sum(layer.zero_count for layer in self.layers) / max(sum(layer.weight_count for layer in self.layers), 1)
+
+    def reset_attention_stats(self) -> None:
+        for layer in self.layers:
+            layer.zero_count, layer.weight_count = 0, 0
 
     def candidates(self, history: Tensor, counts: Tensor | None = None,
                    transitions: Tensor | None = None) -> Tensor:

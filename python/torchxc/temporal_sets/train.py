@@ -236,9 +236,11 @@ def run(args, data: TemporalSets | None = None, progress: bool = True, scores: d
             bar.close()
         model.load_state_dict(best_state)
         val_s = predict(model, data.validate, data, device)
+        if args.model == "lanet":
+            model.reset_attention_stats()
         test_s = predict(model, data.test, data, device)
         if args.model == "lanet":
-            info["attention_zero_fraction"] = model.zero_fraction  # of the last test batch's forward
+            info["attention_zero_fraction"] = model.zero_fraction  # over every test user
         info["best_val_ndcg@10"] = best
         info["parameters"] = sum(p.numel() for p in model.parameters())
     seconds = time.perf_counter() - start
