@@ -65,12 +65,15 @@ inline void check_sample_inputs(const at::Tensor& z, const at::Tensor& leaf_to_l
   check_same_device(z, leaf_to_label, op, "z", "leaf_to_label");
 }
 
-// label_to_leaf [C] (the log-prob ops' label map): int64, one dimension, on z's device.
-inline void check_label_to_leaf(const at::Tensor& z, const at::Tensor& label_to_leaf, const char* op) {
+// The log-prob ops' inputs: label_to_leaf [C] (int64, one dimension, on z's device; C from its length) and the tree
+// for C labels (check_tree_inputs). Returns the depth.
+inline int64_t check_log_prob_inputs(const at::Tensor& z, const at::Tensor& weight, const at::Tensor& bias,
+                                     const at::Tensor& label_to_leaf, const char* op) {
   TORCH_CHECK(label_to_leaf.scalar_type() == at::kLong && label_to_leaf.dim() == 1, op,
               ": expected label_to_leaf int64 of shape [C], but got ", label_to_leaf.scalar_type(), " ",
               label_to_leaf.sizes());
   check_same_device(z, label_to_leaf, op, "z", "label_to_leaf");
+  return check_tree_inputs(z, weight, bias, label_to_leaf.size(0), op);
 }
 
 // The error of a label_to_leaf that is not a permutation of the leaves 0 .. C - 1 (tree_log_prob_all).

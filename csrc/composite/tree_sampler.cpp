@@ -34,9 +34,8 @@ namespace {
 at::Tensor tree_log_prob_all(const at::Tensor& z, const at::Tensor& weight, const at::Tensor& bias,
                              const at::Tensor& label_to_leaf) {
   constexpr const char* op = "torchxc::tree_log_prob_all";
-  check_label_to_leaf(z, label_to_leaf, op);
+  const int64_t depth = check_log_prob_inputs(z, weight, bias, label_to_leaf, op);
   const int64_t C = label_to_leaf.size(0);
-  const int64_t depth = check_tree_inputs(z, weight, bias, C, op);
   if (C > 0 && label_to_leaf.is_cuda()) {  // O(C log C) next to the op's O(B C k); a device-side assert, no sync
     const at::Tensor ok = (std::get<0>(at::sort(label_to_leaf)) == at::arange(C, label_to_leaf.options())).all();
     at::_assert_async(ok, not_a_permutation_message(op, C));

@@ -580,9 +580,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_paths_cpu(const at::Tensor& 
                                                               const at::Tensor& label_to_leaf_in,
                                                               const at::Tensor& labels, bool want_path,
                                                               const char* op) {
-  check_label_to_leaf(z_in, label_to_leaf_in, op);
+  const int64_t depth = check_log_prob_inputs(z_in, weight_in, bias_in, label_to_leaf_in, op);
   const int64_t C = label_to_leaf_in.size(0);
-  const int64_t depth = check_tree_inputs(z_in, weight_in, bias_in, C, op);
   check_same_device(z_in, labels, op, "z", "labels");
   TORCH_CHECK(labels.scalar_type() == at::kLong && labels.dim() == 2 && labels.size(0) == z_in.size(0), op,
               ": expected labels int64 of shape [", z_in.size(0), ", P], but got ", labels.scalar_type(), " ",
@@ -799,9 +798,8 @@ void log_prob_all_group(const at::Tensor& z, const at::Tensor& weight, const at:
 at::Tensor tree_log_prob_all_cpu(const at::Tensor& z_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
                                  const at::Tensor& label_to_leaf_in) {
   constexpr const char* op = "torchxc::tree_log_prob_all";
-  check_label_to_leaf(z_in, label_to_leaf_in, op);
+  const int64_t depth = check_log_prob_inputs(z_in, weight_in, bias_in, label_to_leaf_in, op);
   const int64_t C = label_to_leaf_in.size(0);
-  const int64_t depth = check_tree_inputs(z_in, weight_in, bias_in, C, op);
   const at::Tensor label_to_leaf = label_to_leaf_in.contiguous();
   const int64_t* l2l = label_to_leaf.const_data_ptr<int64_t>();
   {  // a permutation of the leaves 0 .. C - 1 (so every label reads a slot its subtree wrote)

@@ -87,9 +87,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_paths_cuda(const at::Tensor&
                                                                const at::Tensor& label_to_leaf_in,
                                                                const at::Tensor& labels_in, bool want_path,
                                                                const char* op) {
-  check_label_to_leaf(z_in, label_to_leaf_in, op);
+  const int64_t depth = check_log_prob_inputs(z_in, weight_in, bias_in, label_to_leaf_in, op);
   const int64_t C = label_to_leaf_in.size(0);
-  const int64_t depth = check_tree_inputs(z_in, weight_in, bias_in, C, op);
   check_same_device(z_in, labels_in, op, "z", "labels");
   TORCH_CHECK(labels_in.scalar_type() == at::kLong && labels_in.dim() == 2 && labels_in.size(0) == z_in.size(0), op,
               ": expected labels int64 of shape [", z_in.size(0), ", P], but got ", labels_in.scalar_type(), " ",
