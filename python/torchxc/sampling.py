@@ -445,11 +445,7 @@ class WeightTree(torch.nn.Module):
         self.offset = (1 << self.depth) - 1  # index of leaf 0 in the heap array
         tree = torch.zeros(2 * (1 << self.depth) - 1, dtype=torch.float64, device=w.device)
         tree[self.offset:self.offset + self.num_labels] = w
-        for level in range(self.depth - 1, -1, -1):  # each level from its children: exact sums, no drift
-            first, n = (1 << level) - 1, 1 << level
-            tree[first:first + n] = (tree[2 * first + 1:2 * first + 1 + 2 * n:2] +
-                                     tree[2 * first + 2:2 * first + 2 + 2 * n:2])
-        self.register_buffer("tree", tree)
+        self.register_buffer("tree", self._sum_levels(tree))
         self._has_mass = bool(self.total > 0)  # kept on the host: sample needs no device sync to check it
 
     # The state holds the label count beside the tree: trees of the same depth have buffers of the same size.
@@ -474,6 +470,15 @@ class WeightTree(torch.nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._has_mass = bool(self.total > 0)  # the loaded weights'
 
+    def _sum_levels(self, tree: Tensor) -> Tensor:
+        """Sets every inner node of `tree` (in place, returned) to the sum of its children, level by level from the
+        leaves: exact float64 sums, no drift, and the same order of additions as update's ancestors."""
+        for level in range(self.depth - 1, -1, -1):
+            first, n = (1 << level) - 1, 1 << level
+            tree[first:first + n] = (tree[2 * first + 1:2 * first + 1 + 2 * n:2] +
+                                     tree[2 * first + 2:2 * first + 2 + 2 * n:2])
+        return tree
+
     def _check_tree(self, tree: Tensor) -> None:
         """A state's tree must be one this class builds: finite non-negative leaf weights, zero padding leaves, and
         every parent the float64 sum of its children (as computed here, so the comparison is exact)."""
@@ -485,14 +490,8 @@ class WeightTree(torch.nn.Module):
             problem = "the weights' sum overflows float64"
         elif (leaves[self.num_labels:] != 0).any():
             problem = "its padding leaves must be zero"
-        else:
-            sums = tree.clone()
-            for level in range(self.depth - 1, -1, -1):
-                first, n = (1 << level) - 1, 1 << level
-                sums[first:first + n] = sums[2 * first + 1:2 * first + 1 + 2 * n:2] + \
-                    sums[2 * first + 2:2 * first + 2 + 2 * n:2]
-            if not torch.equal(sums, tree):
-                problem = "its inner nodes must be the sums of their children"
+        elif not torch.equal(self._sum_levels(tree.clone()), tree):
+            problem = "its inner nodes must be the sums of their children"
         if problem:
             raise ValueError(f"WeightTree.load_state_dict: the state is not a weight tree: {problem}")
 
