@@ -167,21 +167,20 @@ def _to_input_dtype(target: Tensor, dtype: torch.dtype, op: str = "torchxc::zlpr
     # of a float would be, with a stream sync on CUDA).
     if target.is_floating_point() and target.dtype != dtype:
         info = torch.finfo(dtype)
+
+        def value(v):  # a 0-d value made by t itself: fake or traced like t, filled on its device (no copy)
+            return t.new_full((), v)
+
         if _eager_cpu(target):
             if target.numel() > 0:
                 lo, hi = torch.aminmax(target)
                 if bool(lo < 0) or bool(hi > 1):
                     _check_label_range(target, op)
-            t = torch.where((t == 1) & (target < 1), 1 - info.eps / 2, t)
-            t = torch.where((t == 0) & (target > 0), info.tiny, t)
-        else:  # 0-d values made by t itself: fake or traced like t, filled on its device (no copy)
-            def value(v):
-                return t.new_full((), v)
-
-            t = torch.where((t == 1) & (target < 1), value(1 - info.eps / 2), t)
+        else:  # no check here: labels outside [0, 1] rounded onto 1 or 0 stay outside, for the op to refuse
             t = torch.where((t == 1) & (target > 1), value(1 + info.eps), t)
-            t = torch.where((t == 0) & (target > 0), value(info.tiny), t)
             t = torch.where((t == 0) & (target < 0), value(-info.tiny), t)
+        t = torch.where((t == 1) & (target < 1), value(1 - info.eps / 2), t)
+        t = torch.where((t == 0) & (target > 0), value(info.tiny), t)
     return t
 
 
