@@ -24,6 +24,7 @@ from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCHS = "7.5;8.0;9.0+PTX"  # when TORCH_CUDA_ARCH_LIST is unset (see the switches above)
 
 
 def _flag(name):
@@ -60,8 +61,8 @@ def extensions():
     if cuda and not os.getenv("TORCH_CUDA_ARCH_LIST"):
         # torch picks the architectures of the visible GPUs when the list is unset, and on a machine without one
         # (a container build, CI) its build code fails with an IndexError: a fixed default instead, no GPU probe
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "7.5;8.0;9.0+PTX"
-        print("torchxc: TORCH_CUDA_ARCH_LIST unset, building for 7.5;8.0;9.0+PTX", flush=True)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+        print(f"torchxc: TORCH_CUDA_ARCH_LIST unset, building for {DEFAULT_CUDA_ARCHS}", flush=True)
     Extension = CUDAExtension if cuda else CppExtension
     print(f"torchxc: building {'CPU + CUDA' if cuda else 'CPU-only'} kernels", flush=True)
     return [
