@@ -112,7 +112,7 @@ class LANET(nn.Module):
             raise ValueError(f"LANET: popularity must be [{num_labels}] non-negative label counts, got "
                              f"{tuple(popularity.shape)}")
         self.C, self.look_back, self.max_tokens = num_labels, look_back, max_tokens
-        d_model = d_label + d_time + d_amount + (d_time if past_counts else 0) + (d_time if transitions else 0)
+        d_model = self.token_width(d_label, d_time, d_amount, past_counts, transitions)
         self.count = nn.Linear(3, d_time) if past_counts else None
         self.trans = nn.Linear(2, d_time) if transitions else None
         self.trans_out = nn.Linear(2, 1, bias=False) if transitions else None
@@ -133,6 +133,13 @@ class LANET(nn.Module):
         self.register_buffer("popular", order)
         share = torch.ones(num_labels) if popularity is None else popularity.float().clamp(min=1)
         self.register_buffer("log_popularity", (share / share.sum()).log())
+
+    @staticmethod
+    def token_width(d_label: int, d_time: int, d_amount: int = 0, past_counts: bool = False,
+                    transitions: bool = False) -> int:
+        """The width of a label token (the model's d_model): label, time and amount parts, plus a d_time wide part
+        for each of past counts and transitions."""
+        return d_label + d_time + d_amount + (d_time if past_counts else 0) + (d_time if transitions else 0)
 
     @property
     def zero_fraction(self) -> float:

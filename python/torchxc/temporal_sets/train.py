@@ -86,12 +86,9 @@ class WeightAverage:
 
 def build_model(args, data: TemporalSets):
     if args.model == "lanet":
-        model = LANET(data.num_labels, data.look_back, d_label=args.d_model - args.d_time, d_time=args.d_time,
-                     d_amount=args.d_time if data.has_amounts else 0, n_layers=args.layers, n_heads=args.heads,
-                     d_ff=2 * args.d_model, dropout=args.dropout, attention=args.attention,
-                     max_tokens=args.max_tokens, num_gaps=NUM_GAPS, popularity=data.popularity,
-                     past_counts=getattr(args, "past_counts", False),
-                     transitions=getattr(args, "transitions", False))
+        model = LANET(data.num_labels, data.look_back, **_lanet_sizes(args, data.has_amounts), n_layers=args.layers,
+                      n_heads=args.heads, d_ff=2 * args.d_model, dropout=args.dropout, attention=args.attention,
+                      max_tokens=args.max_tokens, num_gaps=NUM_GAPS, popularity=data.popularity)
         if model.trans is not None:
             model.prior = TransitionPrior(data)  # counts from the training users (not a parameter)
         return model
@@ -104,11 +101,11 @@ class OptionError(ValueError):
     a usage error)."""
 
 
-def lanet_width(args, has_amounts: bool) -> int:
-    """The width of LANET's label tokens: --d-model (label and time parts) plus a --d-time wide part for each of
-    past counts, transitions and amounts."""
-    extra = int(getattr(args, "past_counts", False)) + int(getattr(args, "transitions", False)) + int(has_amounts)
-    return args.d_model + extra * args.d_time
+def _lanet_sizes(args, has_amounts: bool) -> dict:
+    """LANET's token parts from the options: --d-model split into the label part and a --d-time part, a --d-time
+    wide amount part when the data has amounts, and the past-count and transition switches (each --d-time wide)."""
+    return dict(d_label=args.d_model - args.d_time, d_time=args.d_time, d_amount=args.d_time if has_amounts else 0,
+                past_counts=getattr(args, "past_counts", False), transitions=getattr(args, "transitions", False))
 
 
 def check_args(args, has_amounts: bool | None = None) -> None:
@@ -149,7 +146,7 @@ def check_args(args, has_amounts: bool | None = None) -> None:
                                 f"wide: --d-time 0 would drop {', '.join(dropped)}")
         if args.max_tokens < 1:
             problems.append(f"--max-tokens must be >= 1, got {args.max_tokens}")
-        width = lanet_width(args, bool(has_amounts))
+        width = LANET.token_width(**_lanet_sizes(args, bool(has_amounts)))
         if has_amounts is not None and args.heads >= 1 and width % args.heads:
             problems.append(f"--heads {args.heads} must divide LANET's token width {width} (--d-model {args.d_model} "
                             f"plus --d-time {args.d_time} for each of past counts, transitions and amounts)")
