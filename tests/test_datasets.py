@@ -135,7 +135,7 @@ def test_arff_errors(tmp_path):
         with pytest.raises(ValueError, match="num_labels must lie in"):
             load_arff(str(p), num_labels=bad)
     p.write_text(head + "1,2,0,1\n3,4,?,1\n")
-    with pytest.raises(ValueError, match="data row 1 has a missing value .* 'L1'"):
+    with pytest.raises(ValueError, match="data row 2 has a missing value .* 'L1'"):
         load_arff(str(p), num_labels=2)
     with pytest.raises(ValueError, match="a label is named twice"):
         load_arff(str(p), label_names=["L1", "L1"])
@@ -157,3 +157,47 @@ def test_real_xc_sets_match_mulan(name, n_train, n_test, features, labels):
     dense[torch.repeat_interleave(torch.arange(n_test), test.indptr.diff()), test.indices] = True
     assert torch.equal(dense, torch.from_numpy(mulan.labels))
     np.testing.assert_allclose(test.features.numpy(), mulan.features, rtol=1e-6)
+
+
+def test_mulan_malformed_files_get_errors_naming_them(tmp_path):
+    head = "@relation r\n@attribute f numeric\n@attribute y {0,1}\n@data\n"
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "s-train.arff").write_text(head + "3,1\n")
+    xml = tmp_path / "s" / "s.xml"
+    for text, msg in (('<labels xmlns="http://mulan.sourceforge.net/labels"></labels>', "names no labels"),
+                      ('<labels><label nam="y"/></labels>', "label 1 has no name attribute"),
+                      ('<labels><label name="y"></labels>', "is not well-formed XML")):
+        xml.write_text(text)  # an empty list made the label column a feature
+        with pytest.raises(ValueError, match=f"{xml}.*{msg}" if "XML" in msg else msg):
+            load_mulan(str(tmp_path), "s", "train")
+    p = tmp_path / "a.arff"
+    p.write_text("@relation r\n@attribute f numeric\n@attribute y numeric\n@data\n1,1\n1,2\n1,0.7\n")
+    with pytest.raises(ValueError, match="data row 2 has the value 2 for label 'y'; labels must be 0 or 1 "
+                                         r"\(2 such values"):
+        load_arff(str(p), label_names=["y"])  # was read as True, True, True with "> 0.5"
+    p.write_text(head + "3,2\n")
+    with pytest.raises(ValueError, match=f"load_arff: {p}: .*2"):  # liac-arff's own error, now with the path
+        load_arff(str(p), label_names=["y"])
+    # a tab-indented header line (liac-arff strips only spaces: the attribute was dropped, shifting the columns)
+    p.write_text("@relation r\n@attribute f0 numeric\n\t@attribute f1 numeric\n@attribute f2 numeric\n"
+                 "@attribute y {0,1}\n@data\n{1 2,2 1}\n")
+    d = load_arff(str(p), label_names=["y"])
+    assert d.feature_names == ["f0", "f1", "f2"]
+    np.testing.assert_array_equal(d.features, [[0, 2, 1]])
+    np.testing.assert_array_equal(d.labels, [[False]])
+
+
+def test_xc_malformed_labels_and_headers(tmp_path):
+    p = tmp_path / "t.txt"
+    for body, match in (("1 3 4\nnan 0:1\n", r"line 2: labels must be integers, got \[nan\]"),
+                        ("1 3 4\ninf 0:1\n", r"line 2: labels must be integers, got \[inf\]"),
+                        ("1 3 4\n1,2, 0:1\n", "line 2: labels must be comma-separated integers, got '1,2,'"),
+                        ("-1 3 4\n", "three integers >= 0"),
+                        ("1 -3 4\n0 0:1\n", "three integers >= 0"),
+                        ("1 0 4\n0 0:1\n", r"line 2: feature index 0 must lie in \[0, 0\)")):
+        p.write_text(body)
+        with pytest.raises(ValueError, match=match):
+            load_xc(str(p))
+    p.write_text("2 0 4\n0,3\n \n")  # no features at all is a valid (if odd) file
+    d = load_xc(str(p))
+    assert d.features.shape == (2, 0) and d.indices.tolist() == [0, 3] and d.indptr.tolist() == [0, 2, 2]

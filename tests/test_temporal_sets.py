@@ -12,6 +12,7 @@ from torchxc.models import LANET, TimeStepTransformer
 from torchxc.temporal_sets import (collate, evaluate_scores, load_temporal_sets_csv, load_temporal_sets_json, ndcg_at_k,
                                    past_count_matrix, personal_frequency_scores, phr_at_k, recall_at_k, tune_thresholds)
 from torchxc.temporal_sets.__main__ import main as cli_main, parser as cli_parser
+from torchxc.temporal_sets.data import NUM_AMOUNTS, NUM_GAPS, gap_bucket
 from torchxc.temporal_sets.train import run
 from torchxc.temporal_sets.transitions import TransitionPrior
 
@@ -557,3 +558,53 @@ def test_early_stopping_counts_epochs_without_improvement(tmp_path, monkeypatch,
                                     "--d-time", "8"] + extra)
     res = run(args, progress=False)
     assert res["epochs_run"] == 6 and res["best_val_ndcg@10"] == 0.3
+
+
+def test_csv_dates_are_utc_whatever_the_machine_zone(tmp_path, monkeypatch):
+    import time
+    p = tmp_path / "d.csv"
+    p.write_text("user,time,label\nu,2020-03-08,a\nu,2020-03-09,b\nu,2020-03-10,a\n")
+    if not hasattr(time, "tzset"):
+        pytest.skip("time.tzset is POSIX only")
+    try:
+        for zone in ("UTC", "America/New_York"):  # 2020-03-08 is a 23-hour day in New York
+            monkeypatch.setenv("TZ", zone)
+            time.tzset()
+            d = load_temporal_sets_csv(str(p), split=(1, 0, 0))
+            # the last prefix: history (b on 03-09, a on 03-08) one and two days before 03-10
+            assert d.train[-1].gaps == [gap_bucket(1.0), gap_bucket(2.0)] == [2, 2]
+            assert d.train[0].gaps == [gap_bucket(1.0)]  # gap_bucket(23 / 24) would be 1
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_csv_and_json_malformed_values_get_errors_naming_the_line(tmp_path):
+    p = tmp_path / "d.csv"
+    for text, msg in (("user,time,label\nu,2020-01-01,a\nu,5,b\n", "line 3: time '5' is a number, earlier rows' "
+                                                                     "times are dates"),
+                      ("user,time,label\nu,nan,a\nu,1,b\n", "line 2: time must be a finite number"),
+                      ("user,time,label\nu,1,a\nu,-inf,b\n", "line 3: time must be a finite number"),
+                      ("user,time,label\nu,1,\nu,2,b\n", "line 2: the label is empty"),
+                      ("user,time,label\n,1,a\nu,2,b\n", "line 2: the user is empty")):
+        p.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            load_temporal_sets_csv(str(p), split=(1, 0, 0))
+    # far-apart times and amounts whose sum overflows: the top bucket, not an OverflowError
+    p.write_text("user,time,label,amount\nu,-1e308,a,1e308\nu,-1e308,a,1e308\nu,1e308,b,1\n")
+    d = load_temporal_sets_csv(str(p), split=(1, 0, 0))
+    assert len(d.train) == 1 and d.train[0].gaps == [gap_bucket(math.inf)] == [NUM_GAPS - 1]
+    assert d.train[0].amounts == [{d.vocab.index("a"): NUM_AMOUNTS - 1}]  # a's amounts sum to inf
+    p.write_text("user,time,label\n" + "".join(f"u{u},{t},a\n" for u in range(3) for t in range(2)))
+    for split in ((0.5, 0.5), (0.5, 0.6, 0.0), (0.0, 0.5, 0.5), (1.2, -0.2, 0.0)):
+        with pytest.raises(ValueError, match="split must be three fractions"):
+            load_temporal_sets_csv(str(p), split=split)
+    d = load_temporal_sets_csv(str(p), split=(0.5, 0.5, 0.0))  # no test fraction: no test user (was 1)
+    assert len(d.test) == 0 and len(d.validate) == 1 and len(d.train) == 2
+    q = tmp_path / "d.json"
+    for data, msg in (([], "expected an object with the splits"),
+                      (dict(SPLITS, train={"u": [["a", ["b"]], ["a"]]}), "labels must be strings or integers, got ['b']"),
+                      (dict(SPLITS, train={"u": [["a", None], ["a"]]}), "labels must be strings or integers, got None")):
+        q.write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            load_temporal_sets_json(str(q))

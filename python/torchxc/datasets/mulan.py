@@ -29,8 +29,21 @@ class MultiLabelData:
 
 def read_mulan_labels(xml_path: str) -> List[str]:
     """Label names from a Mulan XML file (``<labels><label name="..."/>...``), in file order."""
-    root = ET.parse(xml_path).getroot()
-    return [el.attrib["name"] for el in root.iter() if el.tag.split("}")[-1] == "label"]
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as e:
+        raise ValueError(f"read_mulan_labels: {xml_path} is not well-formed XML: {e}") from None
+    names = []
+    for el in root.iter():
+        if el.tag.split("}")[-1] != "label":
+            continue
+        name = el.get("name")
+        if not name:
+            raise ValueError(f"read_mulan_labels: {xml_path}: label {len(names) + 1} has no name attribute")
+        names.append(name)
+    if not names:  # the label columns would silently become features
+        raise ValueError(f"read_mulan_labels: {xml_path} names no labels (expected <label name=\"...\"/> elements)")
+    return names
 
 
 def _scan_arff(path: str):
@@ -71,7 +84,12 @@ def load_arff(path: str, label_names: Optional[Sequence[str]] = None, num_labels
 
     sparse, num_rows = _scan_arff(path)
     with open(path, encoding="utf-8", errors="replace") as f:
-        data = arff.load(f, return_type=arff.COO if sparse else arff.DENSE)
+        # every line stripped: liac-arff strips only spaces, so a tab-indented @attribute line would be dropped and
+        # shift every later column
+        try:
+            data = arff.load((line.strip() for line in f), return_type=arff.COO if sparse else arff.DENSE)
+        except arff.ArffException as e:
+            raise ValueError(f"load_arff: {path}: {e}") from None
     names = [a[0] for a in data["attributes"]]
     for name, kind in data["attributes"]:
         if isinstance(kind, list) and not all(_is_number(v) for v in kind):
@@ -111,11 +129,17 @@ def load_arff(path: str, label_names: Optional[Sequence[str]] = None, num_labels
     missing_at = np.argwhere(np.isnan(full))
     if len(missing_at):  # liac-arff reads "?" as None, which becomes NaN
         r, c = missing_at[0]
-        raise ValueError(f"load_arff: {path}: data row {r} has a missing value ('?') for attribute {names[c]!r} "
+        raise ValueError(f"load_arff: {path}: data row {r + 1} has a missing value ('?') for attribute {names[c]!r} "
                          f"({len(missing_at)} missing values in all); impute them first")
+    labels = full[:, label_cols]
+    bad = np.argwhere((labels != 0) & (labels != 1))
+    if len(bad):  # a numeric label attribute can hold anything; 0/1 is what a label means
+        r, c = bad[0]
+        raise ValueError(f"load_arff: {path}: data row {r + 1} has the value {labels[r, c]:g} for label "
+                         f"{label_names[c]!r}; labels must be 0 or 1 ({len(bad)} such values in all)")
     return MultiLabelData(
         features=np.ascontiguousarray(full[:, feature_cols]),
-        labels=full[:, label_cols] > 0.5,
+        labels=labels == 1,
         feature_names=[names[i] for i in feature_cols],
         label_names=list(label_names),
     )

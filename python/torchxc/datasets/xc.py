@@ -51,8 +51,10 @@ def load_xc(path: str, dense: bool = True) -> XCData:
         if len(header) != 3:
             raise ValueError
         n, num_features, num_labels = (int(v) for v in header)
+        if min(n, num_features, num_labels) < 0:
+            raise ValueError
     except ValueError:
-        raise ValueError(f"load_xc: {path}: expected a header line 'N F L' of three integers, got "
+        raise ValueError(f"load_xc: {path}: expected a header line 'N F L' of three integers >= 0, got "
                          f"{header_line.strip()!r}") from None
     for token in (b"#", b"qid:"):  # svmlight extras the XC format does not have (a comment would drop features)
         at = body.find(token)
@@ -71,19 +73,22 @@ def load_xc(path: str, dense: bool = True) -> XCData:
     # a row without labels and features is a blank line, which the svmlight reader would skip: give it an explicit
     # zero (removed below) so that it stays a row
     blank = [i for i, line in enumerate(lines) if not line.strip()]
-    if blank and num_features == 0:
-        raise ValueError(f"load_xc: {path}: line {blank[0] + 2} is empty")
     for i in blank:
         lines[i] = b" 0:0"
     try:
+        # scikit-learn wants n_features >= 1: with F = 0 a feature is caught below
         x, y = load_svmlight_file(io.BytesIO(b"\n".join(lines) if blank else body), multilabel=True,
-                                  n_features=num_features, zero_based=True, dtype=np.float32)
+                                  n_features=max(num_features, 1), zero_based=True, dtype=np.float32)
     except ValueError as e:
         raise ValueError(f"load_xc: {path}: {_first_bad_line(lines, num_features) or e}") from None
     x.eliminate_zeros()
+    if num_features == 0:
+        if x.nnz:
+            raise ValueError(f"load_xc: {path}: {_first_bad_line(lines, num_features)}")
+        x = x[:, :0]
     labels = []
     for i, row in enumerate(y):
-        if any(v != int(v) for v in row):
+        if not all(np.isfinite(v) and v == int(v) for v in row):
             raise ValueError(f"load_xc: {path}: line {i + 2}: labels must be integers, got {list(row)}")
         labels.append(sorted({int(v) for v in row}))
     flat = [v for row in labels for v in row]
@@ -110,7 +115,7 @@ def _first_bad_line(lines, num_features) -> str | None:
         labels = tokens[0] if tokens and ":" not in tokens[0] else ""
         features = tokens[1:] if labels else tokens
         try:
-            [int(v) for v in labels.split(",") if v]
+            [int(v) for v in labels.split(",")] if labels else []
         except ValueError:
             return f"line {i + 2}: labels must be comma-separated integers, got {labels!r}"
         last = -1

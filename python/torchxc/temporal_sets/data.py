@@ -51,11 +51,11 @@ class TemporalSets:
 
 def gap_bucket(delta: float) -> int:
     """1 + floor(log2(1 + delta)), capped (0 is the padding bucket)."""
-    return 1 + min(NUM_GAPS - 2, int(math.log2(1 + max(delta, 0.0))))
+    return 1 + int(min(NUM_GAPS - 2, math.log2(1 + max(delta, 0.0))))  # capped before int(): delta may be inf
 
 
 def amount_bucket(a: float) -> int:
-    return 1 + min(NUM_AMOUNTS - 2, int(math.log2(1 + max(a, 0.0))))
+    return 1 + int(min(NUM_AMOUNTS - 2, math.log2(1 + max(a, 0.0))))  # an event's summed amounts may reach inf
 
 
 def _build(splits: dict, look_back: int, times: dict | None = None, amounts: dict | None = None) -> TemporalSets:
@@ -69,6 +69,12 @@ def _build(splits: dict, look_back: int, times: dict | None = None, amounts: dic
                                                   for seq in users.values()):
             raise ValueError(f"temporal sets: split {name!r} must map each user to a list of events (lists of "
                              f"labels), got {type(users).__name__}")
+        for user, seq in users.items():
+            for event in seq:
+                for v in event:  # labels are dictionary keys: a list would not hash, None is no label
+                    if not isinstance(v, (str, int)) or isinstance(v, bool):
+                        raise ValueError(f"temporal sets: split {name!r}, user {user!r}: labels must be strings or "
+                                         f"integers, got {v!r}")
     counts = Counter(lab for seq in splits["train"].values() for event in seq for lab in set(event))
     vocab = sorted(counts, key=lambda v: (-counts[v], str(v)))
     index = {v: i for i, v in enumerate(vocab)}
@@ -112,26 +118,40 @@ def load_temporal_sets_json(path: str, look_back: int = 3) -> TemporalSets:
     """The DNNTSP JSON format: ``{"train"|"validate"|"test": {user: [[label, ...], ...]}}``."""
     with open(path) as f:
         data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"load_temporal_sets_json: {path}: expected an object with the splits train, validate, "
+                         f"test, got a {type(data).__name__}")
     missing = {"train", "validate", "test"} - set(data)
     if missing:
         raise ValueError(f"load_temporal_sets_json: {path} lacks the split(s) {sorted(missing)}")
     return _build(data, look_back)
 
 
-def _parse_time(s: str) -> float:
+def _parse_time(s: str) -> tuple:
+    """(time, kind): a finite number as it is ("number"), or an ISO date in days since 1970 ("date"; a date
+    without a time zone is taken as UTC, so gaps do not depend on the machine's zone or its daylight saving)."""
     try:
-        return float(s)
+        t, kind = float(s), "number"
     except ValueError:
-        from datetime import datetime
+        from datetime import datetime, timezone
 
-        return datetime.fromisoformat(s).timestamp() / 86400.0  # days
+        d = datetime.fromisoformat(s)
+        t, kind = (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).timestamp() / 86400.0, "date"
+    if not math.isfinite(t):
+        raise ValueError(f"time must be a finite number or an ISO date, got {s!r}")
+    return t, kind
 
 
 def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2), seed: int = 0) -> TemporalSets:
     """A CSV with a header and columns ``user, time, label[, amount]`` (one row per label occurrence; rows of the
     same user and time form one event). Time is a number or an ISO date (gaps in days). Users are split at random
     (seeded) into train / validate / test with the given fractions."""
+    split = tuple(split)
+    if len(split) != 3 or not all(0 <= f <= 1 for f in split) or abs(sum(split) - 1) > 1e-6 or split[0] == 0:
+        raise ValueError(f"load_temporal_sets_csv: split must be three fractions (train, validate, test) >= 0 "
+                         f"summing to 1, train's positive, got {split}")
     events = defaultdict(lambda: defaultdict(dict))
+    time_kind = None  # numbers or dates, not both: a number next to dates would be read as days since 1970
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Excel's "CSV UTF-8") is skipped
         reader = csv.reader(f)
         header = [h.strip().lower() for h in next(reader, [])]
@@ -147,10 +167,17 @@ def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2),
                                  f"fields ({','.join(header)}), got {len(row)}: {row}")
             row = [c.strip() for c in row]  # "u1, 5, a" and "u1,5,a" name the same user and label
             try:
+                for name, value in zip(("user", "label"), (row[0], row[2])):
+                    if not value:
+                        raise ValueError(f"the {name} is empty")
                 amount = float(row[3]) if has_amount and row[3] != "" else 0.0
                 if not math.isfinite(amount):  # negative amounts (returns) are data: their bucket is 0's
                     raise ValueError(f"amount must be a finite number, got {row[3]!r}")
-                t = _parse_time(row[1])
+                t, kind = _parse_time(row[1])
+                if time_kind is not None and kind != time_kind:
+                    raise ValueError(f"time {row[1]!r} is a {kind}, earlier rows' times are {time_kind}s: use "
+                                     "one kind of time in a file")
+                time_kind = kind
             except ValueError as e:
                 raise ValueError(f"load_temporal_sets_csv: {path} line {reader.line_num}: {e}") from None
             d = events[row[0]][t]
@@ -160,7 +187,7 @@ def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2),
     # at least one validation and one test user whenever their fraction is positive and there are enough users
     n = len(users)
     n_val = max(int(split[1] * n), int(split[1] > 0 and n >= 3))
-    n_test = max(n - int(split[0] * n) - int(split[1] * n), int(split[2] > 0 and n >= 3))
+    n_test = max(n - int(split[0] * n) - int(split[1] * n), int(n >= 3)) if split[2] > 0 else 0
     n_train = n - n_val - n_test
     parts = {"train": users[:n_train], "validate": users[n_train:n_train + n_val], "test": users[n_train + n_val:]}
     splits, times, amounts = {}, {}, {}
