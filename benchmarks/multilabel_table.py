@@ -233,7 +233,8 @@ def print_table(rows, seeds):
 
 
 def write_markdown(path, rows, seeds):
-    lines = [f"Test micro-F1 / macro-F1 (%), mean ± std over {seeds} seeds. *paper*: Martins & Astudillo 2016, "
+    lines = [f"Test micro-F1 / macro-F1 (%), mean ± population std (numpy's std, ddof 0) over {seeds} seeds. "
+             "*paper*: Martins & Astudillo 2016, "
              "Table 2 (their logistic = our bce; linear models).", "",
              "| dataset | model | bce | softmax | sparsemax | zlpr |", "|---|---|---|---|---|---|"]
     by = {(r["dataset"], r["model"], r["loss"]): r for r in rows}
@@ -302,12 +303,20 @@ def main(argv=None):
     ap.add_argument("--report", action="store_true",
                     help="no training: write the table, markdown and plot from the rows on disk (partial or final)")
     args = ap.parse_args(argv)
+    for option, known in (("datasets", DATASETS), ("models", MODELS), ("losses", LOSSES)):
+        unknown = [v for v in getattr(args, option).split(",") if v not in known]
+        if unknown:  # an unknown loss trained as softmax and was thresholded as raw logits
+            ap.error(f"--{option}: unknown {unknown}; choose from {','.join(known)}")
     os.makedirs(args.out, exist_ok=True)
     args.partial = os.path.join(args.out, "multilabel_table.partial.csv")
     if args.report:
         final = os.path.join(args.out, "multilabel_table.csv")
         rows = read_partial(args.partial if os.path.exists(args.partial) else final)
-        seeds = len({r["seed"] for r in rows if "seed" in r}) or args.seeds  # what the rows hold, not --seeds
+        counts = {int(float(r["seeds"])) for r in rows}  # what the rows hold, not --seeds
+        if len(counts) != 1:
+            raise SystemExit(f"multilabel_table: the rows were averaged over different seed counts {sorted(counts)} "
+                             "(a resumed run with another --seeds); rerun them")
+        seeds = counts.pop()
         print_table(rows, seeds)
         write_markdown(os.path.join(args.out, "multilabel_table.md"), rows, seeds)
         plot(os.path.join(args.out, "multilabel_table.png"), rows)

@@ -130,6 +130,9 @@ def print_table(summary):
             print(f"{ds:8} {m + ' (published)':16} {rec:8.4f} {'':8} {ndcg:8.4f} {'':8} {phr:8.4f}")
 
 
+STD_NOTE = "± is the population standard deviation over the seeds (numpy's std, ddof 0)."
+
+
 def write_markdown(path, summary):
     cols = ["recall@10", "ndcg@10", "phr@10", "recall@20", "ndcg@20", "micro_auc", "macro_auc", "weighted_f1"]
     lines = ["| dataset | model | seeds | " + " | ".join(cols) +
@@ -143,6 +146,7 @@ def write_markdown(path, summary):
     for ds, models in PUBLISHED.items():
         for m, (rec, ndcg, phr) in models.items():
             lines.append(f"| {ds} | *{m} (published)* | | {rec:.4f} | {ndcg:.4f} | {phr:.4f} |" + " |" * 9)
+    lines += ["", STD_NOTE]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

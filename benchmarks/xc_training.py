@@ -333,6 +333,12 @@ def main(argv=None):
                          "20000 training rows, 3 evaluations (overriding --synthetic-labels/-train, --evals)")
     ap.add_argument("--out", default=RESULTS_DIR)
     args = ap.parse_args(argv)
+    for option, known in (("datasets", ("bibtex", "delicious", "synthetic")), ("methods", METHODS)):
+        unknown = [v for v in getattr(args, option).split(",") if v not in known]
+        if unknown:
+            ap.error(f"--{option}: unknown {unknown}; choose from {','.join(known)}")
+    if args.seconds is not None and args.seconds <= 0:
+        ap.error(f"--seconds must be > 0, got {args.seconds}")
     if args.quick:
         args.synthetic_labels, args.synthetic_train, args.evals = 5000, 20000, 3
     from tqdm import tqdm
@@ -346,7 +352,7 @@ def main(argv=None):
     progress = tqdm(total=len(datasets) * len(methods), desc="dataset x method")
     for name in datasets:
         train_d, test_d = load(name, args.data, args)
-        seconds = 2.0 if args.quick else (args.seconds or budgets.get(name, 60.0))
+        seconds = 2.0 if args.quick else (args.seconds if args.seconds is not None else budgets.get(name, 60.0))
         curves, grid, per_seed = {}, {}, {}
         for method in methods:
             grid_lrs = lrs if lrs and method != "full_softmax" else [default_lr(method, args)]

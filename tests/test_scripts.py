@@ -23,6 +23,23 @@ def test_multilabel_table_runs(tmp_path):
     assert {r["loss"] for r in rows} == {"zlpr", "sparsemax", "softmax", "bce"}
     assert all(0 < r["micro_f1"] <= 100 and 0 <= r["macro_f1"] <= 100 for r in rows)
     assert (tmp_path / "multilabel_table.png").exists() and (tmp_path / "multilabel_table.md").exists()
+    # --report states the rows' seed count (it printed --seeds' default, 5) and the kind of standard deviation
+    subprocess.run(cmd[:2] + ["--report", "--out", str(tmp_path)], check=True, capture_output=True)
+    head = (tmp_path / "multilabel_table.md").read_text().splitlines()[0]
+    assert "population std (numpy's std, ddof 0) over 1 seeds" in head
+
+
+@pytest.mark.parametrize("script,options,msg", [
+    ("multilabel_table.py", ["--losses", "Softmax"], "--losses: unknown ['Softmax']"),  # trained as softmax before
+    ("multilabel_table.py", ["--models", "cnn"], "--models: unknown ['cnn']"),
+    ("xc_training.py", ["--methods", "unifrom"], "--methods: unknown ['unifrom']"),  # an AttributeError before
+    ("xc_training.py", ["--datasets", "eurlex"], "--datasets: unknown ['eurlex']"),
+    ("xc_training.py", ["--seconds", "0"], "--seconds must be > 0"),  # was the default budget
+])
+def test_benchmark_scripts_refuse_unknown_options(script, options, msg):
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script)] + options, capture_output=True,
+                         text=True)
+    assert res.returncode == 2 and msg in res.stderr
 
 
 def test_fused_linear_memory_benchmark_runs(tmp_path):
