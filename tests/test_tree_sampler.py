@@ -891,3 +891,26 @@ def test_weight_tree_updates_equal_a_rebuilt_tree(C, seed, rounds):
             w[i] = v
     assert torch.equal(t.weights, w)
     assert torch.equal(t.tree, torchxc.WeightTree(w).tree)
+
+
+@pytest.mark.parametrize("n", [1, 8, 300])
+def test_weight_tree_small_batches_start_the_walk_below_the_root(n):
+    """sample(n) finds the node of level min(depth, bit_length(n) + 2) by a binary search in that level's running
+    sums and walks on from there: small batches on a deep tree take both parts. Zero-weight labels, whole zero
+    subtrees at that level and a zero tail (where a u rounded up to the total would land) are never drawn."""
+    C = 4096
+    g = torch.Generator().manual_seed(n)
+    w = torch.rand(C, generator=g, dtype=torch.float64)
+    w[:256] = 0  # whole subtrees of the search level
+    w[3000:] = 0  # the tail
+    w[::7] = 0  # single leaves
+    tree = torchxc.WeightTree(w)
+    draws = torch.cat([tree.sample(n, generator=g) for _ in range(max(12_000, 200 * n) // n)])
+    assert (w[draws] > 0).all()
+    bins = torch.arange(C) // 64  # 64 bins of 64 labels, 15 of them empty
+    counts = torch.bincount(bins[draws], minlength=64).double()
+    p = torch.bincount(bins, weights=w, minlength=64) / w.sum()
+    assert (counts[p == 0] == 0).all() and chi2_pvalue(counts[p > 0], p[p > 0]) > 1e-4
+    # the same draws from the same seed, whatever else ran in between
+    assert torch.equal(tree.sample(n, generator=torch.Generator().manual_seed(1)),
+                       tree.sample(n, generator=torch.Generator().manual_seed(1)))

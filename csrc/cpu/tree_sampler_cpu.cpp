@@ -725,7 +725,55 @@ TORCHXC_ALWAYS_INLINE void expand_subtree(const AllGroup<T>& g, int64_t l0, int6
   }
 }
 
-// The ISA clones (target_clones does not apply to templates): float32 with 16 or 4 rows per group; float64 is
+// One row (R = 1): the lanes are a level's nodes instead of the group's rows. Each node's dot product keeps the
+// same four partial sums (j mod 4) and order as expand_subtree, and the log-sigmoids are the same functions, so a
+// row's values are bitwise those it gets in a group of 4 or 16 rows. (expand_subtree with 4 lanes for one row
+// computed three wasted lanes of every exponential and logarithm and kept a 4x larger stage: 10^6 labels took
+// 1.56x the time of the level-by-level ATen version.)
+constexpr int64_t kRowNodes = 16;  // nodes per vector step
+template <typename T>
+TORCHXC_ALWAYS_INLINE void expand_subtree_row(const AllGroup<T>& g, int64_t l0, int64_t s, int64_t l1, T* stage) {
+  const int64_t k = g.k, depth = g.depth, C = g.C;
+  for (int64_t l = l0; l < l1; ++l) {
+    const int64_t shift = depth - l, first = (int64_t(1) << l) - 1, half = int64_t(1) << (shift - 1);
+    const int64_t p0 = s << (l - l0), p1 = std::min((s + 1) << (l - l0), ((C - 1) >> shift) + 1);
+    for (int64_t q0 = p0; q0 < p1; q0 += kRowNodes) {
+      const int64_t n = std::min(kRowNodes, p1 - q0);
+      T x[kRowNodes] = {}, lr[kRowNodes], ll[kRowNodes];
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t node = first + q0 + i;
+        if (g.xt != nullptr) {
+          x[i] = g.xt[node];
+          continue;
+        }
+        const T* w = g.weight + node * k;
+        T acc[4] = {};
+        int64_t j = 0;
+        for (; j + 4 <= k; j += 4) {
+          TORCHXC_PRAGMA(omp simd)
+          for (int64_t a = 0; a < 4; ++a) acc[a] += w[j + a] * g.zt[j + a];
+        }
+        for (; j < k; ++j) acc[j & 3] += w[j] * g.zt[j];
+        x[i] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + g.bias[node];
+      }
+      TORCHXC_PRAGMA(omp simd)
+      for (int64_t i = 0; i < kRowNodes; ++i) {
+        const T soft = log1p_exp_neg_abs(x[i]);
+        lr[i] = bsel(x[i] < T(0), x[i], T(0)) - soft;
+        ll[i] = -bsel(x[i] > T(0), x[i], T(0)) - soft;
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t p = q0 + i;
+        if (right_child_empty(p, l, depth, C)) continue;  // left with probability 1; the right slots are padding
+        T* left = stage + (p << shift);
+        left[half] = left[0] + lr[i];
+        left[0] = left[0] + ll[i];
+      }
+    }
+  }
+}
+
+// The ISA clones (target_clones does not apply to templates): float32 with 16, 4 or 1 rows per group; float64 is
 // bound by its scalar exp and log1p.
 TORCHXC_CPU_MULTIVERSION void expand_subtree_f32x16(const AllGroup<float>& g, int64_t l0, int64_t s, int64_t l1,
                                                     float* stage) {
@@ -735,14 +783,23 @@ TORCHXC_CPU_MULTIVERSION void expand_subtree_f32x4(const AllGroup<float>& g, int
                                                    float* stage) {
   expand_subtree<4>(g, l0, s, l1, stage);
 }
+TORCHXC_CPU_MULTIVERSION void expand_subtree_f32x1(const AllGroup<float>& g, int64_t l0, int64_t s, int64_t l1,
+                                                   float* stage) {
+  expand_subtree_row(g, l0, s, l1, stage);
+}
 template <int64_t R>
 void expand_subtree_any(const AllGroup<float>& g, int64_t l0, int64_t s, int64_t l1, float* stage) {
-  static_assert(R == kAllRows || R == kAllRowsFew, "a float32 clone per group width");
-  (R == kAllRows ? expand_subtree_f32x16 : expand_subtree_f32x4)(g, l0, s, l1, stage);
+  static_assert(R == kAllRows || R == kAllRowsFew || R == 1, "a float32 clone per group width");
+  (R == kAllRows ? expand_subtree_f32x16 : R == kAllRowsFew ? expand_subtree_f32x4 : expand_subtree_f32x1)(
+      g, l0, s, l1, stage);
 }
 template <int64_t R>
 void expand_subtree_any(const AllGroup<double>& g, int64_t l0, int64_t s, int64_t l1, double* stage) {
-  expand_subtree<R>(g, l0, s, l1, stage);
+  if constexpr (R == 1) {
+    expand_subtree_row(g, l0, s, l1, stage);
+  } else {
+    expand_subtree<R>(g, l0, s, l1, stage);
+  }
 }
 
 // One group: rows r0 .. r0 + nr - 1 (nr <= R) of out [B, C]. inner: run the group's subtrees and labels in parallel
@@ -774,6 +831,14 @@ void log_prob_all_group(const at::Tensor& z, const at::Tensor& weight, const at:
   // copied out whole (storing every label's values straight into the group's rows, C apart, took 1.75x as long at
   // C = 2^14, B = 512: the rows' lines compete for the same cache sets).
   const auto gather = [&](int64_t y0, int64_t y1) {
+    if constexpr (R == 1) {  // one row: straight into it
+      T* row = out + r0 * C;
+      for (int64_t y = y0; y < y1; ++y) {
+        if (y + kGatherAhead < y1) __builtin_prefetch(stage + label_to_leaf[y + kGatherAhead], 0, 0);
+        row[y] = stage[label_to_leaf[y]];
+      }
+      return;
+    }
     T tile[R][kGatherTile];
     for (int64_t t0 = y0; t0 < y1; t0 += kGatherTile) {
       const int64_t n = std::min(kGatherTile, y1 - t0);
@@ -820,7 +885,7 @@ at::Tensor tree_log_prob_all_cpu(const at::Tensor& z_in, const at::Tensor& weigh
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
     const int64_t groups = (B + kAllRows - 1) / kAllRows;
     // [C, R]: slots of padding leaves are never written
-    const int64_t stage_numel = C * (B <= kAllRowsFew ? kAllRowsFew : kAllRows);
+    const int64_t stage_numel = C * (B == 1 ? 1 : B <= kAllRowsFew ? kAllRowsFew : kAllRows);
     // Groups in parallel when there are enough of them and a stage per thread stays small (and the logits are not
     // a matrix product, which runs on all threads itself); else one group at a time, its subtrees and labels in
     // parallel.
@@ -830,9 +895,10 @@ at::Tensor tree_log_prob_all_cpu(const at::Tensor& z_in, const at::Tensor& weigh
       const int64_t nr = std::min(kAllRows, B - g * kAllRows);
       if (nr > kAllRowsFew) {
         log_prob_all_group<kAllRows>(z, weight, bias, l2l, depth, C, g * kAllRows, nr, inner, stage, op_);
-      } else {  // 4 lanes rather than 16 (one lane measured slower still: the exponential and logarithm per node
-                // are what a row costs, and they vectorize across rows only)
+      } else if (nr > 1) {  // 4 lanes rather than 16: the exponential and logarithm per node are what a row costs
         log_prob_all_group<kAllRowsFew>(z, weight, bias, l2l, depth, C, g * kAllRows, nr, inner, stage, op_);
+      } else {  // one row: the lanes are the nodes of a level
+        log_prob_all_group<1>(z, weight, bias, l2l, depth, C, g * kAllRows, nr, inner, stage, op_);
       }
     };
     if (outer) {

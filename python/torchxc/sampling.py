@@ -516,8 +516,17 @@ class WeightTree(torch.nn.Module):
         if not self._has_mass:
             raise ValueError("WeightTree.sample: every weight is zero")
         u = torch.rand(n, dtype=torch.float64, device=self.tree.device, generator=generator) * self.total
-        node = torch.zeros(n, dtype=torch.long, device=self.tree.device)
-        for _ in range(self.depth):
+        # The top levels in one step: a binary search in the running sums of level L, whose 2^L nodes are at most
+        # 4 n (so this stays O(log C) per draw); the walk goes on from there with one round of tensor ops per level
+        # (the whole walk took 17 rounds at C = 10^5; 4 n measured best of n / 4 .. 64 n at n = 2^11 .. 2^16).
+        top = min(self.depth, n.bit_length() + 2)
+        first = (1 << top) - 1
+        sums = torch.cumsum(self.tree[first:2 * first + 1], 0)
+        u = torch.minimum(u, torch.nextafter(sums[-1], sums.new_zeros(())))  # u < the last sum: a node of weight > 0
+        i = torch.searchsorted(sums, u, right=True)  # the first node whose running sum exceeds u (sums[i] > sums[i-1])
+        u = u - torch.where(i > 0, sums[(i - 1).clamp_(min=0)], 0.0)
+        node = first + i
+        for _ in range(top, self.depth):
             left = 2 * node + 1
             lw, rw = self.tree[left], self.tree[left + 1]
             right = ((u >= lw) & (rw > 0)) | (lw <= 0)  # never into a subtree of zero weight
