@@ -18,7 +18,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS_DIR, device_name, print_targets, selected_devices, write_csv  # noqa: E402
+from common import RESULTS_DIR, device_name, output_dir, print_targets, selected_devices, write_csv  # noqa: E402
 
 TARGET_SHAPE = (4096, 1024, 131072)  # the N, H, C: the default problem and the one the memory target is for
 
@@ -87,15 +87,19 @@ def measure_child(variant, N, H, C, device, dtype_name, out_path):
                 "peak_extra_bytes": peak - before, "seconds": seconds, "first_seconds": first_seconds}, out_path)
 
 
+CHILD_ALLOCATOR = {"GLIBC_TUNABLES": "", "THP_MEM_ALLOC_ENABLE": "0"}
+
+
 def run(device, N, H, C, dtype_name, out_dir):
     results = {}
     for variant in ("unfused", "fused"):
         path = os.path.join(out_dir, f".fused_linear_{variant}.pt")
         cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--device", device.type, "--N", str(N),
                "--H", str(H), "--C", str(C), "--dtype", dtype_name, "--child-out", path]
-        # glibc's default malloc in the children: the suite's tuned thresholds (common.MALLOC_TUNABLES) keep freed
-        # memory resident, which is not what a user's process measures
-        subprocess.run(cmd, check=True, env={**os.environ, "GLIBC_TUNABLES": ""})
+        # A user's allocator in the children: glibc's default malloc (the suite's tuned thresholds,
+        # common.MALLOC_TUNABLES, keep freed memory resident) and no huge pages (THP_MEM_ALLOC_ENABLE, inherited
+        # from the suite before, moved the fused peak by up to 25%)
+        subprocess.run(cmd, check=True, env={**os.environ, **CHILD_ALLOCATOR})
         results[variant] = torch.load(path)
         os.remove(path)
     f, u = results["fused"], results["unfused"]
@@ -107,7 +111,8 @@ def run(device, N, H, C, dtype_name, out_dir):
                unfused_peak_extra_mb=u["peak_extra_bytes"] / 2 ** 20, fused_peak_extra_mb=f["peak_extra_bytes"] / 2 ** 20,
                memory_ratio=ratio, unfused_seconds=u["seconds"], fused_seconds=f["seconds"],
                unfused_first_seconds=u["first_seconds"], fused_first_seconds=f["first_seconds"],
-               loss_rel_diff=loss_err, grad_rel_diff=grad_err, torch=torch.__version__)
+               loss_rel_diff=loss_err, grad_rel_diff=grad_err, torch=torch.__version__,
+               allocator=", ".join(f"{k}={v or '(empty)'}" for k, v in CHILD_ALLOCATOR.items()))
     print(f"\n== fused linear ZLPR on {device_name(device)}, {dtype_name}, N={N} H={H} C={C}")
     print(f"  unfused: peak extra {row['unfused_peak_extra_mb']:.0f} MB, {u['seconds']:.2f} s "
           f"(first call, allocations included: {u['first_seconds']:.2f} s)")
@@ -127,24 +132,27 @@ def run(device, N, H, C, dtype_name, out_dir):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    ap.add_argument("--quick", action="store_true", help="a smaller problem (N=1024, C=32768)")
-    ap.add_argument("--N", type=int, default=TARGET_SHAPE[0])
+    ap.add_argument("--quick", action="store_true", help="a smaller problem (N=1024, C=32768, unless --N / --C are "
+                    "given), results under results/quick/ unless --out is given")
+    ap.add_argument("--N", type=int, default=None, help=f"default {TARGET_SHAPE[0]}")
     ap.add_argument("--H", type=int, default=TARGET_SHAPE[1])
-    ap.add_argument("--C", type=int, default=TARGET_SHAPE[2])
+    ap.add_argument("--C", type=int, default=None, help=f"default {TARGET_SHAPE[2]}")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--out", default=RESULTS_DIR)
+    ap.add_argument("--out", default=None, help=f"results folder (default {RESULTS_DIR})")
     ap.add_argument("--child", choices=["fused", "unfused"], help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         measure_child(args.child, args.N, args.H, args.C, args.device, args.dtype, args.child_out)
         return 0
-    if args.quick:
-        args.N, args.C = 1024, 32768
-    os.makedirs(args.out, exist_ok=True)
+    if args.N is None:
+        args.N = 1024 if args.quick else TARGET_SHAPE[0]
+    if args.C is None:
+        args.C = 32768 if args.quick else TARGET_SHAPE[2]
+    out = output_dir(args.out, args.quick)
     ok = True
     for dev in selected_devices(args.device):
-        ok &= run(dev, args.N, args.H, args.C, args.dtype, args.out)
+        ok &= run(dev, args.N, args.H, args.C, args.dtype, out)
     return 0 if ok else 1
 
 

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (COMPILED_BASELINES, RESULTS_DIR, Timer, device_name, print_targets, selected_devices,  # noqa: E402
-                    allocator_settings, setup_cpu_process, write_csv)
+                    allocator_settings, output_dir, setup_cpu_process, write_csv)
 
 import torchxc  # noqa: E402
 
@@ -256,16 +256,20 @@ def check_targets(rows, device):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    ap.add_argument("--quick", action="store_true", help="fewer C values, short timing budget")
-    ap.add_argument("--budget", type=float, default=1.5, help="seconds of repeats per provider and measurement")
-    ap.add_argument("--out", default=RESULTS_DIR)
+    ap.add_argument("--quick", action="store_true", help="fewer C values, short timing budget (0.3 s unless "
+                    "--budget is given), results under results/quick/ unless --out is given")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds of repeats per provider and measurement (default 1.5)")
+    ap.add_argument("--out", default=None, help=f"results folder (default {RESULTS_DIR})")
     args = ap.parse_args(argv)
+    budget = args.budget if args.budget is not None else 0.3 if args.quick else 1.5
+    out = output_dir(args.out, args.quick)
     ok = True
     for dev in selected_devices(args.device):
         print(f"\ntree sampler on {device_name(dev)} (torch threads: {torch.get_num_threads()})")
-        rows = run(dev, args.quick, 0.3 if args.quick else args.budget, args.out)
+        rows = run(dev, args.quick, budget, out)
         ok &= check_targets(rows, dev)
-        measure_log_prob_all(dev, 0.3 if args.quick else args.budget, args.out)  # no target: reported only
+        measure_log_prob_all(dev, budget, out)  # no target: reported only
     return 0 if ok else 1
 
 

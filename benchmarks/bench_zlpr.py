@@ -95,8 +95,10 @@ def run(device, dtypes, budget_s, out_dir):
         sr = s.detach().clone().requires_grad_(True)
         return {name: (lambda fn=fn: torch.autograd.grad(fn(sr), sr)) for name, fn in fns.items()}
 
-    def nbytes(dtype_name, shape, mode):
+    def nbytes(dtype_name, shape, mode, provider):
         esize = torch.tensor([], dtype=DTYPES[dtype_name]).element_size()
+        if provider == "torchxc_sparse":  # scores (and gradient), and int64 positive indices instead of C bool labels
+            return shape[0] * (shape[1] * esize * (2 if mode == "fwd+bwd" else 1) + POSITIVES_PER_ROW * 8)
         per_class = esize + 1 + (esize if mode == "fwd+bwd" else 0)  # scores, bool labels, gradient
         return shape[0] * shape[1] * per_class
 

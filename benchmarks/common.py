@@ -24,6 +24,15 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# --quick runs write here unless --out says otherwise, so that a smoke test never overwrites the recorded results
+QUICK_RESULTS_DIR = os.path.join(RESULTS_DIR, "quick")
+
+
+def output_dir(out, quick: bool) -> str:
+    """--out as given, else the recorded results' folder (QUICK_RESULTS_DIR for --quick); created."""
+    path = out if out is not None else (QUICK_RESULTS_DIR if quick else RESULTS_DIR)
+    os.makedirs(path, exist_ok=True)
+    return path
 
 # glibc malloc settings of the benchmark processes: keep freed memory instead of returning it to the kernel.
 # With glibc's defaults a large tensor is mmap'ed (or the heap is trimmed after it is freed), so every call's
@@ -172,9 +181,10 @@ class Timer:
         window = self.budget_s / rounds
         for r in range(rounds):
             order = names[r % max(len(names), 1):] + names[: r % max(len(names), 1)]
-            for name in order:
+            cap = self.max_reps * (r + 1) // rounds  # reps spread over the rounds (a fast provider spent them all in
+            for name in order:  # the first round, and then no slow spell could reach it)
                 start = time.perf_counter()
-                while len(samples[name]) < self.max_reps and (
+                while len(samples[name]) < cap and (
                     time.perf_counter() - start < window or len(samples[name]) <= r
                 ):
                     if name in setups:
@@ -288,7 +298,8 @@ def run_suite(op: str, device: torch.device, cases, modes, make_callables, nbyte
 
     make_callables(dtype_name, shape, mode) -> {provider: zero-argument callable}; `optional` providers may fail
     without failing the suite (Timer.compare)
-    nbytes(dtype_name, shape, mode) -> the bytes the computation must move at least (for effective GB/s)."""
+    nbytes(dtype_name, shape, mode, provider) -> the bytes the computation must move at least (for effective GB/s;
+    per provider, for one whose inputs are another representation, e.g. sparse labels)."""
     timer = Timer(device, budget_s=budget_s)  # per provider and measurement, spread over interleaved rounds
     copy_gbs = copy_bandwidth_gbs(device)
     sheet = datasheet_gbs(device)
@@ -306,11 +317,10 @@ def run_suite(op: str, device: torch.device, cases, modes, make_callables, nbyte
     rows = []
     for dtype_name, shape, mode in (tqdm(jobs, desc=f"{op} {device.type}", leave=False) if tqdm else jobs):
         results = timer.compare(make_callables(dtype_name, shape, mode), optional=optional)
-        moved = nbytes(dtype_name, shape, mode)
         for name, m in results.items():
             if m is None:
                 continue
-            gbs = moved / (m.median_ms * 1e-3) / 1e9
+            gbs = nbytes(dtype_name, shape, mode, name) / (m.median_ms * 1e-3) / 1e9
             rows.append(dict(op=op, provider=name, dtype=dtype_name, shape="x".join(map(str, shape)), mode=mode,
                              median_ms=m.median_ms, p20_ms=m.p20_ms, p80_ms=m.p80_ms, reps=m.reps,
                              host_ms=m.host_ms, gbs=gbs,
@@ -427,13 +437,17 @@ def suite_main(argv, doc: str, run, check_targets, dtypes: List[str]) -> int:
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                     help="all = the CPU, and CUDA when a GPU is present")
-    ap.add_argument("--quick", action="store_true", help="float32 only, short timing budget")
-    ap.add_argument("--budget", type=float, default=0.4, help="seconds of repeats per provider and measurement")
-    ap.add_argument("--out", default=RESULTS_DIR)
+    ap.add_argument("--quick", action="store_true", help="float32 only, short timing budget (0.1 s unless --budget "
+                    "is given), results under results/quick/ unless --out is given")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds of repeats per provider and measurement (default 0.4)")
+    ap.add_argument("--out", default=None, help=f"results folder (default {RESULTS_DIR})")
     args = ap.parse_args(argv)
+    budget = args.budget if args.budget is not None else 0.1 if args.quick else 0.4
+    out = output_dir(args.out, args.quick)
     ok = True
     for dev in selected_devices(args.device):
-        rows = run(dev, ["float32"] if args.quick else dtypes, 0.1 if args.quick else args.budget, args.out)
+        rows = run(dev, ["float32"] if args.quick else dtypes, budget, out)
         ok &= check_targets(rows, dev)
     return 0 if ok else 1
 
