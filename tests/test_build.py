@@ -38,3 +38,12 @@ def test_installed_package_is_marked_typed():
     """PEP 561: the installed package carries py.typed, so type checkers read the wrappers' annotations."""
     import os
     assert os.path.isfile(os.path.join(os.path.dirname(torchxc.__file__), "py.typed"))
+
+
+@pytest.mark.skipif(torchxc.cuda_kernels_built(), reason="this build has CUDA kernels")
+def test_cpu_only_build_names_the_fused_linear_op():
+    """fused_linear_zlpr runs the zlpr kernels itself: the error names the op the user called, not the inner one."""
+    from torchxc.fused_linear import _require_device_kernels
+    _require_device_kernels(torch.device("cpu"))
+    with pytest.raises(RuntimeError, match=r"^torchxc::fused_linear_zlpr: this build of torchxc has no CUDA kernels"):
+        _require_device_kernels(torch.device("cuda", 0))

@@ -168,7 +168,19 @@ def _check_op_args(hidden, weight, bias, labels, mask, sparse, chunk_size, grads
         raise ValueError(f"{op}: expected grads = [hidden, weight, bias] flags, got {len(grads)} flags")
 
 
+def _require_device_kernels(device: torch.device) -> None:
+    """This op runs the zlpr kernels on `device`: a CUDA tensor with a build without CUDA kernels gets the error
+    under this op's name (it came from the inner torchxc::zlpr_loss, which the caller never called)."""
+    from . import _C
+
+    if device.type == "cuda" and not _C.with_cuda:
+        raise RuntimeError("torchxc::fused_linear_zlpr: this build of torchxc has no CUDA kernels (it was compiled "
+                           "without CUDA), but got CUDA tensors. Rebuild with a CUDA build of torch and the CUDA "
+                           "toolkit (FORCE_CUDA=1 pip install ...), or move the inputs to the CPU.")
+
+
 def _fused_linear_zlpr_impl(hidden, weight, bias, labels, mask, sparse, chunk_size, scale, grads):
+    _require_device_kernels(hidden.device)
     N, H = hidden.shape
     C = weight.shape[0]
     want_h, want_w, want_b = grads
