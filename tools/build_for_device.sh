@@ -27,13 +27,17 @@ echo "== venv with torch $TORCH_VERSION ($PYBIN; the library is built for the li
 "$WORKDIR/venv/bin/python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 echo "== build (FORCE_CUDA=1, sm_90) in a copy of the checkout"
 mkdir -p "$WORKDIR/src"
-git ls-files -z | tar --null -T - -cf - | tar -x -C "$WORKDIR/src"  # tracked files as they are now
+# the files the device gets (tracked, and untracked ones git does not ignore), as they are now; their hash taken with
+# the copy, so that an edit during the build makes the library stale instead of labelling it with the new sources
+HASH=$(tools/source_hash.sh)
+git ls-files -z -co --exclude-standard | tar --null -T - -cf - | tar -x -C "$WORKDIR/src"
 (cd "$WORKDIR/src" && FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
   "$WORKDIR/venv/bin/python" setup.py -q build_ext --inplace)
 mkdir -p "$ROOT/.prebuilt"
-rm -f "$ROOT"/.prebuilt/_C*.so
+rm -f "$ROOT/.prebuilt/SOURCE_HASH" "$ROOT"/.prebuilt/_C*.so  # no moment where an old hash labels a new library
 cp "$WORKDIR"/src/python/torchxc/_C*.so "$ROOT/.prebuilt/"
-"$ROOT/tools/source_hash.sh" > "$ROOT/.prebuilt/SOURCE_HASH"  # the sources it was built from (this checkout's)
+echo "$HASH" > "$ROOT/.prebuilt/SOURCE_HASH"  # the sources it was built from
+"$WORKDIR/venv/bin/python" -c "import torch; print(torch.__version__)" > "$ROOT/.prebuilt/TORCH_VERSION"
 echo "== wheels of liac-arff and entmax (pure Python) into .whl/"
 mkdir -p "$ROOT/.whl"
 "$WORKDIR/venv/bin/pip" wheel -q --no-deps -w "$ROOT/.whl" liac-arff==2.5.0 entmax==1.3

@@ -13,15 +13,18 @@
 # time left and skipped when less than 15 s are left. On an H200 the steps took: CUDA test cases
 # 27-33 s (8 workers), the rest of the tests 72 s, benchmarks 80 s (host time per call, tools/host_overhead.py, first),
 # memcheck 22 s, racecheck 52 s, split-paths 28 s.
-# PYTHON: the python that has a CUDA build of torch (default python3). If python/torchxc/ (or .prebuilt/, which
-# tools/build_for_device.sh fills without a GPU) already holds a CUDA-enabled _C*.so built against the same torch,
-# the build step uses it through PYTHONPATH instead of compiling again (minutes of device time). .whl/ (filled by
-# tools/build_for_device.sh too) holds the wheels of test and benchmark dependencies the machine lacks.
+# PYTHON: the python that has a CUDA build of torch (default python3). If .prebuilt/ (which tools/build_for_device.sh
+# fills without a GPU) holds a CUDA-enabled _C*.so built from these sources (tools/source_hash.sh) against the same
+# torch, the build step copies it into python/torchxc/ (with its hash) and every step uses it through PYTHONPATH
+# instead of compiling (minutes of device time); a library there from other sources (a warm machine keeps ignored
+# files between calls) is removed first. .whl/ (filled by tools/build_for_device.sh too) holds the wheels of test and
+# benchmark dependencies the machine lacks.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-$PWD/gpu-check-out}
-WORK=${WORK:-${TMPDIR:-/tmp}/gpu-check-work}
+# a new folder per run: a warm machine keeps /tmp between calls, and an old run's logs would pass for this one's
+WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-work.XXXXXX")}
 DEADLINE=${DEADLINE:-540}
 mkdir -p "$OUT" "$WORK/results"
 STEPS=("$@")
@@ -42,6 +45,23 @@ status=0
 T0=$(date +%s)
 
 pack() { tar czf "$OUT/gpu_check.tgz.part" -C "$WORK" . 2>/dev/null && mv -f "$OUT/gpu_check.tgz.part" "$OUT/gpu_check.tgz"; }
+note() { echo "$*" | tee -a "$OUT/summary.txt"; }
+note "gpu_check: steps ${STEPS[*]} at $(date -u +%FT%TZ), deadline ${DEADLINE}s"
+pack  # something comes back even if the first command hangs
+
+# The library in python/torchxc/ is used only with the hash of the sources it was built from (SOURCE_HASH beside it).
+SRC_HASH=$(tools/source_hash.sh)
+local_lib_ok() {
+  ls python/torchxc/_C*.so >/dev/null 2>&1 && [ "$(cat python/torchxc/SOURCE_HASH 2>/dev/null)" = "$SRC_HASH" ]
+}
+if ls python/torchxc/_C*.so >/dev/null 2>&1 && ! local_lib_ok; then
+  rm -f python/torchxc/_C*.so python/torchxc/SOURCE_HASH
+  note "build: removed python/torchxc/_C*.so, built from other sources than these"
+fi
+ORIG_PYTHONPATH=${PYTHONPATH:-}  # e.g. wheels installed with --target, kept behind python/
+use_local_lib() { export PYTHONPATH=$PWD/python${ORIG_PYTHONPATH:+:$ORIG_PYTHONPATH}; }
+drop_local_lib() { if [ -n "$ORIG_PYTHONPATH" ]; then export PYTHONPATH=$ORIG_PYTHONPATH; else unset PYTHONPATH; fi; }
+local_lib_ok && use_local_lib  # also for a rerun of single steps (tools/gpu_check.sh test)
 
 run() {  # run NAME LIMIT CMD...: log to $WORK/NAME.log, stop it after LIMIT seconds, record the status
   local name=$1 limit=$2; shift 2
@@ -66,35 +86,36 @@ run() {  # run NAME LIMIT CMD...: log to $WORK/NAME.log, stop it after LIMIT sec
 }
 
 cuda_build_ok() {
-  (cd /tmp && $PY -c "import torch, torchxc; assert torchxc.cuda_kernels_built() and torch.cuda.is_available()
+  (cd /tmp && timeout 120 $PY -c "import torch, torchxc; assert torchxc.cuda_kernels_built() and torch.cuda.is_available()
 print('torch', torch.__version__, '| torchxc from', torchxc.__file__, '| CUDA kernels built |', torch.cuda.get_device_name())")
 }
 
 for step in "${STEPS[@]}"; do
   case $step in
     build)
-      { nvidia-smi; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; nproc; } \
-        > "$WORK/machine.txt" 2>&1
+      { timeout 60 nvidia-smi; timeout 120 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+        nproc; uname -r; } > "$WORK/machine.txt" 2>&1
       head -n 12 "$WORK/machine.txt"
       if ls .whl/*.whl >/dev/null 2>&1; then  # test/benchmark-only wheels carried to a machine without internet
         TAIL=3 run wheels 60 $PY -m pip install --no-index --no-deps .whl/*.whl
       fi
-      if ! ls python/torchxc/_C*.so >/dev/null 2>&1 && ls .prebuilt/_C*.so >/dev/null 2>&1; then
-        if [ "$(cat .prebuilt/SOURCE_HASH 2>/dev/null)" = "$(tools/source_hash.sh)" ]; then
-          cp .prebuilt/_C*.so python/torchxc/
+      if ! local_lib_ok; then
+        if ! ls .prebuilt/_C*.so >/dev/null 2>&1; then
+          note "build: no .prebuilt/ library (run make device-prep here and carry .prebuilt); compiling here"
+        elif [ "$(cat .prebuilt/SOURCE_HASH 2>/dev/null)" = "$SRC_HASH" ]; then
+          cp -f .prebuilt/_C*.so python/torchxc/ && echo "$SRC_HASH" > python/torchxc/SOURCE_HASH
         else  # built from other sources (make device-prep after the last change to csrc/ or setup.py): compile here
-          echo "build: .prebuilt/ is stale or has no SOURCE_HASH (run make device-prep); compiling here" \
-            | tee -a "$OUT/summary.txt"
+          note "build: .prebuilt/ is stale or has no SOURCE_HASH (run make device-prep); compiling here"
         fi
       fi
-      if ls python/torchxc/_C*.so >/dev/null 2>&1; then
-        if PYTHONPATH=$PWD/python cuda_build_ok > "$WORK/prebuilt_check.log" 2>&1; then
-          export PYTHONPATH=$PWD/python
-          echo "build: using the prebuilt $(ls python/torchxc/_C*.so)" | tee -a "$OUT/summary.txt"
+      if local_lib_ok; then
+        use_local_lib
+        if cuda_build_ok > "$WORK/prebuilt_check.log" 2>&1; then
+          note "build: using the prebuilt $(ls python/torchxc/_C*.so) (torch $(cat .prebuilt/TORCH_VERSION 2>/dev/null || echo '?') at build time)"
         else
-          echo "build: the prebuilt library was refused (prebuilt_check.log: $(tail -n 1 "$WORK/prebuilt_check.log"))" \
-            | tee -a "$OUT/summary.txt"
-          rm -f python/torchxc/_C*.so
+          note "build: the prebuilt library was refused (prebuilt_check.log: $(tail -n 1 "$WORK/prebuilt_check.log"))"
+          rm -f python/torchxc/_C*.so python/torchxc/SOURCE_HASH
+          drop_local_lib  # the compiled library below goes to site-packages
         fi
       fi
       if ! ls python/torchxc/_C*.so >/dev/null 2>&1; then
