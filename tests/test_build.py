@@ -47,3 +47,10 @@ def test_cpu_only_build_names_the_fused_linear_op():
     _require_device_kernels(torch.device("cpu"))
     with pytest.raises(RuntimeError, match=r"^torchxc::fused_linear_zlpr: this build of torchxc has no CUDA kernels"):
         _require_device_kernels(torch.device("cuda", 0))
+
+
+def test_loss_modules_refuse_a_bad_reduction_when_built():
+    for cls in (torchxc.nn.SparsemaxLoss, torchxc.nn.ZLPRLoss):
+        with pytest.raises(ValueError, match=f"{cls.__name__}: reduction must be one of"):
+            cls(reduction="avg")  # it was accepted and failed at the first forward
+        assert cls(reduction="sum").reduction == "sum"

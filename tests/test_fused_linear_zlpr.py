@@ -149,6 +149,15 @@ def test_bad_input_errors():
         torchxc.fused_linear_zlpr_loss(hidden, weight, bias, labels[:3])
     with pytest.raises(ValueError, match="weight must have hidden's dtype"):
         torchxc.fused_linear_zlpr_loss(hidden, weight.double(), bias, labels)
+    # sparse=True wants class indices, as zlpr_loss_sparse does: a multi-hot target was read as indices 0 / 1
+    for dense in (labels.bool(), labels.float()):
+        with pytest.raises(ValueError, match="with sparse=True the labels must be integer class indices"):
+            torchxc.fused_linear_zlpr_loss(hidden, weight, bias, dense, sparse=True)
+    # an index out of range: this op's name and the batch's row (the error named the inner zlpr_loss_sparse op)
+    positives = torch.tensor([[0, -1], [1, 2], [3, -1], [2, 5]])
+    with pytest.raises(RuntimeError, match=r"^torchxc::fused_linear_zlpr: positive class index 5 of row 3 is out of "
+                                           r"range for 5 classes"):
+        torchxc.fused_linear_zlpr_loss(hidden, weight, bias, positives, chunk_size=2)
 
 
 def test_row_mask_when_rows_equal_classes_and_bad_chunks():

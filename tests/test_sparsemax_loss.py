@@ -231,6 +231,8 @@ def test_bad_input_errors(device):
     with pytest.raises(ValueError, match=r"target must be class indices of shape \(4,\).*got a torch.int64 "
                                          r"tensor of shape \(5,\)"):
         torchxc.sparsemax_loss(z, torch.zeros(5, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match=r"target must be class indices .* got a torch.bool tensor of shape \(4,\)"):
+        torchxc.sparsemax_loss(z, torch.tensor([True, False, True, True], device=device))  # was classes 1, 0, 1, 1
     with pytest.raises(ValueError, match="0-d tensor"):
         torchxc.sparsemax_loss(torch.tensor(1.0), torch.tensor(0))
     with pytest.raises(RuntimeError, match=r"torchxc::sparsemax_loss: expected target of dtype int64 \(class "

@@ -68,6 +68,8 @@ def test_thresholds_maximise_f1_per_label():
     # label 0: cut after 0.8 gives F1 = 2*2/(2+3) = 0.8; after 0.2 (everything) 2*3/(4+3) = 0.857
     assert thr[0].item() == pytest.approx(0.2)
     assert math.isinf(thr[1].item())  # no positives
+    empty = tune_thresholds(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.bool))  # an IndexError before
+    assert empty.shape == (3,) and torch.isinf(empty).all()
 
 
 def test_thresholds_best_f1_with_ties_against_brute_force():

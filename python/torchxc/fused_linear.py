@@ -86,6 +86,9 @@ def fused_linear_zlpr_loss(
     if labels.shape[:-1] != lead or (not sparse and labels.shape[-1] != C):
         raise ValueError(f"torchxc.fused_linear_zlpr_loss: labels must be [{', '.join(map(str, lead))}, "
                          f"{'P' if sparse else C}], got {tuple(labels.shape)}")
+    if sparse and (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool):
+        raise ValueError(f"torchxc.fused_linear_zlpr_loss: with sparse=True the labels must be integer class indices "
+                         f"(int64, padded with -1), got {labels.dtype}; a dense multi-hot target needs sparse=False")
     N = math.prod(lead)
     h2 = hidden.reshape(N, H)
     labels2 = labels.reshape(N, labels.shape[-1])
@@ -129,6 +132,16 @@ def _fused_linear_zlpr(
         rows = _chunk_rows(hidden, weight, chunk_size)
         return _fused_linear_zlpr_impl(hidden, weight, bias, labels, mask, sparse, rows, _scale(hidden.shape[0], mean),
                                        grads)
+
+
+def _check_positives_range(positives: Tensor, C: int) -> None:
+    """Raises naming this op, the batch row and the first index outside [-1, C) (after a chunk's kernel refused)."""
+    bad = (positives < -1) | (positives >= C)
+    if bool(bad.any()):
+        row = int(bad.any(1).nonzero()[0, 0])
+        value = int(positives[row][bad[row]][0])
+        raise RuntimeError(f"torchxc::fused_linear_zlpr: positive class index {value} of row {row} is out of range "
+                           f"for {C} classes (-1 pads the list)")
 
 
 def _chunk_rows(hidden, weight, chunk_size):
@@ -208,6 +221,8 @@ def _fused_linear_zlpr_impl(hidden, weight, bias, labels, mask, sparse, chunk_si
         except RuntimeError:
             if not sparse and labels.is_floating_point():  # name the batch's row, not the chunk's
                 _check_label_range(labels, "torchxc.fused_linear_zlpr_loss")
+            if sparse:  # name this op (the error came from the zlpr_loss_sparse kernel) and the batch's row
+                _check_positives_range(labels, C)
             raise
         total += loss.sum(dtype=total.dtype)
         del logits

@@ -41,6 +41,8 @@ class SparsemaxLoss(torch.nn.Module):
     def __init__(self, dim: int = -1, reduction: str = "mean", ignore_index: int = -100):
         super().__init__()
         self.dim = dim
+        if reduction not in ("none", "mean", "sum"):  # refused here, not at the first forward
+            raise ValueError(f"{type(self).__name__}: reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
         self.reduction = reduction
         self.ignore_index = ignore_index
 
@@ -64,6 +66,8 @@ class ZLPRLoss(torch.nn.Module):
 
     def __init__(self, reduction: str = "mean", sparse: bool = False):
         super().__init__()
+        if reduction not in ("none", "mean", "sum"):  # refused here, not at the first forward
+            raise ValueError(f"{type(self).__name__}: reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
         self.reduction = reduction
         self.sparse = sparse
 

@@ -121,7 +121,8 @@ def sparsemax_loss(
                 w = torch.where((m > 0) & (m < math.inf), w / m, w)
             s = w.sum(-1, keepdim=True)
             target = torch.where(s > 0, w / s, w).to(input.dtype)
-    elif not target.is_floating_point() and not target.is_complex() and target.shape == scores.shape[:-1]:
+    elif (not target.is_floating_point() and not target.is_complex() and target.dtype != torch.bool
+          and target.shape == scores.shape[:-1]):  # a bool vector would be read as classes 0 and 1
         target = target.long()
     else:
         raise ValueError(

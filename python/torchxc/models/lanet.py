@@ -230,7 +230,10 @@ class LANET(nn.Module):
 
 class TimeStepTransformer(nn.Module):
     """The vanilla baseline: one token per time step (the event's multi-hot vector projected to d_model, plus a
-    position embedding), a TransformerEncoder over the J steps, the latest step's output -> Linear -> C logits."""
+    position embedding and the event's time-gap embedding), a stack of self-attention layers (post-norm, GELU: the
+    LabelAttentionLayer LANET uses) over the J steps with padding events masked, the latest step's output -> Linear ->
+    C logits. ``forward(history, gap, amount=None)``: ``amount`` is accepted so that both models take the same call
+    and is ignored (the baseline sees multi-hot events only)."""
 
     def __init__(self, num_labels: int, look_back: int = 3, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
                  d_ff: int = 128, dropout: float = 0.1, num_gaps: int = 32):

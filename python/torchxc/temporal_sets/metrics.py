@@ -11,6 +11,8 @@ scikit-learn: micro / macro ROC-AUC (macro over the vocabulary labels with both 
 F1 counts them as false negatives (extra label columns never predicted: F1 0 with their support in the weighted
 mean), and micro-AUC counts them as positives scored below every vocabulary score.
 """
+import math
+
 import numpy as np
 import torch
 
@@ -28,11 +30,15 @@ def _sizes(target: torch.Tensor, n_unseen) -> torch.Tensor:
 
 
 def recall_at_k(scores, target, k, n_unseen=None) -> float:
+    """Mean over rows of |top-k of scores [N, C] that are in target (bool [N, C])| / |T|, where |T| also counts the
+    row's n_unseen target labels outside the vocabulary (misses); rows with |T| = 0 count 0."""
     size = _sizes(target, n_unseen)
     return (_hits(scores, target, k).sum(1) / size.clamp(min=1)).mean().item()
 
 
 def ndcg_at_k(scores, target, k, n_unseen=None) -> float:
+    """Mean over rows of DCG@k / ideal DCG@k: a hit at rank r (1-based) counts 1 / log2(r + 1); the ideal list has
+    min(|T|, k) hits, |T| counting the row's n_unseen labels (DNNTSP's definition)."""
     hits = _hits(scores, target, k)  # [N, min(k, C)]
     disc = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float32))
     dcg = (hits * disc[:hits.shape[1]]).sum(1)
@@ -43,12 +49,15 @@ def ndcg_at_k(scores, target, k, n_unseen=None) -> float:
 
 
 def phr_at_k(scores, target, k) -> float:
+    """Share of rows with at least one target label among their top k scores."""
     return (_hits(scores, target, k).sum(1) > 0).float().mean().item()
 
 
 def tune_thresholds(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per label, the threshold (predict score >= threshold) that maximises F1 on (scores, target) [N, C];
-    +inf for labels without positives."""
+    +inf for labels without positives (every label when there are no rows)."""
+    if scores.shape[0] == 0:
+        return torch.full(scores.shape[1:], math.inf)
     s, order = scores.float().sort(0, descending=True)
     y = target.gather(0, order).float()
     tp = y.cumsum(0)
