@@ -99,7 +99,8 @@ def run(device, dtypes, budget_s, out_dir):
         esize = torch.tensor([], dtype=DTYPES[dtype_name]).element_size()
         if provider == "torchxc_sparse":  # scores (and gradient), and int64 positive indices instead of C bool labels
             return shape[0] * (shape[1] * esize * (2 if mode == "fwd+bwd" else 1) + POSITIVES_PER_ROW * 8)
-        per_class = esize + 1 + (esize if mode == "fwd+bwd" else 0)  # scores, bool labels, gradient
+        label_bytes = 1 if provider == "torchxc" else esize  # the baselines take soft labels in the scores' dtype
+        per_class = esize + label_bytes + (esize if mode == "fwd+bwd" else 0)  # scores, labels, gradient
         return shape[0] * shape[1] * per_class
 
     cases = [(dt, s) for dt in dtypes for s in SHAPES]

@@ -312,6 +312,8 @@ def main(argv=None):
     if args.report:
         final = os.path.join(args.out, "multilabel_table.csv")
         rows = read_partial(args.partial if os.path.exists(args.partial) else final)
+        if not rows:
+            raise SystemExit(f"multilabel_table: no rows in {args.out} to report")
         counts = {int(float(r["seeds"])) for r in rows}  # what the rows hold, not --seeds
         if len(counts) != 1:
             raise SystemExit(f"multilabel_table: the rows were averaged over different seed counts {sorted(counts)} "

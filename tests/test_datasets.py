@@ -172,9 +172,11 @@ def test_mulan_malformed_files_get_errors_naming_them(tmp_path):
             load_mulan(str(tmp_path), "s", "train")
     p = tmp_path / "a.arff"
     p.write_text("@relation r\n@attribute f numeric\n@attribute y numeric\n@data\n1,1\n1,2\n1,0.7\n")
-    with pytest.raises(ValueError, match="data row 2 has the value 2 for label 'y'; labels must be 0 or 1 "
-                                         r"\(2 such values"):
+    with pytest.raises(ValueError, match=r"data row 2 has the value 2 for label 'y'; labels must be 1 \(positive\) "
+                                         r"or 0 / -1 \(negative\) \(2 such values"):
         load_arff(str(p), label_names=["y"])  # was read as True, True, True with "> 0.5"
+    p.write_text("@relation r\n@attribute f numeric\n@attribute y {-1,1}\n@data\n1,1\n2,-1\n")
+    np.testing.assert_array_equal(load_arff(str(p), label_names=["y"]).labels, [[True], [False]])  # -1 / 1 labels
     p.write_text(head + "3,2\n")
     with pytest.raises(ValueError, match=f"load_arff: {p}: .*2"):  # liac-arff's own error, now with the path
         load_arff(str(p), label_names=["y"])
@@ -198,6 +200,9 @@ def test_xc_malformed_labels_and_headers(tmp_path):
         p.write_text(body)
         with pytest.raises(ValueError, match=match):
             load_xc(str(p))
+    p.write_text("1 0 3\n1 0:0\n")  # an explicit zero is a feature too, out of range with F = 0
+    with pytest.raises(ValueError, match=r"line 2: feature index 0 must lie in \[0, 0\)"):
+        load_xc(str(p))
     p.write_text("2 0 4\n0,3\n \n")  # no features at all is a valid (if odd) file
     d = load_xc(str(p))
     assert d.features.shape == (2, 0) and d.indices.tolist() == [0, 3] and d.indptr.tolist() == [0, 2, 2]

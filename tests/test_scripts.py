@@ -29,6 +29,14 @@ def test_multilabel_table_runs(tmp_path):
     assert "population std (numpy's std, ddof 0) over 1 seeds" in head
 
 
+def test_multilabel_report_without_rows(tmp_path):
+    (tmp_path / "multilabel_table.csv").write_text("dataset,model,loss,micro_f1,micro_f1_std,macro_f1,macro_f1_std,"
+                                                   "seeds\n")
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "multilabel_table.py"), "--report", "--out",
+                          str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode != 0 and "no rows" in res.stderr
+
+
 @pytest.mark.parametrize("script,options,msg", [
     ("multilabel_table.py", ["--losses", "Softmax"], "--losses: unknown ['Softmax']"),  # trained as softmax before
     ("multilabel_table.py", ["--models", "cnn"], "--models: unknown ['cnn']"),

@@ -184,7 +184,8 @@ class TreeSampler(torch.nn.Module):
                                                        labels)
 
     def log_prob_all(self, features: Tensor) -> Tensor:
-        """log q(y | x) for every label: [B, C] (O(B C k); for evaluation)."""
+        """log q(y | x) for every label: [B, C] (O(B C k); for evaluation: computed without gradient, use
+        :meth:`log_prob` of the labels for a differentiable log q)."""
         with torch.no_grad():
             z = self.project(features)
             return torch.ops.torchxc.tree_log_prob_all.default(z, self.node_weight, self.node_bias,
@@ -206,9 +207,9 @@ class TreeSampler(torch.nn.Module):
            previous regression), then the next level refines each half.
 
         Every level is one batched Newton solve over all its nodes (no Python loop per node). The defaults (4
-        reassignments of one Newton step each) gave held-out log q(y | x) at least as good as 3 x 3 steps on
-        Bibtex, Delicious and a synthetic C = 100,000 set, in 0.6x the time (numbers in
-        the "Tree sampler" section of README.md).
+        reassignments of one Newton step each) gave held-out log q(y | x) better than 3 x 3 steps on Bibtex and a
+        synthetic C = 100,000 set and equal within 0.002 on Delicious, in 0.6x the time (numbers in the "Tree
+        sampler" section of README.md).
 
         Args:
             features: [N, F] float tensor.
@@ -516,9 +517,11 @@ class WeightTree(torch.nn.Module):
         if not self._has_mass:
             raise ValueError("WeightTree.sample: every weight is zero")
         u = torch.rand(n, dtype=torch.float64, device=self.tree.device, generator=generator) * self.total
-        # The top levels in one step: a binary search in the running sums of level L, whose 2^L nodes are at most
-        # 4 n (so this stays O(log C) per draw); the walk goes on from there with one round of tensor ops per level
-        # (the whole walk took 17 rounds at C = 10^5; 4 n measured best of n / 4 .. 64 n at n = 2^11 .. 2^16).
+        # The top levels in one step: a binary search in the running sums of level L = bit_length(n) + 2, whose 2^L
+        # nodes are more than 4 n and at most 8 n (so this stays O(log C) per draw); the walk goes on from there with
+        # one round of tensor ops per level (the whole walk took 17 rounds at C = 10^5; L = bit_length(n) + 2
+        # measured best of bit_length(n) - 2 .. + 6 at n = 2^11 .. 2^16). The same decisions as the walk from the
+        # root, up to rounding: the same draws for a seed.
         top = min(self.depth, n.bit_length() + 2)
         first = (1 << top) - 1
         sums = torch.cumsum(self.tree[first:2 * first + 1], 0)

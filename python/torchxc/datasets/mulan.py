@@ -132,11 +132,12 @@ def load_arff(path: str, label_names: Optional[Sequence[str]] = None, num_labels
         raise ValueError(f"load_arff: {path}: data row {r + 1} has a missing value ('?') for attribute {names[c]!r} "
                          f"({len(missing_at)} missing values in all); impute them first")
     labels = full[:, label_cols]
-    bad = np.argwhere((labels != 0) & (labels != 1))
-    if len(bad):  # a numeric label attribute can hold anything; 0/1 is what a label means
+    bad = np.argwhere((labels != 0) & (labels != 1) & (labels != -1))
+    if len(bad):  # a numeric label attribute can hold anything; 0/1 (or -1/1) is what a label means
         r, c = bad[0]
         raise ValueError(f"load_arff: {path}: data row {r + 1} has the value {labels[r, c]:g} for label "
-                         f"{label_names[c]!r}; labels must be 0 or 1 ({len(bad)} such values in all)")
+                         f"{label_names[c]!r}; labels must be 1 (positive) or 0 / -1 (negative) ({len(bad)} such "
+                         "values in all)")
     return MultiLabelData(
         features=np.ascontiguousarray(full[:, feature_cols]),
         labels=labels == 1,

@@ -81,11 +81,12 @@ def load_xc(path: str, dense: bool = True) -> XCData:
                                   n_features=max(num_features, 1), zero_based=True, dtype=np.float32)
     except ValueError as e:
         raise ValueError(f"load_xc: {path}: {_first_bad_line(lines, num_features) or e}") from None
-    x.eliminate_zeros()
-    if num_features == 0:
-        if x.nnz:
+    if num_features == 0:  # any feature is out of range (an explicit 0:0 too; blank rows hold our " 0:0" marker)
+        blank_rows = set(blank)
+        if any(b":" in line for i, line in enumerate(lines) if i not in blank_rows):
             raise ValueError(f"load_xc: {path}: {_first_bad_line(lines, num_features)}")
         x = x[:, :0]
+    x.eliminate_zeros()
     labels = []
     for i, row in enumerate(y):
         if not all(np.isfinite(v) and v == int(v) for v in row):
