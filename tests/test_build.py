@@ -43,8 +43,17 @@ def test_installed_package_is_marked_typed():
 @pytest.mark.skipif(torchxc.cuda_kernels_built(), reason="this build has CUDA kernels")
 def test_cpu_only_build_names_the_fused_linear_op():
     """fused_linear_zlpr runs the zlpr kernels itself: the error names the op the user called, not the inner one."""
+    import torchxc.fused_linear as fl
     from torchxc.fused_linear import _require_device_kernels
     _require_device_kernels(torch.device("cpu"))
+    seen = []  # the op itself checks the device it runs on
+    original = fl._require_device_kernels
+    try:
+        fl._require_device_kernels = lambda device: seen.append(device)
+        torchxc.fused_linear_zlpr_loss(torch.randn(3, 4), torch.randn(5, 4), None, torch.zeros(3, 5, dtype=torch.bool))
+    finally:
+        fl._require_device_kernels = original
+    assert seen == [torch.device("cpu")]
     with pytest.raises(RuntimeError, match=r"^torchxc::fused_linear_zlpr: this build of torchxc has no CUDA kernels"):
         _require_device_kernels(torch.device("cuda", 0))
 

@@ -3,7 +3,7 @@
 # compute-sanitizer (memcheck, racecheck) over every CUDA kernel path, the split path on every row length and its
 # timing against the register paths, then the rest of the test suite with this build.
 #   make gpu-check   or   OUT=/tmp/out tools/gpu_check.sh [build|test|bench|sanitize|split-paths|test-rest]...
-# Logs and benchmark results are written to $WORK (default /tmp/gpu-check-work, outside $OUT: the device tool
+# Logs and benchmark results are written to $WORK (default a new mktemp folder under /tmp, outside $OUT: the device tool
 # brings back at most 8 files from $OUT) and packed into $OUT/gpu_check.tgz (written to a temporary name, then
 # renamed) after every step, with a one-line-per-step $OUT/summary.txt, so that a run cut short still returns what it
 # did ($OUT defaults to ./gpu-check-out). Each step has a time limit in seconds (T_BUILD, T_TEST_CUDA, T_TEST_REST,
@@ -51,6 +51,8 @@ pack  # something comes back even if the first command hangs
 
 # The library in python/torchxc/ is used only with the hash of the sources it was built from (SOURCE_HASH beside it).
 SRC_HASH=$(tools/source_hash.sh)
+# no hash, no prebuilt library (an empty hash would equal a missing SOURCE_HASH file)
+[ -n "$SRC_HASH" ] || { note "build: tools/source_hash.sh failed; not using any prebuilt library"; SRC_HASH=unavailable; }
 local_lib_ok() {
   ls python/torchxc/_C*.so >/dev/null 2>&1 && [ "$(cat python/torchxc/SOURCE_HASH 2>/dev/null)" = "$SRC_HASH" ]
 }

@@ -57,7 +57,7 @@ def tune_thresholds(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per label, the threshold (predict score >= threshold) that maximises F1 on (scores, target) [N, C];
     +inf for labels without positives (every label when there are no rows)."""
     if scores.shape[0] == 0:
-        return torch.full(scores.shape[1:], math.inf)
+        return torch.full(scores.shape[1:], math.inf, dtype=torch.float32, device=scores.device)
     s, order = scores.float().sort(0, descending=True)
     y = target.gather(0, order).float()
     tp = y.cumsum(0)
