@@ -28,6 +28,15 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 QUICK_RESULTS_DIR = os.path.join(RESULTS_DIR, "quick")
 
 
+def check_list_options(ap, args, known: dict) -> None:
+    """Comma-separated list options (e.g. --datasets a,b) whose items must be known names: an unknown one is a usage
+    error (ap.error) instead of a misspelling that runs something else or crashes later."""
+    for option, names in known.items():
+        unknown = [v for v in getattr(args, option).split(",") if v not in names]
+        if unknown:
+            ap.error(f"--{option}: unknown {unknown}; choose from {','.join(names)}")
+
+
 def output_dir(out, quick: bool) -> str:
     """--out as given, else the recorded results' folder (QUICK_RESULTS_DIR for --quick); created."""
     path = out if out is not None else (QUICK_RESULTS_DIR if quick else RESULTS_DIR)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS_DIR, write_csv  # noqa: E402
+from common import RESULTS_DIR, check_list_options, write_csv  # noqa: E402
 
 import torchxc  # noqa: E402
 from torchxc.datasets import load_mulan  # noqa: E402
@@ -303,10 +303,8 @@ def main(argv=None):
     ap.add_argument("--report", action="store_true",
                     help="no training: write the table, markdown and plot from the rows on disk (partial or final)")
     args = ap.parse_args(argv)
-    for option, known in (("datasets", DATASETS), ("models", MODELS), ("losses", LOSSES)):
-        unknown = [v for v in getattr(args, option).split(",") if v not in known]
-        if unknown:  # an unknown loss trained as softmax and was thresholded as raw logits
-            ap.error(f"--{option}: unknown {unknown}; choose from {','.join(known)}")
+    # (an unknown loss trained as softmax and was thresholded as raw logits)
+    check_list_options(ap, args, {"datasets": DATASETS, "models": MODELS, "losses": LOSSES})
     os.makedirs(args.out, exist_ok=True)
     args.partial = os.path.join(args.out, "multilabel_table.partial.csv")
     if args.report:

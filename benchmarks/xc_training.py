@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS_DIR, write_csv  # noqa: E402
+from common import RESULTS_DIR, check_list_options, write_csv  # noqa: E402
 
 import torchxc  # noqa: E402
 from torchxc.datasets import XCData, load_xc  # noqa: E402
@@ -333,10 +333,7 @@ def main(argv=None):
                          "20000 training rows, 3 evaluations (overriding --synthetic-labels/-train, --evals)")
     ap.add_argument("--out", default=RESULTS_DIR)
     args = ap.parse_args(argv)
-    for option, known in (("datasets", ("bibtex", "delicious", "synthetic")), ("methods", METHODS)):
-        unknown = [v for v in getattr(args, option).split(",") if v not in known]
-        if unknown:
-            ap.error(f"--{option}: unknown {unknown}; choose from {','.join(known)}")
+    check_list_options(ap, args, {"datasets": (*REAL, "synthetic"), "methods": METHODS})
     if args.seconds is not None and args.seconds <= 0:
         ap.error(f"--seconds must be > 0, got {args.seconds}")
     if args.quick:

@@ -4,6 +4,7 @@ from torch import Tensor
 
 from typing import Optional
 
+from ._checks import check_reduction
 from .sparsemax import sparsemax, sparsemax_loss
 from .zlpr import zlpr_loss, zlpr_loss_sparse
 
@@ -41,8 +42,7 @@ class SparsemaxLoss(torch.nn.Module):
     def __init__(self, dim: int = -1, reduction: str = "mean", ignore_index: int = -100):
         super().__init__()
         self.dim = dim
-        if reduction not in ("none", "mean", "sum"):  # refused here, not at the first forward
-            raise ValueError(f"{type(self).__name__}: reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
+        check_reduction(reduction, type(self).__name__)  # refused here, not at the first forward
         self.reduction = reduction
         self.ignore_index = ignore_index
 
@@ -66,8 +66,7 @@ class ZLPRLoss(torch.nn.Module):
 
     def __init__(self, reduction: str = "mean", sparse: bool = False):
         super().__init__()
-        if reduction not in ("none", "mean", "sum"):  # refused here, not at the first forward
-            raise ValueError(f"{type(self).__name__}: reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
+        check_reduction(reduction, type(self).__name__)  # refused here, not at the first forward
         self.reduction = reduction
         self.sparse = sparse
 

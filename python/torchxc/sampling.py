@@ -22,6 +22,7 @@ import operator
 import torch
 from torch import Tensor
 
+from ._checks import check_reduction
 from ._fake import same_device
 
 __all__ = [
@@ -31,8 +32,6 @@ __all__ = [
     "corrected_logits",
     "sampled_softmax_loss",
 ]
-
-_REDUCTIONS = ("none", "mean", "sum")
 
 
 _HUGE_PAGE = 1 << 21  # the x86-64 / arm64 transparent huge page
@@ -589,8 +588,7 @@ class WeightTree(torch.nn.Module):
 
 
 def _reduce(loss: Tensor, reduction: str, op: str) -> Tensor:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    check_reduction(reduction, op)
     if reduction == "none":
         return loss
     return loss.sum() if reduction == "sum" else loss.mean()

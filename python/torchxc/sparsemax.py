@@ -26,11 +26,10 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from ._checks import check_reduction
 from ._fake import same_device
 
 __all__ = ["sparsemax", "sparsemax_loss"]
-
-_REDUCTIONS = ("none", "mean", "sum")
 
 
 def sparsemax(input: Tensor, dim: int = -1) -> Tensor:
@@ -88,8 +87,7 @@ def sparsemax_loss(
         >>> torchxc.sparsemax_loss(z, multi_hot, reduction="none").shape
         torch.Size([8])
     """
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"torchxc.sparsemax_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    check_reduction(reduction, "torchxc.sparsemax_loss")
     if input.dim() == 0:
         raise ValueError("torchxc.sparsemax_loss: expected input with a class dimension, got a 0-d tensor")
     dim = _wrap_dim(dim, input.dim(), "torchxc.sparsemax_loss")

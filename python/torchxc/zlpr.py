@@ -29,11 +29,10 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._checks import check_reduction
 from ._fake import same_device
 
 __all__ = ["zlpr_loss", "zlpr_loss_sparse", "zlpr_probs"]
-
-_REDUCTIONS = ("none", "mean", "sum")
 
 
 def zlpr_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
@@ -109,8 +108,7 @@ def zlpr_probs(input: Tensor, soft: bool = False) -> Tensor:
 
 
 def _check(input: Tensor, reduction: str, op: str) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    check_reduction(reduction, op)
     if input.dim() == 0:
         raise ValueError(f"{op}: expected input with a class dimension, got a 0-d tensor")
 

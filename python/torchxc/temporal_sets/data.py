@@ -49,13 +49,18 @@ class TemporalSets:
         return len(self.vocab)
 
 
+def _log2_bucket(v: float, buckets: int) -> int:
+    """1 + floor(log2(1 + max(v, 0))), capped at buckets - 1 (0 is the padding bucket); capped before int(): v may be
+    inf (times far apart, an event's summed amounts)."""
+    return 1 + int(min(buckets - 2, math.log2(1 + max(v, 0.0))))
+
+
 def gap_bucket(delta: float) -> int:
-    """1 + floor(log2(1 + delta)), capped (0 is the padding bucket)."""
-    return 1 + int(min(NUM_GAPS - 2, math.log2(1 + max(delta, 0.0))))  # capped before int(): delta may be inf
+    return _log2_bucket(delta, NUM_GAPS)
 
 
 def amount_bucket(a: float) -> int:
-    return 1 + int(min(NUM_AMOUNTS - 2, math.log2(1 + max(a, 0.0))))  # an event's summed amounts may reach inf
+    return _log2_bucket(a, NUM_AMOUNTS)
 
 
 def _build(splits: dict, look_back: int, times: dict | None = None, amounts: dict | None = None) -> TemporalSets:
