@@ -705,6 +705,9 @@ def test_sampled_softmax_loss():
     assert max_err(kept, ref.sum()) < 1e-12
     with pytest.raises(ValueError, match="expected pos_logits/pos_labels"):
         torchxc.sampled_softmax_loss(logits[:, 0], logits, neg_labels[:2], logits, y)
+    none = torch.zeros(B, 0, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"at least one sampled negative per example \(S >= 1\)"):
+        torchxc.sampled_softmax_loss(logits[:, 0], none, none.long(), none, y)
 
 
 def test_fit_keeps_float64_and_accepts_half_features():

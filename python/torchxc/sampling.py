@@ -649,7 +649,8 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
 
     Args:
         pos_logits [B], pos_labels int64 [B]: the positive's logit and label.
-        neg_logits [B, S], neg_labels int64 [B, S], neg_log_q [B, S]: the sampled labels, their logits and log q.
+        neg_logits [B, S], neg_labels int64 [B, S], neg_log_q [B, S]: the sampled labels, their logits and log q
+            (S >= 1; a row whose negatives are all accidental hits has loss 0).
         pos_log_q [B]: log q of the positive (optional: without it the positive's logit is not corrected, as in
             the usual formulation where the positive is not a sample). log q enters as a constant (detached).
         positives: int64 [B, P] padded with -1, every positive of each example for the accidental-hit check
@@ -660,6 +661,10 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
         raise ValueError("sampled_softmax_loss: expected pos_logits/pos_labels [B] and neg_logits/neg_labels/"
                          f"neg_log_q [B, S], got {tuple(pos_logits.shape)}, {tuple(pos_labels.shape)}, "
                          f"{tuple(neg_logits.shape)}, {tuple(neg_labels.shape)}, {tuple(neg_log_q.shape)}")
+    if neg_logits.shape[1] == 0:
+        raise ValueError("sampled_softmax_loss: needs at least one sampled negative per example (S >= 1), got "
+                         f"neg_logits of shape {tuple(neg_logits.shape)}; with none the loss would be 0 whatever the "
+                         "logits")
     if pos_log_q is not None and pos_log_q.shape != pos_logits.shape:
         raise ValueError(f"sampled_softmax_loss: expected pos_log_q of shape {tuple(pos_logits.shape)}, got "
                          f"{tuple(pos_log_q.shape)}")

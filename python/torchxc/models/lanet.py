@@ -113,6 +113,11 @@ class LANET(nn.Module):
                              f"{tuple(popularity.shape)}")
         self.C, self.look_back, self.max_tokens = num_labels, look_back, max_tokens
         d_model = self.token_width(d_label, d_time, d_amount, past_counts, transitions)
+        if n_heads < 1 or d_model % n_heads:
+            parts = "d_label + d_time" + (" + d_amount" if d_amount else "") + \
+                (" + d_time (past_counts)" if past_counts else "") + (" + d_time (transitions)" if transitions else "")
+            raise ValueError(f"LANET: the token width {parts} = {d_model} must be divisible by n_heads, got "
+                             f"n_heads={n_heads}")
         self.count = nn.Linear(3, d_time) if past_counts else None
         self.trans = nn.Linear(2, d_time) if transitions else None
         self.trans_out = nn.Linear(2, 1, bias=False) if transitions else None
