@@ -28,8 +28,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (COMPILED_BASELINES, RESULTS_DIR, Timer, device_name, print_targets, selected_devices,  # noqa: E402
-                    allocator_settings, output_dir, setup_cpu_process, write_csv)
+from common import (COMPILED_BASELINES, Timer, add_timing_options, device_name,  # noqa: E402
+                    print_targets, selected_devices, allocator_settings, output_dir, setup_cpu_process, write_csv)
 
 import torchxc  # noqa: E402
 
@@ -255,14 +255,9 @@ def check_targets(rows, device):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    ap.add_argument("--quick", action="store_true", help="fewer C values, short timing budget (0.3 s unless "
-                    "--budget is given), results under results/quick/ unless --out is given")
-    ap.add_argument("--budget", type=float, default=None,
-                    help="seconds of repeats per provider and measurement (default 1.5)")
-    ap.add_argument("--out", default=None, help=f"results folder (default {RESULTS_DIR})")
+    timing_budget = add_timing_options(ap, "fewer C values", quick_budget=0.3, budget=1.5)
     args = ap.parse_args(argv)
-    budget = args.budget if args.budget is not None else 0.3 if args.quick else 1.5
+    budget = timing_budget(args)
     out = output_dir(args.out, args.quick)
     ok = True
     for dev in selected_devices(args.device):

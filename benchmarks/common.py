@@ -460,20 +460,28 @@ def selected_devices(choice: str) -> List[torch.device]:
     return devices
 
 
+def add_timing_options(ap, quick_what: str, quick_budget: float, budget: float):
+    """The speed benchmarks' shared options (--device, --quick, --budget, --out) on the parser `ap`; `quick_what`
+    says what --quick leaves out. Returns a function of the parsed arguments giving the timing budget in seconds:
+    --budget if given, else quick_budget with --quick, else budget."""
+    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                    help="all = the CPU, and CUDA when a GPU is present")
+    ap.add_argument("--quick", action="store_true", help=f"{quick_what}, short timing budget ({quick_budget:g} s "
+                    "unless --budget is given), results under results/quick/ unless --out is given")
+    ap.add_argument("--budget", type=float, default=None,
+                    help=f"seconds of repeats per provider and measurement (default {budget:g})")
+    ap.add_argument("--out", default=None, help=f"results folder (default {RESULTS_DIR})")
+    return lambda args: args.budget if args.budget is not None else quick_budget if args.quick else budget
+
+
 def suite_main(argv, doc: str, run, check_targets, dtypes: List[str]) -> int:
     """Command line of the speed benchmarks: run(device, dtypes, budget_s, out_dir) -> rows, then check_targets."""
     import argparse
 
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
-                    help="all = the CPU, and CUDA when a GPU is present")
-    ap.add_argument("--quick", action="store_true", help="float32 only, short timing budget (0.1 s unless --budget "
-                    "is given), results under results/quick/ unless --out is given")
-    ap.add_argument("--budget", type=float, default=None,
-                    help="seconds of repeats per provider and measurement (default 0.4)")
-    ap.add_argument("--out", default=None, help=f"results folder (default {RESULTS_DIR})")
+    timing_budget = add_timing_options(ap, "float32 only", quick_budget=0.1, budget=0.4)
     args = ap.parse_args(argv)
-    budget = args.budget if args.budget is not None else 0.1 if args.quick else 0.4
+    budget = timing_budget(args)
     out = output_dir(args.out, args.quick)
     ok = True
     for dev in selected_devices(args.device):
