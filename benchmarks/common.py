@@ -14,6 +14,7 @@ Slow providers get fewer repeats: each measurement repeats until `budget_s` has 
 most `max_reps` times).
 """
 import csv
+import functools
 import os
 import platform
 import statistics
@@ -241,8 +242,11 @@ def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
     return 2 * src.numel() * src.element_size() / (m.median_ms * 1e-3) / 1e9
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_model() -> str:
-    """The CPU's model name and widest x86 vector extension (results differ by both), e.g. "AMD EPYC, AVX2"."""
+    """The CPU's model name and its widest x86 vector extension that torchxc's kernels use (AVX-512 or AVX2; results
+    differ by both), e.g. "AMD EPYC, AVX2", followed by any kernel switch (TORCHXC_*_NO_AVX2 / _NO_AVX512) that
+    turns some of them off in this process."""
     name, flags = "", set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -259,7 +263,9 @@ def cpu_model() -> str:
         pass
     name = name or platform.processor() or platform.machine()
     isa = "AVX-512" if {"avx512f", "avx512bw", "avx512vl"} <= flags else "AVX2" if {"avx2", "fma"} <= flags else ""
-    return f"{name}, {isa}" if isa else name
+    switches = [f"{k}={v}" for k, v in sorted(os.environ.items())
+                if k.startswith("TORCHXC_") and ("_NO_AVX" in k) and v not in ("", "0")]
+    return ", ".join([name] + ([isa] if isa else []) + switches)
 
 
 def device_name(device: torch.device) -> str:

@@ -272,11 +272,14 @@ def test_lanet_state_dict_carries_the_token_choice_and_inputs_are_checked():
         m(history, gap, amount=torch.ones(B, J, C, dtype=torch.long))  # built without an amount embedding
     with pytest.raises(ValueError, match="popularity must be"):
         LANET(C, J, popularity=torch.ones(C + 1))
-    with pytest.raises(ValueError, match=r"token width d_label \+ d_time \+ d_time \(past_counts\) = 39 must be "
-                                         r"divisible by n_heads, got n_heads=2"):
+    with pytest.raises(ValueError, match=r"token width d_label 23 \+ d_time 8 \+ d_time 8 \(past_counts\) = 39 "
+                                         r"must be divisible by n_heads, got n_heads=2"):
         LANET(C, J, d_label=23, d_time=8, n_heads=2, past_counts=True)
-    with pytest.raises(ValueError, match="n_heads=0"):
-        LANET(C, J, n_heads=0)
+    for heads in (0, -2):  # -2 divides the width: it failed later, in forward's view
+        with pytest.raises(ValueError, match=f"LANET: n_heads must be >= 1, got {heads}"):
+            LANET(C, J, n_heads=heads)
+        with pytest.raises(ValueError, match=f"n_heads must be >= 1, got {heads}"):
+            TimeStepTransformer(C, J, d_model=16, n_heads=heads)
     t = TimeStepTransformer(C, J, d_model=16, n_heads=2)
     with pytest.raises(ValueError, match="TimeStepTransformer.forward: expected history"):
         t(torch.rand(B, J, C - 1) < 0.1, gap)

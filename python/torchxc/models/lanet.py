@@ -44,6 +44,8 @@ class LabelAttentionLayer(nn.Module):
         super().__init__()
         if attention not in ("softmax", "sparsemax"):
             raise ValueError(f"attention must be 'softmax' or 'sparsemax', got {attention!r}")
+        if n_heads < 1:
+            raise ValueError(f"n_heads must be >= 1, got {n_heads}")
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.attention, self.h = attention, n_heads
@@ -113,9 +115,12 @@ class LANET(nn.Module):
                              f"{tuple(popularity.shape)}")
         self.C, self.look_back, self.max_tokens = num_labels, look_back, max_tokens
         d_model = self.token_width(d_label, d_time, d_amount, past_counts, transitions)
-        if n_heads < 1 or d_model % n_heads:
-            parts = "d_label + d_time" + (" + d_amount" if d_amount else "") + \
-                (" + d_time (past_counts)" if past_counts else "") + (" + d_time (transitions)" if transitions else "")
+        if n_heads < 1:
+            raise ValueError(f"LANET: n_heads must be >= 1, got {n_heads}")
+        if d_model % n_heads:
+            parts = f"d_label {d_label} + d_time {d_time}" + (f" + d_amount {d_amount}" if d_amount else "") + \
+                (f" + d_time {d_time} (past_counts)" if past_counts else "") + \
+                (f" + d_time {d_time} (transitions)" if transitions else "")
             raise ValueError(f"LANET: the token width {parts} = {d_model} must be divisible by n_heads, got "
                              f"n_heads={n_heads}")
         self.count = nn.Linear(3, d_time) if past_counts else None
