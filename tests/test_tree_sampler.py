@@ -346,6 +346,12 @@ def test_bad_input_errors(device):
         sampler.log_prob(z, torch.zeros(4, 2, dtype=torch.long, device=device))
     with pytest.raises(ValueError, match="leaf_to_label must have 64 entries"):
         torchxc.TreeSampler.from_parameters(W, b, 37, torch.zeros(64, dtype=torch.long))
+    # a mean of another width broadcast silently (a [1] mean shifted every feature by one number)
+    with pytest.raises(ValueError, match=r"mean must be \[F = 4\] \(the node width k, as there is no projection\), "
+                                         r"got \(1,\)"):
+        torchxc.TreeSampler.from_parameters(W, b, 37, mean=torch.zeros(1))
+    with pytest.raises(ValueError, match=r"mean must be \[F = 6\] \(the projection's input width\), got \(4,\)"):
+        torchxc.TreeSampler.from_parameters(W, b, 37, projection=torch.zeros(6, 4), mean=torch.zeros(4))
     with pytest.raises(ValueError, match="pass a CPU torch.Generator"):
         sampler.sample(z, 2, generator=types.SimpleNamespace(device=torch.device("cuda")))  # a CUDA generator
 

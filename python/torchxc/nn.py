@@ -37,6 +37,9 @@ class SparsemaxLoss(torch.nn.Module):
 
         >>> loss_fn = torchxc.nn.SparsemaxLoss()
         >>> loss = loss_fn(logits, labels)           # labels: int64 [N] or multi-hot [N, C]
+
+    Args: ``dim`` (the class dimension), ``reduction`` (``"none"``, ``"mean"`` or ``"sum"``) and ``ignore_index``
+    (rows of int64 targets with this class are ignored), as in :func:`torchxc.sparsemax_loss`.
     """
 
     def __init__(self, dim: int = -1, reduction: str = "mean", ignore_index: int = -100):
@@ -62,6 +65,9 @@ class ZLPRLoss(torch.nn.Module):
         >>> loss_fn = torchxc.nn.ZLPRLoss()
         >>> loss = loss_fn(logits, multi_hot)          # logits [N, C], multi_hot bool [N, C]
         >>> loss = torchxc.nn.ZLPRLoss(sparse=True)(logits, positives)   # positives int64 [N, P], -1 padded
+
+    Args: ``reduction`` (``"none"``, ``"mean"`` or ``"sum"``, as in :func:`torchxc.zlpr_loss`) and ``sparse``;
+    ``forward(input, target, mask=None)`` takes the functions' ``mask``.
     """
 
     def __init__(self, reduction: str = "mean", sparse: bool = False):

@@ -106,6 +106,12 @@ class TreeSampler(torch.nn.Module):
         >>> sampler = torchxc.TreeSampler.fit(features, labels, num_labels=C, dim=16)
         >>> neg, neg_log_q = sampler.sample(x_batch, num_samples=64)          # [B, 64] each
         >>> pos_log_q = sampler.log_prob(x_batch, y_batch[:, None])[:, 0]
+
+    The constructor takes what :meth:`from_parameters` takes: ``node_weight`` [2^D - 1, k] and ``node_bias``
+    [2^D - 1] in heap order (D = ceil(log2 C)), ``num_labels`` C, ``leaf_to_label`` int64 [2^D] (its first C entries
+    a permutation of the labels, the rest padding; default: label j on leaf j), ``projection`` [F, k] and ``mean``
+    [F] (z = (x - mean) @ projection; each optional: without a projection z = x - mean and F = k, without a mean
+    nothing is subtracted).
     """
 
     def __init__(self, node_weight: Tensor, node_bias: Tensor, num_labels: int, leaf_to_label: Tensor | None = None,
@@ -134,6 +140,11 @@ class TreeSampler(torch.nn.Module):
         label_to_leaf[real] = torch.arange(num_labels, device=real.device)
         if projection is not None and (projection.dim() != 2 or projection.shape[1] != k):
             raise ValueError(f"TreeSampler: projection must be [F, {k}], got {tuple(projection.shape)}")
+        F = projection.shape[0] if projection is not None else k
+        if mean is not None and tuple(mean.shape) != (F,):
+            raise ValueError(f"TreeSampler: mean must be [F = {F}] (the " +
+                             ("projection's input width" if projection is not None else "node width k, as there is "
+                              "no projection") + f"), got {tuple(mean.shape)}")
         self.num_labels = int(num_labels)
         self.depth = D
         self.node_weight = torch.nn.Parameter(_walk_copy(node_weight))
@@ -511,7 +522,8 @@ class WeightTree(torch.nn.Module):
         return self.tree[0]
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n independent labels (int64 [n]), each with probability w_y / sum(w)."""
+        """n independent labels (int64 [n]), each with probability w_y / sum(w); ``generator`` (a torch.Generator
+        on the tree's device) makes the draws reproducible."""
         n = _count(n, "WeightTree.sample", "n")
         if not self._has_mass:
             raise ValueError("WeightTree.sample: every weight is zero")
@@ -655,6 +667,8 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
             the usual formulation where the positive is not a sample). log q enters as a constant (detached).
         positives: int64 [B, P] padded with -1, every positive of each example for the accidental-hit check
             (default: pos_labels).
+        remove_accidental_hits: drop sampled labels equal to a positive from the denominator (default True).
+        reduction: ``"none"`` (loss [B]), ``"mean"`` or ``"sum"``.
     """
     if neg_logits.dim() != 2 or neg_labels.shape != neg_logits.shape or neg_log_q.shape != neg_logits.shape \
             or pos_logits.shape != neg_logits.shape[:1] or pos_labels.shape != pos_logits.shape:

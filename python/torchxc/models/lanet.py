@@ -99,6 +99,23 @@ class LANET(nn.Module):
     - ``transitions`` float [B, C, 2] or None (required when ``transitions``): the transition lifts
       (:meth:`torchxc.temporal_sets.transitions.TransitionPrior.features`);
     and returns logits [B, C] (class c predicted when its logit is high; ZLPR: > 0).
+
+    Args:
+        num_labels: C, the label vocabulary (one token per label, or per candidate when C > ``max_tokens``).
+        look_back: J, the most history events a token sums over (the data's ``look_back``).
+        d_label, d_time, d_amount: widths of the label embedding, of the time-gap + position part and of the
+            amount part (0: no amounts); the token width d_model is their sum, plus ``d_time`` for each of
+            ``past_counts`` and ``transitions`` (:meth:`token_width`), and must be divisible by ``n_heads``.
+        n_layers, n_heads, d_ff, dropout: the encoder: layers, attention heads, feed-forward width, dropout.
+        attention: ``"softmax"`` or ``"sparsemax"`` (torchxc.sparsemax over the keys: sparse label attention).
+        id_token: a learned token in front of the label tokens.
+        max_tokens: the most label tokens per example (see the module docstring for large vocabularies).
+        num_gaps, num_amounts: the number of time-gap and amount buckets (the data's, by default 32 and 16).
+        popularity: [C] non-negative label counts of the training data (optional): it initialises every label's
+            logit offset to its centred log-count and chooses which labels get tokens when C > ``max_tokens``.
+        past_counts: a token part from the label's count over the whole past (``counts`` in forward).
+        transitions: a token part from the transition lifts, plus their own logit term (``transitions`` in
+            forward).
     """
 
     def __init__(self, num_labels: int, look_back: int = 3, d_label: int = 48, d_time: int = 16, d_amount: int = 0,
@@ -243,7 +260,13 @@ class TimeStepTransformer(nn.Module):
     position embedding and the event's time-gap embedding), a stack of self-attention layers (post-norm, GELU: the
     LabelAttentionLayer LANET uses) over the J steps with padding events masked, the latest step's output -> Linear ->
     C logits. ``forward(history, gap, amount=None)``: ``amount`` is accepted so that both models take the same call
-    and is ignored (the baseline sees multi-hot events only)."""
+    and is ignored (the baseline sees multi-hot events only).
+
+    Args:
+        num_labels: C, the width of the multi-hot events and of the output.
+        look_back: J, the most history events (one token each).
+        d_model, n_layers, n_heads, d_ff, dropout: the encoder (d_model divisible by n_heads).
+        num_gaps: the number of time-gap buckets (the data's, by default 32)."""
 
     def __init__(self, num_labels: int, look_back: int = 3, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
                  d_ff: int = 128, dropout: float = 0.1, num_gaps: int = 32):
