@@ -245,8 +245,8 @@ def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
 @functools.lru_cache(maxsize=None)
 def cpu_model() -> str:
     """The CPU's model name and its widest x86 vector extension that torchxc's kernels use (AVX-512 or AVX2; results
-    differ by both), e.g. "AMD EPYC, AVX2", followed by any kernel switch (TORCHXC_*_NO_AVX2 / _NO_AVX512) that
-    turns some of them off in this process."""
+    differ by both), e.g. "AMD EPYC, AVX2", followed by any kernel switch (TORCHXC_*_NO_AVX2 / _NO_AVX512) set in
+    the environment when this was first called (the kernels read them when torchxc is imported)."""
     name, flags = "", set()
     try:
         with open("/proc/cpuinfo") as f:

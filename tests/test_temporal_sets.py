@@ -275,7 +275,7 @@ def test_lanet_state_dict_carries_the_token_choice_and_inputs_are_checked():
     with pytest.raises(ValueError, match=r"token width d_label 23 \+ d_time 8 \+ d_time 8 \(past_counts\) = 39 "
                                          r"must be divisible by n_heads, got n_heads=2"):
         LANET(C, J, d_label=23, d_time=8, n_heads=2, past_counts=True)
-    for heads in (0, -2):  # -2 divides the width: it failed later, in forward's view
+    for heads in (0, -2):  # TimeStepTransformer took -2 (it divides the width) and failed later, in forward's view
         with pytest.raises(ValueError, match=f"LANET: n_heads must be >= 1, got {heads}"):
             LANET(C, J, n_heads=heads)
         with pytest.raises(ValueError, match=f"n_heads must be >= 1, got {heads}"):
@@ -618,3 +618,36 @@ def test_csv_and_json_malformed_values_get_errors_naming_the_line(tmp_path):
         q.write_text(json.dumps(data))
         with pytest.raises(ValueError, match=re.escape(msg)):
             load_temporal_sets_json(str(q))
+
+
+def test_metrics_and_models_refuse_inputs_that_would_broadcast_or_be_misread():
+    """An n_unseen [N, 1] broadcast the set sizes to [N, N] (recall@1 0.375 instead of 0.25), a target with extra
+    columns was read silently, a float history changed LANET's logits and a float gap failed deep in nn.Embedding."""
+    scores = torch.tensor([[.9, .1, .5, .2], [.1, .2, .9, .5]])
+    target = torch.tensor([[True, False, False, False], [False, True, False, False]])
+    assert recall_at_k(scores, target, 1, torch.tensor([1, 0])) == pytest.approx(0.25)
+    assert recall_at_k(scores, target, 1, 1) == pytest.approx(0.25)  # one number for every row
+    for fn in (recall_at_k, ndcg_at_k):
+        with pytest.raises(ValueError, match=r"expected n_unseen of shape \[N = 2\] \(or one number\), got \(2, 1\)"):
+            fn(scores, target, 1, torch.tensor([[1], [0]]))
+        with pytest.raises(ValueError, match=r"expected scores and target of one shape \[N, C\], got \(2, 4\) and "
+                                             r"\(2, 5\)"):
+            fn(scores, torch.zeros(2, 5, dtype=torch.bool), 1)
+    with pytest.raises(ValueError, match="tune_thresholds: expected scores and target of one shape"):
+        tune_thresholds(scores, torch.zeros(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="evaluate_scores: expected n_unseen of shape"):
+        evaluate_scores(scores, target, torch.tensor([[1], [0]]))
+    assert evaluate_scores(scores, target, 1)["recall@10"] == pytest.approx(0.5)  # |T| = 2 per row, one hit each
+
+    C, J = 6, 3
+    history, gap = torch.rand(2, J, C) < 0.5, torch.tensor([[1, 2, 3]] * 2)
+    for model in (LANET(C, J, d_label=8, d_time=8, n_layers=1, n_heads=2), TimeStepTransformer(C, J, d_model=8,
+                                                                                                  n_heads=2)):
+        name = type(model).__name__
+        with pytest.raises(ValueError, match=f"{name}.forward: expected history of dtype bool .* got torch.float32"):
+            model(history.float() * 2, gap)
+        with pytest.raises(ValueError, match=f"{name}.forward: expected gap of an integer dtype .* got torch.float32"):
+            model(history, gap.float())
+        with pytest.raises(ValueError, match=rf"{name}.forward: gap buckets must lie in \[0, 32\), got values from 1 "
+                                             r"to 32"):
+            model(history, torch.tensor([[1, 2, 32]] * 2))

@@ -937,3 +937,37 @@ def test_weight_tree_never_draws_past_the_last_weight():
     for n in (1, 2, 1000):
         draws = torch.cat([tree.sample(n, generator=g) for _ in range(max(1, 2000 // n))])
         assert draws.min() >= 0 and draws.max() <= 2
+
+
+def test_sampling_api_refuses_inputs_that_would_be_misread():
+    """A bool multi-hot `positives` was compared as the values 0 / 1 (loss 2.1269 instead of 0.6931), a log q of
+    another shape broadcast into corrected_logits, a float leaf_to_label was truncated, float16 nodes failed only at
+    sampling and a 2-D WeightTree was flattened."""
+    pos_logits = torch.zeros(2, dtype=torch.float64)
+    neg_logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    neg_labels, pos_labels = torch.tensor([[3, 1], [2, 4]]), torch.tensor([0, 5])
+    positives = torch.tensor([[0, 3], [5, 1]])
+    ok = torchxc.sampled_softmax_loss(pos_logits, neg_logits, neg_labels, torch.zeros_like(neg_logits), pos_labels,
+                                      positives=positives, reduction="none")
+    assert max_err(ok, torch.tensor([math.log(2), math.log(1 + 1 + math.e)], dtype=torch.float64)) < 1e-12
+    multi_hot = torch.zeros(2, 6, dtype=torch.bool)
+    multi_hot[[0, 0, 1, 1], [0, 3, 5, 1]] = True
+    with pytest.raises(ValueError, match=r"expected positives of an integer dtype \(class indices, int64 \[B, P\] "
+                                         r"padded with -1, not a multi-hot mask\), got torch.bool"):
+        torchxc.sampled_softmax_loss(pos_logits, neg_logits, neg_labels, torch.zeros_like(neg_logits), pos_labels,
+                                     positives=multi_hot)
+    with pytest.raises(ValueError, match="expected neg_labels of an integer dtype"):
+        torchxc.sampled_softmax_loss(pos_logits, neg_logits, neg_labels.double(), neg_logits, pos_labels)
+    with pytest.raises(ValueError, match=r"corrected_logits: expected log_q of the logits' shape \(3, 3\), got \(3,\)"):
+        torchxc.corrected_logits(torch.zeros(3, 3), torch.zeros(3))
+
+    sampler = make_tree(37, 4, dtype=torch.float32)
+    W, b, l2l = sampler.node_weight.detach(), sampler.node_bias.detach(), sampler.leaf_to_label
+    with pytest.raises(ValueError, match="leaf_to_label must hold integer labels, got torch.float32"):
+        torchxc.TreeSampler.from_parameters(W, b, 37, l2l.float())
+    with pytest.raises(ValueError, match="must be float32 or float64 .* got torch.float16 and torch.float32"):
+        torchxc.TreeSampler.from_parameters(W.half(), b, 37, l2l)
+    with pytest.raises(ValueError, match="num_labels must be an int, got 37.0"):
+        torchxc.TreeSampler.from_parameters(W, b, 37.0, l2l)
+    with pytest.raises(ValueError, match=r"WeightTree: expected weights \[C\] \(one per label\), got shape \(2, 3\)"):
+        torchxc.WeightTree(torch.ones(2, 3))

@@ -39,7 +39,7 @@ class SparsemaxLoss(torch.nn.Module):
         >>> loss = loss_fn(logits, labels)           # labels: int64 [N] or multi-hot [N, C]
 
     Args: ``dim`` (the class dimension), ``reduction`` (``"none"``, ``"mean"`` or ``"sum"``) and ``ignore_index``
-    (rows of int64 targets with this class are ignored), as in :func:`torchxc.sparsemax_loss`.
+    (rows of class-index targets with this class are ignored), as in :func:`torchxc.sparsemax_loss`.
     """
 
     def __init__(self, dim: int = -1, reduction: str = "mean", ignore_index: int = -100):

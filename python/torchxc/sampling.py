@@ -117,6 +117,17 @@ class TreeSampler(torch.nn.Module):
     def __init__(self, node_weight: Tensor, node_bias: Tensor, num_labels: int, leaf_to_label: Tensor | None = None,
                  projection: Tensor | None = None, mean: Tensor | None = None):
         super().__init__()
+        try:
+            num_labels = operator.index(num_labels)
+        except TypeError:
+            raise ValueError(f"TreeSampler: num_labels must be an int, got {num_labels!r}") from None
+        if node_weight.dtype not in (torch.float32, torch.float64) or node_bias.dtype not in (torch.float32,
+                                                                                               torch.float64):
+            raise ValueError(f"TreeSampler: node_weight and node_bias must be float32 or float64 (the sampling ops' "
+                             f"dtypes), got {node_weight.dtype} and {node_bias.dtype}")
+        if leaf_to_label is not None and (leaf_to_label.dtype == torch.bool or leaf_to_label.is_floating_point()
+                                          or leaf_to_label.is_complex()):
+            raise ValueError(f"TreeSampler: leaf_to_label must hold integer labels, got {leaf_to_label.dtype}")
         D = _depth(num_labels)
         nodes = (1 << D) - 1
         if node_weight.dim() != 2 or node_weight.shape[0] != nodes:
@@ -446,7 +457,9 @@ class WeightTree(torch.nn.Module):
 
     def __init__(self, weights: Tensor):
         super().__init__()
-        w = torch.as_tensor(weights).detach().to(torch.float64).flatten()
+        w = torch.as_tensor(weights).detach().to(torch.float64)
+        if w.dim() != 1:
+            raise ValueError(f"WeightTree: expected weights [C] (one per label), got shape {tuple(w.shape)}")
         if w.numel() == 0 or (w < 0).any() or not torch.isfinite(w).all():
             raise ValueError("WeightTree: expected a non-empty tensor of finite, non-negative weights")
         if not torch.isfinite(w.sum()):
@@ -648,6 +661,9 @@ def corrected_logits(logits: Tensor, log_q: Tensor) -> Tensor:
     """Softmax logits from a model trained with :func:`adversarial_negative_sampling_loss`: xi + log q
     (Theorem 1 of Bamler & Mandt). With ``log_q = sampler.log_prob_all(x)`` they rank and normalise over all
     labels."""
+    if tuple(log_q.shape) != tuple(logits.shape):
+        raise ValueError(f"corrected_logits: expected log_q of the logits' shape {tuple(logits.shape)}, got "
+                         f"{tuple(log_q.shape)} (it would broadcast)")
     return logits + log_q
 
 
@@ -675,6 +691,11 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
         raise ValueError("sampled_softmax_loss: expected pos_logits/pos_labels [B] and neg_logits/neg_labels/"
                          f"neg_log_q [B, S], got {tuple(pos_logits.shape)}, {tuple(pos_labels.shape)}, "
                          f"{tuple(neg_logits.shape)}, {tuple(neg_labels.shape)}, {tuple(neg_log_q.shape)}")
+    for name, t in (("pos_labels", pos_labels), ("neg_labels", neg_labels), ("positives", positives)):
+        if t is not None and (t.dtype == torch.bool or t.is_floating_point() or t.is_complex()):
+            raise ValueError(f"sampled_softmax_loss: expected {name} of an integer dtype (class indices"
+                             + (", int64 [B, P] padded with -1, not a multi-hot mask" if name == "positives" else "")
+                             + f"), got {t.dtype}")
     if neg_logits.shape[1] == 0:
         raise ValueError("sampled_softmax_loss: needs at least one sampled negative per example (S >= 1), got "
                          f"neg_logits of shape {tuple(neg_logits.shape)}; with none the loss would be 0 whatever the "

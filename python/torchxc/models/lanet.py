@@ -112,7 +112,7 @@ class LANET(nn.Module):
         max_tokens: the most label tokens per example (see the module docstring for large vocabularies).
         num_gaps, num_amounts: the number of time-gap and amount buckets (the data's, by default 32 and 16).
         popularity: [C] non-negative label counts of the training data (optional): it initialises every label's
-            logit offset to its centred log-count and chooses which labels get tokens when C > ``max_tokens``.
+            logit offset to its centred log(1 + count) and chooses which labels get tokens when C > ``max_tokens``.
         past_counts: a token part from the label's count over the whole past (``counts`` in forward).
         transitions: a token part from the transition lifts, plus their own logit term (``transitions`` in
             forward).
@@ -206,7 +206,7 @@ class LANET(nn.Module):
 
     def forward(self, history: Tensor, gap: Tensor, amount: Tensor | None = None,
                 counts: Tensor | None = None, transitions: Tensor | None = None) -> Tensor:
-        _check_events("LANET", history, gap, self.C, self.look_back)
+        _check_events("LANET", history, gap, self.C, self.look_back, self.gap.num_embeddings)
         B, J, C = history.shape
         if amount is not None and (self.amount is None or tuple(amount.shape) != (B, J, C)):
             raise ValueError(f"LANET.forward: amount must be [B, J, C] = [{B}, {J}, {C}] for a model built with "
@@ -279,7 +279,8 @@ class TimeStepTransformer(nn.Module):
         self.look_back = look_back
 
     def forward(self, history: Tensor, gap: Tensor, amount: Tensor | None = None) -> Tensor:
-        _check_events("TimeStepTransformer", history, gap, self.inp.in_features, self.look_back)
+        _check_events("TimeStepTransformer", history, gap, self.inp.in_features, self.look_back,
+                      self.gap.num_embeddings)
         B, J, C = history.shape
         pos = torch.arange(J, device=history.device)
         x = self.inp(history.to(self.inp.weight.dtype)) + self.pos(pos)[None] + self.gap(gap)
@@ -290,8 +291,18 @@ class TimeStepTransformer(nn.Module):
         return self.out(x[:, 0])
 
 
-def _check_events(model: str, history: Tensor, gap: Tensor, C: int, look_back: int) -> None:
-    """history [B, J, C] (most recent event first) with 1 <= J <= look_back, gap [B, J]."""
+def _check_events(model: str, history: Tensor, gap: Tensor, C: int, look_back: int, num_gaps: int) -> None:
+    """history bool [B, J, C] (most recent event first) with 1 <= J <= look_back, gap integer [B, J] in
+    [0, num_gaps) (the range is checked on CPU tensors outside torch.compile: elsewhere it would cost a sync)."""
+    if history.dtype != torch.bool:
+        raise ValueError(f"{model}.forward: expected history of dtype bool (label c is in event j), got "
+                         f"{history.dtype}")
+    if gap.dtype == torch.bool or gap.is_floating_point() or gap.is_complex():
+        raise ValueError(f"{model}.forward: expected gap of an integer dtype (time-gap buckets), got {gap.dtype}")
+    if gap.device.type == "cpu" and gap.numel() and not torch.compiler.is_compiling() and \
+            (int(gap.min()) < 0 or int(gap.max()) >= num_gaps):
+        raise ValueError(f"{model}.forward: gap buckets must lie in [0, {num_gaps}), got values from {int(gap.min())} "
+                         f"to {int(gap.max())}")
     if history.dim() != 3 or history.shape[2] != C or not 1 <= history.shape[1] <= look_back:
         raise ValueError(f"{model}.forward: expected history [B, J, C] with C = {C} labels and 1 <= J <= look_back = "
                          f"{look_back} events, got {tuple(history.shape)}")

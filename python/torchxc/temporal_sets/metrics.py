@@ -19,6 +19,17 @@ import torch
 __all__ = ["evaluate_scores", "ndcg_at_k", "phr_at_k", "recall_at_k", "tune_thresholds"]
 
 
+def _check(fn: str, scores, target, n_unseen=None) -> None:
+    """scores and target [N, C] of one shape, n_unseen None, a number or [N]: a mismatch broadcast silently."""
+    if scores.dim() != 2 or tuple(target.shape) != tuple(scores.shape):
+        raise ValueError(f"{fn}: expected scores and target of one shape [N, C], got {tuple(scores.shape)} and "
+                         f"{tuple(target.shape)}")
+    if n_unseen is not None:
+        shape = tuple(torch.as_tensor(n_unseen).shape)
+        if shape not in ((), (scores.shape[0],)):
+            raise ValueError(f"{fn}: expected n_unseen of shape [N = {scores.shape[0]}] (or one number), got {shape}")
+
+
 def _hits(scores: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
     top = scores.topk(min(k, scores.shape[1]), 1).indices
     return target.gather(1, top).float()  # [N, k]: 1 where the rank-r item is a target
@@ -32,6 +43,7 @@ def _sizes(target: torch.Tensor, n_unseen) -> torch.Tensor:
 def recall_at_k(scores, target, k, n_unseen=None) -> float:
     """Mean over rows of |top-k of scores [N, C] that are in target (bool [N, C])| / |T|, where |T| also counts the
     row's n_unseen target labels outside the vocabulary (misses); rows with |T| = 0 count 0."""
+    _check("recall_at_k", scores, target, n_unseen)
     size = _sizes(target, n_unseen)
     return (_hits(scores, target, k).sum(1) / size.clamp(min=1)).mean().item()
 
@@ -39,6 +51,7 @@ def recall_at_k(scores, target, k, n_unseen=None) -> float:
 def ndcg_at_k(scores, target, k, n_unseen=None) -> float:
     """Mean over rows of DCG@k / ideal DCG@k: a hit at rank r (1-based) counts 1 / log2(r + 1); the ideal list has
     min(|T|, k) hits, |T| counting the row's n_unseen labels (DNNTSP's definition)."""
+    _check("ndcg_at_k", scores, target, n_unseen)
     hits = _hits(scores, target, k)  # [N, min(k, C)]
     disc = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float32))
     dcg = (hits * disc[:hits.shape[1]]).sum(1)
@@ -50,12 +63,14 @@ def ndcg_at_k(scores, target, k, n_unseen=None) -> float:
 
 def phr_at_k(scores, target, k) -> float:
     """Share of rows with at least one target label among their top k scores."""
+    _check("phr_at_k", scores, target)
     return (_hits(scores, target, k).sum(1) > 0).float().mean().item()
 
 
 def tune_thresholds(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per label, the threshold (predict score >= threshold) that maximises F1 on (scores, target) [N, C];
     +inf for labels without positives (every label when there are no rows)."""
+    _check("tune_thresholds", scores, target)
     if scores.shape[0] == 0:
         return torch.full(scores.shape[1:], math.inf, dtype=torch.float32, device=scores.device)
     s, order = scores.float().sort(0, descending=True)
@@ -74,6 +89,7 @@ def tune_thresholds(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def evaluate_scores(scores, target, n_unseen, thresholds=None, ks=(10, 20)) -> dict:
     """All metrics of the temporal-sets table for scores [N, C] against target bool [N, C] (+ n_unseen [N])."""
+    _check("evaluate_scores", scores, target, n_unseen)
     from sklearn.metrics import f1_score, roc_auc_score
 
     scores, target = scores.float(), target.bool()
@@ -84,6 +100,7 @@ def evaluate_scores(scores, target, n_unseen, thresholds=None, ks=(10, 20)) -> d
         out[f"phr@{k}"] = phr_at_k(scores, target, k)
     y, s = target.numpy(), scores.numpy()
     unseen = (torch.zeros(scores.shape[0]) if n_unseen is None else torch.as_tensor(n_unseen)).long()
+    unseen = unseen.expand(scores.shape[0])  # one number for every row, or [N] already
     # unseen target labels: column j is True for the users with more than j of them, never predicted
     extra = (unseen[:, None] > torch.arange(int(unseen.max()) if unseen.numel() else 0)).numpy()
     n_extra = int(unseen.sum())
