@@ -630,10 +630,10 @@ def test_metrics_and_models_refuse_inputs_that_would_broadcast_or_be_misread():
     for fn in (recall_at_k, ndcg_at_k):
         with pytest.raises(ValueError, match=r"expected n_unseen of shape \[N = 2\] \(or one number\), got \(2, 1\)"):
             fn(scores, target, 1, torch.tensor([[1], [0]]))
-        with pytest.raises(ValueError, match=r"expected scores and target of one shape \[N, C\], got \(2, 4\) and "
+        with pytest.raises(ValueError, match=r"expected 2-D scores and target of one shape \[N, C\], got \(2, 4\) and "
                                              r"\(2, 5\)"):
             fn(scores, torch.zeros(2, 5, dtype=torch.bool), 1)
-    with pytest.raises(ValueError, match="tune_thresholds: expected scores and target of one shape"):
+    with pytest.raises(ValueError, match="tune_thresholds: expected 2-D scores and target of one shape"):
         tune_thresholds(scores, torch.zeros(2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="evaluate_scores: expected n_unseen of shape"):
         evaluate_scores(scores, target, torch.tensor([[1], [0]]))
@@ -646,8 +646,10 @@ def test_metrics_and_models_refuse_inputs_that_would_broadcast_or_be_misread():
         name = type(model).__name__
         with pytest.raises(ValueError, match=f"{name}.forward: expected history of dtype bool .* got torch.float32"):
             model(history.float() * 2, gap)
-        with pytest.raises(ValueError, match=f"{name}.forward: expected gap of an integer dtype .* got torch.float32"):
-            model(history, gap.float())
+        for bad in (gap.float(), gap.short()):  # int16 failed deep in nn.Embedding too
+            with pytest.raises(ValueError, match=f"{name}.forward: expected gap int64 \\(or int32\\) time-gap buckets, "
+                                                 f"got {bad.dtype}"):
+                model(history, bad)
         with pytest.raises(ValueError, match=rf"{name}.forward: gap buckets must lie in \[0, 32\), got values from 1 "
                                              r"to 32"):
             model(history, torch.tensor([[1, 2, 32]] * 2))

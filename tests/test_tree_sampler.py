@@ -965,8 +965,12 @@ def test_sampling_api_refuses_inputs_that_would_be_misread():
     W, b, l2l = sampler.node_weight.detach(), sampler.node_bias.detach(), sampler.leaf_to_label
     with pytest.raises(ValueError, match="leaf_to_label must hold integer labels, got torch.float32"):
         torchxc.TreeSampler.from_parameters(W, b, 37, l2l.float())
-    with pytest.raises(ValueError, match="must be float32 or float64 .* got torch.float16 and torch.float32"):
+    with pytest.raises(ValueError, match="node_weight must be float32 or float64 .* got torch.float16 and "
+                                         "torch.float32"):
         torchxc.TreeSampler.from_parameters(W.half(), b, 37, l2l)
+    assert torchxc.TreeSampler.from_parameters(W, b.half(), 37, l2l).node_bias.dtype == torch.float32  # exact cast
+    with pytest.raises(ValueError, match="num_labels must be an int, got True"):
+        torchxc.TreeSampler.from_parameters(W[:1], b[:1], True)
     with pytest.raises(ValueError, match="num_labels must be an int, got 37.0"):
         torchxc.TreeSampler.from_parameters(W, b, 37.0, l2l)
     with pytest.raises(ValueError, match=r"WeightTree: expected weights \[C\] \(one per label\), got shape \(2, 3\)"):

@@ -118,13 +118,15 @@ class TreeSampler(torch.nn.Module):
                  projection: Tensor | None = None, mean: Tensor | None = None):
         super().__init__()
         try:
+            if isinstance(num_labels, bool):
+                raise TypeError
             num_labels = operator.index(num_labels)
         except TypeError:
             raise ValueError(f"TreeSampler: num_labels must be an int, got {num_labels!r}") from None
-        if node_weight.dtype not in (torch.float32, torch.float64) or node_bias.dtype not in (torch.float32,
-                                                                                               torch.float64):
-            raise ValueError(f"TreeSampler: node_weight and node_bias must be float32 or float64 (the sampling ops' "
-                             f"dtypes), got {node_weight.dtype} and {node_bias.dtype}")
+        if node_weight.dtype not in (torch.float32, torch.float64) or not node_bias.is_floating_point():
+            raise ValueError(f"TreeSampler: node_weight must be float32 or float64 (the sampling ops' dtypes) and "
+                             f"node_bias floating point (cast to node_weight's dtype), got {node_weight.dtype} and "
+                             f"{node_bias.dtype}")
         if leaf_to_label is not None and (leaf_to_label.dtype == torch.bool or leaf_to_label.is_floating_point()
                                           or leaf_to_label.is_complex()):
             raise ValueError(f"TreeSampler: leaf_to_label must hold integer labels, got {leaf_to_label.dtype}")
@@ -660,7 +662,8 @@ def adversarial_negative_sampling_loss(pos_logits: Tensor, neg_logits: Tensor, p
 def corrected_logits(logits: Tensor, log_q: Tensor) -> Tensor:
     """Softmax logits from a model trained with :func:`adversarial_negative_sampling_loss`: xi + log q
     (Theorem 1 of Bamler & Mandt). With ``log_q = sampler.log_prob_all(x)`` they rank and normalise over all
-    labels."""
+    labels. ``log_q`` must have the logits' shape: expand a per-label [C] log q (an input-independent q) to
+    [B, C] first (a [B] and a [C] log q look alike when B == C)."""
     if tuple(log_q.shape) != tuple(logits.shape):
         raise ValueError(f"corrected_logits: expected log_q of the logits' shape {tuple(logits.shape)}, got "
                          f"{tuple(log_q.shape)} (it would broadcast)")

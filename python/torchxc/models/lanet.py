@@ -297,8 +297,8 @@ def _check_events(model: str, history: Tensor, gap: Tensor, C: int, look_back: i
     if history.dtype != torch.bool:
         raise ValueError(f"{model}.forward: expected history of dtype bool (label c is in event j), got "
                          f"{history.dtype}")
-    if gap.dtype == torch.bool or gap.is_floating_point() or gap.is_complex():
-        raise ValueError(f"{model}.forward: expected gap of an integer dtype (time-gap buckets), got {gap.dtype}")
+    if gap.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{model}.forward: expected gap int64 (or int32) time-gap buckets, got {gap.dtype}")
     if gap.device.type == "cpu" and gap.numel() and not torch.compiler.is_compiling() and \
             (int(gap.min()) < 0 or int(gap.max()) >= num_gaps):
         raise ValueError(f"{model}.forward: gap buckets must lie in [0, {num_gaps}), got values from {int(gap.min())} "

@@ -22,7 +22,7 @@ __all__ = ["evaluate_scores", "ndcg_at_k", "phr_at_k", "recall_at_k", "tune_thre
 def _check(fn: str, scores, target, n_unseen=None) -> None:
     """scores and target [N, C] of one shape, n_unseen None, a number or [N]: a mismatch broadcast silently."""
     if scores.dim() != 2 or tuple(target.shape) != tuple(scores.shape):
-        raise ValueError(f"{fn}: expected scores and target of one shape [N, C], got {tuple(scores.shape)} and "
+        raise ValueError(f"{fn}: expected 2-D scores and target of one shape [N, C], got {tuple(scores.shape)} and "
                          f"{tuple(target.shape)}")
     if n_unseen is not None:
         shape = tuple(torch.as_tensor(n_unseen).shape)
