@@ -969,9 +969,9 @@ def test_sampling_api_refuses_inputs_that_would_be_misread():
                                          "torch.float32"):
         torchxc.TreeSampler.from_parameters(W.half(), b, 37, l2l)
     assert torchxc.TreeSampler.from_parameters(W, b.half(), 37, l2l).node_bias.dtype == torch.float32  # exact cast
-    with pytest.raises(ValueError, match="num_labels must be an int, got True"):
+    with pytest.raises(ValueError, match="TreeSampler: num_labels must be a non-negative int, got True"):
         torchxc.TreeSampler.from_parameters(W[:1], b[:1], True)
-    with pytest.raises(ValueError, match="num_labels must be an int, got 37.0"):
+    with pytest.raises(ValueError, match="TreeSampler: num_labels must be a non-negative int, got 37.0"):
         torchxc.TreeSampler.from_parameters(W, b, 37.0, l2l)
     with pytest.raises(ValueError, match=r"WeightTree: expected weights \[C\] \(one per label\), got shape \(2, 3\)"):
         torchxc.WeightTree(torch.ones(2, 3))

@@ -13,6 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._checks import is_integer_dtype
 from .zlpr import _check_label_range, _class_mask, _to_input_dtype, _wants_grad
 
 __all__ = ["fused_linear_zlpr_loss"]
@@ -86,7 +87,7 @@ def fused_linear_zlpr_loss(
     if labels.shape[:-1] != lead or (not sparse and labels.shape[-1] != C):
         raise ValueError(f"torchxc.fused_linear_zlpr_loss: labels must be [{', '.join(map(str, lead))}, "
                          f"{'P' if sparse else C}], got {tuple(labels.shape)}")
-    if sparse and (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool):
+    if sparse and not is_integer_dtype(labels):
         raise ValueError(f"torchxc.fused_linear_zlpr_loss: with sparse=True the labels must be integer class indices "
                          f"(int64, padded with -1), got {labels.dtype}; a dense multi-hot target needs sparse=False")
     N = math.prod(lead)

@@ -22,7 +22,7 @@ import operator
 import torch
 from torch import Tensor
 
-from ._checks import check_reduction
+from ._checks import check_reduction, is_integer_dtype
 from ._fake import same_device
 
 __all__ = [
@@ -117,18 +117,12 @@ class TreeSampler(torch.nn.Module):
     def __init__(self, node_weight: Tensor, node_bias: Tensor, num_labels: int, leaf_to_label: Tensor | None = None,
                  projection: Tensor | None = None, mean: Tensor | None = None):
         super().__init__()
-        try:
-            if isinstance(num_labels, bool):
-                raise TypeError
-            num_labels = operator.index(num_labels)
-        except TypeError:
-            raise ValueError(f"TreeSampler: num_labels must be an int, got {num_labels!r}") from None
+        num_labels = _count(num_labels, "TreeSampler", "num_labels")
         if node_weight.dtype not in (torch.float32, torch.float64) or not node_bias.is_floating_point():
             raise ValueError(f"TreeSampler: node_weight must be float32 or float64 (the sampling ops' dtypes) and "
                              f"node_bias floating point (cast to node_weight's dtype), got {node_weight.dtype} and "
                              f"{node_bias.dtype}")
-        if leaf_to_label is not None and (leaf_to_label.dtype == torch.bool or leaf_to_label.is_floating_point()
-                                          or leaf_to_label.is_complex()):
+        if leaf_to_label is not None and not is_integer_dtype(leaf_to_label):
             raise ValueError(f"TreeSampler: leaf_to_label must hold integer labels, got {leaf_to_label.dtype}")
         D = _depth(num_labels)
         nodes = (1 << D) - 1
@@ -344,7 +338,7 @@ def _pairs(labels, N, num_labels, device) -> tuple[Tensor, Tensor]:
 
     def integral(t, name):
         t = torch.as_tensor(t)
-        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        if not is_integer_dtype(t):
             raise ValueError(f"{op}: expected integer {name}, got {t.dtype}")
         return t.to(device=device, dtype=torch.long)
 
@@ -572,7 +566,7 @@ class WeightTree(torch.nn.Module):
 
     def _indices(self, idx, op: str) -> Tensor:
         idx = torch.as_tensor(idx, device=self.tree.device)
-        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        if not is_integer_dtype(idx):
             raise ValueError(f"WeightTree.{op}: expected integer label indices, got {idx.dtype}")
         if idx.numel() and (idx.min() < 0 or idx.max() >= self.num_labels):
             raise ValueError(f"WeightTree.{op}: indices must lie in [0, {self.num_labels}), got "
@@ -695,7 +689,7 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
                          f"neg_log_q [B, S], got {tuple(pos_logits.shape)}, {tuple(pos_labels.shape)}, "
                          f"{tuple(neg_logits.shape)}, {tuple(neg_labels.shape)}, {tuple(neg_log_q.shape)}")
     for name, t in (("pos_labels", pos_labels), ("neg_labels", neg_labels), ("positives", positives)):
-        if t is not None and (t.dtype == torch.bool or t.is_floating_point() or t.is_complex()):
+        if t is not None and not is_integer_dtype(t):
             raise ValueError(f"sampled_softmax_loss: expected {name} of an integer dtype (class indices"
                              + (", int64 [B, P] padded with -1, not a multi-hot mask" if name == "positives" else "")
                              + f"), got {t.dtype}")

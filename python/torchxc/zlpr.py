@@ -29,7 +29,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._checks import check_reduction
+from ._checks import check_reduction, is_integer_dtype
 from ._fake import same_device
 
 __all__ = ["zlpr_loss", "zlpr_loss_sparse", "zlpr_probs"]
@@ -83,7 +83,7 @@ def zlpr_loss_sparse(input: Tensor, positives: Tensor, mask: Optional[Tensor] = 
         >>> torchxc.zlpr_loss_sparse(logits, positives).backward()
     """
     _check(input, reduction, "torchxc.zlpr_loss_sparse")
-    if positives.is_floating_point() or positives.is_complex() or positives.dtype == torch.bool:
+    if not is_integer_dtype(positives):
         raise ValueError(f"torchxc.zlpr_loss_sparse: positives must be integer class indices (int64, padded with -1), "
                          f"got {positives.dtype}; a dense multi-hot target goes to torchxc.zlpr_loss")
     if positives.dtype != torch.long:

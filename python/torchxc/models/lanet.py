@@ -299,10 +299,10 @@ def _check_events(model: str, history: Tensor, gap: Tensor, C: int, look_back: i
                          f"{history.dtype}")
     if gap.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{model}.forward: expected gap int64 (or int32) time-gap buckets, got {gap.dtype}")
-    if gap.device.type == "cpu" and gap.numel() and not torch.compiler.is_compiling() and \
-            (int(gap.min()) < 0 or int(gap.max()) >= num_gaps):
-        raise ValueError(f"{model}.forward: gap buckets must lie in [0, {num_gaps}), got values from {int(gap.min())} "
-                         f"to {int(gap.max())}")
+    if gap.device.type == "cpu" and gap.numel() and not torch.compiler.is_compiling():
+        lo, hi = (int(v) for v in torch.aminmax(gap))  # one pass for both bounds
+        if lo < 0 or hi >= num_gaps:
+            raise ValueError(f"{model}.forward: gap buckets must lie in [0, {num_gaps}), got values from {lo} to {hi}")
     if history.dim() != 3 or history.shape[2] != C or not 1 <= history.shape[1] <= look_back:
         raise ValueError(f"{model}.forward: expected history [B, J, C] with C = {C} labels and 1 <= J <= look_back = "
                          f"{look_back} events, got {tuple(history.shape)}")
