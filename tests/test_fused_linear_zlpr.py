@@ -158,6 +158,19 @@ def test_bad_input_errors():
     with pytest.raises(RuntimeError, match=r"^torchxc::fused_linear_zlpr: positive class index 5 of row 3 is out of "
                                            r"range for 5 classes"):
         torchxc.fused_linear_zlpr_loss(hidden, weight, bias, positives, chunk_size=2)
+    # indices padded to P = C are read as a dense target by default; the error now says so and how to fix it
+    # (it said "labels must lie in [0, 1]")
+    positives = torch.tensor([[0, 4, -1, -1, -1], [1, -1, -1, -1, -1], [4, 3, 2, 1, 0], [2, -1, -1, -1, -1]])
+    with pytest.raises(ValueError, match=r"an integer target whose last dim is C = 5 is read as dense \{0, 1\} "
+                                         r"labels, but it holds values from -1 to 4; for positive class indices "
+                                         r"\(padded with -1\) pass sparse=True"):
+        torchxc.fused_linear_zlpr_loss(hidden, weight, bias, positives)
+    expect = torchxc.zlpr_loss_sparse(hidden @ weight.T + bias, positives)
+    torch.testing.assert_close(torchxc.fused_linear_zlpr_loss(hidden, weight, bias, positives, sparse=True), expect)
+    with pytest.raises(ValueError, match="with sparse=True the labels must be integer class indices"):
+        torchxc.fused_linear_zlpr_loss(hidden, weight, bias, labels.to(torch.complex64), sparse=True)
+    with pytest.raises(ValueError, match="labels must be bool, integer or real, got torch.complex64"):
+        torchxc.fused_linear_zlpr_loss(hidden, weight, bias, labels.to(torch.complex64))
 
 
 def test_row_mask_when_rows_equal_classes_and_bad_chunks():

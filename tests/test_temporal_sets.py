@@ -653,3 +653,31 @@ def test_metrics_and_models_refuse_inputs_that_would_broadcast_or_be_misread():
         with pytest.raises(ValueError, match=rf"{name}.forward: gap buckets must lie in \[0, 32\), got values from 1 "
                                              r"to 32"):
             model(history, torch.tensor([[1, 2, 32]] * 2))
+
+
+def test_collate_and_past_counts_refuse_bad_examples():
+    """Label ids outside the vocabulary failed with a bare IndexError (negative ones were read from the end),
+    too many history events with one and an out-of-range gap bucket passed collate."""
+    from torchxc.temporal_sets import Example
+
+    good = Example([[1, 2], [0]], [1, 2], [3], past_counts={1: 2, 0: 1})
+    h, g, _, t = collate([good], 5, 3)
+    assert h.sum() == 3 and g.tolist() == [[1, 2, 0]] and t[0].nonzero().flatten().tolist() == [3]
+    assert past_count_matrix([good], 5)[0].tolist() == [1, 2, 0, 0, 0]
+    cases = [
+        (Example([[1, 7]], [1], [2]), r"collate: example 0 has history label ids \[7\] outside \[0, num_labels = 5\)"),
+        (Example([[1, -1]], [1], [2]), r"history label ids \[-1\] outside"),
+        (Example([[1]], [1], [5]), r"target label ids \[5\] outside"),
+        (Example([[1], [2], [3], [4]], [1, 1, 1, 1], [2]), r"has 4 history events and 4 gaps; expected one gap per "
+                                                           r"event and at most look_back = 3 events"),
+        (Example([[1]], [1, 2], [2]), r"has 1 history events and 2 gaps"),
+        (Example([[1]], [99], [2]), r"gap buckets \[99\]; each must be an int in \[1, 32\)"),
+        (Example([[1]], [0], [2]), r"gap buckets \[0\]"),
+    ]
+    for ex, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            collate([good, ex] if "example 0" not in msg else [ex], 5, 3)
+    with pytest.raises(ValueError, match=r"past_count_matrix: example 1 has past_counts label ids \[9\] outside"):
+        past_count_matrix([good, Example([[1]], [1], [2], past_counts={9: 2})], 5)
+    with pytest.raises(ValueError, match=r"collate: example 0 has amounts label ids \[8\] outside"):
+        collate([Example([[1]], [1], [2], amounts=[{8: 1}])], 5, 3, with_amounts=True)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ._checks import is_integer_dtype
-from .zlpr import _check_label_range, _class_mask, _to_input_dtype, _wants_grad
+from .zlpr import _check_label_range, _class_mask, _eager_cpu, _to_input_dtype, _wants_grad
 
 __all__ = ["fused_linear_zlpr_loss"]
 
@@ -40,7 +40,8 @@ def fused_linear_zlpr_loss(
         reduction: ``"mean"`` (over rows) or ``"sum"``. (``"none"`` would need the backward to rerun every chunk;
             use :func:`torchxc.zlpr_loss` on the logits for per-row losses.)
         sparse: whether ``target_or_positives`` holds positive indices; by default, an integer tensor whose last
-            dim is not C does.
+            dim is not C does. An integer [..., C] tensor is read as dense {0, 1} labels (on the CPU, one holding
+            other values is refused with a pointer to ``sparse=True``); pass ``sparse`` to say which you mean.
         chunk_size: rows per chunk; by default about max(N * H / C, H / 8) rows (a power of two), so that a chunk
             of logits is about as large as ``hidden`` but at least an eighth of ``weight``.
 
@@ -83,10 +84,20 @@ def fused_linear_zlpr_loss(
         raise ValueError("torchxc.fused_linear_zlpr_loss: no gradient with respect to the target; pass "
                          "target_or_positives.detach()")
     if sparse is None:
-        sparse = not labels.is_floating_point() and labels.dtype != torch.bool and labels.shape[-1] != C
+        sparse = is_integer_dtype(labels) and labels.shape[-1] != C
+        if not sparse and is_integer_dtype(labels) and _eager_cpu(labels) and labels.numel() > 0:
+            # an integer [..., C] tensor is ambiguous; its values tell a misread index list apart (CPU only: on a
+            # GPU this would synchronise every call of the common dense case)
+            lo, hi = (int(v) for v in torch.aminmax(labels))
+            if lo < 0 or hi > 1:
+                raise ValueError(f"torchxc.fused_linear_zlpr_loss: an integer target whose last dim is C = {C} is read "
+                                 f"as dense {{0, 1}} labels, but it holds values from {lo} to {hi}; for positive "
+                                 "class indices (padded with -1) pass sparse=True")
     if labels.shape[:-1] != lead or (not sparse and labels.shape[-1] != C):
         raise ValueError(f"torchxc.fused_linear_zlpr_loss: labels must be [{', '.join(map(str, lead))}, "
                          f"{'P' if sparse else C}], got {tuple(labels.shape)}")
+    if not sparse and labels.is_complex():
+        raise ValueError(f"torchxc.fused_linear_zlpr_loss: labels must be bool, integer or real, got {labels.dtype}")
     if sparse and not is_integer_dtype(labels):
         raise ValueError(f"torchxc.fused_linear_zlpr_loss: with sparse=True the labels must be integer class indices "
                          f"(int64, padded with -1), got {labels.dtype}; a dense multi-hot target needs sparse=False")

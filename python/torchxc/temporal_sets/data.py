@@ -9,6 +9,7 @@ from __future__ import annotations  # X | None annotations on Python 3.9
 import csv
 import json
 import math
+import numbers
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -206,9 +207,30 @@ def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2),
     return _build(splits, look_back, times, amounts if has_amount else None)
 
 
+def _check_ids(fn: str, b: int, what: str, ids: list, num_labels: int) -> None:
+    """Vocabulary ids must be ints in [0, num_labels): a negative one would index from the end."""
+    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < num_labels]
+    if bad:
+        raise ValueError(f"{fn}: example {b} has {what} label ids {bad[:5]} outside [0, num_labels = {num_labels})")
+
+
 def collate(batch: list, num_labels: int, look_back: int, with_amounts: bool = False):
     """history bool [B, J, C], gap int64 [B, J] (0 = no event), amount int64 [B, J, C] or None, target bool [B, C]."""
     B, J = len(batch), look_back
+    for b, ex in enumerate(batch):
+        if len(ex.history) > J or len(ex.gaps) != len(ex.history):
+            raise ValueError(f"collate: example {b} has {len(ex.history)} history events and {len(ex.gaps)} gaps; "
+                             f"expected one gap per event and at most look_back = {J} events")
+        if not all(isinstance(g, numbers.Integral) and not isinstance(g, bool) and 1 <= g < NUM_GAPS for g in ex.gaps):
+            raise ValueError(f"collate: example {b} has gap buckets {ex.gaps}; each must be an int in [1, {NUM_GAPS})")
+        _check_ids("collate", b, "history", [i for ids in ex.history for i in ids], num_labels)
+        _check_ids("collate", b, "target", ex.target, num_labels)
+        if with_amounts and ex.amounts is not None:
+            if len(ex.amounts) != len(ex.history):
+                raise ValueError(f"collate: example {b} has {len(ex.amounts)} amount maps for {len(ex.history)} events")
+            _check_ids("collate", b, "amounts", [i for a in ex.amounts for i in a], num_labels)
+            if not all(isinstance(v, numbers.Integral) and 0 <= v < NUM_AMOUNTS for a in ex.amounts for v in a.values()):
+                raise ValueError(f"collate: example {b} has amount buckets outside [0, {NUM_AMOUNTS})")
     history = torch.zeros(B, J, num_labels, dtype=torch.bool)
     gap = torch.zeros(B, J, dtype=torch.long)
     amount = torch.zeros(B, J, num_labels, dtype=torch.long) if with_amounts else None
@@ -229,6 +251,7 @@ def past_count_matrix(batch: list, num_labels: int) -> torch.Tensor:
     contained each label."""
     counts = torch.zeros(len(batch), num_labels)
     for b, ex in enumerate(batch):
+        _check_ids("past_count_matrix", b, "past_counts", list(ex.past_counts), num_labels)
         if ex.past_counts:
             counts[b, list(ex.past_counts.keys())] = torch.tensor(list(ex.past_counts.values()), dtype=torch.float32)
     return counts
