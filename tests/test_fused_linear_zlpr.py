@@ -167,8 +167,13 @@ def test_bad_input_errors():
         torchxc.fused_linear_zlpr_loss(hidden, weight, bias, positives)
     expect = torchxc.zlpr_loss_sparse(hidden @ weight.T + bias, positives)
     torch.testing.assert_close(torchxc.fused_linear_zlpr_loss(hidden, weight, bias, positives, sparse=True), expect)
-    with pytest.raises(ValueError, match="with sparse=True the labels must be integer class indices"):
-        torchxc.fused_linear_zlpr_loss(hidden, weight, bias, labels.to(torch.complex64), sparse=True)
+    for sparse in (True, None):  # complex labels are named as such, whatever their last dim
+        with pytest.raises(ValueError, match="labels must be bool, integer or real, got torch.complex64"):
+            torchxc.fused_linear_zlpr_loss(hidden, weight, bias, labels[:, :3].to(torch.complex64), sparse=sparse)
+    # unsigned dense labels (no aminmax CPU kernel for uint16/32/64) still work without sparse=
+    expect = torchxc.fused_linear_zlpr_loss(hidden, weight, bias, labels.bool())
+    for dtype in (torch.uint8, torch.uint16, torch.uint32, torch.uint64):
+        torch.testing.assert_close(torchxc.fused_linear_zlpr_loss(hidden, weight, bias, labels.to(dtype)), expect)
     with pytest.raises(ValueError, match="labels must be bool, integer or real, got torch.complex64"):
         torchxc.fused_linear_zlpr_loss(hidden, weight, bias, labels.to(torch.complex64))
 

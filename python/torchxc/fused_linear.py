@@ -83,9 +83,12 @@ def fused_linear_zlpr_loss(
     if labels.requires_grad and torch.is_grad_enabled():
         raise ValueError("torchxc.fused_linear_zlpr_loss: no gradient with respect to the target; pass "
                          "target_or_positives.detach()")
+    if labels.is_complex():
+        raise ValueError(f"torchxc.fused_linear_zlpr_loss: labels must be bool, integer or real, got {labels.dtype}")
     if sparse is None:
         sparse = is_integer_dtype(labels) and labels.shape[-1] != C
-        if not sparse and is_integer_dtype(labels) and _eager_cpu(labels) and labels.numel() > 0:
+        if (not sparse and labels.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+                and _eager_cpu(labels) and labels.numel() > 0):  # (aminmax has no uint16/32/64 CPU kernel)
             # an integer [..., C] tensor is ambiguous; its values tell a misread index list apart (CPU only: on a
             # GPU this would synchronise every call of the common dense case)
             lo, hi = (int(v) for v in torch.aminmax(labels))
@@ -96,8 +99,6 @@ def fused_linear_zlpr_loss(
     if labels.shape[:-1] != lead or (not sparse and labels.shape[-1] != C):
         raise ValueError(f"torchxc.fused_linear_zlpr_loss: labels must be [{', '.join(map(str, lead))}, "
                          f"{'P' if sparse else C}], got {tuple(labels.shape)}")
-    if not sparse and labels.is_complex():
-        raise ValueError(f"torchxc.fused_linear_zlpr_loss: labels must be bool, integer or real, got {labels.dtype}")
     if sparse and not is_integer_dtype(labels):
         raise ValueError(f"torchxc.fused_linear_zlpr_loss: with sparse=True the labels must be integer class indices "
                          f"(int64, padded with -1), got {labels.dtype}; a dense multi-hot target needs sparse=False")
