@@ -681,3 +681,52 @@ def test_collate_and_past_counts_refuse_bad_examples():
         past_count_matrix([good, Example([[1]], [1], [2], past_counts={9: 2})], 5)
     with pytest.raises(ValueError, match=r"collate: example 0 has amounts label ids \[8\] outside"):
         collate([Example([[1]], [1], [2], amounts=[{8: 1}])], 5, 3, with_amounts=True)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.3])
+def test_dropout16_masks(p):
+    """Dropout16: the drop rate is p rounded to 2^-16 (binomial check on 10^6 elements), kept elements are scaled
+    by exactly 1 / (1 - that rate) and get that gradient, the dropped ones get 0; the mask follows
+    torch.manual_seed, and the input's dtype, shape and strides do not matter."""
+    from torchxc.models.lanet import Dropout16
+
+    drop = Dropout16(p)
+    rate = round(p * 65536) / 65536
+    x = torch.randn(1000, 2000, dtype=torch.float64)[:, ::2].requires_grad_()  # non-contiguous, 10^6 elements
+    torch.manual_seed(0)
+    y = drop(x)
+    zero = y == 0
+    n = zero.numel()
+    assert abs(zero.double().mean().item() - rate) < 5 * math.sqrt(rate * (1 - rate) / n)
+    torch.testing.assert_close(y[~zero], x.detach()[~zero] * (1 / (1 - rate)), rtol=1e-15, atol=0)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (~zero).double() / (1 - rate), rtol=1e-15, atol=0)
+    torch.manual_seed(0)
+    assert torch.equal(drop(x.detach()) == 0, zero)  # same seed, same mask
+    assert not torch.equal(drop(x.detach()) == 0, zero)  # the generator moved on
+    # the masks of neighbouring elements are independent: pairs (2i, 2i+1) dropped together at rate^2
+    torch.manual_seed(1)
+    z = drop(torch.ones(4_000_000)) == 0
+    both = (z[0::2] & z[1::2]).double().mean().item()
+    assert abs(both - rate**2) < 5 * math.sqrt(rate**2 * (1 - rate**2) / 2_000_000)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        assert drop(torch.ones(3, 5, dtype=dtype)).dtype == dtype
+    assert drop(torch.ones(0, 3)).shape == (0, 3)
+    drop.eval()
+    assert drop(x) is x
+
+
+def test_dropout16_edge_rates():
+    from torchxc.models.lanet import Dropout16
+
+    x = torch.randn(7, 9, requires_grad=True)
+    y = Dropout16(1.0)(x)
+    assert torch.equal(y, torch.zeros_like(x)) and not y.isnan().any()
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    assert Dropout16(0.0)(x) is x
+    assert torch.equal(Dropout16(1e-6)(x), x)  # rounds to 0 in 2^-16 steps: nothing dropped
+    with pytest.raises(ValueError):
+        Dropout16(1.5)
+    with pytest.raises(RuntimeError):  # as nn.Dropout: integer input is refused (it was scaled by 1, truncated)
+        Dropout16(0.5)(torch.ones(3, dtype=torch.long))
