@@ -233,3 +233,42 @@ def test_tree_sampler_targets_with_a_failed_baseline(capsys):
     out = capsys.readouterr().out
     assert "[PASS] CPU draws/s >= 20x" in out and "[MISS] multinomial ran: failed: out of memory" in out
     assert not common.FAILURES
+
+
+def test_temporal_sets_ensemble_runs(tmp_path):
+    """The seed-ensemble script on a tiny dataset: each seed trained once and cached, the ensemble row is the
+    metrics of the mean of the cached logits, and a second call evaluates from the cache without training."""
+    from torchxc.temporal_sets import ndcg_at_k, recall_at_k
+
+    data = favourite_label_users(0, 8, {"train": 24, "validate": 6, "test": 6}, max_events=4)
+    (tmp_path / "Tiny.json").write_text(json.dumps(data))
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "temporal_sets_ensemble.py"), "--data", str(tmp_path),
+           "--dataset", "Tiny", "--variant", "lanet_softmax_pc_tr", "--seeds", "0,1", "--epochs", "1",
+           "--cache", str(cache), "--out", str(out)]
+    subprocess.run(cmd[:-2] + ["--seeds", "1", "--train-only"], check=True, capture_output=True)
+    assert sorted(os.listdir(cache)) == ["Tiny_lanet_softmax_pc_tr_seed1_epochs1_tokens128.pt"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    files = sorted(os.listdir(cache))
+    mtimes = [os.path.getmtime(cache / f) for f in files]
+    rows = list(csv.DictReader(open(out / "temporal_sets_ensemble_Tiny_lanet_softmax_pc_tr.csv")))
+    assert [r["members"] for r in rows] == ["1", "1", "", "2"]
+    import torch
+
+    runs = [torch.load(cache / f) for f in files]
+    assert not torch.equal(runs[0]["test"], runs[1]["test"])  # two seeds, two models
+    mean = (runs[0]["test"] + runs[1]["test"]) / 2
+    target, unseen = runs[0]["test_target"], runs[0]["test_unseen"]
+    assert float(rows[3]["ndcg@10"]) == pytest.approx(ndcg_at_k(mean, target, 10, unseen), abs=1e-9)
+    assert float(rows[3]["recall@10"]) == pytest.approx(recall_at_k(mean, target, 10, unseen), abs=1e-9)
+    assert float(rows[0]["ndcg@10"]) == pytest.approx(runs[0]["result"]["ndcg@10"], abs=1e-9)
+    subprocess.run(cmd, check=True, capture_output=True)  # from the cache: nothing retrained
+    assert [os.path.getmtime(cache / f) for f in files] == mtimes
+    assert list(csv.DictReader(open(out / "temporal_sets_ensemble_Tiny_lanet_softmax_pc_tr.csv"))) == rows
+    assert "ensemble of seeds 0,1" in (out / "temporal_sets_ensemble_Tiny_lanet_softmax_pc_tr.md").read_text()
+    # a cached seed made from another data file (here: the same file touched later) is trained again
+    os.utime(tmp_path / "Tiny.json", (1e9, 1e9))
+    subprocess.run(cmd[:-2] + ["--seeds", "1", "--train-only"], check=True, capture_output=True)
+    assert os.path.getmtime(cache / files[1]) != mtimes[1] and os.path.getmtime(cache / files[0]) == mtimes[0]
+    bad = subprocess.run(cmd[:-2] + ["--seeds", "0,0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "give one or more distinct seeds, got '0,0'" in bad.stderr

@@ -158,7 +158,9 @@ def check_args(args, has_amounts: bool | None = None) -> None:
 
 def run(args, data: TemporalSets | None = None, progress: bool = True, scores: dict | None = None) -> dict:
     """Trains (unless frequency) and evaluates; returns the result dict (also written to args.output if set).
-    ``scores``, if given, receives the test scores [N, C] and targets (keys ``test``, ``test_target``) for analysis."""
+    ``scores``, if given, receives the test and validation scores [N, C], targets and counts of labels outside the
+    vocabulary (keys ``test``, ``test_target``, ``test_unseen``, ``validate``, ``validate_target``,
+    ``validate_unseen``) for analysis or ensembling."""
     check_args(args)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -244,7 +246,8 @@ def run(args, data: TemporalSets | None = None, progress: bool = True, scores: d
     thresholds = tune_thresholds(val_s, val_t)
     result = evaluate_scores(test_s, test_t, test_u, thresholds)
     if scores is not None:
-        scores.update(test=test_s, test_target=test_t)
+        scores.update(test=test_s, test_target=test_t, test_unseen=test_u, validate=val_s, validate_target=val_t,
+                      validate_unseen=val_u)
     result.update(info)
     result.update(train_seconds=seconds, epochs_run=epochs_run, num_labels=C, train_examples=len(data.train),
                   test_users=len(data.test), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
