@@ -161,9 +161,10 @@ def test_bad_input_errors():
     # indices padded to P = C are read as a dense target by default; the error now says so and how to fix it
     # (it said "labels must lie in [0, 1]")
     positives = torch.tensor([[0, 4, -1, -1, -1], [1, -1, -1, -1, -1], [4, 3, 2, 1, 0], [2, -1, -1, -1, -1]])
-    with pytest.raises(ValueError, match=r"an integer target whose last dim is C = 5 is read as dense \{0, 1\} "
-                                         r"labels, but it holds values from -1 to 4; for positive class indices "
-                                         r"\(padded with -1\) pass sparse=True"):
+    with pytest.raises(RuntimeError, match=r"labels must lie in \[0, 1\], but row 0 has 4 outside, the first 4 "
+                                           r"\(class 1\)\. An integer target whose last dim is C = 5 is read as "
+                                           r"dense \{0, 1\} labels \(these hold values from -1 to 4\); for positive "
+                                           r"class indices \(padded with -1\) pass sparse=True"):
         torchxc.fused_linear_zlpr_loss(hidden, weight, bias, positives)
     expect = torchxc.zlpr_loss_sparse(hidden @ weight.T + bias, positives)
     torch.testing.assert_close(torchxc.fused_linear_zlpr_loss(hidden, weight, bias, positives, sparse=True), expect)
