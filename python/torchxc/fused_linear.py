@@ -93,12 +93,10 @@ def fused_linear_zlpr_loss(
             # GPU this would synchronise every call of the common dense case)
             lo, hi = (int(v) for v in torch.aminmax(labels))
             if lo < 0 or hi > 1:  # the usual message (row, value, class), then what the values may have meant
-                try:
-                    _check_label_range(labels, "torchxc.fused_linear_zlpr_loss")
-                except RuntimeError as e:
-                    raise RuntimeError(f"{e}. An integer target whose last dim is C = {C} is read as dense {{0, 1}} "
-                                       f"labels (these hold values from {lo} to {hi}); for positive class indices "
-                                       "(padded with -1) pass sparse=True") from None
+                _check_label_range(labels, "torchxc.fused_linear_zlpr_loss",
+                                   f". An integer target whose last dim is C = {C} is read as dense {{0, 1}} labels "
+                                   f"(these hold values from {lo} to {hi}); for positive class indices (padded with "
+                                   "-1) pass sparse=True")
     if labels.shape[:-1] != lead or (not sparse and labels.shape[-1] != C):
         raise ValueError(f"torchxc.fused_linear_zlpr_loss: labels must be [{', '.join(map(str, lead))}, "
                          f"{'P' if sparse else C}], got {tuple(labels.shape)}")

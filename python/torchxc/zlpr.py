@@ -192,16 +192,16 @@ def _eager_cpu(t: Tensor) -> bool:
             and not torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
-def _check_label_range(target: Tensor, op: str) -> None:
+def _check_label_range(target: Tensor, op: str, hint: str = "") -> None:
     """On the CPU, raises naming the first label outside [0, 1] (NaN included): its row (flattened over the leading
-    dims), value and class. Data-dependent: for error paths only (the kernels check every label)."""
+    dims), value and class, then ``hint``. Data-dependent: for error paths only (the kernels check every label)."""
     outside = ~((target >= 0) & (target <= 1))
     if target.device.type == "cpu" and target.dim() > 0 and target.numel() > 0 and bool(outside.any()):
         flat = outside.reshape(-1, target.shape[-1])
         row, cls = (int(i) for i in flat.nonzero()[0])
         value = target.reshape(-1, target.shape[-1])[row, cls].item()
         raise RuntimeError(f"{op}: labels must lie in [0, 1], but row {row} has {int(flat[row].sum())} outside, "
-                           f"the first {value:.7g} (class {cls})")
+                           f"the first {value:.7g} (class {cls}){hint}")
 
 
 def _class_mask(mask: Optional[Tensor], shape: torch.Size, op: str = "torchxc.zlpr_loss") -> Optional[Tensor]:

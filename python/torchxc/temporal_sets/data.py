@@ -207,11 +207,16 @@ def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2),
     return _build(splits, look_back, times, amounts if has_amount else None)
 
 
+def _is_int(v) -> bool:
+    """An integer (numpy's too), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def _check_ids(fn: str, b: int, what: str, ids: list, num_labels: int) -> None:
     """Vocabulary ids must be ints in [0, num_labels): a negative one would index from the end."""
     if not ids or (set(map(type, ids)) == {int} and 0 <= min(ids) and max(ids) < num_labels):
         return  # the loaders' case, at C speed; the scan below names what is wrong
-    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < num_labels]
+    bad = [i for i in ids if not (_is_int(i) and 0 <= i < num_labels)]
     if bad:
         raise ValueError(f"{fn}: example {b} has {what} label ids {bad[:5]} outside [0, num_labels = {num_labels})")
 
@@ -223,7 +228,7 @@ def collate(batch: list, num_labels: int, look_back: int, with_amounts: bool = F
         if len(ex.history) > J or len(ex.gaps) != len(ex.history):
             raise ValueError(f"collate: example {b} has {len(ex.history)} history events and {len(ex.gaps)} gaps; "
                              f"expected one gap per event and at most look_back = {J} events")
-        if not all(isinstance(g, numbers.Integral) and not isinstance(g, bool) and 1 <= g < NUM_GAPS for g in ex.gaps):
+        if not all(_is_int(g) and 1 <= g < NUM_GAPS for g in ex.gaps):
             raise ValueError(f"collate: example {b} has gap buckets {ex.gaps}; each must be an int in [1, {NUM_GAPS})")
         _check_ids("collate", b, "history", [i for ids in ex.history for i in ids], num_labels)
         _check_ids("collate", b, "target", ex.target, num_labels)
@@ -253,7 +258,8 @@ def past_count_matrix(batch: list, num_labels: int) -> torch.Tensor:
     contained each label."""
     counts = torch.zeros(len(batch), num_labels)
     for b, ex in enumerate(batch):
-        _check_ids("past_count_matrix", b, "past_counts", list(ex.past_counts), num_labels)
-        if ex.past_counts:
-            counts[b, list(ex.past_counts.keys())] = torch.tensor(list(ex.past_counts.values()), dtype=torch.float32)
+        ids = list(ex.past_counts)
+        _check_ids("past_count_matrix", b, "past_counts", ids, num_labels)
+        if ids:
+            counts[b, ids] = torch.tensor(list(ex.past_counts.values()), dtype=torch.float32)
     return counts
