@@ -6,7 +6,7 @@ VENV := .venv
 PYTHON ?= $(VENV)/bin/python
 STAMP := $(dir $(PYTHON)).torchxc-deps
 
-.PHONY: setup build test bench bench-cpu lint device-prep gpu-check cuda-compile-check cmake-check ci clean
+.PHONY: setup build test bench bench-cpu lint device-prep gpu-check cuda-compile-check cmake-check sanitize-check ci clean
 
 setup: $(STAMP) build
 
@@ -50,7 +50,11 @@ cuda-compile-check: $(STAMP)
 cmake-check: $(STAMP)
 	PYTHON=$(PYTHON) tools/cmake_check.sh
 
-ci: test lint cuda-compile-check cmake-check
+# The CPU tests against an AddressSanitizer + UBSan build of the kernels (a copy under build/sanitize; no GPU needed).
+sanitize-check: $(STAMP)
+	PYTHON=$(PYTHON) tools/sanitize_check.sh
+
+ci: test lint cuda-compile-check cmake-check sanitize-check
 
 clean:
 	rm -rf build dist *.egg-info python/torchxc/*.so gpu-check-out

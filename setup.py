@@ -7,6 +7,9 @@ Switches (environment):
   TORCH_CUDA_ARCH_LIST="9.0"  GPU architectures (default here "7.5;8.0;9.0+PTX": Turing, Ampere, Ada, Hopper, and
                     newer GPUs through the PTX; torch's own default counts the visible GPUs and fails with none)
   MAX_JOBS=N        parallel compile jobs (ninja)
+  DEBUG=1           -O0 -g instead of -O3
+  SANITIZE=1        AddressSanitizer + UndefinedBehaviorSanitizer (-O1 -g; tools/sanitize_check.sh, which also sets the
+                    LD_PRELOAD these need under an uninstrumented Python)
 
 Install with `pip install --no-build-isolation .` so the build sees the torch you already have.
 """
@@ -52,6 +55,11 @@ def extensions():
     sources += rel("csrc/cuda/*.cu") if cuda else ["csrc/cuda_unavailable.cpp"]
     debug = _flag("DEBUG")
     cxx = ["-O0", "-g"] if debug else ["-O3", "-g0"]  # -g0: no debug info from Python's CFLAGS (30 MB -> a few)
+    # float-cast-overflow: a float converted to an integer type that cannot hold it (NaN included) is undefined too
+    sanitize = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all"]
+    sanitize = sanitize if _flag("SANITIZE") else []
+    if sanitize:
+        cxx = ["-O1", "-g", "-fno-omit-frame-pointer"] + sanitize
     # -fopenmp: at::parallel_for is an inline OpenMP region in ATen's headers; without the flag it runs serially.
     # -fno-trapping-math (no floating-point traps are observed; results are unchanged) lets GCC turn the kernels'
     # float selects into vector blends: without it the AVX2 clone of the sparsemax backward was scalar, with a
@@ -70,7 +78,7 @@ def extensions():
             "torchxc._C",
             sources,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc} if cuda else {"cxx": cxx},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=["-fopenmp"] + sanitize,
             py_limited_api=True,
         )
     ]
