@@ -681,6 +681,11 @@ def test_collate_and_past_counts_refuse_bad_examples():
         past_count_matrix([good, Example([[1]], [1], [2], past_counts={9: 2})], 5)
     with pytest.raises(ValueError, match=r"collate: example 0 has amounts label ids \[8\] outside"):
         collate([Example([[1]], [1], [2], amounts=[{8: 1}])], 5, 3, with_amounts=True)
+    for bucket in (True, -1, 2.0):  # a bool is an Integral: True passed as bucket 1
+        with pytest.raises(ValueError, match=r"collate: example 0 has amount buckets \[.*\]; each must be an int in "
+                                             r"\[0, "):
+            collate([Example([[1]], [1], [2], amounts=[{1: bucket}])], 5, 3, with_amounts=True)
+    assert collate([Example([[1]], [1], [2], amounts=[{1: 3}])], 5, 3, with_amounts=True)[2][0, 0, 1] == 3
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.3])

@@ -236,8 +236,10 @@ def collate(batch: list, num_labels: int, look_back: int, with_amounts: bool = F
             if len(ex.amounts) != len(ex.history):
                 raise ValueError(f"collate: example {b} has {len(ex.amounts)} amount maps for {len(ex.history)} events")
             _check_ids("collate", b, "amounts", [i for a in ex.amounts for i in a], num_labels)
-            if not all(isinstance(v, numbers.Integral) and 0 <= v < NUM_AMOUNTS for a in ex.amounts for v in a.values()):
-                raise ValueError(f"collate: example {b} has amount buckets outside [0, {NUM_AMOUNTS})")
+            bad = [v for a in ex.amounts for v in a.values() if not (_is_int(v) and 0 <= v < NUM_AMOUNTS)]
+            if bad:
+                raise ValueError(f"collate: example {b} has amount buckets {bad[:5]}; each must be an int in "
+                                 f"[0, {NUM_AMOUNTS})")
     history = torch.zeros(B, J, num_labels, dtype=torch.bool)
     gap = torch.zeros(B, J, dtype=torch.long)
     amount = torch.zeros(B, J, num_labels, dtype=torch.long) if with_amounts else None
