@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU test suite against a build of the kernels with AddressSanitizer and UndefinedBehaviorSanitizer: an
-# out-of-bounds read or write, a use after free, a signed overflow, a misaligned load or a bad shift in csrc/ aborts
-# the test that caused it, with the stack. Python and torch are not instrumented, so the sanitizer runtimes are
+# out-of-bounds read or write, a use after free, a signed overflow, a misaligned load, a bad shift or a float converted
+# to an integer type that cannot hold it (NaN included) in csrc/ aborts the test that caused it, with the stack. Python and torch are not instrumented, so the sanitizer runtimes are
 # preloaded; leak detection is off (the interpreter's own allocations would drown the report).
 #
 # The checkout (tracked and untracked-but-not-ignored files: the tests run the benchmark scripts too) is copied to
@@ -24,7 +24,9 @@ done
 
 rm -rf "$WORK/src"
 mkdir -p "$WORK/src"
-(cd "$ROOT" && git ls-files -co --exclude-standard | tar -cf - -T -) |
+# (files deleted but not yet committed are still listed by git: only those that exist)
+(cd "$ROOT" && git ls-files -co --exclude-standard | while IFS= read -r f; do if [ -e "$f" ]; then printf '%s\n' "$f"; fi; done |
+  tar -cf - -T -) |
   tar -xf - -C "$WORK/src"
 # the tests find ../shared/data beside the project root: the same folder, seen from the copy
 if [ -d "$ROOT/../shared" ] && [ ! -e "$WORK/shared" ]; then ln -s "$(cd "$ROOT/../shared" && pwd)" "$WORK/shared"; fi
