@@ -56,8 +56,8 @@ def extensions():
     debug = _flag("DEBUG")
     cxx = ["-O0", "-g"] if debug else ["-O3", "-g0"]  # -g0: no debug info from Python's CFLAGS (30 MB -> a few)
     # float-cast-overflow: a float converted to an integer type that cannot hold it (NaN included) is undefined too
-    sanitize = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all"]
-    sanitize = sanitize if _flag("SANITIZE") else []
+    sanitize = (["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all"]
+                if _flag("SANITIZE") else [])
     if sanitize:
         cxx = ["-O1", "-g", "-fno-omit-frame-pointer"] + sanitize
     # -fopenmp: at::parallel_for is an inline OpenMP region in ATen's headers; without the flag it runs serially.

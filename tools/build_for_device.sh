@@ -30,7 +30,7 @@ mkdir -p "$WORKDIR/src"
 # the files the device gets (tracked, and untracked ones git does not ignore), as they are now; their hash taken with
 # the copy, so that an edit during the build makes the library stale instead of labelling it with the new sources
 HASH=$(tools/source_hash.sh)
-git ls-files -z -co --exclude-standard | tar --null -T - -cf - | tar -x -C "$WORKDIR/src"
+tools/checkout_files.sh | tar --null -T - -cf - | tar -x -C "$WORKDIR/src"
 (cd "$WORKDIR/src" && FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
   "$WORKDIR/venv/bin/python" setup.py -q build_ext --inplace)
 mkdir -p "$ROOT/.prebuilt"

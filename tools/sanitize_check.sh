@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The CPU test suite against a build of the kernels with AddressSanitizer and UndefinedBehaviorSanitizer: an
 # out-of-bounds read or write, a use after free, a signed overflow, a misaligned load, a bad shift or a float converted
-# to an integer type that cannot hold it (NaN included) in csrc/ aborts the test that caused it, with the stack. Python and torch are not instrumented, so the sanitizer runtimes are
-# preloaded; leak detection is off (the interpreter's own allocations would drown the report).
+# to an integer type that cannot hold it (NaN included) in csrc/ aborts the test that caused it, with the stack.
+# Python and torch are not instrumented, so the sanitizer runtimes are preloaded; leak detection is off (the
+# interpreter's own allocations would drown the report).
 #
 # The checkout (tracked and untracked-but-not-ignored files: the tests run the benchmark scripts too) is copied to
 # $SANITIZE_DIR/src (default build/sanitize/src, mtimes kept so ninja rebuilds only what changed) and built in place
@@ -24,10 +25,7 @@ done
 
 rm -rf "$WORK/src"
 mkdir -p "$WORK/src"
-# (files deleted but not yet committed are still listed by git: only those that exist)
-(cd "$ROOT" && git ls-files -co --exclude-standard | while IFS= read -r f; do if [ -e "$f" ]; then printf '%s\n' "$f"; fi; done |
-  tar -cf - -T -) |
-  tar -xf - -C "$WORK/src"
+(cd "$ROOT" && tools/checkout_files.sh | tar --null -T - -cf -) | tar -xf - -C "$WORK/src"
 # the tests find ../shared/data beside the project root: the same folder, seen from the copy
 if [ -d "$ROOT/../shared" ] && [ ! -e "$WORK/shared" ]; then ln -s "$(cd "$ROOT/../shared" && pwd)" "$WORK/shared"; fi
 
@@ -38,10 +36,10 @@ echo "== sanitized build (ASan + UBSan, -O1) in $WORK"
 echo "== tests under the sanitizers"
 cd "$WORK/src"
 [ $# -gt 0 ] || set -- tests
-# halt_on_error / -fno-sanitize-recover: the first report ends the process, so pytest cannot pass over it
 export LD_PRELOAD="$ASAN_LIB:$UBSAN_LIB${LD_PRELOAD:+:$LD_PRELOAD}"
-# Reports go to files (pytest would swallow a dying process's stderr, and the tests that run scripts capture theirs),
-# and any report fails the check, even one from a subprocess whose failure a test expected.
+# halt_on_error / -fno-sanitize-recover: the first report ends the process, so pytest cannot pass over it. Reports go
+# to files (pytest would swallow a dying process's stderr, and the tests that run scripts capture theirs), and any
+# report fails the check, even one from a subprocess whose failure a test expected.
 REPORTS="$WORK/reports"
 rm -rf "$REPORTS"
 mkdir -p "$REPORTS"

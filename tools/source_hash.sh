@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # Outside a git checkout (the device machine's copy of the tree may have no .git: it holds exactly those files) every
 # file under csrc/ counts; the same list, so the same hash, as long as csrc/ holds no git-ignored files here.
 if command -v git >/dev/null 2>&1 && git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-  git ls-files -z -co --exclude-standard -- csrc setup.py
+  tools/checkout_files.sh csrc setup.py
 else
   find csrc setup.py -type f -print0
 fi | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
