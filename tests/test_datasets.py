@@ -1,5 +1,6 @@
 """Dataset loaders: small ARFF files written here, and the real Mulan sets when ../shared/data is present."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -117,7 +118,12 @@ def test_xc_format_edge_cases_and_errors(tmp_path):
                         ("2 4 3\n0 2:1 1:2\n1 1:1\n", "line 2: feature index 1 .* previous index 2"),
                         ("2 4 3\n0 1:1\n1 1:x\n", "line 3: expected index:value, got '1:x'"),
                         ("1 4.0 3\n0 1:1\n", "expected a header line 'N F L' of three integers"),
-                        ("2 4 3\n0 1:1\n1 1:1 # 2:5\n", "line 3: unexpected '#'")):
+                        ("2 4 3\n0 1:1\n1 1:1 # 2:5\n", "line 3: unexpected '#'"),
+                        # non-finite feature values (1e39 overflows float32) loaded silently
+                        ("2 4 3\n0 1:1\n1 0:1 2:nan\n", "line 3: feature 2 has the value nan; feature values must "
+                                                         "be finite"),
+                        ("2 4 3\n0 1:-inf\n1 1:1\n", "line 2: feature 1 has the value -inf"),
+                        ("2 4 3\n0 1:1\n1 3:1e39\n", "line 3: feature 3 has the value inf")):
         p.write_text(body)
         with pytest.raises(ValueError, match=match):
             load_xc(str(p))
@@ -135,12 +141,32 @@ def test_arff_errors(tmp_path):
         with pytest.raises(ValueError, match="num_labels must lie in"):
             load_arff(str(p), num_labels=bad)
     p.write_text(head + "1,2,0,1\n3,4,?,1\n")
-    with pytest.raises(ValueError, match="data row 2 has a missing value .* 'L1'"):
+    with pytest.raises(ValueError, match="data row 2 has a missing .* value for attribute 'L1'"):
         load_arff(str(p), num_labels=2)
     with pytest.raises(ValueError, match="a label is named twice"):
         load_arff(str(p), label_names=["L1", "L1"])
     p.write_text(head.replace("f1 numeric", "f1 {red,green}") + "red,2,0,1\n")
     with pytest.raises(ValueError, match="attribute 'f1' is nominal with values"):
+        load_arff(str(p), num_labels=2)
+    # loaded silently before: an infinite feature, an empty label list (every label column became a feature), a
+    # sparse row giving an attribute twice (the last value won); failed deep inside: num_labels 2.0; read letter by
+    # letter: a label name given as a string; ignored: num_labels beside label_names
+    p.write_text(head + "inf,2,0,1\n")
+    with pytest.raises(ValueError, match="data row 1 has an infinite value for attribute 'f1'"):
+        load_arff(str(p), num_labels=2)
+    p.write_text(head + "1,2,0,1\n")
+    for kw, msg in ((dict(label_names=[]), "label_names is empty"),
+                    (dict(label_names="L1"), "label_names must be a list of attribute names, got the string 'L1'"),
+                    (dict(num_labels=2.0), "num_labels must be an int, got float 2.0"),
+                    (dict(label_names=["L1"], num_labels=2), "label_names names 1 labels but num_labels is 2")):
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            load_arff(str(p), **kw)
+    assert load_arff(str(p), label_names=["L2"], num_labels=1).labels.tolist() == [[True]]
+    p.write_text(head + "{0 1,1 3}\n{0 1,0 2}\n")
+    with pytest.raises(ValueError, match="data row 2 gives attribute index 0 more than once"):
+        load_arff(str(p), num_labels=2)
+    p.write_text(head.replace("L1 {0,1}", "L1 numeric") + "1,2,1.0000001,1\n")  # the message said "the value 1"
+    with pytest.raises(ValueError, match=r"has the value 1\.0000001 for label 'L1'"):
         load_arff(str(p), num_labels=2)
 
 

@@ -201,7 +201,16 @@ def test_cli_refuses_options_the_model_ignores(tmp_path, capsys):
                        (["--model", "transformer", "--heads", "3"], "--heads 3 must divide --d-model 64"),
                        (["--model", "lanet", "--ema", "-0.5"], "--ema must lie in [0, 1)"),
                        (["--model", "lanet", "--ema", "1.5"], "--ema must lie in [0, 1)"),
-                       (["--model", "transformer", "--batch-size", "0"], "--batch-size must be >= 1")):
+                       (["--model", "transformer", "--batch-size", "0"], "--batch-size must be >= 1"),
+                       # these trained one epoch (--patience 0), or failed deep inside torch (the sizes)
+                       (["--model", "lanet", "--patience", "0"], "--patience must be >= 1"),
+                       (["--model", "transformer", "--patience", "-1"], "--patience must be >= 1"),
+                       (["--model", "lanet", "--dropout", "1.5"], "--dropout must lie in [0, 1)"),
+                       (["--model", "transformer", "--dropout", "-0.5"], "--dropout must lie in [0, 1)"),
+                       (["--model", "transformer", "--d-model", "0"], "--d-model must be >= 1"),
+                       (["--model", "lanet", "--lr", "-1"], "--lr must be a finite number >= 0"),
+                       (["--model", "lanet", "--lr", "inf"], "--lr must be a finite number >= 0"),
+                       (["--model", "transformer", "--weight-decay", "-1"], "--weight-decay must be a finite number")):
         with pytest.raises(SystemExit):
             cli_main(["--data", str(p)] + extra)
         assert msg in capsys.readouterr().err
@@ -221,6 +230,18 @@ def test_cli_refuses_options_the_model_ignores(tmp_path, capsys):
     assert cli_main(["--data", str(p), "--model", "lanet", "--epochs", "1", "--heads", "5", "--past-counts",
                      "--output", str(out)]) == 0
     assert json.loads(out.read_text())["num_labels"] > 0
+
+
+def test_diverged_training_is_reported(tmp_path):
+    """A learning rate that makes the scores NaN used to pass early stopping (NDCG of NaN scores is a number) and
+    then failed in sklearn's AUC with "Input contains NaN"."""
+    data = favourite_label_users(1, 12, {"train": 10, "validate": 4, "test": 4}, max_events=4)
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(data))
+    with pytest.raises(RuntimeError, match=r"training diverged: the model's scores on the validation users are not "
+                                           r"finite after epoch 1 .* try a lower --lr \(got 1e\+30\)"):
+        run(cli_parser().parse_args(["--data", str(p), "--model", "lanet", "--epochs", "2", "--lr", "1e30",
+                                     "--d-model", "16", "--d-time", "8"]))
 
 
 def test_small_csv_keeps_a_validation_user_and_empty_splits_are_refused(tmp_path):
@@ -618,6 +639,38 @@ def test_csv_and_json_malformed_values_get_errors_naming_the_line(tmp_path):
         q.write_text(json.dumps(data))
         with pytest.raises(ValueError, match=re.escape(msg)):
             load_temporal_sets_json(str(q))
+    # an empty event was accepted (as a target it scored 0 whatever the model); an event given as a string said
+    # "got dict"; an empty file raised a bare JSONDecodeError
+    for data, msg in ((dict(SPLITS, test={"t": [["a"], ["b"], []]}), "split 'test', user 't', event 2 is empty"),
+                      (dict(SPLITS, train={"u": [[], ["a"]]}), "split 'train', user 'u', event 0 is empty"),
+                      (dict(SPLITS, train={"u": ["ab", "cd"]}), "split 'train', user 'u', event 0: expected a list "
+                                                                 "of labels, got str 'ab'"),
+                      (dict(SPLITS, train={"u": "ab"}), "split 'train', user 'u': expected a list of events")):
+        q.write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=re.escape("load_temporal_sets_json: " + msg)):
+            load_temporal_sets_json(str(q))
+    for raw in (b"", b"{", b'{"train": "\xff"}'.replace(b"\\xff", b"\xff")):
+        q.write_bytes(raw)
+        with pytest.raises(ValueError, match=f"load_temporal_sets_json: {re.escape(str(q))} is not UTF-8 JSON"):
+            load_temporal_sets_json(str(q))
+    q.write_bytes(b"\xef\xbb\xbf" + json.dumps(SPLITS).encode())  # a byte-order mark is skipped, as in the CSV
+    assert load_temporal_sets_json(str(q)).num_labels == load_temporal_sets_json(str(q)).num_labels > 0
+    with pytest.raises(ValueError, match=r"load_temporal_sets_json: look_back must be an int >= 1, got 2.5"):
+        load_temporal_sets_json(str(q), look_back=2.5)
+    # too few users for the split: said that the train split had no example
+    for users in (1, 2):
+        p.write_text("user,time,label\n" + "".join(f"u{u},{t},a\n" for u in range(users) for t in range(3)))
+        with pytest.raises(ValueError, match=re.escape(f"has {users} user(s); the split (0.7, 0.1, 0.2) needs at "
+                                                       "least 3")):
+            load_temporal_sets_csv(str(p))
+    assert len(load_temporal_sets_csv(str(p), split=(1, 0, 0)).train) == 2 * 2  # no split needs one user each
+    p.write_bytes(b"user,time,label\nu,1,caf\xe9\n")
+    with pytest.raises(ValueError, match=r"load_temporal_sets_csv: .* is not UTF-8 text"):
+        load_temporal_sets_csv(str(p))
+    for kw, msg in ((dict(look_back=2.5), "look_back must be an int >= 1, got 2.5"),
+                    (dict(split=("a", 0.5, 0.5)), "split must be three fractions")):
+        with pytest.raises(ValueError, match=re.escape("load_temporal_sets_csv: " + msg)):
+            load_temporal_sets_csv(str(p), **kw)
 
 
 def test_metrics_and_models_refuse_inputs_that_would_broadcast_or_be_misread():
@@ -686,6 +739,24 @@ def test_collate_and_past_counts_refuse_bad_examples():
                                              r"\[0, "):
             collate([Example([[1]], [1], [2], amounts=[{1: bucket}])], 5, 3, with_amounts=True)
     assert collate([Example([[1]], [1], [2], amounts=[{1: 3}])], 5, 3, with_amounts=True)[2][0, 0, 1] == 3
+    # target None set the whole target row (every label a positive); other shapes failed with bare TypeErrors
+    for ex, msg in ((Example([[1]], [1], None), "target must be a list of label ids, got NoneType"),
+                    (Example([[1]], [1], 3), "target must be a list of label ids, got int 3"),
+                    (Example([1, 2], [1, 1], [3]), "each history event must be a list of label ids"),
+                    (Example([[1]], 1, [3]), "history must be a list of events"),
+                    (Example([[torch.tensor(1)]], [1], [3]), "history label ids [tensor(1)] of type Tensor; each "
+                                                             "must be an int in [0, num_labels = 5)")):
+        with pytest.raises(ValueError, match=re.escape("collate: example 0") + ".*" + re.escape(msg)):
+            collate([ex], 5, 3)
+    with pytest.raises(ValueError, match="collate: example 0: amounts must be a list of dicts"):
+        collate([Example([[1]], [1], [2], amounts=[[1]])], 5, 3, with_amounts=True)
+    for counts, msg in (([1, 2], "past_counts must be a dict {label id: count}, got list"),
+                        ({1: float("nan")}, "counts must be finite numbers >= 0, got [nan]"),
+                        ({1: -2}, "counts must be finite numbers >= 0, got [-2]"),
+                        ({1: "x"}, "counts must be finite numbers >= 0, got ['x']"),
+                        ({1: True}, "counts must be finite numbers >= 0, got [True]")):
+        with pytest.raises(ValueError, match=re.escape("past_count_matrix: example 0: " + msg)):
+            past_count_matrix([Example([[1]], [1], [2], past_counts=counts)], 5)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.3])

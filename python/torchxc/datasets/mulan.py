@@ -4,6 +4,7 @@ Mulan stores the labels as {0,1} attributes of the ARFF file and lists their nam
 usually the last attributes, but not always in the XML's order (yeast), so labels are located by name. Parsing
 uses liac-arff, which reads both the dense and the sparse (``{index value, ...}``) ARFF formats.
 """
+import numbers
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -48,7 +49,8 @@ def read_mulan_labels(xml_path: str) -> List[str]:
 
 def _scan_arff(path: str):
     """(sparse format?, number of data rows). Sparse rows may be empty, so liac-arff's COO output alone cannot
-    tell how many rows there are."""
+    tell how many rows there are. Also refuses a sparse row that gives an attribute twice (liac-arff would keep the
+    last value silently)."""
     sparse, rows, in_data = False, 0, False
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -59,6 +61,12 @@ def _scan_arff(path: str):
                 if rows == 0:
                     sparse = s.startswith("{")
                 rows += 1
+                if sparse and s.startswith("{"):
+                    idx = [item.split()[0] for item in s.strip("{}").split(",") if item.strip()]
+                    if len(set(idx)) != len(idx):
+                        twice = next(i for i in idx if idx.count(i) > 1)
+                        raise ValueError(f"load_arff: {path}: data row {rows} gives attribute index {twice} more "
+                                         "than once")
             else:
                 in_data = s.lower().startswith("@data")
     return sparse, rows
@@ -100,6 +108,17 @@ def load_arff(path: str, label_names: Optional[Sequence[str]] = None, num_labels
             continue
         raise ValueError(f"load_arff: {path}: attribute {name!r} is {what}; only numeric attributes (labels: 0/1) "
                          "are supported")
+    if isinstance(label_names, (str, bytes)):  # would be read letter by letter
+        raise ValueError(f"load_arff: label_names must be a list of attribute names, got the string {label_names!r}")
+    if num_labels is not None and (not isinstance(num_labels, numbers.Integral) or isinstance(num_labels, bool)):
+        raise ValueError(f"load_arff: num_labels must be an int, got {type(num_labels).__name__} {num_labels!r}")
+    if label_names is not None:
+        label_names = list(label_names)
+        if not label_names:  # the label columns would silently become features
+            raise ValueError(f"load_arff: {path}: label_names is empty; name at least one label attribute")
+        if num_labels is not None and num_labels != len(label_names):
+            raise ValueError(f"load_arff: label_names names {len(label_names)} labels but num_labels is {num_labels}; "
+                             "give one of them")
     if label_names is None:
         if num_labels is None:
             raise ValueError("load_arff: give label_names or num_labels")
@@ -129,13 +148,19 @@ def load_arff(path: str, label_names: Optional[Sequence[str]] = None, num_labels
     missing_at = np.argwhere(np.isnan(full))
     if len(missing_at):  # liac-arff reads "?" as None, which becomes NaN
         r, c = missing_at[0]
-        raise ValueError(f"load_arff: {path}: data row {r + 1} has a missing value ('?') for attribute {names[c]!r} "
-                         f"({len(missing_at)} missing values in all); impute them first")
+        raise ValueError(f"load_arff: {path}: data row {r + 1} has a missing ('?') or NaN value for attribute "
+                         f"{names[c]!r} ({len(missing_at)} such values in all); impute them first")
+    infinite_at = np.argwhere(np.isinf(full))
+    if len(infinite_at):  # "inf", or a number beyond float32's range
+        r, c = infinite_at[0]
+        raise ValueError(f"load_arff: {path}: data row {r + 1} has an infinite value for attribute {names[c]!r} "
+                         f"({len(infinite_at)} such values in all; values must be finite float32 numbers)")
     labels = full[:, label_cols]
     bad = np.argwhere((labels != 0) & (labels != 1) & (labels != -1))
     if len(bad):  # a numeric label attribute can hold anything; 0/1 (or -1/1) is what a label means
         r, c = bad[0]
-        raise ValueError(f"load_arff: {path}: data row {r + 1} has the value {labels[r, c]:g} for label "
+        value = np.format_float_positional(labels[r, c], trim="-")  # :g would round 1.0000001 to 1
+        raise ValueError(f"load_arff: {path}: data row {r + 1} has the value {value} for label "
                          f"{label_names[c]!r}; labels must be 1 (positive) or 0 / -1 (negative) ({len(bad)} such "
                          "values in all)")
     return MultiLabelData(

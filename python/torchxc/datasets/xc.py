@@ -86,6 +86,13 @@ def load_xc(path: str, dense: bool = True) -> XCData:
         if any(b":" in line for i, line in enumerate(lines) if i not in blank_rows):
             raise ValueError(f"load_xc: {path}: {_first_bad_line(lines, num_features)}")
         x = x[:, :0]
+    x = x.tocsr()
+    bad = np.flatnonzero(~np.isfinite(x.data))
+    if len(bad):  # "nan", "inf", or a number beyond float32's range
+        row = int(np.searchsorted(x.indptr, bad[0], side="right")) - 1
+        raise ValueError(f"load_xc: {path}: line {row + 2}: feature {int(x.indices[bad[0]])} has the value "
+                         f"{x.data[bad[0]]}; feature values must be finite float32 numbers ({len(bad)} such values "
+                         "in all)")
     x.eliminate_zeros()
     labels = []
     for i, row in enumerate(y):
@@ -101,7 +108,6 @@ def load_xc(path: str, dense: bool = True) -> XCData:
     if dense:
         features = torch.from_numpy(x.toarray())
     else:
-        x = x.tocsr()
         features = torch.sparse_csr_tensor(torch.from_numpy(x.indptr).long(), torch.from_numpy(x.indices).long(),
                                            torch.from_numpy(x.data), size=x.shape, check_invariants=False)
     return XCData(features, indptr, indices, num_labels)

@@ -12,6 +12,7 @@ import math
 import numbers
 import random
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -64,22 +65,31 @@ def amount_bucket(a: float) -> int:
     return _log2_bucket(a, NUM_AMOUNTS)
 
 
-def _build(splits: dict, look_back: int, times: dict | None = None, amounts: dict | None = None) -> TemporalSets:
+def _build(splits: dict, look_back: int, times: dict | None = None, amounts: dict | None = None,
+           fn: str = "temporal sets") -> TemporalSets:
     """splits: {"train"|"validate"|"test": {user: [[label, ...], ...]}} (time-ordered); times/amounts optional
     {user: [t, ...]} / {user: [{label: amount}, ...]}."""
-    if look_back < 1:
-        raise ValueError(f"look_back must be >= 1, got {look_back}")
+    if not _is_int(look_back) or look_back < 1:
+        raise ValueError(f"{fn}: look_back must be an int >= 1, got {look_back!r}")
     for name in ("train", "validate", "test"):
         users = splits[name]
-        if not isinstance(users, dict) or not all(isinstance(seq, list) and all(isinstance(e, list) for e in seq)
-                                                  for seq in users.values()):
-            raise ValueError(f"temporal sets: split {name!r} must map each user to a list of events (lists of "
-                             f"labels), got {type(users).__name__}")
+        if not isinstance(users, dict):
+            raise ValueError(f"{fn}: split {name!r} must map each user to a list of events (lists of labels), got "
+                             f"{type(users).__name__}")
         for user, seq in users.items():
-            for event in seq:
+            if not isinstance(seq, list):
+                raise ValueError(f"{fn}: split {name!r}, user {user!r}: expected a list of events (lists of labels), "
+                                 f"got {type(seq).__name__}")
+            for j, event in enumerate(seq):
+                if not isinstance(event, list):
+                    raise ValueError(f"{fn}: split {name!r}, user {user!r}, event {j}: expected a list of labels, got "
+                                     f"{type(event).__name__} {event!r:.40}")
+                if not event:  # as a target it would score 0 whatever the model; in a history, a slot of nothing
+                    raise ValueError(f"{fn}: split {name!r}, user {user!r}, event {j} is empty: an event must hold "
+                                     "at least one label")
                 for v in event:  # labels are dictionary keys: a list would not hash, None is no label
                     if not isinstance(v, (str, int)) or isinstance(v, bool):
-                        raise ValueError(f"temporal sets: split {name!r}, user {user!r}: labels must be strings or "
+                        raise ValueError(f"{fn}: split {name!r}, user {user!r}: labels must be strings or "
                                          f"integers, got {v!r}")
     counts = Counter(lab for seq in splits["train"].values() for event in seq for lab in set(event))
     vocab = sorted(counts, key=lambda v: (-counts[v], str(v)))
@@ -122,15 +132,18 @@ def _build(splits: dict, look_back: int, times: dict | None = None, amounts: dic
 
 def load_temporal_sets_json(path: str, look_back: int = 3) -> TemporalSets:
     """The DNNTSP JSON format: ``{"train"|"validate"|"test": {user: [[label, ...], ...]}}``."""
-    with open(path) as f:
-        data = json.load(f)
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # JSON is UTF-8; -sig: a byte-order mark is skipped
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"load_temporal_sets_json: {path} is not UTF-8 JSON: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"load_temporal_sets_json: {path}: expected an object with the splits train, validate, "
                          f"test, got a {type(data).__name__}")
     missing = {"train", "validate", "test"} - set(data)
     if missing:
         raise ValueError(f"load_temporal_sets_json: {path} lacks the split(s) {sorted(missing)}")
-    return _build(data, look_back)
+    return _build(data, look_back, fn="load_temporal_sets_json")
 
 
 def _parse_time(s: str) -> tuple:
@@ -148,47 +161,66 @@ def _parse_time(s: str) -> tuple:
     return t, kind
 
 
+def _read_csv_rows(path: str, reader, events) -> bool:
+    """load_temporal_sets_csv's rows into events[user][time][label] = summed amount; returns whether the file has
+    amounts."""
+    time_kind = None  # numbers or dates, not both: a number next to dates would be read as days since 1970
+    header = [h.strip().lower() for h in next(reader, [])]
+    if header not in (["user", "time", "label"], ["user", "time", "label", "amount"]):
+        raise ValueError(f"load_temporal_sets_csv: {path}: expected the header user,time,label[,amount], got "
+                         f"{header or 'an empty file'}")
+    has_amount = len(header) > 3
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise ValueError(f"load_temporal_sets_csv: {path} line {reader.line_num}: expected {len(header)} "
+                             f"fields ({','.join(header)}), got {len(row)}: {row}")
+        row = [c.strip() for c in row]  # "u1, 5, a" and "u1,5,a" name the same user and label
+        try:
+            for name, value in zip(("user", "label"), (row[0], row[2])):
+                if not value:
+                    raise ValueError(f"the {name} is empty")
+            amount = float(row[3]) if has_amount and row[3] != "" else 0.0
+            if not math.isfinite(amount):  # negative amounts (returns) are data: their bucket is 0's
+                raise ValueError(f"amount must be a finite number, got {row[3]!r}")
+            t, kind = _parse_time(row[1])
+            if time_kind is not None and kind != time_kind:
+                raise ValueError(f"time {row[1]!r} is a {kind}, earlier rows' times are {time_kind}s: use "
+                                 "one kind of time in a file")
+            time_kind = kind
+        except ValueError as e:
+            raise ValueError(f"load_temporal_sets_csv: {path} line {reader.line_num}: {e}") from None
+        d = events[row[0]][t]
+        d[row[2]] = d.get(row[2], 0.0) + amount
+    return has_amount
+
+
 def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2), seed: int = 0) -> TemporalSets:
     """A CSV with a header and columns ``user, time, label[, amount]`` (one row per label occurrence; rows of the
     same user and time form one event). Time is a number or an ISO date (gaps in days). Users are split at random
     (seeded) into train / validate / test with the given fractions."""
     split = tuple(split)
-    if len(split) != 3 or not all(0 <= f <= 1 for f in split) or abs(sum(split) - 1) > 1e-6 or split[0] == 0:
+    if (len(split) != 3 or not all(isinstance(f, numbers.Real) and not isinstance(f, bool) and 0 <= f <= 1
+                                   for f in split) or abs(sum(split) - 1) > 1e-6 or split[0] == 0):
         raise ValueError(f"load_temporal_sets_csv: split must be three fractions (train, validate, test) >= 0 "
                          f"summing to 1, train's positive, got {split}")
+    if not _is_int(look_back) or look_back < 1:  # before reading a large file
+        raise ValueError(f"load_temporal_sets_csv: look_back must be an int >= 1, got {look_back!r}")
     events = defaultdict(lambda: defaultdict(dict))
-    time_kind = None  # numbers or dates, not both: a number next to dates would be read as days since 1970
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Excel's "CSV UTF-8") is skipped
         reader = csv.reader(f)
-        header = [h.strip().lower() for h in next(reader, [])]
-        if header not in (["user", "time", "label"], ["user", "time", "label", "amount"]):
-            raise ValueError(f"load_temporal_sets_csv: {path}: expected the header user,time,label[,amount], got "
-                             f"{header or 'an empty file'}")
-        has_amount = len(header) > 3
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise ValueError(f"load_temporal_sets_csv: {path} line {reader.line_num}: expected {len(header)} "
-                                 f"fields ({','.join(header)}), got {len(row)}: {row}")
-            row = [c.strip() for c in row]  # "u1, 5, a" and "u1,5,a" name the same user and label
-            try:
-                for name, value in zip(("user", "label"), (row[0], row[2])):
-                    if not value:
-                        raise ValueError(f"the {name} is empty")
-                amount = float(row[3]) if has_amount and row[3] != "" else 0.0
-                if not math.isfinite(amount):  # negative amounts (returns) are data: their bucket is 0's
-                    raise ValueError(f"amount must be a finite number, got {row[3]!r}")
-                t, kind = _parse_time(row[1])
-                if time_kind is not None and kind != time_kind:
-                    raise ValueError(f"time {row[1]!r} is a {kind}, earlier rows' times are {time_kind}s: use "
-                                     "one kind of time in a file")
-                time_kind = kind
-            except ValueError as e:
-                raise ValueError(f"load_temporal_sets_csv: {path} line {reader.line_num}: {e}") from None
-            d = events[row[0]][t]
-            d[row[2]] = d.get(row[2], 0.0) + amount
+        try:
+            has_amount = _read_csv_rows(path, reader, events)
+        except UnicodeDecodeError as e:  # decoded a block at a time: no line number to give
+            raise ValueError(f"load_temporal_sets_csv: {path} is not UTF-8 text: {e}") from None
+        except csv.Error as e:  # e.g. a field longer than the csv module's limit
+            raise ValueError(f"load_temporal_sets_csv: {path} line {reader.line_num}: {e}") from None
     users = sorted(events)
+    needed = 1 + (split[1] > 0) + (split[2] > 0)
+    if len(users) < needed:
+        raise ValueError(f"load_temporal_sets_csv: {path} has {len(users)} user(s); the split {split} needs at least "
+                         f"{needed} (one per split with a positive fraction)")
     random.Random(seed).shuffle(users)
     # at least one validation and one test user whenever their fraction is positive and there are enough users
     n = len(users)
@@ -204,7 +236,7 @@ def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2),
             splits[name][u] = [sorted(events[u][t]) for t in ts]
             times[u] = ts
             amounts[u] = [events[u][t] for t in ts]
-    return _build(splits, look_back, times, amounts if has_amount else None)
+    return _build(splits, look_back, times, amounts if has_amount else None, fn="load_temporal_sets_csv")
 
 
 def _is_int(v) -> bool:
@@ -218,21 +250,42 @@ def _check_ids(fn: str, b: int, what: str, ids: list, num_labels: int) -> None:
         return  # the loaders' case, at C speed; the scan below names what is wrong
     bad = [i for i in ids if not (_is_int(i) and 0 <= i < num_labels)]
     if bad:
+        kinds = sorted({type(i).__name__ for i in bad if not _is_int(i)})
+        if kinds:
+            raise ValueError(f"{fn}: example {b} has {what} label ids {bad[:5]} of type {', '.join(kinds)}; each must "
+                             f"be an int in [0, num_labels = {num_labels})")
         raise ValueError(f"{fn}: example {b} has {what} label ids {bad[:5]} outside [0, num_labels = {num_labels})")
+
+
+def _check_id_list(fn: str, b: int, what: str, ids, num_labels: int) -> None:
+    """A list (or tuple) of vocabulary ids; None or a bare id would index a whole row or fail deep inside."""
+    if not isinstance(ids, (list, tuple)):
+        raise ValueError(f"{fn}: example {b}: {what} must be a list of label ids, got {type(ids).__name__} "
+                         f"{ids!r:.40}")
+    _check_ids(fn, b, what, ids, num_labels)
 
 
 def collate(batch: list, num_labels: int, look_back: int, with_amounts: bool = False):
     """history bool [B, J, C], gap int64 [B, J] (0 = no event), amount int64 [B, J, C] or None, target bool [B, C]."""
     B, J = len(batch), look_back
     for b, ex in enumerate(batch):
+        if not isinstance(ex.history, (list, tuple)) or not isinstance(ex.gaps, (list, tuple)):
+            raise ValueError(f"collate: example {b}: history must be a list of events (lists of label ids) and gaps a "
+                             f"list of ints, got {type(ex.history).__name__} and {type(ex.gaps).__name__}")
         if len(ex.history) > J or len(ex.gaps) != len(ex.history):
             raise ValueError(f"collate: example {b} has {len(ex.history)} history events and {len(ex.gaps)} gaps; "
                              f"expected one gap per event and at most look_back = {J} events")
         if not all(_is_int(g) and 1 <= g < NUM_GAPS for g in ex.gaps):
             raise ValueError(f"collate: example {b} has gap buckets {ex.gaps}; each must be an int in [1, {NUM_GAPS})")
+        if not all(isinstance(ids, (list, tuple)) for ids in ex.history):
+            raise ValueError(f"collate: example {b}: each history event must be a list of label ids, got "
+                             f"{ex.history!r:.60}")
         _check_ids("collate", b, "history", [i for ids in ex.history for i in ids], num_labels)
-        _check_ids("collate", b, "target", ex.target, num_labels)
+        _check_id_list("collate", b, "target", ex.target, num_labels)
         if with_amounts and ex.amounts is not None:
+            if not isinstance(ex.amounts, (list, tuple)) or not all(isinstance(a, Mapping) for a in ex.amounts):
+                raise ValueError(f"collate: example {b}: amounts must be a list of dicts {{label id: amount bucket}}, "
+                                 f"one per history event, got {ex.amounts!r:.60}")
             if len(ex.amounts) != len(ex.history):
                 raise ValueError(f"collate: example {b} has {len(ex.amounts)} amount maps for {len(ex.history)} events")
             _check_ids("collate", b, "amounts", [i for a in ex.amounts for i in a], num_labels)
@@ -260,8 +313,16 @@ def past_count_matrix(batch: list, num_labels: int) -> torch.Tensor:
     contained each label."""
     counts = torch.zeros(len(batch), num_labels)
     for b, ex in enumerate(batch):
+        if not isinstance(ex.past_counts, Mapping):
+            raise ValueError(f"past_count_matrix: example {b}: past_counts must be a dict {{label id: count}}, got "
+                             f"{type(ex.past_counts).__name__}")
         ids = list(ex.past_counts)
         _check_ids("past_count_matrix", b, "past_counts", ids, num_labels)
         if ids:
-            counts[b, ids] = torch.tensor(list(ex.past_counts.values()), dtype=torch.float32)
+            values = list(ex.past_counts.values())
+            bad = [v for v in values
+                   if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 <= v < math.inf)]
+            if bad:
+                raise ValueError(f"past_count_matrix: example {b}: counts must be finite numbers >= 0, got {bad[:5]}")
+            counts[b, ids] = torch.tensor(values, dtype=torch.float32)
     return counts

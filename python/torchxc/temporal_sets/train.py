@@ -8,6 +8,7 @@ average of the weights (``--ema DECAY``, updated after every step), which is the
 """
 from __future__ import annotations  # X | None annotations on Python 3.9
 import json
+import math
 import os
 import random
 import resource
@@ -17,7 +18,8 @@ import torch
 
 from ..models.lanet import LANET, TimeStepTransformer, loss_fn
 from .baselines import personal_frequency_scores
-from .data import NUM_GAPS, TemporalSets, collate, load_temporal_sets_csv, load_temporal_sets_json, past_count_matrix
+from .data import (NUM_GAPS, TemporalSets, _check_id_list, collate, load_temporal_sets_csv, load_temporal_sets_json,
+                   past_count_matrix)
 from .metrics import evaluate_scores, ndcg_at_k, tune_thresholds
 from .transitions import TransitionPrior
 
@@ -36,6 +38,7 @@ def load(path: str, look_back: int = 3, split_seed: int = 0) -> TemporalSets:
 def _targets(examples, C):
     target = torch.zeros(len(examples), C, dtype=torch.bool)
     for i, ex in enumerate(examples):
+        _check_id_list("temporal_sets", i, "target", ex.target, C)
         target[i, ex.target] = True
     return target, torch.tensor([ex.n_unseen for ex in examples], dtype=torch.float32)
 
@@ -133,6 +136,17 @@ def check_args(args, has_amounts: bool | None = None) -> None:
             problems.append(f"--ema must lie in [0, 1) (0: no weight average), got {args.ema}")
         if args.heads < 1 or args.layers < 1:
             problems.append(f"--heads and --layers must be >= 1, got {args.heads} and {args.layers}")
+        if args.d_model < 1:
+            problems.append(f"--d-model must be >= 1, got {args.d_model}")
+        if args.patience < 1:
+            problems.append(f"--patience must be >= 1 (epochs without a better validation NDCG@10 before stopping), "
+                            f"got {args.patience}")
+        if not 0 <= args.dropout < 1:
+            problems.append(f"--dropout must lie in [0, 1), got {args.dropout}")
+        if not 0 <= args.lr < math.inf:  # 0: weights that never move, a control
+            problems.append(f"--lr must be a finite number >= 0, got {args.lr}")
+        if not 0 <= args.weight_decay < math.inf:
+            problems.append(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
     if args.model == "lanet":
         if not 0 <= args.d_time < args.d_model:
             problems.append(f"LANET splits --d-model into a label part and a --d-time part: expected 0 <= --d-time < "
@@ -218,6 +232,12 @@ def run(args, data: TemporalSets | None = None, progress: bool = True, scores: d
             if ema is not None:
                 ema.swap(model)  # validate (and keep) the averaged weights
             val_s = predict(model, data.validate, data, device)
+            if not torch.isfinite(val_s).all():  # the metrics would rank NaN scores, sklearn's AUC would refuse them
+                if bar:
+                    bar.close()
+                raise RuntimeError(f"temporal_sets: training diverged: the model's scores on the validation users are "
+                                   f"not finite after epoch {epoch + 1} (mean training loss {total / len(train):.4g}); "
+                                   f"try a lower --lr (got {args.lr})")
             score = ndcg_at_k(val_s, val_t, 10, val_u)
             if score > best:
                 best, bad = score, 0
