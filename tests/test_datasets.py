@@ -162,8 +162,18 @@ def test_arff_errors(tmp_path):
         with pytest.raises(ValueError, match=re.escape(msg)):
             load_arff(str(p), **kw)
     assert load_arff(str(p), label_names=["L2"], num_labels=1).labels.tolist() == [[True]]
-    p.write_text(head + "{0 1,1 3}\n{0 1,0 2}\n")
-    with pytest.raises(ValueError, match="data row 2 gives attribute index 0 more than once"):
+    for n in (np.int64(2), np.array(2), torch.tensor(2)):  # integers that numpy and torch wrap
+        assert load_arff(str(p), num_labels=n).labels.shape == (1, 2)
+    for body, row in (("{0 1,1 3}\n{0 1,0 2}\n", 2), ("{1 1,01 5,2 1}\n", 1), ("1,2,0,1\n{0 1,0 2}\n", 2)):
+        p.write_text(head + body)  # 01 is attribute 1; a dense file's reader takes sparse rows too
+        with pytest.raises(ValueError, match=f"data row {row} gives attribute index [01] more than once"):
+            load_arff(str(p), num_labels=2)
+    p.write_text(head.replace("L1 {0,1}", "L1 {'0','1'}") + "{ 0 1 ,1\t2, 2 '1'}\n{}\n{3 1}\n")  # spaces, quotes
+    d = load_arff(str(p), num_labels=2)
+    assert d.features.tolist() == [[1, 2], [0, 0], [0, 0]] and d.labels.tolist() == [[True, False], [False, False],
+                                                                                     [False, True]]
+    p.write_text(head.replace("f2 numeric", "f2 string") + "{0 1,1 'a, 0 b',2 1}\n")  # not a duplicate: a string
+    with pytest.raises(ValueError, match="attribute 'f2' is a string attribute"):
         load_arff(str(p), num_labels=2)
     p.write_text(head.replace("L1 {0,1}", "L1 numeric") + "1,2,1.0000001,1\n")  # the message said "the value 1"
     with pytest.raises(ValueError, match=r"has the value 1\.0000001 for label 'L1'"):

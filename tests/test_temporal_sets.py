@@ -4,6 +4,7 @@ import math
 import random
 import re
 
+import numpy as np
 import pytest
 import torch
 from testing import favourite_label_users
@@ -242,6 +243,28 @@ def test_diverged_training_is_reported(tmp_path):
                                            r"finite after epoch 1 .* try a lower --lr \(got 1e\+30\)"):
         run(cli_parser().parse_args(["--data", str(p), "--model", "lanet", "--epochs", "2", "--lr", "1e30",
                                      "--d-model", "16", "--d-time", "8"]))
+
+
+def test_late_divergence_keeps_the_best_earlier_epoch(tmp_path, monkeypatch):
+    """Scores that turn non-finite after a finite epoch stop training with a warning; the best earlier epoch is
+    evaluated (the first version of the check threw the run away)."""
+    import torchxc.temporal_sets.train as train_mod
+
+    data = favourite_label_users(1, 12, {"train": 10, "validate": 4, "test": 4}, max_events=4)
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(data))
+    real, calls = train_mod.predict, []
+
+    def predict(*a, **k):  # epoch 2's validation scores: NaN, as if the weights had diverged
+        calls.append(1)
+        out = real(*a, **k)
+        return out * math.nan if len(calls) == 2 else out
+
+    monkeypatch.setattr(train_mod, "predict", predict)
+    with pytest.warns(RuntimeWarning, match=r"not finite after epoch 2 .* evaluating the best earlier epoch"):
+        res = run(cli_parser().parse_args(["--data", str(p), "--model", "lanet", "--epochs", "4", "--d-model", "16",
+                                           "--d-time", "8"]), progress=False)
+    assert res["epochs_run"] == 2 and res["diverged_at_epoch"] == 2 and math.isfinite(res["ndcg@10"])
 
 
 def test_small_csv_keeps_a_validation_user_and_empty_splits_are_refused(tmp_path):
@@ -649,12 +672,14 @@ def test_csv_and_json_malformed_values_get_errors_naming_the_line(tmp_path):
         q.write_text(json.dumps(data))
         with pytest.raises(ValueError, match=re.escape("load_temporal_sets_json: " + msg)):
             load_temporal_sets_json(str(q))
-    for raw in (b"", b"{", b'{"train": "\xff"}'.replace(b"\\xff", b"\xff")):
+    for raw in (b"", b"{", b'{"train": "\xff"}'):
         q.write_bytes(raw)
         with pytest.raises(ValueError, match=f"load_temporal_sets_json: {re.escape(str(q))} is not UTF-8 JSON"):
             load_temporal_sets_json(str(q))
     q.write_bytes(b"\xef\xbb\xbf" + json.dumps(SPLITS).encode())  # a byte-order mark is skipped, as in the CSV
-    assert load_temporal_sets_json(str(q)).num_labels == load_temporal_sets_json(str(q)).num_labels > 0
+    with_bom = load_temporal_sets_json(str(q))
+    q.write_text(json.dumps(SPLITS))
+    assert with_bom.vocab == load_temporal_sets_json(str(q)).vocab and with_bom.num_labels > 0
     with pytest.raises(ValueError, match=r"load_temporal_sets_json: look_back must be an int >= 1, got 2.5"):
         load_temporal_sets_json(str(q), look_back=2.5)
     # too few users for the split: said that the train split had no example
@@ -665,7 +690,8 @@ def test_csv_and_json_malformed_values_get_errors_naming_the_line(tmp_path):
             load_temporal_sets_csv(str(p))
     assert len(load_temporal_sets_csv(str(p), split=(1, 0, 0)).train) == 2 * 2  # no split needs one user each
     p.write_bytes(b"user,time,label\nu,1,caf\xe9\n")
-    with pytest.raises(ValueError, match=r"load_temporal_sets_csv: .* is not UTF-8 text"):
+    with pytest.raises(ValueError, match=r"load_temporal_sets_csv: .* is not UTF-8 text \(the bytes b'\\xe9\\n' do "
+                                         r"not decode\)"):
         load_temporal_sets_csv(str(p))
     for kw, msg in ((dict(look_back=2.5), "look_back must be an int >= 1, got 2.5"),
                     (dict(split=("a", 0.5, 0.5)), "split must be three fractions")):
@@ -748,6 +774,8 @@ def test_collate_and_past_counts_refuse_bad_examples():
                                                              "must be an int in [0, num_labels = 5)")):
         with pytest.raises(ValueError, match=re.escape("collate: example 0") + ".*" + re.escape(msg)):
             collate([ex], 5, 3)
+    np_history = collate([Example([np.array([1, 2])], (1,), np.array([0, 4]))], 5, 3)  # numpy ids, as before
+    assert np_history[0][0, 0].nonzero().flatten().tolist() == [1, 2] and np_history[3][0].tolist() == [1, 0, 0, 0, 1]
     with pytest.raises(ValueError, match="collate: example 0: amounts must be a list of dicts"):
         collate([Example([[1]], [1], [2], amounts=[[1]])], 5, 3, with_amounts=True)
     for counts, msg in (([1, 2], "past_counts must be a dict {label id: count}, got list"),

@@ -4,7 +4,7 @@ Mulan stores the labels as {0,1} attributes of the ARFF file and lists their nam
 usually the last attributes, but not always in the XML's order (yeast), so labels are located by name. Parsing
 uses liac-arff, which reads both the dense and the sparse (``{index value, ...}``) ARFF formats.
 """
-import numbers
+import operator
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -47,11 +47,29 @@ def read_mulan_labels(xml_path: str) -> List[str]:
     return names
 
 
+def _sparse_duplicate(row: str):
+    """The first attribute index that a sparse data row ``{i v, j w, ...}`` gives twice (liac-arff keeps the last
+    value silently), or None. Indices are compared as numbers (01 is 1); only numeric rows are checked exactly (a
+    quoted value holding ", " is split wrongly, but such attributes are refused anyway)."""
+    seen = set()
+    for item in row.strip("{}").split(","):
+        head = item.split(None, 1)
+        if not head:
+            continue
+        try:
+            index = int(head[0])
+        except ValueError:
+            continue
+        if index in seen:
+            return index
+        seen.add(index)
+    return None
+
+
 def _scan_arff(path: str):
-    """(sparse format?, number of data rows). Sparse rows may be empty, so liac-arff's COO output alone cannot
-    tell how many rows there are. Also refuses a sparse row that gives an attribute twice (liac-arff would keep the
-    last value silently)."""
-    sparse, rows, in_data = False, 0, False
+    """(sparse format?, number of data rows, (row, index) of the first attribute a sparse row gives twice or None).
+    Sparse rows may be empty, so liac-arff's COO output alone cannot tell how many rows there are."""
+    sparse, rows, in_data, twice = False, 0, False, None
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             s = line.strip()
@@ -61,15 +79,13 @@ def _scan_arff(path: str):
                 if rows == 0:
                     sparse = s.startswith("{")
                 rows += 1
-                if sparse and s.startswith("{"):
-                    idx = [item.split()[0] for item in s.strip("{}").split(",") if item.strip()]
-                    if len(set(idx)) != len(idx):
-                        twice = next(i for i in idx if idx.count(i) > 1)
-                        raise ValueError(f"load_arff: {path}: data row {rows} gives attribute index {twice} more "
-                                         "than once")
+                if twice is None and s.startswith("{"):  # a dense file's reader takes sparse rows too
+                    index = _sparse_duplicate(s)
+                    if index is not None:
+                        twice = (rows, index)
             else:
                 in_data = s.lower().startswith("@data")
-    return sparse, rows
+    return sparse, rows, twice
 
 
 def _is_number(v) -> bool:
@@ -90,7 +106,27 @@ def load_arff(path: str, label_names: Optional[Sequence[str]] = None, num_labels
     """
     import arff  # liac-arff
 
-    sparse, num_rows = _scan_arff(path)
+    if isinstance(label_names, (str, bytes)):  # would be read letter by letter
+        raise ValueError(f"load_arff: {path}: label_names must be a list of attribute names, got the string "
+                         f"{label_names!r}")
+    if num_labels is not None:
+        try:
+            if isinstance(num_labels, bool):
+                raise TypeError
+            num_labels = operator.index(num_labels)  # an int, numpy's or a 0-d tensor's; not 2.0
+        except TypeError:
+            raise ValueError(f"load_arff: {path}: num_labels must be an int, got {type(num_labels).__name__} "
+                             f"{num_labels!r}") from None
+    if label_names is not None:
+        label_names = list(label_names)
+        if not label_names:  # the label columns would silently become features
+            raise ValueError(f"load_arff: {path}: label_names is empty; name at least one label attribute")
+        if num_labels is not None and num_labels != len(label_names):
+            raise ValueError(f"load_arff: {path}: label_names names {len(label_names)} labels but num_labels is "
+                             f"{num_labels}; give one of them")
+    elif num_labels is None:
+        raise ValueError("load_arff: give label_names or num_labels")
+    sparse, num_rows, twice = _scan_arff(path)
     with open(path, encoding="utf-8", errors="replace") as f:
         # every line stripped: liac-arff strips only spaces, so a tab-indented @attribute line would be dropped and
         # shift every later column
@@ -108,20 +144,9 @@ def load_arff(path: str, label_names: Optional[Sequence[str]] = None, num_labels
             continue
         raise ValueError(f"load_arff: {path}: attribute {name!r} is {what}; only numeric attributes (labels: 0/1) "
                          "are supported")
-    if isinstance(label_names, (str, bytes)):  # would be read letter by letter
-        raise ValueError(f"load_arff: label_names must be a list of attribute names, got the string {label_names!r}")
-    if num_labels is not None and (not isinstance(num_labels, numbers.Integral) or isinstance(num_labels, bool)):
-        raise ValueError(f"load_arff: num_labels must be an int, got {type(num_labels).__name__} {num_labels!r}")
-    if label_names is not None:
-        label_names = list(label_names)
-        if not label_names:  # the label columns would silently become features
-            raise ValueError(f"load_arff: {path}: label_names is empty; name at least one label attribute")
-        if num_labels is not None and num_labels != len(label_names):
-            raise ValueError(f"load_arff: label_names names {len(label_names)} labels but num_labels is {num_labels}; "
-                             "give one of them")
+    if twice is not None:  # after the attribute checks: a string value holding ", " would be split wrongly
+        raise ValueError(f"load_arff: {path}: data row {twice[0]} gives attribute index {twice[1]} more than once")
     if label_names is None:
-        if num_labels is None:
-            raise ValueError("load_arff: give label_names or num_labels")
         if not 1 <= num_labels <= len(names):
             raise ValueError(f"load_arff: {path} has {len(names)} attributes, so num_labels must lie in [1, "
                              f"{len(names)}], got {num_labels}")

@@ -212,8 +212,9 @@ def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2),
         reader = csv.reader(f)
         try:
             has_amount = _read_csv_rows(path, reader, events)
-        except UnicodeDecodeError as e:  # decoded a block at a time: no line number to give
-            raise ValueError(f"load_temporal_sets_csv: {path} is not UTF-8 text: {e}") from None
+        except UnicodeDecodeError as e:  # decoded a block at a time: no line number or file offset to give
+            raise ValueError(f"load_temporal_sets_csv: {path} is not UTF-8 text (the bytes "
+                             f"{e.object[e.start:e.end + 8]!r} do not decode)") from None
         except csv.Error as e:  # e.g. a field longer than the csv module's limit
             raise ValueError(f"load_temporal_sets_csv: {path} line {reader.line_num}: {e}") from None
     users = sorted(events)
@@ -246,7 +247,7 @@ def _is_int(v) -> bool:
 
 def _check_ids(fn: str, b: int, what: str, ids: list, num_labels: int) -> None:
     """Vocabulary ids must be ints in [0, num_labels): a negative one would index from the end."""
-    if not ids or (set(map(type, ids)) == {int} and 0 <= min(ids) and max(ids) < num_labels):
+    if len(ids) == 0 or (set(map(type, ids)) == {int} and 0 <= min(ids) and max(ids) < num_labels):
         return  # the loaders' case, at C speed; the scan below names what is wrong
     bad = [i for i in ids if not (_is_int(i) and 0 <= i < num_labels)]
     if bad:
@@ -257,9 +258,14 @@ def _check_ids(fn: str, b: int, what: str, ids: list, num_labels: int) -> None:
         raise ValueError(f"{fn}: example {b} has {what} label ids {bad[:5]} outside [0, num_labels = {num_labels})")
 
 
+def _is_id_seq(v) -> bool:
+    """A list, tuple or 1-D numpy array of ids (None or a bare id would index a whole row or fail deep inside)."""
+    return isinstance(v, (list, tuple)) or (type(v).__module__ == "numpy" and getattr(v, "ndim", None) == 1)
+
+
 def _check_id_list(fn: str, b: int, what: str, ids, num_labels: int) -> None:
-    """A list (or tuple) of vocabulary ids; None or a bare id would index a whole row or fail deep inside."""
-    if not isinstance(ids, (list, tuple)):
+    """A list (or tuple, or 1-D numpy array) of vocabulary ids."""
+    if not _is_id_seq(ids):
         raise ValueError(f"{fn}: example {b}: {what} must be a list of label ids, got {type(ids).__name__} "
                          f"{ids!r:.40}")
     _check_ids(fn, b, what, ids, num_labels)
@@ -277,7 +283,7 @@ def collate(batch: list, num_labels: int, look_back: int, with_amounts: bool = F
                              f"expected one gap per event and at most look_back = {J} events")
         if not all(_is_int(g) and 1 <= g < NUM_GAPS for g in ex.gaps):
             raise ValueError(f"collate: example {b} has gap buckets {ex.gaps}; each must be an int in [1, {NUM_GAPS})")
-        if not all(isinstance(ids, (list, tuple)) for ids in ex.history):
+        if not all(_is_id_seq(ids) for ids in ex.history):
             raise ValueError(f"collate: example {b}: each history event must be a list of label ids, got "
                              f"{ex.history!r:.60}")
         _check_ids("collate", b, "history", [i for ids in ex.history for i in ids], num_labels)

@@ -13,6 +13,7 @@ import os
 import random
 import resource
 import time
+import warnings
 
 import torch
 
@@ -235,9 +236,18 @@ def run(args, data: TemporalSets | None = None, progress: bool = True, scores: d
             if not torch.isfinite(val_s).all():  # the metrics would rank NaN scores, sklearn's AUC would refuse them
                 if bar:
                     bar.close()
-                raise RuntimeError(f"temporal_sets: training diverged: the model's scores on the validation users are "
-                                   f"not finite after epoch {epoch + 1} (mean training loss {total / len(train):.4g}); "
-                                   f"try a lower --lr (got {args.lr})")
+                message = (f"temporal_sets: training diverged: the model's scores on the validation users are not "
+                           f"finite after epoch {epoch + 1} (mean training loss {total / len(train):.4g}); try a lower "
+                           f"--lr (got {args.lr})")
+                if best_state is None:
+                    raise RuntimeError(message)
+                warnings.warn(message + f"; evaluating the best earlier epoch (validation NDCG@10 {best:.4f})",
+                              RuntimeWarning)
+                info["diverged_at_epoch"] = epoch + 1
+                bar = None
+                if ema is not None:
+                    ema.swap(model)
+                break
             score = ndcg_at_k(val_s, val_t, 10, val_u)
             if score > best:
                 best, bad = score, 0
