@@ -201,6 +201,8 @@ def train(method, train_d: XCData, test_d: XCData, args, seconds, progress, lr=N
                 w = emb(torch.cat([y[:, None], neg], 1))  # [B, 1 + S, F + 1]
                 xi = torch.einsum("bsf,bf->bs", w, x)
                 loss = torchxc.adversarial_negative_sampling_loss(xi[:, 0], xi[:, 1:], pos_lq, neg_lq, reg=args.reg)
+                if args.l2:  # on the rows this step touches, once per occurrence (the sparse-gradient way)
+                    loss = loss + args.l2 * w.pow(2).sum() / idx.numel()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -313,6 +315,8 @@ def main(argv=None):
                     help="comma-separated learning rates: train every sampled method at each, compare each method at "
                          "its best final test P@1 (the same grid and rule for every method), write xc_lr_grid.*")
     ap.add_argument("--reg", type=float, default=1e-3)
+    ap.add_argument("--l2", type=float, default=0.0,
+                    help="sampled methods: L2 penalty on the weight rows of each step's positives and negatives")
     ap.add_argument("--tree-dim", type=int, default=16)
     ap.add_argument("--tree-l2", type=float, default=1.0, help="L2 penalty of the tree's node classifiers (fit)")
     ap.add_argument("--evals", type=int, default=9, help="evaluations per run, at budget * 2^-j")

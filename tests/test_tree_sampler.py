@@ -975,3 +975,67 @@ def test_sampling_api_refuses_inputs_that_would_be_misread():
         torchxc.TreeSampler.from_parameters(W, b, 37.0, l2l)
     with pytest.raises(ValueError, match=r"WeightTree: expected weights \[C\] \(one per label\), got shape \(2, 3\)"):
         torchxc.WeightTree(torch.ones(2, 3))
+
+
+def test_sampler_api_refuses_inputs_it_misread():
+    """From a review of the Python API: each case below returned a wrong answer silently or failed deep inside."""
+    sampler = make_tree(37, 4, torch.float32)
+    x = torch.randn(3, 4)
+    for bad in (x.to(torch.complex64), x.long(), x > 0):  # complex lost its imaginary part, ints passed silently
+        with pytest.raises(ValueError, match=f"TreeSampler: expected float features, got {bad.dtype}"):
+            sampler.sample(bad, 2)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator or None, got int"):
+        sampler.sample(x, 2, generator=5)
+    with pytest.raises(ValueError, match="projection must be a real floating-point tensor"):
+        torchxc.TreeSampler.from_parameters(sampler.node_weight.detach(), sampler.node_bias.detach(), 37,
+                                            projection=torch.zeros(6, 4, dtype=torch.complex64))
+    # a loaded state whose label maps disagree: sample never drew a label that log_prob gave mass to
+    state = sampler.state_dict()
+    broken = dict(state, leaf_to_label=state["leaf_to_label"].clone())
+    broken["leaf_to_label"][3] = broken["leaf_to_label"][4]
+    stale = dict(state, leaf_to_label=state["leaf_to_label"].clone())
+    stale["leaf_to_label"][[0, 1]] = stale["leaf_to_label"][[1, 0]]  # a permutation; label_to_leaf: not its inverse
+    for bad in (broken, stale):
+        with pytest.raises(ValueError, match="TreeSampler.load_state_dict: leaf_to_label must have 64 entries"):
+            sampler.load_state_dict(bad)
+        assert torch.equal(sampler.leaf_to_label, state["leaf_to_label"])  # left as it was
+    sampler.load_state_dict(state)
+    # fit: whitening a spread below float32's normal range gave NaN nodes; arguments that were cast or failed inside
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(5, (200,), generator=g)
+    with pytest.raises(ValueError, match="below float32's normal range"):
+        torchxc.TreeSampler.fit(torch.randn(200, 4, generator=g) * 1e-39, y, 5, dim=2, progress=False)
+    for kw, name in ((dict(num_labels=5.0), "num_labels"), (dict(dim=2.5), "dim"), (dict(dim=True), "dim"),
+                     (dict(iterations=2.5), "iterations"), (dict(newton_steps=1.5), "newton_steps")):
+        with pytest.raises(ValueError, match=f"TreeSampler.fit: {name} must be a non-negative int"):
+            torchxc.TreeSampler.fit(torch.randn(200, 4, generator=g), y, **{"num_labels": 5, **kw}, progress=False)
+    with pytest.raises(ValueError, match="TreeSampler.fit: needs at least one feature, got F = 0"):
+        torchxc.TreeSampler.fit(torch.zeros(200, 0), y, 5, progress=False)
+    # WeightTree.update with weights that require grad chained every update into one autograd graph
+    tree = torchxc.WeightTree(torch.ones(4))
+    tree.update([0], torch.tensor([2.0], requires_grad=True))
+    assert tree.tree.grad_fn is None and not tree.log_prob(torch.tensor([0])).requires_grad
+    for make in (lambda: torchxc.WeightTree(torch.ones(4, dtype=torch.complex64)),
+                 lambda: tree.update([1], torch.ones(1, dtype=torch.complex64))):
+        with pytest.raises(ValueError, match="expected real weights, got torch.complex64"):
+            make()
+    # sampled softmax: a positive of q = 0 (log q = -inf) gave NaN; its corrected logit dominates: loss 0
+    pos = torch.zeros(2, requires_grad=True)
+    neg = torch.randn(2, 3, requires_grad=True)
+    loss = torchxc.sampled_softmax_loss(pos, neg, torch.ones(2, 3, dtype=torch.long), torch.full((2, 3), -1.0),
+                                        torch.zeros(2, dtype=torch.long), pos_log_q=torch.tensor([-math.inf, -2.0]),
+                                        reduction="none")
+    loss.sum().backward()
+    assert loss[0] == 0 and math.isfinite(loss[1]) and torch.isfinite(pos.grad).all() and torch.isfinite(neg.grad).all()
+    assert loss[1].item() == pytest.approx((torch.logsumexp(torch.cat([torch.tensor([2.0]), neg[1].detach() + 1]), 0)
+                                            - 2.0).item(), rel=1e-6)
+    # the losses: integer logits failed inside softplus / logsumexp; a negative reg is unbounded below
+    B = torch.zeros(2)
+    with pytest.raises(ValueError, match="adversarial_negative_sampling_loss: expected pos_logits of a floating-point"):
+        torchxc.adversarial_negative_sampling_loss(B.long(), torch.zeros(2, 3), B, torch.zeros(2, 3))
+    for reg in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="reg must be a finite number >= 0"):
+            torchxc.adversarial_negative_sampling_loss(B, torch.zeros(2, 3), B, torch.zeros(2, 3), reg=reg)
+    with pytest.raises(ValueError, match="sampled_softmax_loss: expected neg_logits of a floating-point dtype"):
+        torchxc.sampled_softmax_loss(B, torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long),
+                                     torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))

@@ -89,6 +89,9 @@ def _seed_from(generator: torch.Generator | None) -> int:
     """A 62-bit seed for the counter-based generator of the kernels, drawn on the host from a CPU `generator` (or
     from torch's default CPU generator, so torch.manual_seed makes sampling reproducible). The draws themselves run
     on the features' device."""
+    if generator is not None and not hasattr(generator, "device"):  # an int seed failed with an AttributeError
+        raise ValueError(f"TreeSampler.sample: generator must be a torch.Generator or None, got "
+                         f"{type(generator).__name__}")
     if generator is not None and generator.device.type != "cpu":
         raise ValueError("TreeSampler.sample: pass a CPU torch.Generator (it only seeds the kernels' counter-based "
                          "generator; the draws run on the features' device)")
@@ -145,6 +148,9 @@ class TreeSampler(torch.nn.Module):
                              "permutation of the labels")
         label_to_leaf = torch.empty(num_labels, dtype=torch.long, device=real.device)
         label_to_leaf[real] = torch.arange(num_labels, device=real.device)
+        for name, t in (("projection", projection), ("mean", mean)):
+            if t is not None and not t.is_floating_point():
+                raise ValueError(f"TreeSampler: {name} must be a real floating-point tensor, got {t.dtype}")
         if projection is not None and (projection.dim() != 2 or projection.shape[1] != k):
             raise ValueError(f"TreeSampler: projection must be [F, {k}], got {tuple(projection.shape)}")
         F = projection.shape[0] if projection is not None else k
@@ -163,6 +169,21 @@ class TreeSampler(torch.nn.Module):
                              projection.detach().to(node_weight.dtype).clone())
         self.register_buffer("mean", None if mean is None else mean.detach().to(node_weight.dtype).clone())
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the label maps are checked as the constructor checks them, before anything is copied in: a map that is
+        # not a permutation, or a label_to_leaf that is not its inverse, made sample and log_prob disagree silently
+        l2l, inv = state_dict.get(prefix + "leaf_to_label"), state_dict.get(prefix + "label_to_leaf")
+        C, D = self.num_labels, self.depth
+        if l2l is not None and inv is not None:
+            l2l, inv = l2l.detach().to("cpu", torch.long), inv.detach().to("cpu", torch.long)
+            ok = l2l.shape == (1 << D,) and inv.shape == (C,) and torch.equal(l2l[:C].sort().values, torch.arange(C))
+            if ok:  # every label's leaf is one of the first C, and maps back to the label
+                ok = bool(((inv >= 0) & (inv < C)).all()) and torch.equal(l2l[inv.clamp(0, C - 1)], torch.arange(C))
+            if not ok:
+                raise ValueError(f"TreeSampler.load_state_dict: leaf_to_label must have {1 << D} entries whose first "
+                                 f"{C} are a permutation of the labels, and label_to_leaf must be its inverse")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @classmethod
     def from_parameters(cls, node_weight: Tensor, node_bias: Tensor, num_labels: int,
                         leaf_to_label: Tensor | None = None, projection: Tensor | None = None,
@@ -177,6 +198,8 @@ class TreeSampler(torch.nn.Module):
         if features.dim() != 2 or features.shape[1] != F:
             raise ValueError(f"TreeSampler: expected features [B, {F}] (the projection's input width), got "
                              f"{tuple(features.shape)}")
+        if not features.is_floating_point():  # complex would drop its imaginary part, ints and bools pass silently
+            raise ValueError(f"TreeSampler: expected float features, got {features.dtype}")
         x = features.to(self.node_weight.dtype)
         if self.mean is not None:
             x = x - self.mean
@@ -250,6 +273,10 @@ class TreeSampler(torch.nn.Module):
         if not bool(torch.isfinite(features).all()):
             bad = int((~torch.isfinite(features)).any(1).nonzero()[0])
             raise ValueError(f"TreeSampler.fit: features must be finite, but row {bad} has a NaN or infinite value")
+        num_labels, dim, iterations, newton_steps = (_count(v, "TreeSampler.fit", name) for v, name in (
+            (num_labels, "num_labels"), (dim, "dim"), (iterations, "iterations"), (newton_steps, "newton_steps")))
+        if features.shape[1] == 0:
+            raise ValueError("TreeSampler.fit: needs at least one feature, got F = 0")
         if num_labels < 1 or dim < 1 or iterations < 1 or newton_steps < 1:
             raise ValueError(f"TreeSampler.fit: num_labels, dim, iterations and newton_steps must be >= 1, got "
                              f"{num_labels}, {dim}, {iterations}, {newton_steps}")
@@ -277,6 +304,10 @@ class TreeSampler(torch.nn.Module):
         tol = std[0] * 100 * torch.finfo(x.dtype).eps
         keep = std > tol
         projection = torch.where(keep, v[:, :k] / torch.where(keep, std, torch.ones_like(std)), 0.0)
+        if not bool(torch.isfinite(projection).all()):
+            raise ValueError(f"TreeSampler.fit: the features' spread (a standard deviation of {float(std[-1]):.3g} "
+                             "along a principal direction) is below float32's normal range, so whitening it "
+                             "overflows; rescale the features")
         z = (x - mean) @ projection
         ex, lab = _pairs(labels, N, num_labels, device)
         zt = torch.cat([z[ex], torch.ones(len(ex), 1, device=device)], 1)  # [E, k + 1]: a bias column
@@ -453,7 +484,10 @@ class WeightTree(torch.nn.Module):
 
     def __init__(self, weights: Tensor):
         super().__init__()
-        w = torch.as_tensor(weights).detach().to(torch.float64)
+        w = torch.as_tensor(weights).detach()
+        if w.is_complex():  # the cast would drop the imaginary part with only a warning
+            raise ValueError(f"WeightTree: expected real weights, got {w.dtype}")
+        w = w.to(torch.float64)
         if w.dim() != 1:
             raise ValueError(f"WeightTree: expected weights [C] (one per label), got shape {tuple(w.shape)}")
         if w.numel() == 0 or (w < 0).any() or not torch.isfinite(w).all():
@@ -576,7 +610,11 @@ class WeightTree(torch.nn.Module):
     def update(self, idx: Tensor, new_weights: Tensor) -> None:
         """Sets w[idx] = new_weights (with repeated indices, the last one wins) and refreshes their ancestors."""
         idx = self._indices(idx, "update").flatten()
-        new_weights = torch.as_tensor(new_weights, device=self.tree.device, dtype=torch.float64).flatten()
+        new_weights = torch.as_tensor(new_weights, device=self.tree.device)
+        if new_weights.is_complex():
+            raise ValueError(f"WeightTree.update: expected real weights, got {new_weights.dtype}")
+        # detached: weights that require grad would chain every update into one growing autograd graph
+        new_weights = new_weights.detach().to(torch.float64).flatten()
         if new_weights.numel() not in (1, idx.numel()):
             raise ValueError(f"WeightTree.update: expected one weight or one per index ({idx.numel()}), got "
                              f"{new_weights.numel()}")
@@ -606,6 +644,13 @@ class WeightTree(torch.nn.Module):
 
 
 # ---- losses ---------------------------------------------------------------------------------------------------------
+
+
+def _check_float(op: str, **tensors) -> None:
+    """Logits and log q must be real floating point (an integer logit failed deep in softplus or logsumexp)."""
+    for name, t in tensors.items():
+        if t is not None and (not t.is_floating_point()):
+            raise ValueError(f"{op}: expected {name} of a floating-point dtype, got {t.dtype}")
 
 
 def _reduce(loss: Tensor, reduction: str, op: str) -> Tensor:
@@ -646,6 +691,10 @@ def adversarial_negative_sampling_loss(pos_logits: Tensor, neg_logits: Tensor, p
     if neg_logits.shape[1] == 0:
         raise ValueError("adversarial_negative_sampling_loss: needs at least one negative per example (S >= 1), got "
                          "S = 0")
+    _check_float("adversarial_negative_sampling_loss", pos_logits=pos_logits, neg_logits=neg_logits,
+                 pos_log_q=pos_log_q, neg_log_q=neg_log_q)
+    if not 0 <= reg < math.inf:  # a negative reg makes the objective unbounded below
+        raise ValueError(f"adversarial_negative_sampling_loss: reg must be a finite number >= 0, got {reg}")
     pos_log_q, neg_log_q = pos_log_q.detach(), neg_log_q.detach()  # q is fitted on its own (see the docstring)
     loss = torch.nn.functional.softplus(-pos_logits) + torch.nn.functional.softplus(neg_logits).mean(-1)
     if reg:
@@ -697,6 +746,8 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
         raise ValueError("sampled_softmax_loss: needs at least one sampled negative per example (S >= 1), got "
                          f"neg_logits of shape {tuple(neg_logits.shape)}; with none the loss would be 0 whatever the "
                          "logits")
+    _check_float("sampled_softmax_loss", pos_logits=pos_logits, neg_logits=neg_logits, neg_log_q=neg_log_q,
+                 pos_log_q=pos_log_q)
     if pos_log_q is not None and pos_log_q.shape != pos_logits.shape:
         raise ValueError(f"sampled_softmax_loss: expected pos_log_q of shape {tuple(pos_logits.shape)}, got "
                          f"{tuple(pos_log_q.shape)}")
@@ -709,8 +760,9 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
         pos_set = positives if positives is not None else pos_labels[:, None]
         hit = (neg_labels[:, :, None] == pos_set[:, None, :]).any(-1)
         neg = neg.masked_fill(hit, float("-inf"))
-    logits = torch.cat([pos[:, None], neg], 1)
-    loss = torch.logsumexp(logits, 1) - pos
+    # log(1 + sum_s e^(neg_s - pos)): 0, not inf - inf, when pos - log q_pos is +inf (q_pos = 0, e.g. a label of
+    # weight 0 in a WeightTree)
+    loss = torch.logsumexp(torch.cat([torch.zeros_like(pos)[:, None], neg - pos[:, None]], 1), 1)
     return _reduce(loss, reduction, "sampled_softmax_loss")
 
 
