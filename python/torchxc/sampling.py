@@ -17,12 +17,11 @@ probabilities on the path to y's leaf and sums to 1 over the C labels.
 from __future__ import annotations  # X | None annotations on Python 3.9
 import math
 import mmap
-import operator
 
 import torch
 from torch import Tensor
 
-from ._checks import check_reduction, is_integer_dtype
+from ._checks import as_int, check_reduction, is_integer_dtype
 from ._fake import same_device
 
 __all__ = [
@@ -74,15 +73,18 @@ def _depth(num_labels: int) -> int:
 def _count(n, op: str, name: str) -> int:
     """n as a non-negative int (a Python or NumPy integer, or a 0-d integer tensor); 2.7 or True are errors, not 2
     or 1."""
-    if isinstance(n, bool) or (isinstance(n, Tensor) and (n.is_floating_point() or n.dtype == torch.bool)):
+    value = as_int(n)
+    if value is None:
         raise ValueError(f"{op}: {name} must be a non-negative int, got {n!r}")
-    try:
-        value = operator.index(n)
-    except TypeError:
-        raise ValueError(f"{op}: {name} must be a non-negative int, got {n!r}") from None
     if value < 0:
         raise ValueError(f"{op}: {name} must be a non-negative int, got {value}")
     return value
+
+
+def _is_leaf_map(leaf_to_label: Tensor, num_labels: int, depth: int) -> bool:
+    """Whether ``leaf_to_label`` has 2^depth entries whose first ``num_labels`` are a permutation of the labels."""
+    return leaf_to_label.shape == (1 << depth,) and torch.equal(
+        leaf_to_label[:num_labels].sort().values, torch.arange(num_labels, device=leaf_to_label.device))
 
 
 def _seed_from(generator: torch.Generator | None) -> int:
@@ -142,8 +144,7 @@ class TreeSampler(torch.nn.Module):
             leaf_to_label[num_labels:] = -1
         leaf_to_label = leaf_to_label.to(device=node_weight.device, dtype=torch.long)  # the buffers live with the nodes
         real = leaf_to_label[:num_labels]
-        if leaf_to_label.shape != (1 << D,) or not torch.equal(real.sort().values, torch.arange(num_labels,
-                                                                                              device=real.device)):
+        if not _is_leaf_map(leaf_to_label, num_labels, D):
             raise ValueError(f"TreeSampler: leaf_to_label must have {1 << D} entries whose first {num_labels} are a "
                              "permutation of the labels")
         label_to_leaf = torch.empty(num_labels, dtype=torch.long, device=real.device)
@@ -176,7 +177,7 @@ class TreeSampler(torch.nn.Module):
         C, D = self.num_labels, self.depth
         if l2l is not None and inv is not None:
             l2l, inv = l2l.detach().to("cpu", torch.long), inv.detach().to("cpu", torch.long)
-            ok = l2l.shape == (1 << D,) and inv.shape == (C,) and torch.equal(l2l[:C].sort().values, torch.arange(C))
+            ok = _is_leaf_map(l2l, C, D) and inv.shape == (C,)
             if ok:  # every label's leaf is one of the first C, and maps back to the label
                 ok = bool(((inv >= 0) & (inv < C)).all()) and torch.equal(l2l[inv.clamp(0, C - 1)], torch.arange(C))
             if not ok:

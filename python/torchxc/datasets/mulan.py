@@ -4,13 +4,14 @@ Mulan stores the labels as {0,1} attributes of the ARFF file and lists their nam
 usually the last attributes, but not always in the XML's order (yeast), so labels are located by name. Parsing
 uses liac-arff, which reads both the dense and the sparse (``{index value, ...}``) ARFF formats.
 """
-import operator
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
+
+from .._checks import as_int
 
 __all__ = ["MultiLabelData", "load_arff", "load_mulan", "read_mulan_labels"]
 
@@ -110,13 +111,9 @@ def load_arff(path: str, label_names: Optional[Sequence[str]] = None, num_labels
         raise ValueError(f"load_arff: {path}: label_names must be a list of attribute names, got the string "
                          f"{label_names!r}")
     if num_labels is not None:
-        try:
-            if isinstance(num_labels, bool):
-                raise TypeError
-            num_labels = operator.index(num_labels)  # an int, numpy's or a 0-d tensor's; not 2.0
-        except TypeError:
-            raise ValueError(f"load_arff: {path}: num_labels must be an int, got {type(num_labels).__name__} "
-                             f"{num_labels!r}") from None
+        given, num_labels = num_labels, as_int(num_labels)  # an int, numpy's or a 0-d tensor's; not 2.0
+        if num_labels is None:
+            raise ValueError(f"load_arff: {path}: num_labels must be an int, got {type(given).__name__} {given!r}")
     if label_names is not None:
         label_names = list(label_names)
         if not label_names:  # the label columns would silently become features

@@ -69,8 +69,7 @@ def _build(splits: dict, look_back: int, times: dict | None = None, amounts: dic
            fn: str = "temporal sets") -> TemporalSets:
     """splits: {"train"|"validate"|"test": {user: [[label, ...], ...]}} (time-ordered); times/amounts optional
     {user: [t, ...]} / {user: [{label: amount}, ...]}."""
-    if not _is_int(look_back) or look_back < 1:
-        raise ValueError(f"{fn}: look_back must be an int >= 1, got {look_back!r}")
+    _check_look_back(fn, look_back)
     for name in ("train", "validate", "test"):
         users = splits[name]
         if not isinstance(users, dict):
@@ -205,8 +204,7 @@ def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2),
                                    for f in split) or abs(sum(split) - 1) > 1e-6 or split[0] == 0):
         raise ValueError(f"load_temporal_sets_csv: split must be three fractions (train, validate, test) >= 0 "
                          f"summing to 1, train's positive, got {split}")
-    if not _is_int(look_back) or look_back < 1:  # before reading a large file
-        raise ValueError(f"load_temporal_sets_csv: look_back must be an int >= 1, got {look_back!r}")
+    _check_look_back("load_temporal_sets_csv", look_back)  # before reading a large file
     events = defaultdict(lambda: defaultdict(dict))
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Excel's "CSV UTF-8") is skipped
         reader = csv.reader(f)
@@ -243,6 +241,11 @@ def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2),
 def _is_int(v) -> bool:
     """An integer (numpy's too), not a bool."""
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_look_back(fn: str, look_back) -> None:
+    if not _is_int(look_back) or look_back < 1:
+        raise ValueError(f"{fn}: look_back must be an int >= 1, got {look_back!r}")
 
 
 def _check_ids(fn: str, b: int, what: str, ids: list, num_labels: int) -> None:
