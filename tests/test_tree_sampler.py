@@ -430,6 +430,10 @@ def test_fit_label_forms_agree_and_bad_labels_are_named():
         ((indptr, indices[:-1]), "CSR indptr must start at 0, not decrease and end at len"),
         ((indptr.flip(0), indices), "CSR indptr must start at 0"),
         (dense[:50].to_sparse_csr(), r"expected a sparse CSR label matrix \[N = 60, C\]"),
+        # a label twice in one example, in each multi-label form; a multi-hot matrix given as padded labels
+        (torch.cat([multi, y[:, None]], 1), r"example 0 lists label \d more than once"),
+        ((torch.tensor([0, 2] + [2] * 59), torch.tensor([3, 3])), "example 0 lists label 3 more than once"),
+        (dense.long(), "example 0 lists label 0 more than once .an \\[N, C\\] multi-hot matrix is not a list"),
     ]
     for labels, msg in bad:
         with pytest.raises(ValueError, match="TreeSampler.fit: " + msg):
@@ -726,6 +730,11 @@ def test_fit_keeps_float64_and_accepts_half_features():
     labels, log_q = s.sample(x[:4], 8)
     assert log_q.dtype == torch.float64 and torch.equal(s.log_prob(x[:4], labels), log_q)
     assert torch.allclose(s.log_prob_all(x[:4]).exp().sum(1), torch.ones(4, dtype=torch.float64))
+    # an offset of 1e8 over a unit spread: centred in float64 before the float32 fit, so the tree is the one of
+    # the centred features (cast to float32 first, 1e8 + x rounds to multiples of 8 and the spread is lost)
+    far = torchxc.TreeSampler.fit(x + 1e8, y, 5, dim=3, progress=False)
+    assert (far.mean - 1e8 - x.mean(0)).abs().max() < 1e-6
+    torch.testing.assert_close(far.log_prob_all(x + 1e8), s.log_prob_all(x), rtol=0, atol=1e-5)
     h = torchxc.TreeSampler.fit(x.half(), y, 5, dim=3, progress=False)
     assert h.node_weight.dtype == torch.float32 and h.sample(x[:4].half(), 8)[1].dtype == torch.float32
     # from_parameters: a float32 projection and bias are converted to the nodes' dtype
@@ -787,13 +796,15 @@ def test_api_bad_input_errors():
     assert torch.equal(big.tree, before)  # a refused update leaves every node as it was
     # a list of weights, like update's; counts that are not non-negative ints refused by name
     assert torchxc.WeightTree([1.0, 2.0]).weights.tolist() == [1.0, 2.0]
-    for bad in (-1, 2.5, True, torch.tensor(2.0), torch.tensor(True), "3"):
+    for bad in (-1, 2.5, True, torch.tensor(2.0), torch.tensor(True), "3", 2**63, 2**64):
         with pytest.raises(ValueError, match="WeightTree.sample: n must be a non-negative int"):
             t.sample(bad)
     assert t.sample(torch.tensor(3)).shape == (3,)
     sampler = torchxc.TreeSampler.from_parameters(torch.zeros(3, 2), torch.zeros(3), 4)
     with pytest.raises(ValueError, match="TreeSampler.sample: num_samples must be a non-negative int, got 2.7"):
         sampler.sample(torch.zeros(2, 2), 2.7)  # it drew 2
+    with pytest.raises(ValueError, match=r"num_samples must be a non-negative int below 2\^63, got 1844674407"):
+        sampler.sample(torch.zeros(2, 2), 2**64)  # an argument-parsing error from the op's binding
     # a state whose tree this class would not build is refused, and the tree is left as it was
 
     def overflowing(tr):  # leaves whose sums are consistent but reach inf (what the constructor refuses)

@@ -71,13 +71,13 @@ def _depth(num_labels: int) -> int:
 
 
 def _count(n, op: str, name: str) -> int:
-    """n as a non-negative int (a Python or NumPy integer, or a 0-d integer tensor); 2.7 or True are errors, not 2
-    or 1."""
+    """n as a non-negative int below 2^63 (a Python or NumPy integer, or a 0-d integer tensor); 2.7 or True are
+    errors, not 2 or 1, and so is 2**64 (which reached the ops as an unreadable argument-parsing error)."""
     value = as_int(n)
     if value is None:
         raise ValueError(f"{op}: {name} must be a non-negative int, got {n!r}")
-    if value < 0:
-        raise ValueError(f"{op}: {name} must be a non-negative int, got {value}")
+    if not 0 <= value < 1 << 63:
+        raise ValueError(f"{op}: {name} must be a non-negative int below 2^63, got {value}")
     return value
 
 
@@ -253,10 +253,10 @@ class TreeSampler(torch.nn.Module):
         sampler" section of README.md).
 
         Args:
-            features: [N, F] float tensor.
+            features: [N, F] float tensor (float64 ones are centred in float64, the rest of the fit is float32).
             labels: int64 [N] (one label per example), int64 [N, P] padded with -1 (multi-label), a CSR pair
                 (indptr [N + 1], indices [nnz]), or a torch.sparse_csr_tensor [N, C] whose stored non-zero entries
-                are the positives. Each positive counts as one example.
+                are the positives. Each positive counts as one example; an example may list a label once.
             num_labels: C.
             dim: k, the width of the whitened PCA projection (at most F and N - 1).
             iterations: label reassignments per level; newton_steps: Newton steps per reassignment.
@@ -286,8 +286,19 @@ class TreeSampler(torch.nn.Module):
                              f"got {l2}")
         features = features.detach()
         device = features.device
-        x = features.to(torch.float32)
-        N, F = x.shape
+        N, F = features.shape
+        offset = None
+        if features.dtype == torch.float64:
+            # The fit computes in float32. Float64 features are centred in float64 first (a block of rows at a
+            # time, no float64 copy), so an offset large against their spread (1e8 + O(1) values) is not rounded
+            # into it; the sampler's mean adds the offset back.
+            offset = features.mean(0)
+            x = torch.empty(N, F, dtype=torch.float32, device=device)
+            step = max(1, (1 << 22) // F)
+            for i in range(0, N, step):
+                x[i:i + step] = features[i:i + step] - offset
+        else:
+            x = features.to(torch.float32)
         k = int(min(dim, F, max(N - 1, 1)))
         mean = x.mean(0)
         # 1. whitened PCA: z has (about) unit variance in every direction
@@ -359,8 +370,8 @@ class TreeSampler(torch.nn.Module):
         leaf_to_label[pos] = torch.arange(C, device=device)
         # float64 features give a float64 sampler; every other dtype a float32 one (the kernels' two dtypes)
         dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
-        return cls(node_weight.to(dtype), node_bias.to(dtype), C, leaf_to_label, projection.to(dtype),
-                   mean.to(dtype))
+        mean = mean.to(dtype) if offset is None else offset + mean.to(dtype)
+        return cls(node_weight.to(dtype), node_bias.to(dtype), C, leaf_to_label, projection.to(dtype), mean)
 
 
 def _pairs(labels, N, num_labels, device) -> tuple[Tensor, Tensor]:
@@ -407,6 +418,17 @@ def _pairs(labels, N, num_labels, device) -> tuple[Tensor, Tensor]:
             lab = labels[ex, col]
     if lab.numel() and (lab.min() < 0 or lab.max() >= num_labels):
         raise ValueError(f"{op}: labels must lie in [0, {num_labels}), got [{int(lab.min())}, {int(lab.max())}]")
+    if lab.numel() > 1 and not (isinstance(labels, Tensor) and labels.dim() == 1):
+        # A label twice in one example would count as two examples of it; a multi-hot matrix given as padded labels
+        # (its rows repeat 0 and 1) is the usual way to get there.
+        key = torch.sort(ex * num_labels + lab).values
+        same = (key[1:] == key[:-1]).nonzero()
+        if same.numel():
+            e, y = divmod(int(key[int(same[0])]), num_labels)
+            hint = (" (an [N, C] multi-hot matrix is not a list of labels padded with -1: pass "
+                    "labels.to_sparse_csr())" if isinstance(labels, Tensor) and labels.layout == torch.strided
+                    else "")
+            raise ValueError(f"{op}: example {e} lists label {y} more than once{hint}")
     return ex, lab
 
 
