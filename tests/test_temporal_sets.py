@@ -233,6 +233,26 @@ def test_cli_refuses_options_the_model_ignores(tmp_path, capsys):
     assert json.loads(out.read_text())["num_labels"] > 0
 
 
+def test_cli_reports_data_errors_without_a_traceback(tmp_path, capsys):
+    """A missing or malformed data file is an error message and exit status 1 (it was a traceback); run() raises
+    DataError, a ValueError."""
+    from torchxc.temporal_sets.train import DataError
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(dict(SPLITS, test={"u": [["a"], []]})))
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps(dict(SPLITS, validate={"v1": [["a"]]})))
+    for path, msg in ((tmp_path / "missing.json", "No such file or directory"),
+                      (bad, "event 1 is empty"),
+                      (short, "the validate split has no example"),
+                      (tmp_path / "d.txt", "unknown data format")):
+        assert cli_main(["--data", str(path), "--model", "frequency"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("python -m torchxc.temporal_sets: error: ") and msg in err and "Traceback" not in err
+        with pytest.raises(DataError, match=msg):
+            run(cli_parser().parse_args(["--data", str(path), "--model", "frequency"]))
+
+
 def test_diverged_training_is_reported(tmp_path):
     """A learning rate that makes the scores NaN used to pass early stopping (NDCG of NaN scores is a number) and
     then failed in sklearn's AUC with "Input contains NaN"."""

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .train import OptionError, check_args, run
+from .train import DataError, OptionError, check_args, run
 
 
 def parser():
@@ -54,7 +54,10 @@ def main(argv=None):
         check_args(args)
         result = run(args)  # checks again once the data is loaded (whether it has amounts)
     except OptionError as e:
-        ap.error(str(e))
+        ap.error(str(e))  # exit status 2, with the usage line
+    except DataError as e:
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
+        return 1
     keys = ["micro_auc", "macro_auc", "weighted_f1", "micro_f1", "recall@10", "ndcg@10", "recall@20", "ndcg@20",
             "phr@10", "train_seconds", "num_labels"]
     print(json.dumps({k: result[k] for k in keys if k in result}, indent=1))

@@ -105,6 +105,11 @@ class OptionError(ValueError):
     a usage error)."""
 
 
+class DataError(ValueError):
+    """A data file that cannot be read or used: missing, malformed, or with an empty split (the command line reports
+    it as an error message, without a traceback)."""
+
+
 def _lanet_sizes(args, has_amounts: bool) -> dict:
     """LANET's token parts from the options: --d-model split into the label part and a --d-time part, a --d-time
     wide amount part when the data has amounts, and the past-count and transition switches (each --d-time wide)."""
@@ -180,12 +185,15 @@ def run(args, data: TemporalSets | None = None, progress: bool = True, scores: d
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     if data is None:  # the CSV split does not follow --seed: seeds of one configuration see the same users
-        data = load(args.data, args.look_back, getattr(args, "split_seed", 0))
+        try:
+            data = load(args.data, args.look_back, getattr(args, "split_seed", 0))
+        except (ValueError, OSError) as e:  # the loaders' messages name the file and what is wrong in it
+            raise DataError(str(e)) from e
     check_args(args, data.has_amounts)
     C = data.num_labels
     for name in ("train", "validate", "test"):
         if not getattr(data, name):
-            raise ValueError(f"temporal_sets: the {name} split has no example (a user needs at least two events to give "
+            raise DataError(f"temporal_sets: the {name} split has no example (a user needs at least two events to give "
                              f"one: a target and a history); {name} is needed for "
                              + {"train": "training", "validate": "early stopping and the F1 thresholds",
                                 "test": "the evaluation"}[name])
