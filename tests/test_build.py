@@ -46,11 +46,21 @@ def test_cpu_only_build_names_the_fused_linear_op():
     import torchxc.fused_linear as fl
     from torchxc.fused_linear import _require_device_kernels
     _require_device_kernels(torch.device("cpu"))
-    seen = []  # the op itself checks the device it runs on
+    seen = []  # the op itself checks the device it runs on, before any inner zlpr kernel (which would raise first
+    # under its own name): labels of 2.0, which the inner kernel refuses, must not be reached
+
+    class Checked(Exception):
+        pass
+
+    def check(device):
+        seen.append(device)
+        raise Checked
+
     original = fl._require_device_kernels
     try:
-        fl._require_device_kernels = lambda device: seen.append(device)
-        torchxc.fused_linear_zlpr_loss(torch.randn(3, 4), torch.randn(5, 4), None, torch.zeros(3, 5, dtype=torch.bool))
+        fl._require_device_kernels = check
+        with pytest.raises(Checked):
+            torchxc.fused_linear_zlpr_loss(torch.randn(3, 4), torch.randn(5, 4), None, torch.full((3, 5), 2.0))
     finally:
         fl._require_device_kernels = original
     assert seen == [torch.device("cpu")]

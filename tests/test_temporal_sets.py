@@ -275,10 +275,13 @@ def test_late_divergence_keeps_the_best_earlier_epoch(tmp_path, monkeypatch):
     p.write_text(json.dumps(data))
     real, calls = train_mod.predict, []
 
-    def predict(*a, **k):  # epoch 2's validation scores: NaN, as if the weights had diverged
-        calls.append(1)
-        out = real(*a, **k)
-        return out * math.nan if len(calls) == 2 else out
+    def predict(*a, **k):  # before epoch 2's validation: the weights diverge (NaN), so only the best earlier
+        calls.append(1)  # epoch's weights, restored, give finite test metrics (scores alone left them finite)
+        if len(calls) == 2:
+            with torch.no_grad():
+                for q in a[0].parameters():
+                    q.fill_(math.nan)
+        return real(*a, **k)
 
     monkeypatch.setattr(train_mod, "predict", predict)
     with pytest.warns(RuntimeWarning, match=r"not finite after epoch 2 .* evaluating the best earlier epoch"):

@@ -1001,7 +1001,8 @@ def test_sampler_api_refuses_inputs_it_misread():
         torchxc.TreeSampler.from_parameters(sampler.node_weight.detach(), sampler.node_bias.detach(), 37,
                                             projection=torch.zeros(6, 4, dtype=torch.complex64))
     # a loaded state whose label maps disagree: sample never drew a label that log_prob gave mass to
-    state = sampler.state_dict()
+    state = sampler.state_dict()  # its tensors share the buffers' storage: compare with a copy
+    before = sampler.leaf_to_label.clone()
     broken = dict(state, leaf_to_label=state["leaf_to_label"].clone())
     broken["leaf_to_label"][3] = broken["leaf_to_label"][4]
     stale = dict(state, leaf_to_label=state["leaf_to_label"].clone())
@@ -1009,7 +1010,7 @@ def test_sampler_api_refuses_inputs_it_misread():
     for bad in (broken, stale):
         with pytest.raises(ValueError, match="TreeSampler.load_state_dict: leaf_to_label must have 64 entries"):
             sampler.load_state_dict(bad)
-        assert torch.equal(sampler.leaf_to_label, state["leaf_to_label"])  # left as it was
+        assert torch.equal(sampler.leaf_to_label, before)  # left as it was
     sampler.load_state_dict(state)
     # fit: whitening a spread below float32's normal range gave NaN nodes; arguments that were cast or failed inside
     g = torch.Generator().manual_seed(0)
