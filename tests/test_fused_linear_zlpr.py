@@ -401,3 +401,24 @@ def test_vmap_then_backward():
     want = torch.autograd.grad(sum(unfused(h[0, j].detach(), t[0, j]) for j in range(3)), (w, b))
     for a, e in zip(got, want):
         assert max_err(a, e) < 1e-12
+
+
+def test_arguments_of_the_wrong_type_are_named():
+    """A reduction passed in the mask slot failed with an AttributeError, integer hidden states with an error
+    naming the inner zlpr_loss_sparse, a NumPy chunk size was refused and uint64 positives wrapped."""
+    h, w, t = torch.randn(3, 5), torch.randn(4, 5), torch.zeros(3, 4)
+    with pytest.raises(TypeError, match="torchxc.fused_linear_zlpr_loss: mask must be a tensor, got str"):
+        torchxc.fused_linear_zlpr_loss(h, w, None, t, "sum")
+    with pytest.raises(TypeError, match="torchxc.fused_linear_zlpr_loss: target_or_positives must be a tensor"):
+        torchxc.fused_linear_zlpr_loss(h, w, None, [[0], [1], [2]])
+    with pytest.raises(ValueError, match="torchxc.fused_linear_zlpr_loss: hidden must be float16, bfloat16, float32 "
+                                         "or float64, got torch.int64"):
+        torchxc.fused_linear_zlpr_loss(h.long(), w.long(), None, torch.tensor([[0], [1], [2]]))
+    with pytest.raises(ValueError, match="torchxc.fused_linear_zlpr_loss: positives of dtype uint64"):
+        torchxc.fused_linear_zlpr_loss(h, w, None, torch.tensor([[0], [1], [2**64 - 1]], dtype=torch.uint64))
+    np = pytest.importorskip("numpy")
+    assert torchxc.fused_linear_zlpr_loss(h, w, None, t, chunk_size=np.int64(2)).item() == pytest.approx(
+        torchxc.fused_linear_zlpr_loss(h, w, None, t, chunk_size=2).item(), rel=0, abs=0)
+    for bad in (True, 2.0, 0):
+        with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+            torchxc.fused_linear_zlpr_loss(h, w, None, t, chunk_size=bad)

@@ -332,7 +332,7 @@ def test_bad_input_errors(device):
     with pytest.raises(RuntimeError, match=r"torchxc::sparsemax: expected input of dtype float16, bfloat16, "
                                            r"float32 or float64, but got Long"):
         torchxc.sparsemax(torch.ones(3, dtype=torch.long, device=device))
-    with pytest.raises(RuntimeError, match=r"torchxc::sparsemax: dim must be in \[-2, 1\].*got dim=2"):
+    with pytest.raises(IndexError, match=r"torchxc::sparsemax: dim must be in \[-2, 1\].*got dim=2"):
         torch.ops.torchxc.sparsemax(torch.ones(2, 3, device=device), 2)
     p = torchxc.sparsemax(torch.ones(2, 3, device=device))
     with pytest.raises(RuntimeError, match=r"sparsemax_backward: expected grad_output of shape \[2, 3\]"):
@@ -412,3 +412,21 @@ def test_property_matches_reference(arr):
 def test_property_cuda_matches_cpu(arr):
     x = torch.from_numpy(arr).float()
     assert max_err(torchxc.sparsemax(x.cuda()), torchxc.sparsemax(x)) < 2e-6
+
+
+def test_dim_must_be_an_int():
+    """dim=True ran as dim=1 (the schema's int takes a bool); dim out of range is an IndexError in every mode, as in
+    torch.softmax (the kernels raised RuntimeError, the fake kernel IndexError)."""
+    x = torch.randn(3, 4)
+    for bad, kind in ((True, "bool"), (1.0, "float"), ("sum", "str"), (None, "NoneType")):
+        with pytest.raises(TypeError, match=f"torchxc.sparsemax: dim must be an int, got {kind}"):
+            torchxc.sparsemax(x, bad)
+        with pytest.raises(TypeError, match=f"Sparsemax: dim must be an int, got {kind}"):
+            torchxc.nn.Sparsemax(bad)  # refused when built, not at the first forward
+    np = pytest.importorskip("numpy")
+    assert torch.equal(torchxc.sparsemax(x, np.int64(0)), torchxc.sparsemax(x, 0))
+    assert torch.equal(torchxc.sparsemax(x, torch.tensor(0)), torchxc.sparsemax(x, 0))
+    with pytest.raises(IndexError, match=r"torchxc::sparsemax: dim must be in \[-2, 1\]"):
+        torchxc.sparsemax(x, 2)
+    with pytest.raises(IndexError, match=r"torchxc.sparsemax: dim must be in \[-2, 1\], got -3"):
+        torch.compile(torchxc.sparsemax, fullgraph=True)(x, -3)

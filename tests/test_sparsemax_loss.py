@@ -369,3 +369,25 @@ def test_empty_inputs():
         assert loss.shape == shape[:-1]
         loss.sum().backward()
         assert z.grad.shape == shape
+
+
+def test_arguments_of_the_wrong_type_are_named():
+    """A reduction passed in the dim slot failed in a bare comparison, dim=1.0 or ignore_index=True were taken as
+    ints, a list target failed with an AttributeError, and uint64 class indices wrapped (2^64 - 1 became -1)."""
+    x, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    for kwargs, msg in (({"dim": "sum"}, "dim must be an int, got str 'sum'"),
+                        ({"dim": 1.0}, "dim must be an int, got float 1.0"),
+                        ({"dim": False}, "dim must be an int, got bool False"),
+                        ({"ignore_index": True}, "ignore_index must be an int, got bool True")):
+        with pytest.raises(TypeError, match=f"torchxc.sparsemax_loss: {msg}"):
+            torchxc.sparsemax_loss(x, y, **kwargs)
+    with pytest.raises(IndexError, match=r"torchxc.sparsemax_loss: dim must be in \[-2, 1\], got 2"):
+        torchxc.sparsemax_loss(x, y, dim=2)
+    with pytest.raises(TypeError, match="torchxc.sparsemax_loss: target must be a tensor, got list"):
+        torchxc.sparsemax_loss(x, [0, 1, 2])
+    with pytest.raises(ValueError, match="torchxc.sparsemax_loss: class indices of dtype uint64 are not supported"):
+        torchxc.sparsemax_loss(x, y.to(torch.uint64))
+    assert torchxc.sparsemax_loss(x, y.to(torch.uint32)).item() == torchxc.sparsemax_loss(x, y).item()
+    for kwargs, msg in (({"dim": 0.0}, "dim must be an int"), ({"ignore_index": 1.5}, "ignore_index must be an int")):
+        with pytest.raises(TypeError, match=f"SparsemaxLoss: {msg}"):
+            torchxc.nn.SparsemaxLoss(**kwargs)

@@ -323,7 +323,7 @@ def test_bad_input_errors(device):
         torchxc.zlpr_loss(s, t, torch.ones(3, dtype=torch.bool, device=device))
     with pytest.raises(ValueError, match="reduction must be one of"):
         torchxc.zlpr_loss(s, t, reduction="avg")
-    with pytest.raises(RuntimeError, match=r"expected positives of shape \[\[4\], P\]"):
+    with pytest.raises(RuntimeError, match=r"expected positives of shape \[4, P\]"):
         torchxc.zlpr_loss_sparse(s, torch.zeros(5, 2, dtype=torch.long, device=device))
     with pytest.raises(RuntimeError, match="expected input of dtype"):
         torchxc.zlpr_loss(s.long(), t)
@@ -417,7 +417,7 @@ def test_input_handling_edge_cases():
     assert torchxc.zlpr_loss(x, t, mask=torch.tensor(True)).item() == pytest.approx(torchxc.zlpr_loss(x, t).item())
     with pytest.raises(TypeError, match="torchxc.zlpr_loss_sparse: mask must be a bool tensor"):
         torchxc.zlpr_loss_sparse(x, torch.tensor([[1, -1], [2, -1]]), mask=torch.ones(6, dtype=torch.uint8))
-    with pytest.raises(RuntimeError, match="torchxc::zlpr_loss: expected labels on cpu"):
+    with pytest.raises(RuntimeError, match="torchxc::zlpr_loss: expected target on cpu"):
         torchxc.zlpr_loss(x, torch.rand(2, 6, device="meta"))
 
 
@@ -643,3 +643,33 @@ def test_compiled_mean_with_dynamic_shapes():
         xr = s.double().clone().requires_grad_(True)
         zlpr_reference(xr, t).mean().backward()
         assert max_err(x.grad, xr.grad) < 1e-6
+
+
+def test_arguments_of_the_wrong_type_are_named():
+    """A reduction passed in the mask slot or a list target failed with "'str' object has no attribute 'dtype'";
+    uint64 positives wrapped (2^64 - 1 became the padding -1); the label-range error printed 1.0000001 as 1, the
+    positives' shape as [[2, 3], P], and the meta kernel of the sparse op named zlpr_loss and "labels"."""
+    x, t = torch.randn(3, 4), torch.zeros(3, 4)
+    with pytest.raises(TypeError, match="torchxc.zlpr_loss: mask must be a tensor, got str"):
+        torchxc.zlpr_loss(x, t, "sum")
+    with pytest.raises(TypeError, match="torchxc.zlpr_loss: mask must be a tensor, got str"):
+        torchxc.nn.ZLPRLoss()(x, t, "sum")
+    with pytest.raises(TypeError, match="torchxc.zlpr_loss: target must be a tensor, got list"):
+        torchxc.zlpr_loss(x, [[1, 0, 0, 0]] * 3)
+    with pytest.raises(TypeError, match="torchxc.zlpr_loss_sparse: positives must be a tensor, got list"):
+        torchxc.zlpr_loss_sparse(x, [[1], [2], [3]])
+    with pytest.raises(TypeError, match="ZLPRLoss: sparse must be a bool, got str 'yes'"):
+        torchxc.nn.ZLPRLoss(sparse="yes")
+    with pytest.raises(ValueError, match="torchxc.zlpr_loss_sparse: positives of dtype uint64 are not supported"):
+        torchxc.zlpr_loss_sparse(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[2**64 - 1]], dtype=torch.uint64))
+    near_one = torch.tensor([[1.0000001, 0, 0], [0, 0, 0]])
+    with pytest.raises(RuntimeError, match=r"row 0 has 1 outside, the first 1\.0000001 \(class 0\)"):
+        torchxc.zlpr_loss(torch.randn(2, 3), near_one)  # the kernel's message
+    with pytest.raises(RuntimeError, match=r"the first 1\.0000001 \(class 0\)"):
+        torchxc.zlpr_loss(torch.randn(2, 3, dtype=torch.float64), near_one)  # the wrapper's (cast) message
+    with pytest.raises(RuntimeError, match=r"expected positives of shape \[2, 3, P\] \(the input's leading dims"):
+        torchxc.zlpr_loss_sparse(torch.randn(2, 3, 5), torch.zeros(7, 1, dtype=torch.long))
+    with pytest.raises(RuntimeError, match=r"expected positives of shape \[P\] \(the input's leading dims"):
+        torchxc.zlpr_loss_sparse(torch.randn(5), torch.zeros(7, 1, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="torchxc::zlpr_loss_sparse: expected positives on cpu"):
+        torchxc.zlpr_loss_sparse(x, torch.zeros(3, 1, dtype=torch.long, device="meta"))

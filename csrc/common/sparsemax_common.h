@@ -31,8 +31,8 @@ inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const ch
 // Wraps `dim` for a tensor of rank `ndim`; a 0-d tensor behaves like a 1-element vector (as in softmax).
 inline int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op) {
   const int64_t rank = ndim == 0 ? 1 : ndim;
-  TORCH_CHECK(dim >= -rank && dim < rank, op, ": dim must be in [", -rank, ", ", rank - 1, "] for a tensor with ",
-              ndim, " dimensions, but got dim=", dim);
+  TORCH_CHECK_INDEX(dim >= -rank && dim < rank, op, ": dim must be in [", -rank, ", ", rank - 1,
+                    "] for a tensor with ", ndim, " dimensions, but got dim=", dim);  // IndexError, as softmax
   return dim < 0 ? dim + rank : dim;
 }
 

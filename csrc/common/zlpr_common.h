@@ -15,6 +15,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "sparsemax_common.h"
@@ -52,9 +53,12 @@ struct ZlprProblem {
     if (sparse) {
       TORCH_CHECK(labels.scalar_type() == at::kLong, op, ": expected positives of dtype int64, but got ",
                   labels.scalar_type());
-      TORCH_CHECK(labels.dim() == input.dim() && labels.sizes().slice(0, input.dim() - 1) == batch, op,
-                  ": expected positives of shape [", batch, ", P] (the input's leading dims, then the padded list of "
-                  "positive classes), but got ", labels.sizes());
+      if (!(labels.dim() == input.dim() && labels.sizes().slice(0, input.dim() - 1) == batch)) {
+        std::string want = "[";  // [2, 3, P], not [[2, 3], P]
+        for (const int64_t n : batch) want += std::to_string(n) + ", ";
+        TORCH_CHECK(false, op, ": expected positives of shape ", want, "P] (the input's leading dims, then the padded "
+                    "list of positive classes), but got ", labels.sizes());
+      }
     } else {
       TORCH_CHECK(labels.scalar_type() == at::kBool || labels.scalar_type() == input.scalar_type(), op,
                   ": expected target of dtype bool (hard labels) or ", input.scalar_type(),

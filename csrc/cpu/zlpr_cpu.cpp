@@ -16,6 +16,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -28,6 +31,18 @@
 
 namespace torchxc {
 namespace {
+
+// The shortest decimal that reads back as v in T (float or double): a float label of 1.0004 prints as 1.0004, not as
+// 1 (the stream's default 6 digits hid 1.0000001) nor as 1.0003999471664429 (its value as a double).
+template <typename T>
+std::string shortest_repr(T v) {
+  char buf[32];
+  for (int p = 1; p <= 17; ++p) {
+    std::snprintf(buf, sizeof buf, "%.*g", p, static_cast<double>(v));
+    if (static_cast<T>(std::strtod(buf, nullptr)) == v) break;
+  }
+  return buf;
+}
 
 // Labels of one row (or chunk): exactly one of the pointers is used, chosen by L.
 template <typename S>
@@ -254,7 +269,7 @@ struct ZlprRow {
       int64_t j = 0;
       while (j < d && load_acc(lab.soft[j]) >= T(0) && load_acc(lab.soft[j]) <= T(1)) ++j;
       TORCH_CHECK(false, op, ": labels must lie in [0, 1], but row ", row, " has ", bad, " outside, the first ",
-                  j < d ? static_cast<double>(load_acc(lab.soft[j])) : 0.0, " (class ", j, ")");
+                  shortest_repr(j < d ? load_acc(lab.soft[j]) : T(0)), " (class ", j, ")");
     }
     if (nan) {
       if (grad) std::fill(grad, grad + d, store_acc<S>(std::numeric_limits<T>::quiet_NaN()));

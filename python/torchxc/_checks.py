@@ -22,6 +22,32 @@ def as_int(n):
         return None
 
 
+def int_arg(n, name: str, op: str) -> int:
+    """``n`` as an int (see ``as_int``), else a TypeError naming ``op`` and ``name``: ``dim=True`` or ``dim=1.0``
+    were taken for 1, and a reduction string passed in the ``dim`` slot failed in a bare comparison."""
+    value = as_int(n)
+    if value is None:
+        raise TypeError(f"{op}: {name} must be an int, got {type(n).__name__} {n!r}")
+    return value
+
+
+def wrap_dim(dim, ndim: int, op: str) -> int:
+    """``dim`` (an int) in [0, rank) for a tensor of ``ndim`` dimensions, a 0-d tensor counting as one (as in
+    softmax); an IndexError naming ``op`` when it is out of range, as the ops raise."""
+    dim = int_arg(dim, "dim", op)
+    rank = max(ndim, 1)
+    if not -rank <= dim < rank:
+        raise IndexError(f"{op}: dim must be in [{-rank}, {rank - 1}], got {dim}")
+    return dim % rank
+
+
+def check_tensor(t, name: str, op: str) -> None:
+    """A TypeError naming ``op`` unless ``t`` is a tensor (a reduction string passed in the ``mask`` slot failed
+    with "'str' object has no attribute 'dtype'")."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+
+
 def check_reduction(reduction: str, op: str) -> None:
     """``reduction`` is one of REDUCTIONS, else a ValueError naming ``op``."""
     if reduction not in REDUCTIONS:

@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._checks import is_integer_dtype
+from ._checks import as_int, check_tensor, is_integer_dtype
 from .zlpr import _check_label_range, _class_mask, _eager_cpu, _to_input_dtype, _wants_grad
 
 __all__ = ["fused_linear_zlpr_loss"]
@@ -58,8 +58,17 @@ def fused_linear_zlpr_loss(
         >>> loss = torchxc.fused_linear_zlpr_loss(hidden, head.weight, head.bias, positives)
         >>> loss.backward()
     """
+    op = "torchxc.fused_linear_zlpr_loss"
     if reduction not in ("mean", "sum"):
         raise ValueError(f"torchxc.fused_linear_zlpr_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
+    for name, t in (("hidden", hidden), ("weight", weight), ("target_or_positives", target_or_positives)):
+        check_tensor(t, name, op)
+    for name, t in (("bias", bias), ("mask", mask)):
+        if t is not None:
+            check_tensor(t, name, op)
+    if not hidden.is_floating_point():  # the inner zlpr kernels would name themselves
+        raise ValueError(f"torchxc.fused_linear_zlpr_loss: hidden must be float16, bfloat16, float32 or float64, "
+                         f"got {hidden.dtype}")
     if hidden.dim() < 1 or weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(f"torchxc.fused_linear_zlpr_loss: expected hidden [..., H] and weight [C, H], got "
                          f"{tuple(hidden.shape)} and {tuple(weight.shape)}")
@@ -107,6 +116,9 @@ def fused_linear_zlpr_loss(
     h2 = hidden.reshape(N, H)
     labels2 = labels.reshape(N, labels.shape[-1])
     if sparse:
+        if labels2.dtype == torch.uint64:
+            raise ValueError("torchxc.fused_linear_zlpr_loss: positives of dtype uint64 are not supported (values of "
+                             "2^63 and more would turn negative, 2^64 - 1 into the padding -1); pass int64")
         labels2 = labels2.long()
     elif labels2.dtype != torch.bool and labels2.dtype != hidden.dtype:
         labels2 = _to_input_dtype(labels2, hidden.dtype, "torchxc.fused_linear_zlpr_loss")
@@ -114,8 +126,11 @@ def fused_linear_zlpr_loss(
     mask2 = _class_mask(mask, torch.Size((*lead, C)), "torchxc.fused_linear_zlpr_loss")
     if mask2 is not None and mask2.dim() > 1:
         mask2 = mask2.reshape(N, C)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"torchxc.fused_linear_zlpr_loss: chunk_size must be a positive int, got {chunk_size!r}")
+    if chunk_size is not None:
+        rows = as_int(chunk_size)  # a NumPy integer too; not True or 2.0
+        if rows is None or rows < 1:
+            raise ValueError(f"torchxc.fused_linear_zlpr_loss: chunk_size must be a positive int, got {chunk_size!r}")
+        chunk_size = rows
     # no gradients under torch.no_grad() (an evaluation pass costs one chunked forward only)
     on = torch.is_grad_enabled()
     grads = [on and _wants_grad(h2), on and _wants_grad(weight), on and bias is not None and _wants_grad(bias)]

@@ -4,7 +4,7 @@ from torch import Tensor
 
 from typing import Optional
 
-from ._checks import check_reduction
+from ._checks import check_reduction, int_arg
 from .sparsemax import sparsemax, sparsemax_loss
 from .zlpr import zlpr_loss, zlpr_loss_sparse
 
@@ -21,7 +21,7 @@ class Sparsemax(torch.nn.Module):
 
     def __init__(self, dim: int = -1):
         super().__init__()
-        self.dim = dim
+        self.dim = int_arg(dim, "dim", type(self).__name__)  # refused here, not at the first forward
 
     def forward(self, input: Tensor) -> Tensor:
         return sparsemax(input, self.dim)
@@ -44,10 +44,10 @@ class SparsemaxLoss(torch.nn.Module):
 
     def __init__(self, dim: int = -1, reduction: str = "mean", ignore_index: int = -100):
         super().__init__()
-        self.dim = dim
-        check_reduction(reduction, type(self).__name__)  # refused here, not at the first forward
+        self.dim = int_arg(dim, "dim", type(self).__name__)  # these refused here, not at the first forward
+        check_reduction(reduction, type(self).__name__)
         self.reduction = reduction
-        self.ignore_index = ignore_index
+        self.ignore_index = int_arg(ignore_index, "ignore_index", type(self).__name__)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return sparsemax_loss(input, target, self.dim, self.reduction, self.ignore_index)
@@ -74,6 +74,8 @@ class ZLPRLoss(torch.nn.Module):
         super().__init__()
         check_reduction(reduction, type(self).__name__)  # refused here, not at the first forward
         self.reduction = reduction
+        if not isinstance(sparse, bool):  # sparse="no" would select the sparse loss
+            raise TypeError(f"ZLPRLoss: sparse must be a bool, got {type(sparse).__name__} {sparse!r}")
         self.sparse = sparse
 
     def forward(self, input: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> Tensor:

@@ -26,7 +26,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ._checks import check_reduction
+from ._checks import check_reduction, check_tensor, int_arg, wrap_dim
 from ._fake import same_device
 
 __all__ = ["sparsemax", "sparsemax_loss"]
@@ -49,6 +49,8 @@ def sparsemax(input: Tensor, dim: int = -1) -> Tensor:
         >>> torchxc.sparsemax(torch.tensor([1.0, 0.5, -1.0]))
         tensor([0.7500, 0.2500, 0.0000])
     """
+    if type(dim) is not int:  # the schema's int takes True as 1; a NumPy integer is fine
+        dim = int_arg(dim, "dim", "torchxc.sparsemax")
     return torch.ops.torchxc.sparsemax.default(input, dim)
 
 
@@ -87,10 +89,15 @@ def sparsemax_loss(
         >>> torchxc.sparsemax_loss(z, multi_hot, reduction="none").shape
         torch.Size([8])
     """
-    check_reduction(reduction, "torchxc.sparsemax_loss")
+    op = "torchxc.sparsemax_loss"
+    check_reduction(reduction, op)
+    check_tensor(input, "input", op)
+    check_tensor(target, "target", op)
     if input.dim() == 0:
         raise ValueError("torchxc.sparsemax_loss: expected input with a class dimension, got a 0-d tensor")
-    dim = _wrap_dim(dim, input.dim(), "torchxc.sparsemax_loss")
+    dim = wrap_dim(dim, input.dim(), op)
+    if type(ignore_index) is not int:
+        ignore_index = int_arg(ignore_index, "ignore_index", op)
     last = dim == input.dim() - 1  # the usual case: no view (each costs host time in a small training step)
     scores = input if last else input.movedim(dim, -1)
     if target.shape == input.shape and not (target.dim() == 0):
@@ -121,6 +128,9 @@ def sparsemax_loss(
             target = torch.where(s > 0, w / s, w).to(input.dtype)
     elif (not target.is_floating_point() and not target.is_complex() and target.dtype != torch.bool
           and target.shape == scores.shape[:-1]):  # a bool vector would be read as classes 0 and 1
+        if target.dtype == torch.uint64:
+            raise ValueError("torchxc.sparsemax_loss: class indices of dtype uint64 are not supported (values of 2^63 "
+                             "and more would turn negative, one of them into ignore_index); pass int64")
         target = target.long()
     else:
         raise ValueError(
@@ -139,18 +149,11 @@ def sparsemax_loss(
     return (total / torch.count_nonzero(stats.select(-1, 2))).to(loss.dtype)
 
 
-def _wrap_dim(dim: int, ndim: int, op: str) -> int:
-    rank = max(ndim, 1)
-    if not -rank <= dim < rank:
-        raise IndexError(f"{op}: dim must be in [{-rank}, {rank - 1}], got {dim}")
-    return dim % rank
-
-
 def _empty_rows_like(x: Tensor, dim: int) -> Tensor:
     # Same shape and strides as the CPU/CUDA kernels' output: rows of `dim` laid out contiguously.
     if x.dim() == 0:
         return torch.empty_like(x, memory_format=torch.contiguous_format)
-    dim = _wrap_dim(dim, x.dim(), "torchxc.sparsemax")
+    dim = wrap_dim(dim, x.dim(), "torchxc.sparsemax")
     return x.new_empty(x.movedim(dim, -1).shape).movedim(-1, dim)
 
 

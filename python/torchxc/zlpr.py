@@ -20,7 +20,8 @@ What torchxc does differently from the formulas usually copied around:
   bfloat16 are computed in float32.
 
 Masked classes (mask False) and -inf scores are excluded from both sums. Scores should otherwise be finite: a NaN
-score makes its row's loss and gradient NaN.
+score makes its row's loss and gradient NaN, and so does +inf on a class with negative weight (t < 1; the loss would be
++inf); +inf on a positive (t = 1) contributes 0.
 """
 import math
 import struct
@@ -29,7 +30,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._checks import check_reduction, is_integer_dtype
+from ._checks import check_reduction, check_tensor, is_integer_dtype
 from ._fake import same_device
 
 __all__ = ["zlpr_loss", "zlpr_loss_sparse", "zlpr_probs"]
@@ -53,7 +54,7 @@ def zlpr_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None, redu
         >>> torchxc.zlpr_loss(logits, labels).backward()
         >>> predicted = logits > 0                     # the ZLPR decision rule
     """
-    _check(input, reduction, "torchxc.zlpr_loss")
+    _check(input, reduction, "torchxc.zlpr_loss", target=target)
     if target.is_complex():
         raise ValueError(f"torchxc.zlpr_loss: target must be bool, integer or real, got {target.dtype}")
     if target.requires_grad and torch.is_grad_enabled():
@@ -82,11 +83,14 @@ def zlpr_loss_sparse(input: Tensor, positives: Tensor, mask: Optional[Tensor] = 
         >>> positives = torch.tensor([[3, 17, -1], [5, -1, -1], [0, 1, 2], [-1, -1, -1]])
         >>> torchxc.zlpr_loss_sparse(logits, positives).backward()
     """
-    _check(input, reduction, "torchxc.zlpr_loss_sparse")
+    _check(input, reduction, "torchxc.zlpr_loss_sparse", positives=positives)
     if not is_integer_dtype(positives):
         raise ValueError(f"torchxc.zlpr_loss_sparse: positives must be integer class indices (int64, padded with -1), "
                          f"got {positives.dtype}; a dense multi-hot target goes to torchxc.zlpr_loss")
     if positives.dtype != torch.long:
+        if positives.dtype == torch.uint64:
+            raise ValueError("torchxc.zlpr_loss_sparse: positives of dtype uint64 are not supported (values of 2^63 "
+                             "and more would turn negative, 2^64 - 1 into the padding -1); pass int64")
         positives = positives.long()
     loss, _ = torch.ops.torchxc.zlpr_loss_sparse.default(
         input, positives, _class_mask(mask, input.shape, "torchxc.zlpr_loss_sparse"), _wants_grad(input),
@@ -107,8 +111,11 @@ def zlpr_probs(input: Tensor, soft: bool = False) -> Tensor:
     return torch.sigmoid(input * 2 if soft else input)
 
 
-def _check(input: Tensor, reduction: str, op: str) -> None:
+def _check(input: Tensor, reduction: str, op: str, **labels) -> None:
     check_reduction(reduction, op)
+    check_tensor(input, "input", op)
+    for name, t in labels.items():
+        check_tensor(t, name, op)
     if input.dim() == 0:
         raise ValueError(f"{op}: expected input with a class dimension, got a 0-d tensor")
 
@@ -201,13 +208,26 @@ def _check_label_range(target: Tensor, op: str, hint: str = "") -> None:
         row, cls = (int(i) for i in flat.nonzero()[0])
         value = target.reshape(-1, target.shape[-1])[row, cls].item()
         raise RuntimeError(f"{op}: labels must lie in [0, 1], but row {row} has {int(flat[row].sum())} outside, "
-                           f"the first {value:.7g} (class {cls}){hint}")
+                           f"the first {_shortest(value, target.dtype)} (class {cls}){hint}")
+
+
+def _shortest(value, dtype: torch.dtype) -> str:
+    """The shortest decimal that reads back as ``value`` in ``dtype`` (float32 for the narrower floats, whose values
+    float32 holds exactly): 1.0004 rather than 1 or 1.0003999471664429, as the CPU kernel prints it."""
+    if not isinstance(value, float) or dtype == torch.float64 or value != value:
+        return repr(value)
+    for p in range(1, 10):
+        text = f"{value:.{p}g}"
+        if struct.unpack("f", struct.pack("f", float(text)))[0] == value:
+            return text
+    return repr(value)
 
 
 def _class_mask(mask: Optional[Tensor], shape: torch.Size, op: str = "torchxc.zlpr_loss") -> Optional[Tensor]:
     """A mask the kernels take, for logits of `shape`: that shape, or [C] when it only varies along the class dim."""
     if mask is None:
         return None
+    check_tensor(mask, "mask", op)
     if mask.dtype != torch.bool:
         raise TypeError(f"{op}: mask must be a bool tensor, got {mask.dtype}")
     if mask.dim() == 0:
@@ -235,14 +255,22 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
 # ---- fake kernels ----------------------------------------------------------------------------------------------
 
 
-def _zlpr_fake(input: Tensor, labels: Tensor, mask: Optional[Tensor] = None,
-               compute_grad: bool = True, grad_scale: float = 1.0) -> Tuple[Tensor, Tensor]:
-    same_device("torchxc::zlpr_loss", input, labels=labels, mask=mask)
+def _zlpr_outputs(input: Tensor, compute_grad: bool) -> Tuple[Tensor, Tensor]:
     grad = input.new_empty(input.shape) if compute_grad else input.new_empty((0,))
     return input.new_empty(input.shape[:-1]), grad
 
 
-torch.library.register_fake("torchxc::zlpr_loss")(_zlpr_fake)
-torch.library.register_fake("torchxc::zlpr_loss_sparse")(_zlpr_fake)
+@torch.library.register_fake("torchxc::zlpr_loss")
+def _zlpr_fake(input: Tensor, labels: Tensor, mask: Optional[Tensor] = None,
+               compute_grad: bool = True, grad_scale: float = 1.0) -> Tuple[Tensor, Tensor]:
+    same_device("torchxc::zlpr_loss", input, target=labels, mask=mask)
+    return _zlpr_outputs(input, compute_grad)
+
+
+@torch.library.register_fake("torchxc::zlpr_loss_sparse")
+def _zlpr_sparse_fake(input: Tensor, labels: Tensor, mask: Optional[Tensor] = None,
+                      compute_grad: bool = True, grad_scale: float = 1.0) -> Tuple[Tensor, Tensor]:
+    same_device("torchxc::zlpr_loss_sparse", input, positives=labels, mask=mask)
+    return _zlpr_outputs(input, compute_grad)
 
 # Autograd: csrc/autograd/zlpr_autograd.cpp (the backward scales the gradient the forward stored).
