@@ -857,3 +857,23 @@ def test_dropout16_edge_rates():
         Dropout16(1.5)
     with pytest.raises(RuntimeError):  # as nn.Dropout: integer input is refused (it was scaled by 1, truncated)
         Dropout16(0.5)(torch.ones(3, dtype=torch.long))
+
+
+def test_metrics_refuse_nan_and_negative_unseen_and_keep_the_scores_precision():
+    """From a user-side review: NaN scores ranked first (recall@1 of 1.0), a negative n_unseen gave a recall of 2,
+    float64 scores got float32 thresholds above the score they came from (no one predicted), and unseen positives
+    tied with the lowest score in the micro-AUC for scores of 1e8 (0.75 instead of 0.5)."""
+    from torchxc.temporal_sets import phr_at_k, recall_at_k, tune_thresholds
+
+    t = torch.tensor([[True, False, False]])
+    for fn in (recall_at_k, ndcg_at_k, phr_at_k):
+        with pytest.raises(ValueError, match=f"{fn.__name__}: scores contain NaN"):
+            fn(torch.tensor([[math.nan, 0.5, 0.1]]), t, 1)
+    with pytest.raises(ValueError, match="recall_at_k: n_unseen counts labels, so it must be >= 0"):
+        recall_at_k(torch.tensor([[1.0, 0.0]]), torch.tensor([[True, True]]), 2, n_unseen=torch.tensor([-1]))
+    s = torch.tensor([[0.1], [0.05], [0.01]], dtype=torch.float64)
+    y = torch.tensor([[True], [False], [False]])
+    thr = tune_thresholds(s, y)
+    assert thr.dtype == torch.float64 and (s >= thr).ravel().tolist() == [True, False, False]
+    res = evaluate_scores(torch.tensor([[1e8, 2e8]]), torch.tensor([[False, True]]), torch.tensor([1]))
+    assert res["micro_auc"] == 0.5

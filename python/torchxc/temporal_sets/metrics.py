@@ -28,6 +28,10 @@ def _check(fn: str, scores, target, n_unseen=None) -> None:
         shape = tuple(torch.as_tensor(n_unseen).shape)
         if shape not in ((), (scores.shape[0],)):
             raise ValueError(f"{fn}: expected n_unseen of shape [N = {scores.shape[0]}] (or one number), got {shape}")
+        if bool((torch.as_tensor(n_unseen) < 0).any()):  # a negative count gave a recall of 2
+            raise ValueError(f"{fn}: n_unseen counts labels, so it must be >= 0")
+    if scores.is_floating_point() and bool(torch.isnan(scores).any()):  # topk ranks NaN first: a hit at rank 1
+        raise ValueError(f"{fn}: scores contain NaN (row {int(torch.isnan(scores).any(1).nonzero()[0])})")
 
 
 def _hits(scores: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
@@ -73,10 +77,11 @@ def tune_thresholds(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     _check("tune_thresholds", scores, target)
     if scores.shape[0] == 0:
         return torch.full(scores.shape[1:], math.inf, dtype=torch.float32, device=scores.device)
-    s, order = scores.float().sort(0, descending=True)
+    # sorted in the scores' own dtype: float32 thresholds of float64 scores round up past the score they came from
+    s, order = (scores if scores.is_floating_point() else scores.double()).sort(0, descending=True)
     y = target.gather(0, order).float()
     tp = y.cumsum(0)
-    predicted = torch.arange(1, s.shape[0] + 1, dtype=torch.float32)[:, None]
+    predicted = torch.arange(1, s.shape[0] + 1, dtype=torch.float32, device=s.device)[:, None]
     f1 = 2 * tp / (predicted + y.sum(0, keepdim=True))
     # a cut between equal scores is not a threshold: only the last index of a run of ties counts
     last_of_tie = torch.ones_like(s, dtype=torch.bool)
@@ -104,9 +109,10 @@ def evaluate_scores(scores, target, n_unseen, thresholds=None, ks=(10, 20)) -> d
     # unseen target labels: column j is True for the users with more than j of them, never predicted
     extra = (unseen[:, None] > torch.arange(int(unseen.max()) if unseen.numel() else 0)).numpy()
     n_extra = int(unseen.sum())
-    lowest = float(s.min()) - 1.0 if s.size else 0.0
+    # below every score in float64 (min - 1 rounded back to min in float32 for scores of 1e8: a tie)
+    lowest = float(s.min()) - 1.0 - abs(float(s.min())) if s.size else 0.0
     out["micro_auc"] = float(roc_auc_score(np.concatenate([y.ravel(), np.ones(n_extra, dtype=bool)]),
-                                           np.concatenate([s.ravel(), np.full(n_extra, lowest, dtype=s.dtype)])))
+                                           np.concatenate([s.ravel().astype(np.float64), np.full(n_extra, lowest)])))
     both = (y.sum(0) > 0) & (y.sum(0) < y.shape[0])
     out["macro_auc"] = float(roc_auc_score(y[:, both], s[:, both], average="macro")) if both.any() else float("nan")
     if thresholds is not None:
