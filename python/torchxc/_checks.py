@@ -48,6 +48,15 @@ def check_tensor(t, name: str, op: str) -> None:
         raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
 
 
+def long_indices(t: torch.Tensor, op: str, name: str, wraps: str) -> torch.Tensor:
+    """Integer index tensor ``t`` as int64; uint64 is refused, naming ``op`` and what its large values would wrap
+    into (``.long()`` turns 2^63 and more negative, 2^64 - 1 into -1)."""
+    if t.dtype == torch.uint64:
+        raise ValueError(f"{op}: {name} of dtype uint64 are not supported (values of 2^63 and more would turn "
+                         f"negative, {wraps}); pass int64")
+    return t.long()
+
+
 def check_reduction(reduction: str, op: str) -> None:
     """``reduction`` is one of REDUCTIONS, else a ValueError naming ``op``."""
     if reduction not in REDUCTIONS:

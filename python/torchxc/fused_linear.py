@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._checks import as_int, check_tensor, is_integer_dtype
+from ._checks import as_int, check_tensor, is_integer_dtype, long_indices
 from .zlpr import _check_label_range, _class_mask, _eager_cpu, _to_input_dtype, _wants_grad
 
 __all__ = ["fused_linear_zlpr_loss"]
@@ -116,10 +116,7 @@ def fused_linear_zlpr_loss(
     h2 = hidden.reshape(N, H)
     labels2 = labels.reshape(N, labels.shape[-1])
     if sparse:
-        if labels2.dtype == torch.uint64:
-            raise ValueError("torchxc.fused_linear_zlpr_loss: positives of dtype uint64 are not supported (values of "
-                             "2^63 and more would turn negative, 2^64 - 1 into the padding -1); pass int64")
-        labels2 = labels2.long()
+        labels2 = long_indices(labels2, op, "positives", "2^64 - 1 into the padding -1")
     elif labels2.dtype != torch.bool and labels2.dtype != hidden.dtype:
         labels2 = _to_input_dtype(labels2, hidden.dtype, "torchxc.fused_linear_zlpr_loss")
     # a class mask [C], or one row of it per logits row (the logits are [*lead, C], flattened to [N, C] here)

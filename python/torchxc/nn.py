@@ -75,7 +75,7 @@ class ZLPRLoss(torch.nn.Module):
         check_reduction(reduction, type(self).__name__)  # refused here, not at the first forward
         self.reduction = reduction
         if not isinstance(sparse, bool):  # sparse="no" would select the sparse loss
-            raise TypeError(f"ZLPRLoss: sparse must be a bool, got {type(sparse).__name__} {sparse!r}")
+            raise TypeError(f"{type(self).__name__}: sparse must be a bool, got {type(sparse).__name__} {sparse!r}")
         self.sparse = sparse
 
     def forward(self, input: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> Tensor:

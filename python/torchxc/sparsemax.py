@@ -26,7 +26,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ._checks import check_reduction, check_tensor, int_arg, wrap_dim
+from ._checks import check_reduction, check_tensor, int_arg, long_indices, wrap_dim
 from ._fake import same_device
 
 __all__ = ["sparsemax", "sparsemax_loss"]
@@ -128,10 +128,7 @@ def sparsemax_loss(
             target = torch.where(s > 0, w / s, w).to(input.dtype)
     elif (not target.is_floating_point() and not target.is_complex() and target.dtype != torch.bool
           and target.shape == scores.shape[:-1]):  # a bool vector would be read as classes 0 and 1
-        if target.dtype == torch.uint64:
-            raise ValueError("torchxc.sparsemax_loss: class indices of dtype uint64 are not supported (values of 2^63 "
-                             "and more would turn negative, one of them into ignore_index); pass int64")
-        target = target.long()
+        target = long_indices(target, op, "class indices", "one of them into ignore_index")
     else:
         raise ValueError(
             "torchxc.sparsemax_loss: target must be class indices of shape "

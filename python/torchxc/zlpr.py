@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._checks import check_reduction, check_tensor, is_integer_dtype
+from ._checks import check_reduction, check_tensor, is_integer_dtype, long_indices
 from ._fake import same_device
 
 __all__ = ["zlpr_loss", "zlpr_loss_sparse", "zlpr_probs"]
@@ -88,10 +88,7 @@ def zlpr_loss_sparse(input: Tensor, positives: Tensor, mask: Optional[Tensor] = 
         raise ValueError(f"torchxc.zlpr_loss_sparse: positives must be integer class indices (int64, padded with -1), "
                          f"got {positives.dtype}; a dense multi-hot target goes to torchxc.zlpr_loss")
     if positives.dtype != torch.long:
-        if positives.dtype == torch.uint64:
-            raise ValueError("torchxc.zlpr_loss_sparse: positives of dtype uint64 are not supported (values of 2^63 "
-                             "and more would turn negative, 2^64 - 1 into the padding -1); pass int64")
-        positives = positives.long()
+        positives = long_indices(positives, "torchxc.zlpr_loss_sparse", "positives", "2^64 - 1 into the padding -1")
     loss, _ = torch.ops.torchxc.zlpr_loss_sparse.default(
         input, positives, _class_mask(mask, input.shape, "torchxc.zlpr_loss_sparse"), _wants_grad(input),
         _grad_scale(input, reduction)

@@ -25,10 +25,11 @@ def _check(fn: str, scores, target, n_unseen=None) -> None:
         raise ValueError(f"{fn}: expected 2-D scores and target of one shape [N, C], got {tuple(scores.shape)} and "
                          f"{tuple(target.shape)}")
     if n_unseen is not None:
-        shape = tuple(torch.as_tensor(n_unseen).shape)
+        unseen = torch.as_tensor(n_unseen)
+        shape = tuple(unseen.shape)
         if shape not in ((), (scores.shape[0],)):
             raise ValueError(f"{fn}: expected n_unseen of shape [N = {scores.shape[0]}] (or one number), got {shape}")
-        if bool((torch.as_tensor(n_unseen) < 0).any()):  # a negative count gave a recall of 2
+        if bool((unseen < 0).any()):  # a negative count gave a recall of 2
             raise ValueError(f"{fn}: n_unseen counts labels, so it must be >= 0")
     if scores.is_floating_point() and bool(torch.isnan(scores).any()):  # topk ranks NaN first: a hit at rank 1
         raise ValueError(f"{fn}: scores contain NaN (row {int(torch.isnan(scores).any(1).nonzero()[0])})")
