@@ -543,7 +543,8 @@ def test_lanet_transitions(tmp_path):
 
 def test_time_step_transformer_shapes():
     m = TimeStepTransformer(30, 3, d_model=16, n_layers=1, n_heads=2)
-    out = m(torch.rand(2, 3, 30) < 0.2, torch.tensor([[2, 2, 0], [2, 0, 0]]))
+    gap = torch.tensor([[2, 2, 0], [2, 0, 0]])
+    out = m((torch.rand(2, 3, 30) < 0.2) & (gap > 0)[..., None], gap)  # padding events (gap 0) hold no labels
     assert out.shape == (2, 30)
     out.sum().backward()
 
@@ -877,3 +878,131 @@ def test_metrics_refuse_nan_and_negative_unseen_and_keep_the_scores_precision():
     assert thr.dtype == torch.float64 and (s >= thr).ravel().tolist() == [True, False, False]
     res = evaluate_scores(torch.tensor([[1e8, 2e8]]), torch.tensor([[False, True]]), torch.tensor([1]))
     assert res["micro_auc"] == 0.5
+
+
+def test_baseline_and_prior_refuse_bad_ids_and_arguments(tmp_path):
+    """A past-count id of -1 added to the last label, a float id indexed anyway, NaN popularity made every score
+    NaN, TransitionPrior(alpha=nan) built NaN features, and TransitionPrior.features read ids -1 from the end."""
+    from torchxc.temporal_sets import Example
+
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(SPLITS))
+    d = load_temporal_sets_json(str(p))
+    C = d.num_labels
+    good = Example([[0]], [1], [1], past_counts={0: 2})
+    ref = personal_frequency_scores([good], d.popularity)
+    assert ref[0, 0] == pytest.approx(2 + d.popularity[0].item() / (d.popularity.max().item() + 1))
+    prior = TransitionPrior(d)
+    for bad, msg in ((Example([[0]], [1], [1], past_counts={-1: 2}), r"past_counts label ids \[-1\] outside"),
+                     (Example([[0]], [1], [1], past_counts={1.0: 2}), r"past_counts label ids \[1.0\] of type float"),
+                     (Example([[0]], [1], [1], past_counts={0: -3}), r"counts must be finite numbers >= 0")):
+        with pytest.raises(ValueError, match=r"personal_frequency_scores: example 1.*" + msg):
+            personal_frequency_scores([good, bad], d.popularity)
+        if "counts must" not in msg:
+            with pytest.raises(ValueError, match=r"TransitionPrior.features: example 1.*" + msg):
+                prior.features([good, bad])
+    with pytest.raises(ValueError, match=r"TransitionPrior.features: example 0 has history label ids \[-1\] outside"):
+        prior.features([Example([[-1]], [1], [1])])
+    for pop in (torch.tensor([3.0, math.nan, 1.0]), torch.tensor([3, -1, 1]), torch.tensor([[3, 2, 1]])):
+        with pytest.raises(ValueError, match="personal_frequency_scores: popularity must"):
+            personal_frequency_scores([good], pop)
+    with pytest.raises(ValueError, match=f"personal_frequency_scores: the prior covers {C} labels, popularity {C + 1}"):
+        personal_frequency_scores([good], torch.ones(C + 1), prior)
+    for alpha in (math.nan, math.inf, -1.0, True, "10"):
+        with pytest.raises(ValueError, match="TransitionPrior: alpha must be a finite number > 0"):
+            TransitionPrior(d, alpha=alpha)
+    # a repeated id in the latest event is one label of the mean, as in the whole past
+    assert torch.equal(prior.features([Example([[0, 0, 1]], [1], [1])]), prior.features([Example([[0, 1]], [1], [1])]))
+
+
+def test_lanet_refuses_inputs_it_would_misread():
+    """NaN popularity passed the `< 0` check, counts of -1 or NaN gave NaN logits, counts / transitions given to a
+    model built without them were ignored, an amount bucket out of range was a bare IndexError, and an event with
+    labels but gap bucket 0 (padding) was used by LANET and masked by TimeStepTransformer."""
+    C, J = 6, 2
+    torch.manual_seed(0)
+    kw = dict(d_label=8, d_time=4, n_layers=1, n_heads=2)
+    for pop in (torch.tensor([1.0, math.nan, 2, 3, 4, 5]), torch.tensor([1.0, math.inf, 2, 3, 4, 5]), [1] * 6):
+        with pytest.raises(ValueError, match=r"LANET: popularity must be \[6\] finite label counts >= 0"):
+            LANET(C, J, popularity=pop, **kw)
+    history, gap = torch.zeros(2, J, C, dtype=torch.bool), torch.tensor([[1, 2], [3, 0]])
+    history[0, 0, 1] = history[0, 1, 2] = history[1, 0, 3] = True
+    m = LANET(C, J, past_counts=True, transitions=True, d_amount=4, **kw).eval()
+    counts, tr = torch.zeros(2, C), torch.zeros(2, C, 2)
+    assert m(history, gap, counts=counts, transitions=tr).isfinite().all()
+    for bad in (-1.0, math.nan, math.inf):
+        c = counts.clone()
+        c[1, 4] = bad
+        with pytest.raises(ValueError, match=r"LANET.forward: counts must be finite counts >= 0, got .* \(example 1\)"):
+            m(history, gap, counts=c, transitions=tr)
+    t = tr.clone()
+    t[0, 2, 1] = math.nan
+    with pytest.raises(ValueError, match=r"LANET.forward: transitions must be finite, got nan \(example 0\)"):
+        m(history, gap, counts=counts, transitions=t)
+    with pytest.raises(ValueError, match="counts must be a floating-point tensor, got torch.int64"):
+        m(history, gap, counts=counts.long(), transitions=tr)
+    amount = torch.zeros(2, J, C, dtype=torch.long)
+    amount[0, 0, 1] = NUM_AMOUNTS
+    with pytest.raises(ValueError, match=rf"LANET.forward: amount buckets must lie in \[0, {NUM_AMOUNTS}\), got "
+                                         rf"values from 0 to {NUM_AMOUNTS}"):
+        m(history, gap, amount, counts=counts, transitions=tr)
+    plain = LANET(C, J, **kw)
+    with torch.device("meta"):  # shapes only (the eval-mode attention statistics called .item() on meta)
+        assert LANET(C, J, **kw).eval()(history.to("meta"), gap.to("meta")).shape == (2, C)
+    with pytest.raises(ValueError, match="got counts, but the model was built without past_counts=True"):
+        plain(history, gap, counts=counts)
+    with pytest.raises(ValueError, match="got transitions, but the model was built without transitions=True"):
+        plain(history, gap, transitions=tr)
+    padded = history.clone()
+    padded[1, 1, 5] = True  # example 1's event 1 has gap 0
+    for model in (plain, TimeStepTransformer(C, J, d_model=8, n_layers=1, n_heads=2)):
+        model(history, gap)
+        with pytest.raises(ValueError, match=f"{type(model).__name__}.forward: event 1 of example 1 has labels but "
+                                             "gap bucket 0, which marks a padding event"):
+            model(padded, gap)
+    for name, value in (("num_labels", 0), ("look_back", 0), ("d_model", 0), ("d_ff", 0), ("n_layers", -1),
+                        ("num_labels", 2.5)):
+        args = dict(num_labels=C, look_back=J, d_model=8, n_heads=2) | {name: value}
+        with pytest.raises(ValueError, match=f"TimeStepTransformer: {name} must be an int"):
+            TimeStepTransformer(**args)
+
+
+def test_metrics_rank_ties_by_label_id_and_accept_inf_and_float64_scores():
+    """torch.topk's order among equal scores is unspecified (all-zero scores over 12 labels gave the top 3 as
+    labels 9, 7, 8); inf scores failed in scikit-learn's AUC; float64 scores were rounded to float32 (new ties);
+    scores that require grad failed in .numpy(); thresholds of the wrong shape broadcast; k = 10**9 allocated a
+    discount table of 10**9 entries."""
+    scores = torch.zeros(1, 12)
+    target = torch.zeros(1, 12, dtype=torch.bool)
+    target[0, [0, 1, 2]] = True
+    assert recall_at_k(scores, target, 3) == 1.0 and ndcg_at_k(scores, target, 3) == pytest.approx(1.0)
+    target = target.roll(9, 1)  # labels 9, 10, 11: last among the ties
+    assert recall_at_k(scores, target, 3) == 0.0 and phr_at_k(scores, target, 9) == 0.0
+    # a tie inside the top k is ordered by id as well: the hit (label 5) ranks 2nd behind label 3
+    s = torch.tensor([[0.0, 1, 1, 2, 0, 2, 2]])
+    t = torch.zeros(1, 7, dtype=torch.bool)
+    t[0, 5] = True
+    assert ndcg_at_k(s, t, 2) == pytest.approx(1 / math.log2(3))
+    rng = torch.Generator().manual_seed(0)
+    s = torch.randn(40, 9, generator=rng).double()
+    y = torch.rand(40, 9, generator=rng) < 0.3
+    y[:, 0] = True  # every row has a positive
+    finite = evaluate_scores(s, y, None)
+    s_inf = s.clone()
+    s_inf[s_inf < -1.0] = -math.inf  # the lowest scores become -inf, +inf the highest: the order is the same
+    s_inf[s_inf > 1.5] = math.inf
+    got = evaluate_scores(s_inf, y, torch.ones(40))
+    ref = evaluate_scores(torch.where(s_inf.isinf(), s_inf.sign() * 1e3, s_inf), y, torch.ones(40))
+    for key in ("micro_auc", "macro_auc", "recall@10", "ndcg@10"):
+        assert got[key] == pytest.approx(ref[key]), key
+    assert got["micro_auc"] < finite["micro_auc"]  # the unseen positives (below every score) count
+    big = (1e8 + s).requires_grad_()  # float32 rounds 1e8 + x to multiples of 8: ties
+    res = evaluate_scores(big, y, None, tune_thresholds(big.detach(), y))
+    assert res["micro_auc"] == pytest.approx(finite["micro_auc"]) and res["ndcg@10"] == pytest.approx(finite["ndcg@10"])
+    with pytest.raises(ValueError, match=r"evaluate_scores: expected thresholds \[C = 9\] \(tune_thresholds\), got "
+                                         r"\(1,\)"):
+        evaluate_scores(s, y, None, torch.zeros(1))
+    for k in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="recall_at_k: k must be an int >= 1"):
+            recall_at_k(s, y, k)
+    assert ndcg_at_k(s, y, 10**9) == pytest.approx(ndcg_at_k(s, y, 9))

@@ -98,7 +98,7 @@ class LabelAttentionLayer(nn.Module):
             if key_padding_mask is not None:
                 scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
             attn = torch.softmax(scores, -1) if self.attention == "softmax" else torchxc.sparsemax(scores, -1)
-            if not self.training:
+            if not self.training and attn.device.type != "meta":  # meta: shapes only, no counts to read
                 with torch.no_grad():
                     zeros = (attn == 0).sum().item()
                     total = attn.numel()
@@ -152,9 +152,12 @@ class LANET(nn.Module):
         if num_labels < 1 or look_back < 1 or max_tokens < 1:
             raise ValueError(f"LANET: num_labels, look_back and max_tokens must be >= 1, got {num_labels}, {look_back}, "
                              f"{max_tokens}")
-        if popularity is not None and (tuple(popularity.shape) != (num_labels,) or bool((popularity < 0).any())):
-            raise ValueError(f"LANET: popularity must be [{num_labels}] non-negative label counts, got "
-                             f"{tuple(popularity.shape)}")
+        if popularity is not None and (not isinstance(popularity, Tensor) or tuple(popularity.shape) != (num_labels,)
+                                       or popularity.dtype == torch.bool or popularity.is_complex()
+                                       or not bool((torch.isfinite(popularity) & (popularity >= 0)).all())):
+            got = f"{popularity.dtype} {tuple(popularity.shape)}" if isinstance(popularity, Tensor) else \
+                type(popularity).__name__
+            raise ValueError(f"LANET: popularity must be [{num_labels}] finite label counts >= 0, got {got}")
         self.C, self.look_back, self.max_tokens = num_labels, look_back, max_tokens
         d_model = self.token_width(d_label, d_time, d_amount, past_counts, transitions)
         if n_heads < 1:
@@ -237,6 +240,8 @@ class LANET(nn.Module):
             raise ValueError(f"LANET.forward: amount must be [B, J, C] = [{B}, {J}, {C}] for a model built with "
                              f"d_amount > 0, got {tuple(amount.shape)} (d_amount "
                              f"{0 if self.amount is None else self.amount.embedding_dim})")
+        if amount is not None:
+            _check_buckets("LANET", "amount", amount, self.amount.num_embeddings)
         if self.count is not None and (counts is None or tuple(counts.shape) != (B, C)):
             raise ValueError(f"LANET(past_counts=True).forward needs counts [B, C] = [{B}, {C}] (past_count_matrix), "
                              f"got {None if counts is None else tuple(counts.shape)}")
@@ -244,10 +249,21 @@ class LANET(nn.Module):
             raise ValueError(f"LANET(transitions=True).forward needs transitions [B, C, 2] = [{B}, {C}, 2] "
                              "(TransitionPrior.features), got "
                              f"{None if transitions is None else list(transitions.shape)}")
-        if self.count is None:
-            counts = None
-        if self.trans is None:
-            transitions = None
+        for name, value, part in (("counts", counts, self.count), ("transitions", transitions, self.trans)):
+            if value is None:
+                continue
+            if part is None:  # it would be ignored: the caller meant a model that uses it
+                flag = "past_counts" if name == "counts" else name
+                raise ValueError(f"LANET.forward: got {name}, but the model was built without {flag}=True and "
+                                 f"would ignore them")
+            if not value.is_floating_point():
+                raise ValueError(f"LANET.forward: {name} must be a floating-point tensor, got {value.dtype}")
+            if value.device.type == "cpu" and not torch.compiler.is_compiling():  # elsewhere a sync per forward
+                bad = ~torch.isfinite(value) if name == "transitions" else ~(torch.isfinite(value) & (value >= 0))
+                if bool(bad.any()):  # NaN logits for every label of the example otherwise
+                    what = "finite" if name == "transitions" else "finite counts >= 0"
+                    raise ValueError(f"LANET.forward: {name} must be {what}, got {value[bad][0].item()} (example "
+                                     f"{int(bad.reshape(B, -1).any(1).nonzero()[0])})")
         cand = self.candidates(history, counts, transitions)
         L = cand.shape[1]
         member = history.gather(2, cand[:, None, :].expand(B, J, L)).to(self.label.weight.dtype)  # [B, J, L]
@@ -296,6 +312,11 @@ class TimeStepTransformer(nn.Module):
     def __init__(self, num_labels: int, look_back: int = 3, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
                  d_ff: int = 128, dropout: float = 0.1, num_gaps: int = 32):
         super().__init__()
+        for name, v in (("num_labels", num_labels), ("look_back", look_back), ("d_model", d_model),
+                        ("n_layers", n_layers), ("d_ff", d_ff)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "n_layers" else 1):
+                raise ValueError(f"TimeStepTransformer: {name} must be an int >= {0 if name == 'n_layers' else 1}, "
+                                 f"got {v!r}")
         self.inp = nn.Linear(num_labels, d_model)
         self.pos = nn.Embedding(look_back, d_model)
         self.gap = nn.Embedding(num_gaps, d_model)
@@ -322,17 +343,30 @@ def _check_events(model: str, history: Tensor, gap: Tensor, C: int, look_back: i
     if history.dtype != torch.bool:
         raise ValueError(f"{model}.forward: expected history of dtype bool (label c is in event j), got "
                          f"{history.dtype}")
-    if gap.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"{model}.forward: expected gap int64 (or int32) time-gap buckets, got {gap.dtype}")
-    if gap.device.type == "cpu" and gap.numel() and not torch.compiler.is_compiling():
-        lo, hi = (int(v) for v in torch.aminmax(gap))  # one pass for both bounds
-        if lo < 0 or hi >= num_gaps:
-            raise ValueError(f"{model}.forward: gap buckets must lie in [0, {num_gaps}), got values from {lo} to {hi}")
+    _check_buckets(model, "gap", gap, num_gaps)
     if history.dim() != 3 or history.shape[2] != C or not 1 <= history.shape[1] <= look_back:
         raise ValueError(f"{model}.forward: expected history [B, J, C] with C = {C} labels and 1 <= J <= look_back = "
                          f"{look_back} events, got {tuple(history.shape)}")
     if tuple(gap.shape) != tuple(history.shape[:2]):
         raise ValueError(f"{model}.forward: expected gap [B, J] = {list(history.shape[:2])}, got {tuple(gap.shape)}")
+    if history.device.type == "cpu" and gap.device.type == "cpu" and not torch.compiler.is_compiling():
+        padded = (gap == 0) & history.any(2)  # gap 0 marks a padding event: one with labels would be dropped or not
+        if bool(padded.any()):
+            b, j = (int(v) for v in padded.nonzero()[0])
+            raise ValueError(f"{model}.forward: event {j} of example {b} has labels but gap bucket 0, which marks a "
+                             "padding event; a real event's gap bucket is >= 1")
+
+
+def _check_buckets(model: str, name: str, buckets: Tensor, num: int) -> None:
+    """Integer buckets in [0, num) (the range is checked on CPU tensors outside torch.compile: elsewhere it would
+    cost a sync, and an out-of-range bucket is the embedding's index error)."""
+    if buckets.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{model}.forward: expected {name} int64 (or int32) "
+                         f"{'time-gap' if name == 'gap' else name} buckets, got {buckets.dtype}")
+    if buckets.device.type == "cpu" and buckets.numel() and not torch.compiler.is_compiling():
+        lo, hi = (int(v) for v in torch.aminmax(buckets))  # one pass for both bounds
+        if lo < 0 or hi >= num:
+            raise ValueError(f"{model}.forward: {name} buckets must lie in [0, {num}), got values from {lo} to {hi}")
 
 
 def loss_fn(name: str, logits: Tensor, target: Tensor) -> Tensor:

@@ -5,20 +5,31 @@ probability that the label follows the user's past labels (geometric mean over t
 is popularity for a user without a past."""
 import torch
 
+from .data import past_count_matrix
+
 __all__ = ["personal_frequency_scores"]
 
 
 def personal_frequency_scores(examples: list, popularity: torch.Tensor, prior=None) -> torch.Tensor:
     """Scores [N, C]: past count + a tie-break in [0, 1): popularity / (max popularity + 1), or with ``prior`` (a
-    :class:`torchxc.temporal_sets.transitions.TransitionPrior`) 0.999 * P(label | past)."""
+    :class:`torchxc.temporal_sets.transitions.TransitionPrior`) 0.999 * P(label | past). ``popularity``: [C]
+    finite label counts >= 0 (:attr:`TemporalSets.popularity`)."""
+    fn = "personal_frequency_scores"
+    if not isinstance(popularity, torch.Tensor) or popularity.dim() != 1 or popularity.numel() == 0:
+        got = tuple(popularity.shape) if isinstance(popularity, torch.Tensor) else type(popularity).__name__
+        raise ValueError(f"{fn}: popularity must be a 1-D tensor of label counts [C], got {got}")
+    if popularity.dtype == torch.bool or popularity.is_complex() or not bool(
+            (torch.isfinite(popularity) & (popularity >= 0)).all()):  # NaN: the tie-break would make every score NaN
+        raise ValueError(f"{fn}: popularity must hold finite label counts >= 0, got {popularity.dtype} values from "
+                         f"{popularity.min().item()} to {popularity.max().item()}")
     C = popularity.numel()
+    if prior is not None and prior.C != C:
+        raise ValueError(f"{fn}: the prior covers {prior.C} labels, popularity {C}")
+    counts = past_count_matrix(examples, C, fn)  # checks every example's ids and counts first
     if prior is None:
-        scores = (popularity.float() / (popularity.max().float() + 1)).expand(len(examples), C).clone()
+        pop = popularity.double()
+        scores = (pop / (pop.max() + 1)).float().expand(len(examples), C).clone()
     else:
         scores = torch.cat([0.999 * (prior.log_pop + prior.features(examples[i:i + 512])[..., 1]).exp()
                             for i in range(0, len(examples), 512)]) if examples else torch.zeros(0, C)
-    for i, ex in enumerate(examples):
-        if ex.past_counts:
-            ids = torch.tensor(list(ex.past_counts.keys()), dtype=torch.long)
-            scores[i, ids] += torch.tensor(list(ex.past_counts.values()), dtype=torch.float32)
-    return scores
+    return scores + counts

@@ -317,21 +317,28 @@ def collate(batch: list, num_labels: int, look_back: int, with_amounts: bool = F
     return history, gap, amount, target
 
 
-def past_count_matrix(batch: list, num_labels: int) -> torch.Tensor:
+def past_count_matrix(batch: list, num_labels: int, fn: str = "past_count_matrix") -> torch.Tensor:
     """float32 [B, C]: how many of the example's past events (its whole past, not only the look-back window)
-    contained each label."""
+    contained each label. ``fn`` names the caller in the errors for ids outside [0, num_labels) or counts that are
+    not finite numbers >= 0."""
     counts = torch.zeros(len(batch), num_labels)
     for b, ex in enumerate(batch):
-        if not isinstance(ex.past_counts, Mapping):
-            raise ValueError(f"past_count_matrix: example {b}: past_counts must be a dict {{label id: count}}, got "
-                             f"{type(ex.past_counts).__name__}")
-        ids = list(ex.past_counts)
-        _check_ids("past_count_matrix", b, "past_counts", ids, num_labels)
+        ids = _checked_past_ids(fn, b, ex, num_labels)
         if ids:
             values = list(ex.past_counts.values())
             bad = [v for v in values
                    if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 <= v < math.inf)]
             if bad:
-                raise ValueError(f"past_count_matrix: example {b}: counts must be finite numbers >= 0, got {bad[:5]}")
+                raise ValueError(f"{fn}: example {b}: counts must be finite numbers >= 0, got {bad[:5]}")
             counts[b, ids] = torch.tensor(values, dtype=torch.float32)
     return counts
+
+
+def _checked_past_ids(fn: str, b: int, ex, num_labels: int) -> list:
+    """The ids of ``ex.past_counts`` (a dict {label id: count}), each an int in [0, num_labels)."""
+    if not isinstance(ex.past_counts, Mapping):
+        raise ValueError(f"{fn}: example {b}: past_counts must be a dict {{label id: count}}, got "
+                         f"{type(ex.past_counts).__name__}")
+    ids = list(ex.past_counts)
+    _check_ids(fn, b, "past_counts", ids, num_labels)
+    return ids

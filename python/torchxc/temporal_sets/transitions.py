@@ -16,10 +16,14 @@ Leave-one-user-out: a training example's features are computed without its own u
 its own target), so the model learns how much to trust the prior from the same kind of numbers it sees on users it
 has never met. The counts are sparse (a COO matrix), so this also works for large vocabularies.
 """
+import math
+import numbers
 import warnings
 from collections import Counter
 
 import torch
+
+from .data import _check_id_list, _checked_past_ids
 
 __all__ = ["TransitionPrior"]
 
@@ -28,8 +32,8 @@ class TransitionPrior:
     """Built from :attr:`TemporalSets.train_sequences`; :meth:`features` gives float32 [B, C, 2]."""
 
     def __init__(self, data, alpha: float = 10.0):
-        if alpha <= 0:
-            raise ValueError(f"TransitionPrior: alpha must be > 0, got {alpha}")
+        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not 0 < alpha < math.inf:
+            raise ValueError(f"TransitionPrior: alpha must be a finite number > 0, got {alpha!r}")  # NaN: NaN features
         C = data.num_labels
         self.C = C
         pairs, out, per_user = Counter(), Counter(), {}
@@ -81,11 +85,17 @@ class TransitionPrior:
         ``leave_user_out``: subtract each example's own user's transitions (for training examples)."""
         B, C = len(batch), self.C
         W = torch.zeros(2, B, C)
-        for b, ex in enumerate(batch):
-            if ex.history and ex.history[0]:
-                W[0, b, ex.history[0]] = 1.0 / len(ex.history[0])
-            if ex.past_counts:
-                keys = list(ex.past_counts.keys())
+        for b, ex in enumerate(batch):  # ids checked: a negative one would index from the end
+            if not isinstance(ex.history, (list, tuple)):
+                raise ValueError(f"TransitionPrior.features: example {b}: history must be a list of events (lists of "
+                                 f"label ids), got {type(ex.history).__name__}")
+            if ex.history:
+                _check_id_list("TransitionPrior.features", b, "history", ex.history[0], C)
+                if len(ex.history[0]):
+                    last = sorted(set(ex.history[0]))  # each label once, as in the whole-past mean
+                    W[0, b, last] = 1.0 / len(last)
+            keys = _checked_past_ids("TransitionPrior.features", b, ex, C)
+            if keys:
                 W[1, b, keys] = 1.0 / len(keys)
         Wf = W.view(2 * B, C)
         with warnings.catch_warnings():  # torch routes the product through sparse CSR and warns that it is beta
