@@ -242,3 +242,58 @@ def test_xc_malformed_labels_and_headers(tmp_path):
     p.write_text("2 0 4\n0,3\n \n")  # no features at all is a valid (if odd) file
     d = load_xc(str(p))
     assert d.features.shape == (2, 0) and d.indices.tolist() == [0, 3] and d.indptr.tolist() == [0, 2, 2]
+
+
+def test_arff_integer_attributes_unknown_header_lines_and_bom(tmp_path):
+    """From a user-side probe: liac-arff truncates INTEGER values (a label of 0.99 read as 0, 1.9 as 1, a feature
+    of 2.9 as 2; inf failed with a bare OverflowError), drops a header line it does not know ("@atribute" lost a
+    column and shifted a sparse file's indices: wrong labels, no error), and a byte-order mark failed with "Invalid
+    layout"."""
+    p = tmp_path / "i.arff"
+    head = ("@relation r\n@attribute f1 numeric\n@ATTRIBUTE f2 INTEGER\n@attribute y1 integer\n@attribute y2 {0,1}\n"
+            "@data\n")
+    p.write_text(head + "1,2.9,1,0\n3,-4,0,1\n")
+    d = load_arff(str(p), num_labels=2)  # Weka reads INTEGER as NUMERIC: the values as written
+    np.testing.assert_array_equal(d.features, np.array([[1, 2.9], [3, -4]], dtype=np.float32))
+    np.testing.assert_array_equal(d.labels, [[True, False], [False, True]])
+    for row, match in (("1,2,0.99,1", "the value 0.99 for label 'y1'"), ("1,2,1.9,0", "the value 1.9 for label 'y1'"),
+                       ("1,inf,1,0", "infinite value for attribute 'f2'")):
+        p.write_text(head + row + "\n")
+        with pytest.raises(ValueError, match=re.escape(f"load_arff: {p}: data row 1 has ") + ".*" + re.escape(match)):
+            load_arff(str(p), num_labels=2)
+    p.write_text("@relation r\n@attribute f1 numeric\n@atribute f2 numeric\n@attribute f3 numeric\n"
+                 "@attribute y1 {0,1}\n@attribute y2 {0,1}\n@data\n{0 1,2 1,3 1}\n")
+    with pytest.raises(ValueError, match=re.escape(f"load_arff: {p} line 3: expected @relation, @attribute, @data or "
+                                                   "a % comment in the header, got '@atribute f2 numeric'")):
+        load_arff(str(p), num_labels=2)
+    p.write_text(head.replace("@attribute f1", "attribute f1") + "1,2,1,0\n")
+    with pytest.raises(ValueError, match="line 2: expected @relation"):
+        load_arff(str(p), num_labels=2)
+    p.write_bytes(b"\xef\xbb\xbf" + DENSE.encode())
+    np.testing.assert_array_equal(load_arff(str(p), label_names=["L1", "L2"]).features, [[1.5, -2.0], [0.0, 3.25]])
+
+
+def test_xc_huge_headers_and_odd_spaces(tmp_path):
+    """F >= 2^31 overflowed inside scikit-learn's parser, a dense matrix too large for memory gave numpy's bare
+    error, and a no-break space between features gave a message without a line number."""
+    p = tmp_path / "t.txt"
+    p.write_text("2 2147483658 4\n0 2147483651:1\n3 5:5\n")
+    with pytest.raises(ValueError, match=r"the header's F = 2147483658 is beyond the reader's int32 feature indices"):
+        load_xc(str(p), dense=False)
+    p.write_text(f"2 {2**63} 4\n0 0:1\n3 5:5\n")
+    with pytest.raises(ValueError, match="beyond the reader's int32"):
+        load_xc(str(p))
+    p.write_text("2 3 4\n0 0:1\n3 1:5\n")
+    import scipy.sparse  # the dense-size message, without allocating: a MemoryError from toarray is faked
+
+    def no_memory(self, *args, **kwargs):
+        raise MemoryError("Unable to allocate")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scipy.sparse.csr_matrix, "toarray", no_memory)
+        with pytest.raises(MemoryError, match=r"dense features \[N, F\] = \[2, 3\] need 0.0 GiB; pass dense=False"):
+            load_xc(str(p))
+    assert load_xc(str(p)).features.tolist() == [[1, 0, 0], [0, 5, 0]]
+    p.write_bytes("2 3 4\n0 0:1\n3 1:5\u00a02:1\n".encode())
+    with pytest.raises(ValueError, match=re.escape("line 3: expected index:value, got '1:5\\xa02:1'")):
+        load_xc(str(p))

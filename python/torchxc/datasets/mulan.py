@@ -5,6 +5,7 @@ usually the last attributes, but not always in the XML's order (yeast), so label
 uses liac-arff, which reads both the dense and the sparse (``{index value, ...}``) ARFF formats.
 """
 import os
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -67,11 +68,35 @@ def _sparse_duplicate(row: str):
     return None
 
 
+_HEADER_KEYWORDS = ("@relation", "@attribute", "@data")
+_INTEGER_TYPE = re.compile(r"\s(integer)\s*$", re.IGNORECASE)
+
+
+def _arff_lines(path: str, f):
+    """The file's lines for liac-arff, each stripped (liac-arff strips only spaces: a tab-indented @attribute line
+    was dropped, shifting every later column). Header lines that are not @relation / @attribute / @data or a
+    comment are refused (liac-arff drops them silently: "@atribute" lost a column and shifted a sparse file's
+    indices), and INTEGER attributes are read as NUMERIC, as Weka does (liac-arff truncates their values: a label
+    of 0.99 became 0, a feature of 2.9 became 2, and inf failed with an OverflowError)."""
+    in_data = False
+    for number, line in enumerate(f, 1):
+        s = line.strip()
+        if not in_data and s and not s.startswith("%"):
+            keyword = s.split(None, 1)[0].lower()
+            if keyword not in _HEADER_KEYWORDS:
+                raise ValueError(f"load_arff: {path} line {number}: expected @relation, @attribute, @data or a % "
+                                 f"comment in the header, got {s!r:.60}")
+            in_data = keyword == "@data"
+            if keyword == "@attribute":
+                s = _INTEGER_TYPE.sub(" numeric", s)
+        yield s
+
+
 def _scan_arff(path: str):
     """(sparse format?, number of data rows, (row, index) of the first attribute a sparse row gives twice or None).
     Sparse rows may be empty, so liac-arff's COO output alone cannot tell how many rows there are."""
     sparse, rows, in_data, twice = False, 0, False, None
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:  # -sig: a byte-order mark is skipped
         for line in f:
             s = line.strip()
             if not s or s.startswith("%"):
@@ -124,11 +149,9 @@ def load_arff(path: str, label_names: Optional[Sequence[str]] = None, num_labels
     elif num_labels is None:
         raise ValueError("load_arff: give label_names or num_labels")
     sparse, num_rows, twice = _scan_arff(path)
-    with open(path, encoding="utf-8", errors="replace") as f:
-        # every line stripped: liac-arff strips only spaces, so a tab-indented @attribute line would be dropped and
-        # shift every later column
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         try:
-            data = arff.load((line.strip() for line in f), return_type=arff.COO if sparse else arff.DENSE)
+            data = arff.load(_arff_lines(path, f), return_type=arff.COO if sparse else arff.DENSE)
         except arff.ArffException as e:
             raise ValueError(f"load_arff: {path}: {e}") from None
     names = [a[0] for a in data["attributes"]]

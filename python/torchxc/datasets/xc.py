@@ -56,6 +56,9 @@ def load_xc(path: str, dense: bool = True) -> XCData:
     except ValueError:
         raise ValueError(f"load_xc: {path}: expected a header line 'N F L' of three integers >= 0, got "
                          f"{header_line.strip()!r}") from None
+    if num_features >= 2**31:  # scikit-learn's reader overflowed (an OverflowError from inside its parser)
+        raise ValueError(f"load_xc: {path}: the header's F = {num_features} is beyond the reader's int32 feature "
+                         "indices (F < 2^31)")
     for token in (b"#", b"qid:"):  # svmlight extras the XC format does not have (a comment would drop features)
         at = body.find(token)
         if at >= 0:
@@ -106,7 +109,12 @@ def load_xc(path: str, dense: bool = True) -> XCData:
     indptr = torch.tensor(np.cumsum([0] + [len(r) for r in labels]), dtype=torch.long)
     indices = torch.tensor(flat, dtype=torch.long)
     if dense:
-        features = torch.from_numpy(x.toarray())
+        try:
+            features = torch.from_numpy(x.toarray())
+        except MemoryError:  # numpy's message gives the size but not the way out
+            raise MemoryError(f"load_xc: {path}: dense features [N, F] = [{n}, {num_features}] need "
+                              f"{n * num_features * 4 / 2**30:.1f} GiB; pass dense=False for a sparse CSR "
+                              "tensor") from None
     else:
         features = torch.sparse_csr_tensor(torch.from_numpy(x.indptr).long(), torch.from_numpy(x.indices).long(),
                                            torch.from_numpy(x.data), size=x.shape, check_invariants=False)
@@ -117,8 +125,8 @@ def _first_bad_line(lines, num_features) -> str | None:
     """'line L: why' for the first row that is not ``l1,l2,... f:v f:v ...`` (labels integers, feature indices in
     [0, F) and increasing, values numbers); None if every row looks fine. Only runs after a parse error."""
     for i, line in enumerate(lines):
-        text = line.decode("utf-8", errors="replace").rstrip("\r")
-        tokens = text.split()
+        # split on ASCII whitespace, as the svmlight parser does (str.split took a no-break space for one)
+        tokens = [t.decode("utf-8", errors="replace") for t in line.rstrip(b"\r").split()]
         labels = tokens[0] if tokens and ":" not in tokens[0] else ""
         features = tokens[1:] if labels else tokens
         try:
