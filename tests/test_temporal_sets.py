@@ -903,8 +903,10 @@ def test_baseline_and_prior_refuse_bad_ids_and_arguments(tmp_path):
                 prior.features([good, bad])
     with pytest.raises(ValueError, match=r"TransitionPrior.features: example 0 has history label ids \[-1\] outside"):
         prior.features([Example([[-1]], [1], [1])])
-    for pop in (torch.tensor([3.0, math.nan, 1.0]), torch.tensor([3, -1, 1]), torch.tensor([[3, 2, 1]])):
-        with pytest.raises(ValueError, match="personal_frequency_scores: popularity must"):
+    for pop, msg in ((torch.tensor([3.0, math.nan, 1.0]), "got nan for label 1"), (torch.tensor([3, -1, 1]), "got -1"),
+                     (torch.tensor([[3, 2, 1]]), r"1-D tensor of label counts \[C\], got \(1, 3\)"),
+                     (torch.tensor([1 + 1j, 2, 3]), "real label counts, got torch.complex64")):
+        with pytest.raises(ValueError, match="personal_frequency_scores: popularity must .*" + msg):
             personal_frequency_scores([good], pop)
     with pytest.raises(ValueError, match=f"personal_frequency_scores: the prior covers {C} labels, popularity {C + 1}"):
         personal_frequency_scores([good], torch.ones(C + 1), prior)
@@ -960,6 +962,7 @@ def test_lanet_refuses_inputs_it_would_misread():
         with pytest.raises(ValueError, match=f"{type(model).__name__}.forward: event 1 of example 1 has labels but "
                                              "gap bucket 0, which marks a padding event"):
             model(padded, gap)
+    assert TimeStepTransformer(np.int64(C), J, d_model=8, n_layers=1, n_heads=2)(history, gap).shape == (2, C)
     for name, value in (("num_labels", 0), ("look_back", 0), ("d_model", 0), ("d_ff", 0), ("n_layers", -1),
                         ("num_labels", 2.5)):
         args = dict(num_labels=C, look_back=J, d_model=8, n_heads=2) | {name: value}
@@ -983,6 +986,9 @@ def test_metrics_rank_ties_by_label_id_and_accept_inf_and_float64_scores():
     t = torch.zeros(1, 7, dtype=torch.bool)
     t[0, 5] = True
     assert ndcg_at_k(s, t, 2) == pytest.approx(1 / math.log2(3))
+    # ... also when the whole tie lies inside the top k (no tie across the cut): topk gave labels 1, 3, 2
+    s, t = torch.tensor([[0.0, 3, 3, 3, 1]]), torch.tensor([[False, False, True, False, False]])
+    assert ndcg_at_k(s, t, 3) == pytest.approx(1 / math.log2(3))
     rng = torch.Generator().manual_seed(0)
     s = torch.randn(40, 9, generator=rng).double()
     y = torch.rand(40, 9, generator=rng) < 0.3
@@ -1005,4 +1011,12 @@ def test_metrics_rank_ties_by_label_id_and_accept_inf_and_float64_scores():
     for k in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match="recall_at_k: k must be an int >= 1"):
             recall_at_k(s, y, k)
-    assert ndcg_at_k(s, y, 10**9) == pytest.approx(ndcg_at_k(s, y, 9))
+    assert ndcg_at_k(s, y, 2**62) == pytest.approx(ndcg_at_k(s, y, 9))  # a table of 2^62 entries failed
+    # +inf scores against tune_thresholds' +inf ("predict nobody" for a label without validation positives): the
+    # +inf score is not a prediction; a validation positive scored +inf gives a threshold that +inf scores reach
+    thr = tune_thresholds(torch.tensor([[1.0, 0.0, math.inf], [2.0, 0.0, 0.0]]),
+                          torch.tensor([[True, False, True], [False, False, False]]))
+    assert thr[:2].tolist() == [1.0, math.inf] and thr[2] == torch.finfo(torch.float32).max
+    got = evaluate_scores(torch.tensor([[1.0, math.inf, math.inf]]), torch.tensor([[True, False, True]]), None, thr,
+                          ks=(1,))
+    assert got["micro_f1"] == 1.0  # labels 0 and 2 predicted, label 1 (threshold +inf) not

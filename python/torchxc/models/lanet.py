@@ -27,6 +27,7 @@ prior that every label has). With C <= max_tokens (DC: 217 labels) every label i
 """
 from __future__ import annotations  # X | None annotations on Python 3.9
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -152,12 +153,17 @@ class LANET(nn.Module):
         if num_labels < 1 or look_back < 1 or max_tokens < 1:
             raise ValueError(f"LANET: num_labels, look_back and max_tokens must be >= 1, got {num_labels}, {look_back}, "
                              f"{max_tokens}")
-        if popularity is not None and (not isinstance(popularity, Tensor) or tuple(popularity.shape) != (num_labels,)
-                                       or popularity.dtype == torch.bool or popularity.is_complex()
-                                       or not bool((torch.isfinite(popularity) & (popularity >= 0)).all())):
-            got = f"{popularity.dtype} {tuple(popularity.shape)}" if isinstance(popularity, Tensor) else \
-                type(popularity).__name__
-            raise ValueError(f"LANET: popularity must be [{num_labels}] finite label counts >= 0, got {got}")
+        if popularity is not None:
+            if (not isinstance(popularity, Tensor) or tuple(popularity.shape) != (num_labels,)
+                    or popularity.dtype == torch.bool or popularity.is_complex()):
+                got = f"{popularity.dtype} {tuple(popularity.shape)}" if isinstance(popularity, Tensor) else \
+                    type(popularity).__name__
+                raise ValueError(f"LANET: popularity must be [{num_labels}] finite label counts >= 0, got {got}")
+            bad = ~(torch.isfinite(popularity) & (popularity >= 0))
+            if bool(bad.any()):  # NaN passed a `< 0` test
+                i = int(bad.nonzero()[0])
+                raise ValueError(f"LANET: popularity must be [{num_labels}] finite label counts >= 0, got "
+                                 f"{popularity[i].item()} for label {i}")
         self.C, self.look_back, self.max_tokens = num_labels, look_back, max_tokens
         d_model = self.token_width(d_label, d_time, d_amount, past_counts, transitions)
         if n_heads < 1:
@@ -314,7 +320,7 @@ class TimeStepTransformer(nn.Module):
         super().__init__()
         for name, v in (("num_labels", num_labels), ("look_back", look_back), ("d_model", d_model),
                         ("n_layers", n_layers), ("d_ff", d_ff)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "n_layers" else 1):
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < (0 if name == "n_layers" else 1):
                 raise ValueError(f"TimeStepTransformer: {name} must be an int >= {0 if name == 'n_layers' else 1}, "
                                  f"got {v!r}")
         self.inp = nn.Linear(num_labels, d_model)

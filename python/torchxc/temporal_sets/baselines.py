@@ -18,10 +18,13 @@ def personal_frequency_scores(examples: list, popularity: torch.Tensor, prior=No
     if not isinstance(popularity, torch.Tensor) or popularity.dim() != 1 or popularity.numel() == 0:
         got = tuple(popularity.shape) if isinstance(popularity, torch.Tensor) else type(popularity).__name__
         raise ValueError(f"{fn}: popularity must be a 1-D tensor of label counts [C], got {got}")
-    if popularity.dtype == torch.bool or popularity.is_complex() or not bool(
-            (torch.isfinite(popularity) & (popularity >= 0)).all()):  # NaN: the tie-break would make every score NaN
-        raise ValueError(f"{fn}: popularity must hold finite label counts >= 0, got {popularity.dtype} values from "
-                         f"{popularity.min().item()} to {popularity.max().item()}")
+    if popularity.dtype == torch.bool or popularity.is_complex():
+        raise ValueError(f"{fn}: popularity must hold real label counts, got {popularity.dtype}")
+    bad = ~(torch.isfinite(popularity) & (popularity >= 0))
+    if bool(bad.any()):  # NaN: the tie-break would make every score NaN
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"{fn}: popularity must hold finite label counts >= 0, got {popularity[i].item()} for label "
+                         f"{i} ({int(bad.sum())} such values)")
     C = popularity.numel()
     if prior is not None and prior.C != C:
         raise ValueError(f"{fn}: the prior covers {prior.C} labels, popularity {C}")

@@ -97,7 +97,8 @@ def phr_at_k(scores, target, k) -> float:
 
 def tune_thresholds(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per label, the threshold (predict score >= threshold) that maximises F1 on (scores, target) [N, C];
-    +inf for labels without positives (every label when there are no rows)."""
+    +inf, which :func:`evaluate_scores` reads as "predict nobody", for labels without positives (every label when
+    there are no rows); a best cut at a score of +inf is the largest finite number of the scores' dtype."""
     _check("tune_thresholds", scores, target)
     if scores.shape[0] == 0:
         return torch.full(scores.shape[1:], math.inf, dtype=torch.float32, device=scores.device)
@@ -113,11 +114,16 @@ def tune_thresholds(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     f1 = torch.where(last_of_tie, f1, torch.zeros_like(f1))
     best = f1.argmax(0)
     thr = s.gather(0, best[None])[0]
+    # +inf is the mark of "predict nobody"; a cut at a score of +inf (predict the +inf scores) is the largest finite
+    # number instead, which only +inf reaches
+    thr = torch.where(thr == math.inf, torch.full_like(thr, torch.finfo(thr.dtype).max), thr)
     return torch.where(y.sum(0) > 0, thr, torch.full_like(thr, float("inf")))
 
 
 def evaluate_scores(scores, target, n_unseen, thresholds=None, ks=(10, 20)) -> dict:
-    """All metrics of the temporal-sets table for scores [N, C] against target bool [N, C] (+ n_unseen [N])."""
+    """All metrics of the temporal-sets table for scores [N, C] against target bool [N, C] (+ n_unseen [N]); F1
+    with ``thresholds`` [C] (:func:`tune_thresholds`: label c is predicted when its score >= thresholds[c]; a
+    threshold of +inf predicts nobody)."""
     _check("evaluate_scores", scores, target, n_unseen)
     from sklearn.metrics import f1_score, roc_auc_score
 
@@ -150,7 +156,9 @@ def evaluate_scores(scores, target, n_unseen, thresholds=None, ks=(10, 20)) -> d
     both = (y.sum(0) > 0) & (y.sum(0) < y.shape[0])
     out["macro_auc"] = float(roc_auc_score(y[:, both], s[:, both], average="macro")) if both.any() else float("nan")
     if thresholds is not None:
-        pred = (scores >= thresholds[None, :]).numpy()
+        # a threshold of +inf predicts nobody (tune_thresholds' mark for a label without validation positives),
+        # not the +inf scores
+        pred = ((scores >= thresholds[None, :]) & (thresholds != math.inf)[None, :]).numpy()
         y_all = np.concatenate([y, extra], 1)
         pred_all = np.concatenate([pred, np.zeros_like(extra)], 1)
         out["weighted_f1"] = float(f1_score(y_all, pred_all, average="weighted", zero_division=0))
