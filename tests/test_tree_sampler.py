@@ -1051,3 +1051,50 @@ def test_sampler_api_refuses_inputs_it_misread():
     with pytest.raises(ValueError, match="sampled_softmax_loss: expected neg_logits of a floating-point dtype"):
         torchxc.sampled_softmax_loss(B, torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long),
                                      torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+
+
+def test_sampling_losses_and_weight_tree_from_a_user_side_probe():
+    """An integer 0/1 multi-hot `positives` passed the dtype check and made labels 0 and 1 every row's positives; the
+    fp16 regulariser overflowed before reg scaled it; a positive of logit -inf with an accidental hit gave NaN
+    instead of inf; three weights of 5e-324 were drawn 1 : 2 : 3; bad arguments failed deep inside."""
+    S, A = torchxc.sampled_softmax_loss, torchxc.adversarial_negative_sampling_loss
+    multi_hot = torch.zeros(2, 6, dtype=torch.long)
+    multi_hot[0, 3] = multi_hot[1, 4] = 1
+    pos_labels, neg_labels = torch.tensor([3, 4]), torch.tensor([[0, 1, 3], [0, 1, 4]])
+    args = (torch.zeros(2), torch.zeros(2, 3), neg_labels, torch.full((2, 3), -1.0), pos_labels)
+    with pytest.raises(ValueError, match="sampled_softmax_loss: positives row 0 lists label 0 twice; positives are "
+                                         "label ids padded with -1, not a multi-hot matrix"):
+        S(*args, positives=multi_hot)
+    padded = torch.tensor([[3, -1, -1], [4, 2, -1]])  # -1 padding repeats: fine
+    assert torch.equal(S(*args, positives=padded, reduction="none"), S(*args, reduction="none"))
+    # -inf positive logit with an accidental hit: inf (the non-hit negatives are infinitely more likely), not NaN
+    loss = S(torch.tensor([-math.inf]), torch.zeros(1, 2), torch.tensor([[0, 5]]), torch.full((1, 2), -1.0),
+             torch.tensor([0]), reduction="none")
+    assert loss.tolist() == [math.inf]
+    h = torch.float16
+    got = A(torch.tensor([5.0], dtype=h), torch.tensor([[0.0]], dtype=h), torch.tensor([-300.0], dtype=h),
+            torch.tensor([[-3.0]], dtype=h), reg=1e-2)
+    ref = A(torch.tensor([5.0]), torch.tensor([[0.0]]), torch.tensor([-300.0]), torch.tensor([[-3.0]]), reg=1e-2)
+    assert ref.item() == pytest.approx(871.04, rel=1e-4)
+    assert got.dtype == h and got.item() == pytest.approx(ref.item(), rel=1e-3)
+    assert A(*(t.double() for t in (torch.zeros(1), torch.zeros(1, 1), torch.zeros(1), torch.zeros(1, 1))),
+             reg=torch.tensor(0.5)).item() == pytest.approx(2 * math.log(2))  # a 0-d tensor reg is a number
+    for reg in (None, "0.1", True, torch.tensor([0.1, 0.2]), 1j):
+        with pytest.raises(ValueError, match="adversarial_negative_sampling_loss: reg must be a finite number >= 0"):
+            A(torch.zeros(1), torch.zeros(1, 1), torch.zeros(1), torch.zeros(1, 1), reg=reg)
+    with pytest.raises(TypeError, match="sampled_softmax_loss: remove_accidental_hits must be a bool, got str"):
+        S(*args, remove_accidental_hits="no")
+    with pytest.raises(TypeError, match="sampled_softmax_loss: pos_logits must be a tensor, got list"):
+        S([0.0, 0.0], *args[1:])
+    with pytest.raises(ValueError, match="sampled_softmax_loss: neg_labels of dtype uint64 are not supported"):
+        S(args[0], args[1], neg_labels.to(torch.uint64), *args[3:])
+    tree = torchxc.WeightTree(torch.full((3,), 5e-324, dtype=torch.double))
+    counts = torch.bincount(tree.sample(30000, torch.Generator().manual_seed(0)), minlength=3)
+    assert chisquare(counts.numpy()).pvalue > 1e-4, counts  # it was [4991, 9911, 15098]
+    assert torch.allclose(tree.log_prob(torch.arange(3)), torch.full((3,), -math.log(3), dtype=torch.double))
+    tree.update(torch.tensor([0]), torch.tensor([1.0]))  # back to normal weights: no scaling
+    assert (tree.sample(1000, torch.Generator().manual_seed(1)) == 0).all()
+    with pytest.raises(ValueError, match="WeightTree.sample: generator must be a torch.Generator or None, got int"):
+        tree.sample(3, generator=5)
+    with pytest.raises(ValueError, match="WeightTree.log_prob: indices of dtype uint64 are not supported"):
+        tree.log_prob(torch.tensor([1], dtype=torch.uint64))

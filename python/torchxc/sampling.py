@@ -17,11 +17,12 @@ probabilities on the path to y's leaf and sums to 1 over the C labels.
 from __future__ import annotations  # X | None annotations on Python 3.9
 import math
 import mmap
+import numbers
 
 import torch
 from torch import Tensor
 
-from ._checks import as_int, check_reduction, is_integer_dtype
+from ._checks import as_int, check_reduction, check_tensor, is_integer_dtype, long_indices
 from ._fake import same_device
 
 __all__ = [
@@ -523,7 +524,7 @@ class WeightTree(torch.nn.Module):
         tree = torch.zeros(2 * (1 << self.depth) - 1, dtype=torch.float64, device=w.device)
         tree[self.offset:self.offset + self.num_labels] = w
         self.register_buffer("tree", self._sum_levels(tree))
-        self._has_mass = bool(self.total > 0)  # kept on the host: sample needs no device sync to check it
+        self._refresh_mass()
 
     # The state holds the label count beside the tree: trees of the same depth have buffers of the same size.
     def get_extra_state(self) -> dict:
@@ -545,7 +546,7 @@ class WeightTree(torch.nn.Module):
         if tree is not None and tree.shape == self.tree.shape:
             self._check_tree(tree)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._has_mass = bool(self.total > 0)  # the loaded weights'
+        self._refresh_mass()  # the loaded weights'
 
     def _sum_levels(self, tree: Tensor) -> Tensor:
         """Sets every inner node of `tree` (in place, returned) to the sum of its children, level by level from the
@@ -587,13 +588,25 @@ class WeightTree(torch.nn.Module):
     def total(self) -> Tensor:
         return self.tree[0]
 
+    def _refresh_mass(self) -> None:
+        """Host-side facts about the total that sample needs without a device sync: whether there is any mass, and
+        a power of two that lifts a total of a few subnormal ulps into the normal range (rand * total rounded to
+        multiples of 5e-324 there: three weights of 5e-324 were drawn 1 : 2 : 3)."""
+        total = float(self.total)
+        self._has_mass = total > 0
+        self._scale = 2.0 ** 1000 if 0 < total < 2.0 ** -960 else 1.0  # exact, and 2^-960 * 2^1000 stays finite
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n independent labels (int64 [n]), each with probability w_y / sum(w); ``generator`` (a torch.Generator
         on the tree's device) makes the draws reproducible."""
         n = _count(n, "WeightTree.sample", "n")
+        if generator is not None and not isinstance(generator, torch.Generator):  # torch.rand's error was a page
+            raise ValueError(f"WeightTree.sample: generator must be a torch.Generator or None, got "
+                             f"{type(generator).__name__}")
         if not self._has_mass:
             raise ValueError("WeightTree.sample: every weight is zero")
-        u = torch.rand(n, dtype=torch.float64, device=self.tree.device, generator=generator) * self.total
+        tree = self.tree if self._scale == 1.0 else self.tree * self._scale  # sums of scaled weights are exact
+        u = torch.rand(n, dtype=torch.float64, device=tree.device, generator=generator) * tree[0]
         # The top levels in one step: a binary search in the running sums of level L = bit_length(n) + 2, whose 2^L
         # nodes are more than 4 n and at most 8 n (so this stays O(log C) per draw); the walk goes on from there with
         # one round of tensor ops per level (the whole walk took 17 rounds at C = 10^5; L = bit_length(n) + 2
@@ -601,14 +614,14 @@ class WeightTree(torch.nn.Module):
         # root, up to rounding: the same draws for a seed.
         top = min(self.depth, n.bit_length() + 2)
         first = (1 << top) - 1
-        sums = torch.cumsum(self.tree[first:2 * first + 1], 0)
+        sums = torch.cumsum(tree[first:2 * first + 1], 0)
         u = torch.minimum(u, torch.nextafter(sums[-1], sums.new_zeros(())))  # u < the last sum: a node of weight > 0
         i = torch.searchsorted(sums, u, right=True)  # the first node whose running sum exceeds u (sums[i] > sums[i-1])
         u = u - torch.where(i > 0, sums[(i - 1).clamp_(min=0)], 0.0)
         node = first + i
         for _ in range(top, self.depth):
             left = 2 * node + 1
-            lw, rw = self.tree[left], self.tree[left + 1]
+            lw, rw = tree[left], tree[left + 1]
             right = ((u >= lw) & (rw > 0)) | (lw <= 0)  # never into a subtree of zero weight
             u = torch.where(right, u - lw, u)
             node = left + right.long()
@@ -625,6 +638,7 @@ class WeightTree(torch.nn.Module):
         idx = torch.as_tensor(idx, device=self.tree.device)
         if not is_integer_dtype(idx):
             raise ValueError(f"WeightTree.{op}: expected integer label indices, got {idx.dtype}")
+        idx = long_indices(idx, f"WeightTree.{op}", "indices", "2^64 - 1 into -1")  # uint64 has no min()
         if idx.numel() and (idx.min() < 0 or idx.max() >= self.num_labels):
             raise ValueError(f"WeightTree.{op}: indices must lie in [0, {self.num_labels}), got "
                              f"[{int(idx.min())}, {int(idx.max())}]")
@@ -655,7 +669,7 @@ class WeightTree(torch.nn.Module):
         if not torch.isfinite(self.total):  # the new total bounds every partial sum: all of them are finite
             self._write(leaves, old)
             raise ValueError("WeightTree.update: the weights' sum would overflow float64; scale them down")
-        self._has_mass = bool(self.total > 0)
+        self._refresh_mass()
 
     def _write(self, leaves: Tensor, values: Tensor) -> None:
         """Sets the given leaf nodes (distinct) and recomputes their ancestors."""
@@ -716,12 +730,20 @@ def adversarial_negative_sampling_loss(pos_logits: Tensor, neg_logits: Tensor, p
                          "S = 0")
     _check_float("adversarial_negative_sampling_loss", pos_logits=pos_logits, neg_logits=neg_logits,
                  pos_log_q=pos_log_q, neg_log_q=neg_log_q)
-    if not 0 <= reg < math.inf:  # a negative reg makes the objective unbounded below
-        raise ValueError(f"adversarial_negative_sampling_loss: reg must be a finite number >= 0, got {reg}")
+    if isinstance(reg, torch.Tensor) and reg.dim() == 0 and reg.is_floating_point():
+        reg = float(reg)
+    # a negative reg makes the objective unbounded below; True was taken for 1, None or "0.1" failed in a bare '<='
+    if not isinstance(reg, numbers.Real) or isinstance(reg, bool) or not 0 <= reg < math.inf:
+        raise ValueError(f"adversarial_negative_sampling_loss: reg must be a finite number >= 0, got "
+                         f"{type(reg).__name__} {reg!r:.40}")
     pos_log_q, neg_log_q = pos_log_q.detach(), neg_log_q.detach()  # q is fitted on its own (see the docstring)
     loss = torch.nn.functional.softplus(-pos_logits) + torch.nn.functional.softplus(neg_logits).mean(-1)
     if reg:
-        loss = loss + reg * ((pos_logits + pos_log_q) ** 2 + ((neg_logits + neg_log_q) ** 2).mean(-1))
+        # in float32 at least: (xi + log q)^2 overflowed float16 for |xi + log q| > 256 before reg scaled it down
+        acc = torch.promote_types(loss.dtype, torch.float32)
+        penalty = ((pos_logits.to(acc) + pos_log_q.to(acc)) ** 2
+                   + ((neg_logits.to(acc) + neg_log_q.to(acc)) ** 2).mean(-1))
+        loss = (loss.to(acc) + reg * penalty).to(loss.dtype)
     return _reduce(loss, reduction, "adversarial_negative_sampling_loss")
 
 
@@ -750,11 +772,21 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
             (S >= 1; a row whose negatives are all accidental hits has loss 0).
         pos_log_q [B]: log q of the positive (optional: without it the positive's logit is not corrected, as in
             the usual formulation where the positive is not a sample). log q enters as a constant (detached).
-        positives: int64 [B, P] padded with -1, every positive of each example for the accidental-hit check
-            (default: pos_labels).
+        positives: int64 [B, P] padded with -1, every positive of each example (each label once: a row listing a
+            label twice, e.g. an integer multi-hot matrix, is refused) for the accidental-hit check (default:
+            pos_labels).
         remove_accidental_hits: drop sampled labels equal to a positive from the denominator (default True).
         reduction: ``"none"`` (loss [B]), ``"mean"`` or ``"sum"``.
     """
+    op = "sampled_softmax_loss"
+    for name, t in (("pos_logits", pos_logits), ("neg_logits", neg_logits), ("neg_labels", neg_labels),
+                    ("neg_log_q", neg_log_q), ("pos_labels", pos_labels)):
+        check_tensor(t, name, op)
+    for name, t in (("pos_log_q", pos_log_q), ("positives", positives)):
+        if t is not None:
+            check_tensor(t, name, op)
+    if not isinstance(remove_accidental_hits, bool):  # "no" is truthy: it removed them
+        raise TypeError(f"{op}: remove_accidental_hits must be a bool, got {type(remove_accidental_hits).__name__}")
     if neg_logits.dim() != 2 or neg_labels.shape != neg_logits.shape or neg_log_q.shape != neg_logits.shape \
             or pos_logits.shape != neg_logits.shape[:1] or pos_labels.shape != pos_logits.shape:
         raise ValueError("sampled_softmax_loss: expected pos_logits/pos_labels [B] and neg_logits/neg_labels/"
@@ -777,15 +809,27 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
     if positives is not None and (positives.dim() != 2 or positives.shape[0] != pos_logits.shape[0]):
         raise ValueError(f"sampled_softmax_loss: expected positives int64 [B = {pos_logits.shape[0]}, P] (padded with "
                          f"-1), got {tuple(positives.shape)}")
+    wraps = "2^64 - 1 into the padding -1"
+    neg_labels, pos_labels = long_indices(neg_labels, op, "neg_labels", wraps), long_indices(pos_labels, op,
+                                                                                             "pos_labels", wraps)
+    if positives is not None:
+        positives = long_indices(positives, op, "positives", wraps)
+        if positives.device.type == "cpu" and positives.numel() and not torch.compiler.is_compiling():
+            srt = positives.sort(1).values  # elsewhere the test would cost a device sync per call
+            twice = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+            if bool(twice.any()):  # an integer 0/1 multi-hot matrix: labels 0 and 1 "positives" of every row
+                r, c = (int(v) for v in twice.nonzero()[0])
+                raise ValueError(f"{op}: positives row {r} lists label {int(srt[r, c + 1])} twice; positives are "
+                                 "label ids padded with -1, not a multi-hot matrix")
     pos = pos_logits - (pos_log_q.detach() if pos_log_q is not None else 0)  # log q is a constant (as above)
-    neg = neg_logits - neg_log_q.detach()
-    if remove_accidental_hits:
-        pos_set = positives if positives is not None else pos_labels[:, None]
-        hit = (neg_labels[:, :, None] == pos_set[:, None, :]).any(-1)
-        neg = neg.masked_fill(hit, float("-inf"))
     # log(1 + sum_s e^(neg_s - pos)): 0, not inf - inf, when pos - log q_pos is +inf (q_pos = 0, e.g. a label of
     # weight 0 in a WeightTree)
-    loss = torch.logsumexp(torch.cat([torch.zeros_like(pos)[:, None], neg - pos[:, None]], 1), 1)
+    diff = (neg_logits - neg_log_q.detach()) - pos[:, None]
+    if remove_accidental_hits:  # masked after the difference: -inf - (-inf) for a positive of logit -inf was NaN
+        pos_set = positives if positives is not None else pos_labels[:, None]
+        hit = (neg_labels[:, :, None] == pos_set[:, None, :]).any(-1)
+        diff = diff.masked_fill(hit, float("-inf"))
+    loss = torch.logsumexp(torch.cat([torch.zeros_like(pos)[:, None], diff], 1), 1)
     return _reduce(loss, reduction, "sampled_softmax_loss")
 
 
