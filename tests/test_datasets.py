@@ -274,15 +274,18 @@ def test_arff_integer_attributes_unknown_header_lines_and_bom(tmp_path):
 
 
 def test_xc_huge_headers_and_odd_spaces(tmp_path):
-    """F >= 2^31 overflowed inside scikit-learn's parser, a dense matrix too large for memory gave numpy's bare
-    error, and a no-break space between features gave a message without a line number."""
+    """A feature index >= 2^31 (or F >= 2^63) overflowed inside scikit-learn's parser, a dense matrix too large for
+    memory gave numpy's bare error, and a no-break space between features gave a message without a line number."""
     p = tmp_path / "t.txt"
     p.write_text("2 2147483658 4\n0 2147483651:1\n3 5:5\n")
-    with pytest.raises(ValueError, match=r"the header's F = 2147483658 is beyond the reader's int32 feature indices"):
+    with pytest.raises(ValueError, match=r"a feature index \(or F = 2147483658\) is beyond the reader's range"):
         load_xc(str(p), dense=False)
     p.write_text(f"2 {2**63} 4\n0 0:1\n3 5:5\n")
-    with pytest.raises(ValueError, match="beyond the reader's int32"):
+    with pytest.raises(ValueError, match=r"beyond the reader's range"):
         load_xc(str(p))
+    p.write_text("2 2147483648 4\n0 0:1\n3 5:5\n")  # hashed features: a large F with small indices is fine
+    d = load_xc(str(p), dense=False)
+    assert d.features.shape == (2, 2**31) and d.features.col_indices().tolist() == [0, 5]
     p.write_text("2 3 4\n0 0:1\n3 1:5\n")
     import scipy.sparse  # the dense-size message, without allocating: a MemoryError from toarray is faked
 

@@ -8,6 +8,7 @@ import math
 import os
 import types
 
+import numpy as np
 import pytest
 import torch
 import torchxc
@@ -1062,11 +1063,12 @@ def test_sampling_losses_and_weight_tree_from_a_user_side_probe():
     multi_hot[0, 3] = multi_hot[1, 4] = 1
     pos_labels, neg_labels = torch.tensor([3, 4]), torch.tensor([[0, 1, 3], [0, 1, 4]])
     args = (torch.zeros(2), torch.zeros(2, 3), neg_labels, torch.full((2, 3), -1.0), pos_labels)
-    with pytest.raises(ValueError, match="sampled_softmax_loss: positives row 0 lists label 0 twice; positives are "
-                                         "label ids padded with -1, not a multi-hot matrix"):
+    with pytest.raises(ValueError, match="sampled_softmax_loss: positives holds only 0s and 1s in 6 columns: a "
+                                         "multi-hot matrix"):
         S(*args, positives=multi_hot)
-    padded = torch.tensor([[3, -1, -1], [4, 2, -1]])  # -1 padding repeats: fine
+    padded = torch.tensor([[3, 3, -1], [4, 2, -1]])  # a repeated label (the positive listed again) is harmless
     assert torch.equal(S(*args, positives=padded, reduction="none"), S(*args, reduction="none"))
+    assert S(*args, positives=multi_hot, remove_accidental_hits=False).isfinite()  # positives unused there
     # -inf positive logit with an accidental hit: inf (the non-hit negatives are infinitely more likely), not NaN
     loss = S(torch.tensor([-math.inf]), torch.zeros(1, 2), torch.tensor([[0, 5]]), torch.full((1, 2), -1.0),
              torch.tensor([0]), reduction="none")
@@ -1084,6 +1086,11 @@ def test_sampling_losses_and_weight_tree_from_a_user_side_probe():
             A(torch.zeros(1), torch.zeros(1, 1), torch.zeros(1), torch.zeros(1, 1), reg=reg)
     with pytest.raises(TypeError, match="sampled_softmax_loss: remove_accidental_hits must be a bool, got str"):
         S(*args, remove_accidental_hits="no")
+    assert torch.equal(S(*args, remove_accidental_hits=np.True_), S(*args))
+    reg = torch.tensor(0.5, dtype=torch.double, requires_grad=True)  # a tensor reg keeps its gradient
+    A(torch.ones(1).double(), torch.zeros(1, 1).double(), torch.zeros(1).double(), torch.zeros(1, 1).double(),
+      reg=reg).backward()
+    assert reg.grad.item() == pytest.approx(1.0)  # (1 + 0)^2 + 0^2
     with pytest.raises(TypeError, match="sampled_softmax_loss: pos_logits must be a tensor, got list"):
         S([0.0, 0.0], *args[1:])
     with pytest.raises(ValueError, match="sampled_softmax_loss: neg_labels of dtype uint64 are not supported"):
@@ -1092,7 +1099,10 @@ def test_sampling_losses_and_weight_tree_from_a_user_side_probe():
     counts = torch.bincount(tree.sample(30000, torch.Generator().manual_seed(0)), minlength=3)
     assert chisquare(counts.numpy()).pvalue > 1e-4, counts  # it was [4991, 9911, 15098]
     assert torch.allclose(tree.log_prob(torch.arange(3)), torch.full((3,), -math.log(3), dtype=torch.double))
-    tree.update(torch.tensor([0]), torch.tensor([1.0]))  # back to normal weights: no scaling
+    with torch.no_grad():  # the buffer changed in place (e.g. a broadcast of buffers): the host-side flag is stale,
+        tree.tree.copy_(torchxc.WeightTree(torch.tensor([1e300, 1.0, 1e300], dtype=torch.double)).tree)
+    assert torch.bincount(tree.sample(6000, torch.Generator().manual_seed(0)), minlength=3)[[0, 2]].min() > 2700
+    tree.update(torch.tensor([0, 1, 2]), torch.tensor([1.0, 0.0, 0.0]))  # back to normal weights: no scaling
     assert (tree.sample(1000, torch.Generator().manual_seed(1)) == 0).all()
     with pytest.raises(ValueError, match="WeightTree.sample: generator must be a torch.Generator or None, got int"):
         tree.sample(3, generator=5)

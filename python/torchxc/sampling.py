@@ -594,7 +594,7 @@ class WeightTree(torch.nn.Module):
         multiples of 5e-324 there: three weights of 5e-324 were drawn 1 : 2 : 3)."""
         total = float(self.total)
         self._has_mass = total > 0
-        self._scale = 2.0 ** 1000 if 0 < total < 2.0 ** -960 else 1.0  # exact, and 2^-960 * 2^1000 stays finite
+        self._tiny = 0 < total < 2.0 ** -960  # scaled by 2^1000 in sample: exact, and every node stays < 2^40
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n independent labels (int64 [n]), each with probability w_y / sum(w); ``generator`` (a torch.Generator
@@ -605,7 +605,9 @@ class WeightTree(torch.nn.Module):
                              f"{type(generator).__name__}")
         if not self._has_mass:
             raise ValueError("WeightTree.sample: every weight is zero")
-        tree = self.tree if self._scale == 1.0 else self.tree * self._scale  # sums of scaled weights are exact
+        tree = self.tree
+        if self._tiny:  # scaled exactly; by 1 if the buffer has changed in place since (the flag is host-side)
+            tree = tree * torch.where(tree[0] < 2.0 ** -960, tree.new_tensor(2.0 ** 1000), tree.new_tensor(1.0))
         u = torch.rand(n, dtype=torch.float64, device=tree.device, generator=generator) * tree[0]
         # The top levels in one step: a binary search in the running sums of level L = bit_length(n) + 2, whose 2^L
         # nodes are more than 4 n and at most 8 n (so this stays O(log C) per draw); the walk goes on from there with
@@ -730,15 +732,18 @@ def adversarial_negative_sampling_loss(pos_logits: Tensor, neg_logits: Tensor, p
                          "S = 0")
     _check_float("adversarial_negative_sampling_loss", pos_logits=pos_logits, neg_logits=neg_logits,
                  pos_log_q=pos_log_q, neg_log_q=neg_log_q)
-    if isinstance(reg, torch.Tensor) and reg.dim() == 0 and reg.is_floating_point():
-        reg = float(reg)
-    # a negative reg makes the objective unbounded below; True was taken for 1, None or "0.1" failed in a bare '<='
-    if not isinstance(reg, numbers.Real) or isinstance(reg, bool) or not 0 <= reg < math.inf:
+    # a number or a 0-d real tensor (kept as it is: a reg that requires grad gets its gradient); a negative reg makes
+    # the objective unbounded below; True was taken for 1, None or "0.1" failed in a bare '<='
+    if isinstance(reg, torch.Tensor):
+        value = float(reg) if reg.dim() == 0 and not reg.is_complex() and reg.dtype != torch.bool else None
+    else:
+        value = reg if isinstance(reg, numbers.Real) and not isinstance(reg, bool) else None
+    if value is None or not 0 <= value < math.inf:
         raise ValueError(f"adversarial_negative_sampling_loss: reg must be a finite number >= 0, got "
                          f"{type(reg).__name__} {reg!r:.40}")
     pos_log_q, neg_log_q = pos_log_q.detach(), neg_log_q.detach()  # q is fitted on its own (see the docstring)
     loss = torch.nn.functional.softplus(-pos_logits) + torch.nn.functional.softplus(neg_logits).mean(-1)
-    if reg:
+    if value:
         # in float32 at least: (xi + log q)^2 overflowed float16 for |xi + log q| > 256 before reg scaled it down
         acc = torch.promote_types(loss.dtype, torch.float32)
         penalty = ((pos_logits.to(acc) + pos_log_q.to(acc)) ** 2
@@ -785,8 +790,11 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
     for name, t in (("pos_log_q", pos_log_q), ("positives", positives)):
         if t is not None:
             check_tensor(t, name, op)
-    if not isinstance(remove_accidental_hits, bool):  # "no" is truthy: it removed them
-        raise TypeError(f"{op}: remove_accidental_hits must be a bool, got {type(remove_accidental_hits).__name__}")
+    kind = type(remove_accidental_hits)
+    numpy_bool = kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_")
+    if not (isinstance(remove_accidental_hits, bool) or numpy_bool):
+        # "no" is truthy: it removed them (NumPy's bool_ is fine)
+        raise TypeError(f"{op}: remove_accidental_hits must be a bool, got {kind.__name__}")
     if neg_logits.dim() != 2 or neg_labels.shape != neg_logits.shape or neg_log_q.shape != neg_logits.shape \
             or pos_logits.shape != neg_logits.shape[:1] or pos_labels.shape != pos_logits.shape:
         raise ValueError("sampled_softmax_loss: expected pos_logits/pos_labels [B] and neg_logits/neg_labels/"
@@ -814,13 +822,14 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
                                                                                              "pos_labels", wraps)
     if positives is not None:
         positives = long_indices(positives, op, "positives", wraps)
-        if positives.device.type == "cpu" and positives.numel() and not torch.compiler.is_compiling():
-            srt = positives.sort(1).values  # elsewhere the test would cost a device sync per call
-            twice = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
-            if bool(twice.any()):  # an integer 0/1 multi-hot matrix: labels 0 and 1 "positives" of every row
-                r, c = (int(v) for v in twice.nonzero()[0])
-                raise ValueError(f"{op}: positives row {r} lists label {int(srt[r, c + 1])} twice; positives are "
-                                 "label ids padded with -1, not a multi-hot matrix")
+        # an integer 0/1 multi-hot matrix [B, C] made labels 0 and 1 the positives of every row: refused when it
+        # can be told apart (at least 3 columns, every value 0 or 1, so no -1 padding and labels repeated; a repeated
+        # label of a padded list is harmless); on CPU tensors outside compile, elsewhere it would cost a sync
+        if (remove_accidental_hits and positives.device.type == "cpu" and positives.shape[1] >= 3
+                and positives.numel() and not torch.compiler.is_compiling()
+                and bool(((positives == 0) | (positives == 1)).all())):
+            raise ValueError(f"{op}: positives holds only 0s and 1s in {positives.shape[1]} columns: a multi-hot "
+                             "matrix? positives are label ids padded with -1")
     pos = pos_logits - (pos_log_q.detach() if pos_log_q is not None else 0)  # log q is a constant (as above)
     # log(1 + sum_s e^(neg_s - pos)): 0, not inf - inf, when pos - log q_pos is +inf (q_pos = 0, e.g. a label of
     # weight 0 in a WeightTree)

@@ -56,9 +56,6 @@ def load_xc(path: str, dense: bool = True) -> XCData:
     except ValueError:
         raise ValueError(f"load_xc: {path}: expected a header line 'N F L' of three integers >= 0, got "
                          f"{header_line.strip()!r}") from None
-    if num_features >= 2**31:  # scikit-learn's reader overflowed (an OverflowError from inside its parser)
-        raise ValueError(f"load_xc: {path}: the header's F = {num_features} is beyond the reader's int32 feature "
-                         "indices (F < 2^31)")
     for token in (b"#", b"qid:"):  # svmlight extras the XC format does not have (a comment would drop features)
         at = body.find(token)
         if at >= 0:
@@ -84,6 +81,9 @@ def load_xc(path: str, dense: bool = True) -> XCData:
                                   n_features=max(num_features, 1), zero_based=True, dtype=np.float32)
     except ValueError as e:
         raise ValueError(f"load_xc: {path}: {_first_bad_line(lines, num_features) or e}") from None
+    except OverflowError as e:  # scikit-learn's int32 feature indices, or SciPy's index dtype for F >= 2^63
+        raise ValueError(f"load_xc: {path}: a feature index (or F = {num_features}) is beyond the reader's range "
+                         f"(scikit-learn reads feature indices below 2^31): {e}") from None
     if num_features == 0:  # any feature is out of range (an explicit 0:0 too; blank rows hold our " 0:0" marker)
         blank_rows = set(blank)
         if any(b":" in line for i, line in enumerate(lines) if i not in blank_rows):

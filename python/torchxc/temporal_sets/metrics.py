@@ -98,7 +98,8 @@ def phr_at_k(scores, target, k) -> float:
 def tune_thresholds(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per label, the threshold (predict score >= threshold) that maximises F1 on (scores, target) [N, C];
     +inf, which :func:`evaluate_scores` reads as "predict nobody", for labels without positives (every label when
-    there are no rows); a best cut at a score of +inf is the largest finite number of the scores' dtype."""
+    there are no rows); a best cut at a score of +inf is the largest finite number of the scores' dtype (which only
+    +inf exceeds; in float16 a finite score of 65504 reaches it too)."""
     _check("tune_thresholds", scores, target)
     if scores.shape[0] == 0:
         return torch.full(scores.shape[1:], math.inf, dtype=torch.float32, device=scores.device)
