@@ -777,9 +777,9 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
             (S >= 1; a row whose negatives are all accidental hits has loss 0).
         pos_log_q [B]: log q of the positive (optional: without it the positive's logit is not corrected, as in
             the usual formulation where the positive is not a sample). log q enters as a constant (detached).
-        positives: int64 [B, P] padded with -1, every positive of each example (each label once: a row listing a
-            label twice, e.g. an integer multi-hot matrix, is refused) for the accidental-hit check (default:
-            pos_labels).
+        positives: int64 [B, P] padded with -1, every positive of each example for the accidental-hit check
+            (default: pos_labels); a label may repeat, but a [B, P >= 3] tensor of only 0s and 1s (an integer
+            multi-hot matrix) is refused (on CPU tensors).
         remove_accidental_hits: drop sampled labels equal to a positive from the denominator (default True).
         reduction: ``"none"`` (loss [B]), ``"mean"`` or ``"sum"``.
     """
