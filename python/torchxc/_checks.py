@@ -57,6 +57,18 @@ def long_indices(t: torch.Tensor, op: str, name: str, wraps: str) -> torch.Tenso
     return t.long()
 
 
+def check_counts(t: torch.Tensor, op: str, name: str, shape: str = "") -> None:
+    """A real tensor of finite values >= 0 (label counts), else a ValueError naming ``op``, ``name`` (described as
+    ``shape`` + "finite label counts >= 0") and the first bad value: NaN passes a ``< 0`` test."""
+    if t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{op}: {name} must hold real label counts, got {t.dtype}")
+    bad = ~(torch.isfinite(t) & (t >= 0))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"{op}: {name} must be {shape}finite label counts >= 0, got {t[i].item()} for label {i} "
+                         f"({int(bad.sum())} such values)")
+
+
 def check_reduction(reduction: str, op: str) -> None:
     """``reduction`` is one of REDUCTIONS, else a ValueError naming ``op``."""
     if reduction not in REDUCTIONS:

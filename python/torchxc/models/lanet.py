@@ -35,6 +35,8 @@ from torch import Tensor, nn
 
 import torchxc
 
+from .._checks import check_counts
+
 __all__ = ["Dropout16", "LANET", "TimeStepTransformer", "LabelAttentionLayer"]
 
 
@@ -154,16 +156,10 @@ class LANET(nn.Module):
             raise ValueError(f"LANET: num_labels, look_back and max_tokens must be >= 1, got {num_labels}, {look_back}, "
                              f"{max_tokens}")
         if popularity is not None:
-            if (not isinstance(popularity, Tensor) or tuple(popularity.shape) != (num_labels,)
-                    or popularity.dtype == torch.bool or popularity.is_complex()):
-                got = f"{popularity.dtype} {tuple(popularity.shape)}" if isinstance(popularity, Tensor) else \
-                    type(popularity).__name__
+            if not isinstance(popularity, Tensor) or tuple(popularity.shape) != (num_labels,):
+                got = tuple(popularity.shape) if isinstance(popularity, Tensor) else type(popularity).__name__
                 raise ValueError(f"LANET: popularity must be [{num_labels}] finite label counts >= 0, got {got}")
-            bad = ~(torch.isfinite(popularity) & (popularity >= 0))
-            if bool(bad.any()):  # NaN passed a `< 0` test
-                i = int(bad.nonzero()[0])
-                raise ValueError(f"LANET: popularity must be [{num_labels}] finite label counts >= 0, got "
-                                 f"{popularity[i].item()} for label {i}")
+            check_counts(popularity, "LANET", "popularity", f"[{num_labels}] ")
         self.C, self.look_back, self.max_tokens = num_labels, look_back, max_tokens
         d_model = self.token_width(d_label, d_time, d_amount, past_counts, transitions)
         if n_heads < 1:

@@ -5,6 +5,7 @@ probability that the label follows the user's past labels (geometric mean over t
 is popularity for a user without a past."""
 import torch
 
+from .._checks import check_counts
 from .data import past_count_matrix
 
 __all__ = ["personal_frequency_scores"]
@@ -18,13 +19,7 @@ def personal_frequency_scores(examples: list, popularity: torch.Tensor, prior=No
     if not isinstance(popularity, torch.Tensor) or popularity.dim() != 1 or popularity.numel() == 0:
         got = tuple(popularity.shape) if isinstance(popularity, torch.Tensor) else type(popularity).__name__
         raise ValueError(f"{fn}: popularity must be a 1-D tensor of label counts [C], got {got}")
-    if popularity.dtype == torch.bool or popularity.is_complex():
-        raise ValueError(f"{fn}: popularity must hold real label counts, got {popularity.dtype}")
-    bad = ~(torch.isfinite(popularity) & (popularity >= 0))
-    if bool(bad.any()):  # NaN: the tie-break would make every score NaN
-        i = int(bad.nonzero()[0])
-        raise ValueError(f"{fn}: popularity must hold finite label counts >= 0, got {popularity[i].item()} for label "
-                         f"{i} ({int(bad.sum())} such values)")
+    check_counts(popularity, fn, "popularity")  # NaN: the tie-break would make every score NaN
     C = popularity.numel()
     if prior is not None and prior.C != C:
         raise ValueError(f"{fn}: the prior covers {prior.C} labels, popularity {C}")
@@ -35,4 +30,4 @@ def personal_frequency_scores(examples: list, popularity: torch.Tensor, prior=No
     else:
         scores = torch.cat([0.999 * (prior.log_pop + prior.features(examples[i:i + 512])[..., 1]).exp()
                             for i in range(0, len(examples), 512)]) if examples else torch.zeros(0, C)
-    return scores + counts
+    return scores.add_(counts)  # scores is a fresh matrix in both branches
