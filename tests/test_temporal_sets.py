@@ -1002,6 +1002,10 @@ def test_metrics_rank_ties_by_label_id_and_accept_inf_and_float64_scores():
     for key in ("micro_auc", "macro_auc", "recall@10", "ndcg@10"):
         assert got[key] == pytest.approx(ref[key]), key
     assert got["micro_auc"] < finite["micro_auc"]  # the unseen positives (below every score) count
+    # finite float64 scores with nothing below them (min - 1 - |min| was -inf, which scikit-learn refused)
+    low = torch.where(s < -1.0, -torch.finfo(torch.float64).max, s)
+    ref = evaluate_scores(torch.where(s < -1.0, -1e3, s), y, torch.ones(40))
+    assert evaluate_scores(low, y, torch.ones(40))["micro_auc"] == pytest.approx(ref["micro_auc"])
     big = (1e8 + s).requires_grad_()  # float32 rounds 1e8 + x to multiples of 8: ties
     res = evaluate_scores(big, y, None, tune_thresholds(big.detach(), y))
     assert res["micro_auc"] == pytest.approx(finite["micro_auc"]) and res["ndcg@10"] == pytest.approx(finite["ndcg@10"])

@@ -142,16 +142,21 @@ def evaluate_scores(scores, target, n_unseen, thresholds=None, ks=(10, 20)) -> d
         out[f"recall@{k}"] = recall_at_k(scores, target, k, n_unseen)
         out[f"ndcg@{k}"] = ndcg_at_k(scores, target, k, n_unseen)
         out[f"phr@{k}"] = phr_at_k(scores, target, k)
-    y, s = target.numpy(), scores.numpy().astype(np.float64)
-    if not np.isfinite(s).all():  # +-inf (a masked label): AUC depends on the order only, which ranks keep
-        s = np.unique(s, return_inverse=True)[1].reshape(s.shape).astype(np.float64)
     unseen = (torch.zeros(scores.shape[0]) if n_unseen is None else torch.as_tensor(n_unseen)).long()
     unseen = unseen.expand(scores.shape[0])  # one number for every row, or [N] already
     # unseen target labels: column j is True for the users with more than j of them, never predicted
     extra = (unseen[:, None] > torch.arange(int(unseen.max()) if unseen.numel() else 0)).numpy()
     n_extra = int(unseen.sum())
-    # below every score in float64 (min - 1 rounded back to min in float32 for scores of 1e8: a tie)
-    lowest = float(s.min()) - 1.0 - abs(float(s.min())) if s.size else 0.0
+    y, s = target.numpy(), scores.numpy().astype(np.float64)
+
+    def below(v: np.ndarray) -> float:  # below every score (min - 1 rounded back to min in float32 for 1e8: a tie)
+        return float(v.min()) - 1.0 - abs(float(v.min())) if v.size else 0.0
+
+    # +-inf (a masked label), or finite scores so low that nothing lies below them in float64 (-1e308, with unseen
+    # labels to place there): AUC depends on the order only, which ranks keep
+    if not np.isfinite(s).all() or (n_extra and not math.isfinite(below(s))):
+        s = np.unique(s, return_inverse=True)[1].reshape(s.shape).astype(np.float64)
+    lowest = below(s)
     out["micro_auc"] = float(roc_auc_score(np.concatenate([y.ravel(), np.ones(n_extra, dtype=bool)]),
                                            np.concatenate([s.ravel(), np.full(n_extra, lowest)])))
     both = (y.sum(0) > 0) & (y.sum(0) < y.shape[0])
