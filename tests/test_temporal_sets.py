@@ -1024,3 +1024,31 @@ def test_metrics_rank_ties_by_label_id_and_accept_inf_and_float64_scores():
     got = evaluate_scores(torch.tensor([[1.0, math.inf, math.inf]]), torch.tensor([[True, False, True]]), None, thr,
                           ks=(1,))
     assert got["micro_f1"] == 1.0  # labels 0 and 2 predicted, label 1 (threshold +inf) not
+
+
+def test_models_under_autocast_compile_meta_and_repr():
+    """A user-side review of the models: LANET failed under torch.autocast (bfloat16 token logits scattered into
+    float32 biases); TimeStepTransformer could not be compiled with fullgraph=True nor run on meta tensors (its
+    layers read the key-padding mask on the host); LANET with popularity could not be built under
+    torch.device("meta"); the reprs did not say which attention a model uses."""
+    torch.manual_seed(0)
+    C = 20
+    history = torch.zeros(2, 3, C, dtype=torch.bool)
+    history[:, :, 0] = True
+    history[1, 2] = False
+    gap = torch.tensor([[1, 2, 3], [1, 2, 0]])
+    for attention in ("softmax", "sparsemax"):
+        model = LANET(C, d_label=12, d_time=4, n_heads=2, d_ff=16, attention=attention).eval()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(history, gap)
+        assert low.dtype == torch.float32 and (low - model(history, gap)).abs().max() < 0.1
+        assert f"attention={attention!r}, n_heads=2" in repr(model)
+    assert "num_labels=20, look_back=3, max_tokens=512, id_token=True, past_counts=False" in repr(model)
+    base = TimeStepTransformer(C, d_model=16, n_heads=2, d_ff=16).eval()
+    ref = base(history, gap)
+    got = torch.compile(base, fullgraph=True, backend="aot_eager")(history, gap)
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert base.to("meta")(history.to("meta"), gap.to("meta")).shape == (2, C)
+    with torch.device("meta"):
+        lazy = LANET(C, d_label=12, d_time=4, n_heads=2, d_ff=16, popularity=torch.arange(20.0))
+    assert lazy.bias.is_meta

@@ -1108,3 +1108,58 @@ def test_sampling_losses_and_weight_tree_from_a_user_side_probe():
         tree.sample(3, generator=5)
     with pytest.raises(ValueError, match="WeightTree.log_prob: indices of dtype uint64 are not supported"):
         tree.log_prob(torch.tensor([1], dtype=torch.uint64))
+
+
+def test_sampler_modules_under_autocast_casts_partial_states_and_meta():
+    """A user-side review of the modules: a fitted sampler (it has a projection) failed inside an autocast region
+    (z became bfloat16); a parent's .half() made the sampler unusable; a state of another label count named a
+    permutation problem; a state with one label map alone (strict=False) loaded a pair that disagreed (sample's log q
+    then differed from log_prob by nats); construction under torch.device("meta") failed; reprs were empty."""
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(200, 8, generator=g), torch.randint(12, (200,), generator=g)
+    s = torchxc.TreeSampler.fit(X, y, num_labels=12, dim=4, progress=False)
+    ref = s.sample(X[:4], 16, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # z in the nodes' dtype: the same draws and log q
+        got = s.sample(X[:4], 16, generator=torch.Generator().manual_seed(1))
+        assert s.log_prob(X[:4], got[0]).dtype == torch.float32
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    half = torch.nn.ModuleDict({"s": make_tree(12, 4, torch.float32)}).half()["s"]
+    assert half.node_weight.dtype == torch.float32 and half.leaf_to_label.dtype == torch.long
+    assert torch.equal(half.node_weight, make_tree(12, 4, torch.float32).node_weight)  # not rounded to float16
+    assert make_tree(12, 4, torch.float32).double().node_weight.dtype == torch.float64
+    assert repr(s) == "TreeSampler(num_labels=12, depth=4, k=4, features=8, dtype=torch.float32)"
+    a, b = make_tree(10, 3, seed=0), make_tree(9, 3, seed=1)
+    with pytest.raises(ValueError, match="the state is a sampler of 10 labels, this one has 9"):
+        b.load_state_dict(a.state_dict())
+    dst = make_tree(10, 3, seed=2)
+    one_map = {k: v for k, v in a.state_dict().items() if k != "label_to_leaf"}
+    with pytest.raises(ValueError, match="label_to_leaf must be its inverse"):
+        dst.load_state_dict(one_map, strict=False)
+    assert torch.equal(dst.leaf_to_label, make_tree(10, 3, seed=2).leaf_to_label)  # refused before any copy
+    with torch.device("meta"):
+        lazy = torchxc.TreeSampler.from_parameters(torch.randn(15, 3), torch.randn(15), 10)
+        tree = torchxc.WeightTree(torch.ones(5))
+    assert lazy.node_weight.is_meta and tree.log_prob(torch.tensor([1], device="meta")).shape == (1,)
+    lazy = lazy.to_empty(device="cpu").double()
+    lazy.load_state_dict(a.state_dict())
+    z = torch.randn(3, 3, dtype=torch.float64)
+    assert torch.equal(lazy.log_prob_all(z), a.log_prob_all(z))
+    tree = tree.to_empty(device="cpu")
+    tree.load_state_dict(torchxc.WeightTree(torch.arange(1.0, 6.0)).state_dict())
+    assert tree.log_prob(torch.tensor([4])).item() == pytest.approx(math.log(5 / 15))
+    assert repr(tree) == "WeightTree(num_labels=5)"
+
+
+def test_sampler_sample_in_compiled_code_and_weight_tree_log_prob_compiled():
+    """The seed is drawn on the host: under torch.compile(fullgraph=True) sample raises naming itself (it was an
+    error about a SymInt seed); without fullgraph it runs eagerly. WeightTree.log_prob's range check (data
+    dependent) failed under fullgraph compile."""
+    s = make_tree(37, 4, torch.float32)
+    x = torch.randn(3, 4)
+    with pytest.raises(Exception, match="TreeSampler.sample: cannot run inside torch.compile"):
+        torch.compile(lambda x: s.sample(x, 4), fullgraph=True)(x)
+    assert torch.compile(lambda x: s.sample(x, 4))(x)[0].shape == (3, 4)
+    w = torchxc.WeightTree(torch.arange(1.0, 6.0))
+    idx = torch.tensor([1, 4])
+    assert torch.equal(torch.compile(w.log_prob, fullgraph=True)(idx), w.log_prob(idx))
+

@@ -83,7 +83,10 @@ def _count(n, op: str, name: str) -> int:
 
 
 def _is_leaf_map(leaf_to_label: Tensor, num_labels: int, depth: int) -> bool:
-    """Whether ``leaf_to_label`` has 2^depth entries whose first ``num_labels`` are a permutation of the labels."""
+    """Whether ``leaf_to_label`` has 2^depth entries whose first ``num_labels`` are a permutation of the labels (on
+    the meta device, where there are no values: whether it has 2^depth entries)."""
+    if leaf_to_label.device.type == "meta":
+        return leaf_to_label.shape == (1 << depth,)
     return leaf_to_label.shape == (1 << depth,) and torch.equal(
         leaf_to_label[:num_labels].sort().values, torch.arange(num_labels, device=leaf_to_label.device))
 
@@ -176,8 +179,16 @@ class TreeSampler(torch.nn.Module):
         # not a permutation, or a label_to_leaf that is not its inverse, made sample and log_prob disagree silently
         l2l, inv = state_dict.get(prefix + "leaf_to_label"), state_dict.get(prefix + "label_to_leaf")
         C, D = self.num_labels, self.depth
-        if l2l is not None and inv is not None:
-            l2l, inv = l2l.detach().to("cpu", torch.long), inv.detach().to("cpu", torch.long)
+        # the state's label count (it is not stored: label_to_leaf has one entry per label, leaf_to_label -1 padding)
+        state_C = inv.shape[0] if isinstance(inv, Tensor) and inv.dim() == 1 else \
+            int((l2l >= 0).sum()) if isinstance(l2l, Tensor) and l2l.dim() == 1 and l2l.device.type != "meta" else C
+        if state_C != C:
+            raise ValueError(f"TreeSampler.load_state_dict: the state is a sampler of {state_C} labels, this one has "
+                             f"{C}")
+        # one map alone (strict=False) must agree with the module's other map; meta tensors have no values to check
+        pair = (self.leaf_to_label if l2l is None else l2l, self.label_to_leaf if inv is None else inv)
+        if (l2l is not None or inv is not None) and all(t.device.type != "meta" for t in pair):
+            l2l, inv = (t.detach().to("cpu", torch.long) for t in pair)
             ok = _is_leaf_map(l2l, C, D) and inv.shape == (C,)
             if ok:  # every label's leaf is one of the first C, and maps back to the label
                 ok = bool(((inv >= 0) & (inv < C)).all()) and torch.equal(l2l[inv.clamp(0, C - 1)], torch.arange(C))
@@ -194,8 +205,32 @@ class TreeSampler(torch.nn.Module):
         z = (x - mean) @ projection; identity when None)."""
         return cls(node_weight, node_bias, num_labels, leaf_to_label, projection, mean)
 
+    def extra_repr(self) -> str:
+        F = self.projection.shape[0] if self.projection is not None else self.node_weight.shape[1]
+        return (f"num_labels={self.num_labels}, depth={self.depth}, k={self.node_weight.shape[1]}, features={F}, "
+                f"dtype={self.node_weight.dtype}")
+
+    def _apply(self, fn, recurse=True):
+        # a cast to a dtype the sampling ops lack (a parent module's .half() or .bfloat16()) keeps the nodes' dtype
+        # and follows the move; float32 <-> float64 casts apply (the constructor refuses float16 by name)
+        kept = {name: (t.data, None if t.grad is None else t.grad) for name, t in self._parameters.items()
+                if t is not None}
+        kept_buffers = {name: t for name, t in self._buffers.items() if t is not None and t.is_floating_point()}
+        out = super()._apply(fn, recurse)
+        if self.node_weight.dtype not in (torch.float32, torch.float64):
+            dev = self.node_weight.device
+            for name, (data, grad) in kept.items():
+                p = self._parameters[name]
+                p.data = data.to(dev)
+                if grad is not None:
+                    p.grad = grad.to(dev)
+            for name, t in kept_buffers.items():
+                self._buffers[name] = t.to(dev)
+        return out
+
     def project(self, features: Tensor) -> Tensor:
-        """z = (x - mean) @ projection, in the nodes' dtype."""
+        """z = (x - mean) @ projection, in the nodes' dtype (also inside an autocast region: the walk's logits and
+        log q are computed from z, so it is not rounded to 16 bits)."""
         F = self.projection.shape[0] if self.projection is not None else self.node_weight.shape[1]
         if features.dim() != 2 or features.shape[1] != F:
             raise ValueError(f"TreeSampler: expected features [B, {F}] (the projection's input width), got "
@@ -205,7 +240,12 @@ class TreeSampler(torch.nn.Module):
         x = features.to(self.node_weight.dtype)
         if self.mean is not None:
             x = x - self.mean
-        return x @ self.projection if self.projection is not None else x
+        if self.projection is None:
+            return x
+        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return x @ self.projection
+        return x @ self.projection
 
     def sample(self, features: Tensor, num_samples: int, generator: torch.Generator | None = None
                ) -> tuple[Tensor, Tensor]:
@@ -213,6 +253,9 @@ class TreeSampler(torch.nn.Module):
         (labels int64 [B, S], log q float [B, S]). Deterministic for a seeded generator; with none, torch's
         default generator seeds the draw (so ``torch.manual_seed`` makes it reproducible)."""
         num_samples = _count(num_samples, "TreeSampler.sample", "num_samples")
+        if torch.compiler.is_compiling():  # the seed is drawn on the host: it would be a data-dependent value
+            raise RuntimeError("TreeSampler.sample: cannot run inside torch.compile or torch.export (it draws its "
+                               "seed on the host); call it outside the compiled function and pass the draws in")
         with torch.no_grad():
             z = self.project(features)
             return torch.ops.torchxc.tree_sample.default(z, self.node_weight, self.node_bias, self.leaf_to_label,
@@ -514,9 +557,10 @@ class WeightTree(torch.nn.Module):
         w = w.to(torch.float64)
         if w.dim() != 1:
             raise ValueError(f"WeightTree: expected weights [C] (one per label), got shape {tuple(w.shape)}")
-        if w.numel() == 0 or (w < 0).any() or not torch.isfinite(w).all():
+        values = w.device.type != "meta"  # built under torch.device("meta"): shapes only, values come with a state
+        if w.numel() == 0 or values and ((w < 0).any() or not torch.isfinite(w).all()):
             raise ValueError("WeightTree: expected a non-empty tensor of finite, non-negative weights")
-        if not torch.isfinite(w.sum()):
+        if values and not torch.isfinite(w.sum()):
             raise ValueError("WeightTree: the weights' sum overflows float64; scale them down")
         self.num_labels = w.numel()
         self.depth = _depth(self.num_labels)
@@ -525,6 +569,9 @@ class WeightTree(torch.nn.Module):
         tree[self.offset:self.offset + self.num_labels] = w
         self.register_buffer("tree", self._sum_levels(tree))
         self._refresh_mass()
+
+    def extra_repr(self) -> str:
+        return f"num_labels={self.num_labels}"
 
     # The state holds the label count beside the tree: trees of the same depth have buffers of the same size.
     def get_extra_state(self) -> dict:
@@ -592,6 +639,9 @@ class WeightTree(torch.nn.Module):
         """Host-side facts about the total that sample needs without a device sync: whether there is any mass, and
         a power of two that lifts a total of a few subnormal ulps into the normal range (rand * total rounded to
         multiples of 5e-324 there: three weights of 5e-324 were drawn 1 : 2 : 3)."""
+        if self.tree.device.type == "meta":  # no values: sampling on meta gives shapes only
+            self._has_mass, self._tiny = True, False
+            return
         total = float(self.total)
         self._has_mass = total > 0
         self._tiny = 0 < total < 2.0 ** -960  # scaled by 2^1000 in sample: exact, and every node stays < 2^40
@@ -641,7 +691,9 @@ class WeightTree(torch.nn.Module):
         if not is_integer_dtype(idx):
             raise ValueError(f"WeightTree.{op}: expected integer label indices, got {idx.dtype}")
         idx = long_indices(idx, f"WeightTree.{op}", "indices", "2^64 - 1 into -1")  # uint64 has no min()
-        if idx.numel() and (idx.min() < 0 or idx.max() >= self.num_labels):
+        # the range is read on the host: not on meta tensors, nor under torch.compile (the indexing checks it there)
+        if idx.numel() and idx.device.type != "meta" and not torch.compiler.is_compiling() and \
+                (idx.min() < 0 or idx.max() >= self.num_labels):
             raise ValueError(f"WeightTree.{op}: indices must lie in [0, {self.num_labels}), got "
                              f"[{int(idx.min())}, {int(idx.max())}]")
         return idx.long()

@@ -85,14 +85,21 @@ class LabelAttentionLayer(nn.Module):
         # exactly-zero attention weights and all weights (valid keys) counted over eval-mode forwards
         self.zero_count, self.weight_count = 0, 0
 
+    def extra_repr(self) -> str:
+        return f"attention={self.attention!r}, n_heads={self.h}"
+
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.h, D // self.h).permute(2, 0, 3, 1, 4)
-        if key_padding_mask is not None and not bool(key_padding_mask.any()):
-            key_padding_mask = None
-        if key_padding_mask is not None and bool(key_padding_mask.all(-1).any()):
-            raise ValueError("LabelAttentionLayer: a batch element has every key masked (key_padding_mask all True); "
-                             "its attention would be undefined")
+        # host-side tests of the mask on CPU tensors outside torch.compile only (elsewhere a sync per layer; on meta
+        # tensors and under torch.compile(fullgraph=True) they cannot be read)
+        if key_padding_mask is not None and key_padding_mask.device.type == "cpu" and \
+                not torch.compiler.is_compiling():
+            if not bool(key_padding_mask.any()):
+                key_padding_mask = None
+            elif bool(key_padding_mask.all(-1).any()):
+                raise ValueError("LabelAttentionLayer: a batch element has every key masked (key_padding_mask all "
+                                 "True); its attention would be undefined")
         if self.attention == "softmax" and self.training:  # PyTorch's fused kernel; statistics only in eval
             mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -190,6 +197,11 @@ class LANET(nn.Module):
         self.register_buffer("popular", order)
         share = torch.ones(num_labels) if popularity is None else popularity.float().clamp(min=1)
         self.register_buffer("log_popularity", (share / share.sum()).log())
+
+    def extra_repr(self) -> str:
+        return (f"num_labels={self.C}, look_back={self.look_back}, max_tokens={self.max_tokens}, "
+                f"id_token={self.id_token is not None}, past_counts={self.count is not None}, "
+                f"transitions={self.trans is not None}")
 
     @staticmethod
     def token_width(d_label: int, d_time: int, d_amount: int = 0, past_counts: bool = False,
@@ -295,7 +307,8 @@ class LANET(nn.Module):
         logits = self.bias.expand(B, -1).clone()
         if transitions is not None:
             logits = logits + self.trans_out(transitions).squeeze(-1)
-        return logits.scatter_add(1, cand, token_logits)
+        # in the bias's dtype: under autocast the head gives bfloat16 token logits, which scatter_add refused to mix
+        return logits.scatter_add(1, cand, token_logits.to(logits.dtype))
 
 
 class TimeStepTransformer(nn.Module):
