@@ -422,3 +422,27 @@ def test_arguments_of_the_wrong_type_are_named():
     for bad in (True, 2.0, 0):
         with pytest.raises(ValueError, match="chunk_size must be a positive int"):
             torchxc.fused_linear_zlpr_loss(h, w, None, t, chunk_size=bad)
+
+
+def test_op_called_directly_checks_devices_and_dtypes():
+    """torch.ops.torchxc.fused_linear_zlpr called directly: one meta argument sent the call to the fake kernel,
+    which returned uninitialised CPU memory as the loss and gradients; weights of another dtype, integer dense labels
+    or masks and int32 positives failed with messages naming other ops (mat1 and mat2, torchxc::zlpr_loss)."""
+    op = torch.ops.torchxc.fused_linear_zlpr
+    h, W, b = torch.randn(6, 4), torch.randn(5, 4), torch.randn(5)
+    lab = torch.rand(6, 5) > 0.5
+    flags = [True, True, True]
+    for name, args in (("labels", (h, W, b, lab.to("meta"), None)), ("weight", (h, W.to("meta"), b, lab, None)),
+                       ("bias", (h, W, b.to("meta"), lab, None)), ("mask", (h, W, b, lab, lab.to("meta")))):
+        with pytest.raises(RuntimeError, match=f"torchxc::fused_linear_zlpr: expected {name} on cpu"):
+            op(*args, False, 0, True, flags)
+    for match, args, sparse in (("weight of hidden's dtype", (h, W.double(), b, lab, None), False),
+                                ("bias of hidden's dtype", (h, W, b.double(), lab, None), False),
+                                ("dense labels of dtype bool or hidden's", (h, W, b, lab.long(), None), False),
+                                ("mask of dtype bool", (h, W, b, lab, torch.ones(5, dtype=torch.int32)), False),
+                                ("positives .sparse=True. of dtype int64",
+                                 (h, W, b, torch.zeros(6, 2, dtype=torch.int32), None), True)):
+        with pytest.raises(ValueError, match=f"torchxc::fused_linear_zlpr: expected {match}"):
+            op(*args, sparse, 0, True, flags)
+    loss = op(h, W, b, lab, None, False, 0, True, flags)[0]
+    assert torch.allclose(loss, torchxc.zlpr_loss(h @ W.T + b, lab))

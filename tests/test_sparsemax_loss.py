@@ -391,3 +391,19 @@ def test_arguments_of_the_wrong_type_are_named():
     for kwargs, msg in (({"dim": 0.0}, "dim must be an int"), ({"ignore_index": 1.5}, "ignore_index must be an int")):
         with pytest.raises(TypeError, match=f"SparsemaxLoss: {msg}"):
             torchxc.nn.SparsemaxLoss(**kwargs)
+
+
+def test_backward_op_called_directly():
+    """torch.ops.torchxc.sparsemax_loss_backward called directly (a review that fuzzed the ops): on an input that
+    requires grad its output had a grad_fn that gave no gradient; a complex grad_loss lost its imaginary part (all
+    zeros, a warning only); an input with no classes, which the forward refuses, was accepted."""
+    ops = torch.ops.torchxc
+    x, y = torch.randn(2, 5), torch.tensor([1, 2])
+    _, stats = ops.sparsemax_loss(x, y)
+    out = ops.sparsemax_loss_backward(torch.ones(2), x.clone().requires_grad_(), y, stats)
+    assert not out.requires_grad and torch.allclose(out, torchxc.sparsemax(x) - torch.eye(5)[y])
+    for bad in (torch.tensor([1j, 1j]), torch.ones(2, dtype=torch.long)):
+        with pytest.raises(RuntimeError, match="sparsemax_loss_backward: expected a floating-point grad_loss"):
+            ops.sparsemax_loss_backward(bad, x, y, stats)
+    with pytest.raises(RuntimeError, match=r"sparsemax_loss_backward: expected at least one class"):
+        ops.sparsemax_loss_backward(torch.ones(3), torch.randn(3, 0), torch.randn(3, 0), torch.zeros(3, 3))

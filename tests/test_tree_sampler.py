@@ -1163,3 +1163,35 @@ def test_sampler_sample_in_compiled_code_and_weight_tree_log_prob_compiled():
     idx = torch.tensor([1, 4])
     assert torch.equal(torch.compile(w.log_prob, fullgraph=True)(idx), w.log_prob(idx))
 
+
+def test_tree_ops_called_directly():
+    """Direct torch.ops calls (a review that fuzzed them): the backward's fake kernel kept a transposed input's
+    strides (opcheck failed); its k = 0 gradient failed on a reshape of -1; tree_sample / tree_log_prob_all /
+    tree_log_prob_backward on inputs that require grad gave outputs whose backward silently gave zeros; an integer or
+    complex grad was accepted; an empty label_to_leaf was reported as num_labels = 0, an argument these ops lack."""
+    ops = torch.ops.torchxc
+    z, w, b = torch.randn(4, 3).t(), torch.randn(7, 4).t().contiguous().t().contiguous(), torch.randn(7)
+    labels = torch.tensor([[0, 4], [1, 2], [3, 3]])
+    torch.library.opcheck(ops.tree_log_prob_backward.default, (torch.randn(3, 2), z, w, b, torch.arange(5), labels))
+    torch.library.opcheck(ops.tree_log_prob_backward.default,
+                          (torch.randn(3, 2), z.contiguous(), torch.randn(4, 7).t(), b, torch.arange(5), labels))
+    # k = 0: logits are the biases; the bias gradient against autograd through a float64 formula
+    bias = torch.randn(1, dtype=torch.float64, requires_grad=True)
+    lab = torch.tensor([[1], [0], [1]])
+    sampler = torchxc.TreeSampler.from_parameters(torch.zeros(1, 0, dtype=torch.float64), bias.detach(), 2)
+    sampler.log_prob(torch.zeros(3, 0, dtype=torch.float64), lab).sum().backward()
+    ref = torch.nn.functional.logsigmoid(torch.where(lab == 1, bias, -bias)).sum()
+    assert torch.allclose(sampler.node_bias.grad, torch.autograd.grad(ref, bias)[0])
+    zg = torch.randn(3, 4, requires_grad=True)
+    assert not ops.tree_sample(zg, torch.randn(7, 4), torch.randn(7), torch.arange(8), 5, 3, 0)[1].requires_grad
+    assert not ops.tree_log_prob_all(zg, torch.randn(7, 4), torch.randn(7), torch.arange(5)).requires_grad
+    grads = ops.tree_log_prob_backward(torch.ones(1, 1), zg[:1], torch.randn(1, 4), torch.randn(1), torch.arange(2),
+                                       torch.tensor([[1]]))
+    assert not any(t.requires_grad for t in grads)
+    for bad in (torch.ones(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.complex64)):
+        with pytest.raises(RuntimeError, match="tree_log_prob_backward: expected a floating-point grad"):
+            ops.tree_log_prob_backward(bad, torch.randn(1, 3), torch.randn(1, 3), torch.randn(1), torch.arange(2),
+                                       torch.tensor([[1]]))
+    with pytest.raises(RuntimeError, match=r"tree_log_prob: expected label_to_leaf with one entry per label"):
+        ops.tree_log_prob(torch.randn(1, 3), torch.randn(1, 3), torch.randn(1), torch.zeros(0, dtype=torch.long),
+                          torch.tensor([[1]]))

@@ -32,6 +32,16 @@
 
 namespace torchxc {
 
+// The Autograd kernel of an op that is not differentiable (the sampler's draws, the evaluation-time log q of every
+// label, the backward ops): runs it below autograd, so that its outputs never require grad, also when the kernel
+// computes them with ATen ops on inputs that do. Without an Autograd kernel, a direct call on such inputs gave outputs
+// whose backward silently produced zero or no gradients (PyTorch only warned); with a fallthrough, the ATen ops
+// inside a kernel recorded a partial graph (a wrong second derivative of tree_log_prob_backward's outputs).
+inline void run_non_differentiable(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  op.callBoxed(stack);
+}
+
 namespace detail {
 // A new autograd node held the way this torch holds nodes (std::shared_ptr in older releases, c10::intrusive_ptr in
 // newer ones): Ptr is the type torch::autograd::get_current_node() returns.

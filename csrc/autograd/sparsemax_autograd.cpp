@@ -90,6 +90,8 @@ TORCH_LIBRARY_IMPL(torchxc, Autograd, m) {
   m.impl("sparsemax", &sparsemax_autograd);
   m.impl("sparsemax_backward", &sparsemax_backward_autograd);
   m.impl("sparsemax_loss", &sparsemax_loss_autograd);
+  // not differentiable (sparsemax_loss_autograd makes the loss's second derivative an error)
+  m.impl("sparsemax_loss_backward", torch::CppFunction::makeFromBoxedFunction<&run_non_differentiable>());
 }
 
 }  // namespace torchxc

@@ -144,6 +144,11 @@ struct SparsemaxLossBackwardProblem {
     const auto batch = input.sizes().slice(0, input.dim() - 1);
     TORCH_CHECK(grad_loss.sizes() == batch, op, ": expected grad_loss of shape ", batch, ", but got ",
                 grad_loss.sizes());
+    // a complex grad_loss was cast to the stats' dtype with its imaginary part dropped, an integer one as is
+    TORCH_CHECK(at::isFloatingType(grad_loss.scalar_type()), op, ": expected a floating-point grad_loss, but got ",
+                grad_loss.scalar_type());
+    TORCH_CHECK(input.size(-1) > 0 || c10::multiply_integers(batch) == 0, op,
+                ": expected at least one class (as sparsemax_loss), but got input of shape ", input.sizes());
     TORCH_CHECK(stats.dim() == input.dim() && stats.sizes().slice(0, input.dim() - 1) == batch &&
                     stats.size(-1) == 3 && stats.scalar_type() == stats_dtype(input.scalar_type()),
                 op, ": stats must be the second output of sparsemax_loss for this input");

@@ -73,6 +73,8 @@ inline int64_t check_log_prob_inputs(const at::Tensor& z, const at::Tensor& weig
               ": expected label_to_leaf int64 of shape [C], but got ", label_to_leaf.scalar_type(), " ",
               label_to_leaf.sizes());
   check_same_device(z, label_to_leaf, op, "z", "label_to_leaf");
+  TORCH_CHECK(label_to_leaf.size(0) >= 1, op, ": expected label_to_leaf with one entry per label (C >= 1), but got "
+              "an empty tensor");
   return check_tree_inputs(z, weight, bias, label_to_leaf.size(0), op);
 }
 

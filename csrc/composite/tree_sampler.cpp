@@ -17,11 +17,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_grads_from_paths(const at::T
   const at::Tensor c = coef * grad.to(coef.scalar_type()).unsqueeze(-1);  // [B, P, D]
   const at::Tensor flat_nodes = nodes.reshape({-1});
   at::Tensor grad_bias = at::zeros({weight.size(0)}, weight.options()).index_add_(0, flat_nodes, c.reshape({-1}));
-  const at::Tensor zc = (c.unsqueeze(-1) * z.view({B, 1, 1, k})).reshape({-1, k});
+  // sizes spelled out, not -1: with k = 0 (a tree of biases only) the tensors are empty and -1 is ambiguous
+  const at::Tensor zc = (c.unsqueeze(-1) * z.view({B, 1, 1, k})).reshape({flat_nodes.size(0), k});
   at::Tensor grad_weight = at::zeros_like(weight).index_add_(0, flat_nodes, zc);
+  const int64_t P = nodes.size(1);
   at::Tensor grad_z =
       depth == 0 ? at::zeros_like(z)
-                 : (c.unsqueeze(-1) * weight.index_select(0, flat_nodes).view({B, -1, depth, k})).sum({1, 2});
+                 : (c.unsqueeze(-1) * weight.index_select(0, flat_nodes).view({B, P, depth, k})).sum({1, 2});
   return {grad_z, grad_weight, grad_bias};
 }
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ._checks import as_int, check_tensor, is_integer_dtype, long_indices
+from ._fake import same_device
 from .zlpr import _check_label_range, _class_mask, _eager_cpu, _to_input_dtype, _wants_grad
 
 __all__ = ["fused_linear_zlpr_loss"]
@@ -191,6 +192,18 @@ def _scale(rows, mean):
 def _check_op_args(hidden, weight, bias, labels, mask, sparse, chunk_size, grads):
     """The op's own argument checks (torch.ops users skip the wrapper's): shapes the chunk loop relies on."""
     op = "torchxc::fused_linear_zlpr"
+    # one device (a meta argument sends the call to the fake kernel, whose CPU outputs were uninitialised memory)
+    same_device(op, hidden, weight=weight, bias=bias, labels=labels, mask=mask)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != hidden.dtype:
+            raise ValueError(f"{op}: expected {name} of hidden's dtype {hidden.dtype}, got {t.dtype}")
+    if sparse and labels.dtype != torch.int64:
+        raise ValueError(f"{op}: expected positives (sparse=True) of dtype int64, got {labels.dtype}")
+    if not sparse and labels.dtype not in (torch.bool, hidden.dtype):
+        raise ValueError(f"{op}: expected dense labels of dtype bool or hidden's dtype {hidden.dtype}, got "
+                         f"{labels.dtype}")
+    if mask is not None and mask.dtype != torch.bool:
+        raise ValueError(f"{op}: expected mask of dtype bool, got {mask.dtype}")
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"{op}: expected hidden [N, H] and weight [C, H], got {tuple(hidden.shape)} and "
                          f"{tuple(weight.shape)}")

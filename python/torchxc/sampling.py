@@ -915,7 +915,8 @@ def _tree_log_prob_fake(z, node_weight, node_bias, label_to_leaf, labels):
 def _tree_log_prob_backward_fake(grad, z, node_weight, node_bias, label_to_leaf, labels):
     same_device("torchxc::tree_log_prob_backward", z, grad=grad, node_weight=node_weight, node_bias=node_bias,
                 label_to_leaf=label_to_leaf, labels=labels)
-    return torch.empty_like(z), torch.empty_like(node_weight), torch.empty_like(node_bias)
+    # contiguous, as the kernels return them (empty_like kept a transposed input's strides)
+    return z.new_empty(z.shape), node_weight.new_empty(node_weight.shape), node_bias.new_empty(node_bias.shape)
 
 
 @torch.library.register_fake("torchxc::tree_log_prob_all")
