@@ -272,3 +272,37 @@ def test_temporal_sets_ensemble_runs(tmp_path):
     assert os.path.getmtime(cache / files[1]) != mtimes[1] and os.path.getmtime(cache / files[0]) == mtimes[0]
     bad = subprocess.run(cmd[:-2] + ["--seeds", "0,0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "give one or more distinct seeds, got '0,0'" in bad.stderr
+
+
+def test_temporal_sets_recency_at_r_1_is_personal_frequency(tmp_path):
+    """benchmarks/temporal_sets_recency.py: with r = 1 every past event counts 1, so its scores rank as personal
+    frequency does (the same metrics); r = 0.5 ranks differently on some user of this set; bad --decays are
+    refused."""
+    import torch
+    from torchxc.temporal_sets import ndcg_at_k, personal_frequency_scores, recall_at_k
+    from torchxc.temporal_sets.train import load
+
+    data = favourite_label_users(1, 12, {"train": 30, "validate": 8, "test": 40}, max_events=6)
+    path = tmp_path / "Tiny.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "recency.csv"
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "temporal_sets_recency.py"), "--data", str(path),
+                    "--decays", "1,0.5", "--out", str(out)], check=True, capture_output=True)
+    rows = {(r["split"], float(r["r"])): r for r in csv.DictReader(open(out))}
+    sets = load(str(path))
+    target = torch.zeros(len(sets.test), sets.num_labels, dtype=torch.bool)
+    for b, ex in enumerate(sets.test):
+        target[b, ex.target] = True
+    unseen = torch.tensor([ex.n_unseen for ex in sets.test])
+    freq = personal_frequency_scores(sets.test, sets.popularity)
+    assert float(rows["test", 1.0]["recall@10"]) == pytest.approx(recall_at_k(freq, target, 10, unseen))
+    assert float(rows["test", 1.0]["ndcg@10"]) == pytest.approx(ndcg_at_k(freq, target, 10, unseen))
+    recency = benchmark_module("temporal_sets_recency")
+    seqs = {str(u): s for u, s in data["test"].items()}
+    index = {v: i for i, v in enumerate(sets.vocab)}
+    half = recency.recency_scores(sets.test, seqs, index, sets.popularity, 0.5)
+    assert not torch.equal(half.argsort(dim=1, descending=True, stable=True),
+                           freq.double().argsort(dim=1, descending=True, stable=True))
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "temporal_sets_recency.py"), "--data",
+                          str(path), "--decays", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--decays must lie in (0, 1]" in bad.stderr
