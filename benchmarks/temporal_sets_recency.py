@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=os.path.join(DEFAULT_DATA, "DC.json"), help="a DNNTSP JSON file")
     ap.add_argument("--decays", default="1,0.95,0.9,0.8,0.7,0.6,0.5", help="comma-separated r in (0, 1]")
-    ap.add_argument("--out", default=None, help="CSV path (default benchmarks/results/temporal_sets_recency_<name>.csv)")
+    ap.add_argument("--out", default=None,
+                    help="CSV path (default benchmarks/results/temporal_sets_recency_<name>.csv)")
     args = ap.parse_args(argv)
     try:
         decays = [float(v) for v in args.decays.split(",")]

@@ -1049,6 +1049,15 @@ def test_models_under_autocast_compile_meta_and_repr():
     got = torch.compile(base, fullgraph=True, backend="aot_eager")(history, gap)
     assert torch.allclose(got, ref, atol=1e-5)
     assert base.to("meta")(history.to("meta"), gap.to("meta")).shape == (2, C)
+    from torchxc.models.lanet import LabelAttentionLayer
+
+    layer = LabelAttentionLayer(16, 2, 16, 0.0, "sparsemax")  # every key of a row masked: an error, compiled too
+    mask = torch.zeros(2, 3, dtype=torch.bool)
+    mask[0] = True
+    with pytest.raises(ValueError, match="every key masked"):
+        layer(torch.randn(2, 3, 16), mask)
+    with pytest.raises(RuntimeError, match="every key masked"):
+        torch.compile(layer, fullgraph=True, backend="aot_eager")(torch.randn(2, 3, 16), mask)
     with torch.device("meta"):
         lazy = LANET(C, d_label=12, d_time=4, n_heads=2, d_ff=16, popularity=torch.arange(20.0))
     assert lazy.bias.is_meta

@@ -1126,6 +1126,12 @@ def test_sampler_modules_under_autocast_casts_partial_states_and_meta():
     half = torch.nn.ModuleDict({"s": make_tree(12, 4, torch.float32)}).half()["s"]
     assert half.node_weight.dtype == torch.float32 and half.leaf_to_label.dtype == torch.long
     assert torch.equal(half.node_weight, make_tree(12, 4, torch.float32).node_weight)  # not rounded to float16
+    # with gradients: the grad object is converted in place by the cast; the sampler keeps its float32 values
+    trained = make_tree(12, 4, torch.float32)
+    trained.log_prob(torch.randn(3, 4), torch.tensor([[1], [5], [11]])).sum().backward()
+    grad = trained.node_weight.grad.clone()
+    parent = torch.nn.Sequential(trained, torch.nn.Linear(3, 3)).half()
+    assert parent[1].weight.dtype == torch.float16 and torch.equal(trained.node_weight.grad, grad)
     assert make_tree(12, 4, torch.float32).double().node_weight.dtype == torch.float64
     assert repr(s) == "TreeSampler(num_labels=12, depth=4, k=4, features=8, dtype=torch.float32)"
     a, b = make_tree(10, 3, seed=0), make_tree(9, 3, seed=1)
@@ -1136,6 +1142,11 @@ def test_sampler_modules_under_autocast_casts_partial_states_and_meta():
     with pytest.raises(ValueError, match="label_to_leaf must be its inverse"):
         dst.load_state_dict(one_map, strict=False)
     assert torch.equal(dst.leaf_to_label, make_tree(10, 3, seed=2).leaf_to_label)  # refused before any copy
+    # padding leaves may hold any value: a one-map state of the same maps loads
+    l2l = torch.tensor([3, 0, 4, 1, 2, 5, 6, 7])
+    twin = torchxc.TreeSampler(torch.randn(7, 3), torch.randn(7), 5, leaf_to_label=l2l)
+    twin.load_state_dict({k: v for k, v in torchxc.TreeSampler(torch.randn(7, 3), torch.randn(7), 5, leaf_to_label=l2l)
+                          .state_dict().items() if k != "label_to_leaf"}, strict=False)
     with torch.device("meta"):
         lazy = torchxc.TreeSampler.from_parameters(torch.randn(15, 3), torch.randn(15), 10)
         tree = torchxc.WeightTree(torch.ones(5))
@@ -1161,7 +1172,11 @@ def test_sampler_sample_in_compiled_code_and_weight_tree_log_prob_compiled():
     assert torch.compile(lambda x: s.sample(x, 4))(x)[0].shape == (3, 4)
     w = torchxc.WeightTree(torch.arange(1.0, 6.0))
     idx = torch.tensor([1, 4])
-    assert torch.equal(torch.compile(w.log_prob, fullgraph=True)(idx), w.log_prob(idx))
+    compiled = torch.compile(w.log_prob, fullgraph=True)
+    assert torch.equal(compiled(idx), w.log_prob(idx))
+    for bad in (torch.tensor([-1, 3]), torch.tensor([6, 3])):  # an inner node of the heap, a padding leaf
+        with pytest.raises(RuntimeError, match=r"WeightTree.log_prob: indices must lie in \[0, 5\)"):
+            compiled(bad)
 
 
 def test_tree_ops_called_directly():

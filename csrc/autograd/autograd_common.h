@@ -93,8 +93,8 @@ inline torch::autograd::variable_list link_double_backward_error(const std::stri
   return out;
 }
 
-// For a backward that is not itself differentiable (its op has no autograd kernel): `compute` runs without grad
-// mode (no autograd fallback warnings); with create_graph=True its results get the raising node above.
+// For a backward that is not itself differentiable (its op runs below autograd: run_non_differentiable): `compute`
+// runs without grad mode; with create_graph=True its results get the raising node above.
 template <typename F>
 torch::autograd::variable_list once_differentiable(const char* op, const torch::autograd::variable_list& grads,
                                                    F&& compute) {

@@ -15,6 +15,7 @@ a node whose right subtree holds only padding goes left with probability 1. q(y 
 probabilities on the path to y's leaf and sums to 1 over the C labels.
 """
 from __future__ import annotations  # X | None annotations on Python 3.9
+import contextlib
 import math
 import mmap
 import numbers
@@ -179,9 +180,9 @@ class TreeSampler(torch.nn.Module):
         # not a permutation, or a label_to_leaf that is not its inverse, made sample and log_prob disagree silently
         l2l, inv = state_dict.get(prefix + "leaf_to_label"), state_dict.get(prefix + "label_to_leaf")
         C, D = self.num_labels, self.depth
-        # the state's label count (it is not stored: label_to_leaf has one entry per label, leaf_to_label -1 padding)
-        state_C = inv.shape[0] if isinstance(inv, Tensor) and inv.dim() == 1 else \
-            int((l2l >= 0).sum()) if isinstance(l2l, Tensor) and l2l.dim() == 1 and l2l.device.type != "meta" else C
+        # the state's label count (not stored: label_to_leaf has one entry per label; leaf_to_label's padding leaves
+        # may hold anything, so a state with it alone is left to the permutation check below)
+        state_C = inv.shape[0] if isinstance(inv, Tensor) and inv.dim() == 1 else C
         if state_C != C:
             raise ValueError(f"TreeSampler.load_state_dict: the state is a sampler of {state_C} labels, this one has "
                              f"{C}")
@@ -213,7 +214,8 @@ class TreeSampler(torch.nn.Module):
     def _apply(self, fn, recurse=True):
         # a cast to a dtype the sampling ops lack (a parent module's .half() or .bfloat16()) keeps the nodes' dtype
         # and follows the move; float32 <-> float64 casts apply (the constructor refuses float16 by name)
-        kept = {name: (t.data, None if t.grad is None else t.grad) for name, t in self._parameters.items()
+        # .data: the grad object itself is converted in place (param.grad.data = fn(param.grad))
+        kept = {name: (t.data, None if t.grad is None else t.grad.data) for name, t in self._parameters.items()
                 if t is not None}
         kept_buffers = {name: t for name, t in self._buffers.items() if t is not None and t.is_floating_point()}
         out = super()._apply(fn, recurse)
@@ -242,10 +244,9 @@ class TreeSampler(torch.nn.Module):
             x = x - self.mean
         if self.projection is None:
             return x
-        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, enabled=False):
-                return x @ self.projection
-        return x @ self.projection
+        dev = x.device.type
+        with torch.autocast(dev, enabled=False) if torch.amp.is_autocast_available(dev) else contextlib.nullcontext():
+            return x @ self.projection
 
     def sample(self, features: Tensor, num_samples: int, generator: torch.Generator | None = None
                ) -> tuple[Tensor, Tensor]:
@@ -691,9 +692,14 @@ class WeightTree(torch.nn.Module):
         if not is_integer_dtype(idx):
             raise ValueError(f"WeightTree.{op}: expected integer label indices, got {idx.dtype}")
         idx = long_indices(idx, f"WeightTree.{op}", "indices", "2^64 - 1 into -1")  # uint64 has no min()
-        # the range is read on the host: not on meta tensors, nor under torch.compile (the indexing checks it there)
-        if idx.numel() and idx.device.type != "meta" and not torch.compiler.is_compiling() and \
-                (idx.min() < 0 or idx.max() >= self.num_labels):
+        # a label outside [0, C) reads an inner node of the heap or a padding leaf: checked on the host, or under
+        # torch.compile by an assertion in the graph (meta tensors have no values)
+        if not idx.numel() or idx.device.type == "meta":
+            return idx.long()
+        if torch.compiler.is_compiling():
+            torch._assert_async(((idx >= 0) & (idx < self.num_labels)).all(),
+                                f"WeightTree.{op}: indices must lie in [0, {self.num_labels})")
+        elif idx.min() < 0 or idx.max() >= self.num_labels:
             raise ValueError(f"WeightTree.{op}: indices must lie in [0, {self.num_labels}), got "
                              f"[{int(idx.min())}, {int(idx.max())}]")
         return idx.long()

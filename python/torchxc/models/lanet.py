@@ -65,6 +65,9 @@ class Dropout16(nn.Dropout):
         return x * torch.where(keep, x.new_full((), 65536 / (65536 - drop)), x.new_zeros(()))
 
 
+_ALL_MASKED = "a batch element has every key masked (key_padding_mask all True); its attention would be undefined"
+
+
 class LabelAttentionLayer(nn.Module):
     """A post-norm transformer encoder layer whose attention normaliser is softmax or torchxc.sparsemax."""
 
@@ -91,15 +94,16 @@ class LabelAttentionLayer(nn.Module):
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.h, D // self.h).permute(2, 0, 3, 1, 4)
-        # host-side tests of the mask on CPU tensors outside torch.compile only (elsewhere a sync per layer; on meta
-        # tensors and under torch.compile(fullgraph=True) they cannot be read)
+        # the mask is tested on the host for CPU tensors outside torch.compile (elsewhere a sync per layer; under
+        # torch.compile(fullgraph=True) it cannot be read): there, an assertion in the graph / on the device
         if key_padding_mask is not None and key_padding_mask.device.type == "cpu" and \
                 not torch.compiler.is_compiling():
             if not bool(key_padding_mask.any()):
                 key_padding_mask = None
             elif bool(key_padding_mask.all(-1).any()):
-                raise ValueError("LabelAttentionLayer: a batch element has every key masked (key_padding_mask all "
-                                 "True); its attention would be undefined")
+                raise ValueError(f"LabelAttentionLayer: {_ALL_MASKED}")
+        elif key_padding_mask is not None and key_padding_mask.device.type != "meta":
+            torch._assert_async(~key_padding_mask.all(-1).any(), f"LabelAttentionLayer: {_ALL_MASKED}")
         if self.attention == "softmax" and self.training:  # PyTorch's fused kernel; statistics only in eval
             mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
