@@ -73,3 +73,48 @@ def test_loss_modules_refuse_a_bad_reduction_when_built():
         with pytest.raises(ValueError, match=f"{cls.__name__}: reduction must be one of"):
             cls(reduction="avg")  # it was accepted and failed at the first forward
         assert cls(reduction="sum").reduction == "sum"
+
+
+def _bad_calls():
+    """(op, args, what the message names) for calls every kernel refuses on its arguments' dtype or rank."""
+    ops, f, d = torch.ops.torchxc, torch.randn(3, 5), torch.randn(3, 5, dtype=torch.float64)
+    w, b, l2l = torch.randn(7, 2), torch.randn(7), torch.arange(5)
+    z, lab = torch.randn(3, 2), torch.zeros(3, 2, dtype=torch.long)
+    _, stats = ops.sparsemax_loss(f, torch.zeros(3, dtype=torch.long))
+    return [
+        (ops.sparsemax.default, (torch.zeros(3, 5, dtype=torch.long), -1), "input"),
+        (ops.sparsemax_backward.default, (d, f, -1), "grad_output"),
+        (ops.sparsemax_loss.default, (torch.tensor(1.0), torch.tensor(0), -100), "input"),
+        (ops.sparsemax_loss_backward.default, (torch.ones(3, dtype=torch.long), f, torch.zeros(3, dtype=torch.long),
+                                               stats), "grad_loss"),
+        (ops.zlpr_loss.default, (torch.tensor(1.0), torch.tensor(1.0), None, True, 1.0), "input"),
+        (ops.zlpr_loss.default, (f, torch.ones(3, 5, dtype=torch.long), None, True, 1.0), "target"),
+        (ops.zlpr_loss.default, (f, f > 0, torch.ones(5), True, 1.0), "mask"),
+        (ops.zlpr_loss_sparse.default, (f, torch.zeros(3, 1, dtype=torch.int32), None, True, 1.0), "positives"),
+        (ops.tree_sample.default, (z[0], w, b, torch.arange(8), 5, 4, 0), "z"),
+        (ops.tree_sample.default, (z.half(), w, b, torch.arange(8), 5, 4, 0), "z"),
+        (ops.tree_sample.default, (z, w, b, torch.arange(8), 5, -1, 0), "num_samples"),
+        (ops.tree_log_prob.default, (z, w, b, l2l, lab[0]), "labels"),
+        (ops.tree_log_prob.default, (z, w, b, l2l, lab[:2]), "labels"),
+        (ops.tree_log_prob.default, (z, w, b, l2l.int(), lab), "label_to_leaf"),
+        (ops.tree_log_prob.default, (z, w, b, l2l[:0], lab), "label_to_leaf"),
+        (ops.tree_log_prob_backward.default, (torch.ones(3, 2, dtype=torch.long), z, w, b, l2l, lab), "grad"),
+        (ops.tree_log_prob_all.default, (z[None], w, b, l2l), "z"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_calls())))
+def test_fake_kernels_refuse_what_the_kernels_refuse(case):
+    """A fake (meta) kernel that skipped the kernels' dtype and rank checks returned outputs for calls the kernels
+    refuse (sparsemax of an int64 tensor gave an int64 output, tree_sample of a 1-d z an output of its length), so
+    torch.compile traced them and meta tensors gave shapes for them; both now refuse, naming the op and argument."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    op, args, what = _bad_calls()[case]
+    name = op._schema.name
+    with pytest.raises(RuntimeError, match=f"{name}: .*{what}"):
+        op(*args)
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        with pytest.raises(RuntimeError, match=f"{name}: .*{what}"):
+            op(*fake)

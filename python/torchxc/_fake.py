@@ -13,3 +13,24 @@ def same_device(op: str, first: Tensor, **others: Optional[Tensor]) -> None:
             torch._check(t.device == first.device,
                          lambda: f"{op}: expected {name} on {first.device}, the device of the first tensor, but got "
                                  f"{t.device}")
+
+
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def metadata(op: str, name: str, t: Tensor, dtypes=None, dim=None, min_dim: int = 0) -> None:
+    """The dtype and rank that the CPU/CUDA kernels require of an argument (they determine the outputs' metadata,
+    so a fake kernel that skipped them returned outputs for calls the kernels refuse): ``dtypes`` a tuple, ``dim``
+    an exact rank or None, ``min_dim`` a least rank."""
+    if dtypes is not None:
+        torch._check(t.dtype in dtypes, lambda: f"{op}: expected {name} of dtype "
+                                                f"{' or '.join(str(d).replace('torch.', '') for d in dtypes)}, "
+                                                f"but got {t.dtype}")
+    torch._check(t.dim() == dim if dim is not None else t.dim() >= min_dim,
+                 lambda: f"{op}: expected {name} with " + (f"{dim} dimensions" if dim is not None else
+                                                           f"at least {min_dim} dimension(s)") + f", but got {t.dim()}")
+
+
+def floating_grad(op: str, name: str, t: Tensor) -> None:
+    """An incoming gradient of a real floating-point dtype, as the backward kernels require."""
+    torch._check(t.is_floating_point(), lambda: f"{op}: expected a floating-point {name}, but got {t.dtype}")

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._checks import as_int, check_reduction, check_tensor, is_integer_dtype, long_indices
-from ._fake import same_device
+from ._fake import floating_grad, metadata, same_device
 
 __all__ = [
     "TreeSampler",
@@ -903,9 +903,24 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
 # ---- fake kernels of the tree ops ----------------------------------------------------------------------------------
 
 
+def _tree_metadata(op: str, z: Tensor, leaf_map: Tensor, map_name: str, labels: Tensor | None = None) -> None:
+    """What the kernels require of z [B, k] (float32 / float64), a label map (int64 [n], n >= 1) and labels (int64
+    [B, P])."""
+    metadata(op, "z", z, (torch.float32, torch.float64), dim=2)
+    metadata(op, map_name, leaf_map, (torch.int64,), dim=1)
+    torch._check(leaf_map.shape[0] >= 1, lambda: f"{op}: expected a non-empty {map_name}")
+    if labels is not None:
+        metadata(op, "labels", labels, (torch.int64,), dim=2)
+        torch._check(labels.shape[0] == z.shape[0], lambda: f"{op}: expected labels of shape [{z.shape[0]}, P] (one "
+                                                            f"row per row of z), but got {list(labels.shape)}")
+
+
 @torch.library.register_fake("torchxc::tree_sample")
 def _tree_sample_fake(z, node_weight, node_bias, leaf_to_label, num_labels, num_samples, seed):
     same_device("torchxc::tree_sample", z, node_weight=node_weight, node_bias=node_bias, leaf_to_label=leaf_to_label)
+    _tree_metadata("torchxc::tree_sample", z, leaf_to_label, "leaf_to_label")
+    torch._check(0 <= num_samples <= 1 << 32, lambda: f"torchxc::tree_sample: expected 0 <= num_samples <= 2^32, but "
+                                                       f"got {num_samples}")
     B = z.shape[0]
     return z.new_empty((B, num_samples), dtype=torch.long), z.new_empty((B, num_samples))
 
@@ -914,6 +929,7 @@ def _tree_sample_fake(z, node_weight, node_bias, leaf_to_label, num_labels, num_
 def _tree_log_prob_fake(z, node_weight, node_bias, label_to_leaf, labels):
     same_device("torchxc::tree_log_prob", z, node_weight=node_weight, node_bias=node_bias,
                 label_to_leaf=label_to_leaf, labels=labels)
+    _tree_metadata("torchxc::tree_log_prob", z, label_to_leaf, "label_to_leaf", labels)
     return z.new_empty(labels.shape)
 
 
@@ -921,6 +937,8 @@ def _tree_log_prob_fake(z, node_weight, node_bias, label_to_leaf, labels):
 def _tree_log_prob_backward_fake(grad, z, node_weight, node_bias, label_to_leaf, labels):
     same_device("torchxc::tree_log_prob_backward", z, grad=grad, node_weight=node_weight, node_bias=node_bias,
                 label_to_leaf=label_to_leaf, labels=labels)
+    _tree_metadata("torchxc::tree_log_prob_backward", z, label_to_leaf, "label_to_leaf", labels)
+    floating_grad("torchxc::tree_log_prob_backward", "grad", grad)
     # contiguous, as the kernels return them (empty_like kept a transposed input's strides)
     return z.new_empty(z.shape), node_weight.new_empty(node_weight.shape), node_bias.new_empty(node_bias.shape)
 
@@ -929,6 +947,7 @@ def _tree_log_prob_backward_fake(grad, z, node_weight, node_bias, label_to_leaf,
 def _tree_log_prob_all_fake(z, node_weight, node_bias, label_to_leaf):
     same_device("torchxc::tree_log_prob_all", z, node_weight=node_weight, node_bias=node_bias,
                 label_to_leaf=label_to_leaf)
+    _tree_metadata("torchxc::tree_log_prob_all", z, label_to_leaf, "label_to_leaf")
     return z.new_empty((z.shape[0], label_to_leaf.shape[0]))
 
 

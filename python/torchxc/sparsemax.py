@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_reduction, check_tensor, int_arg, long_indices, wrap_dim
-from ._fake import same_device
+from ._fake import FLOATS, floating_grad, metadata, same_device
 
 __all__ = ["sparsemax", "sparsemax_loss"]
 
@@ -159,18 +159,22 @@ def _empty_rows_like(x: Tensor, dim: int) -> Tensor:
 
 @torch.library.register_fake("torchxc::sparsemax")
 def _sparsemax_fake(input: Tensor, dim: int = -1) -> Tensor:
+    metadata("torchxc::sparsemax", "input", input, FLOATS)
     return _empty_rows_like(input, dim)
 
 
 @torch.library.register_fake("torchxc::sparsemax_backward")
 def _sparsemax_backward_fake(grad_output: Tensor, output: Tensor, dim: int = -1) -> Tensor:
     same_device("torchxc::sparsemax_backward", output, grad_output=grad_output)
+    metadata("torchxc::sparsemax_backward", "output", output, FLOATS)
+    metadata("torchxc::sparsemax_backward", "grad_output", grad_output, (output.dtype,))
     return _empty_rows_like(output, dim)
 
 
 @torch.library.register_fake("torchxc::sparsemax_loss")
 def _sparsemax_loss_fake(input: Tensor, target: Tensor, ignore_index: int = -100) -> Tuple[Tensor, Tensor]:
     same_device("torchxc::sparsemax_loss", input, target=target)
+    metadata("torchxc::sparsemax_loss", "input", input, FLOATS, min_dim=1)
     stats_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     batch = input.shape[:-1]
     return input.new_empty(batch), input.new_empty((*batch, 3), dtype=stats_dtype)
@@ -179,6 +183,8 @@ def _sparsemax_loss_fake(input: Tensor, target: Tensor, ignore_index: int = -100
 @torch.library.register_fake("torchxc::sparsemax_loss_backward")
 def _sparsemax_loss_backward_fake(grad_loss: Tensor, input: Tensor, target: Tensor, stats: Tensor) -> Tensor:
     same_device("torchxc::sparsemax_loss_backward", input, grad_loss=grad_loss, target=target, stats=stats)
+    metadata("torchxc::sparsemax_loss_backward", "input", input, FLOATS, min_dim=1)
+    floating_grad("torchxc::sparsemax_loss_backward", "grad_loss", grad_loss)
     return input.new_empty(input.shape)
 
 # Autograd: csrc/autograd/sparsemax_autograd.cpp (the backward ops above are registered ops with fake kernels).

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_reduction, check_tensor, is_integer_dtype, long_indices
-from ._fake import same_device
+from ._fake import FLOATS, metadata, same_device
 
 __all__ = ["zlpr_loss", "zlpr_loss_sparse", "zlpr_probs"]
 
@@ -252,6 +252,12 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
 # ---- fake kernels ----------------------------------------------------------------------------------------------
 
 
+def _zlpr_metadata(op: str, input: Tensor, mask: Optional[Tensor]) -> None:
+    metadata(op, "input", input, FLOATS, min_dim=1)
+    if mask is not None:
+        metadata(op, "mask", mask, (torch.bool,))
+
+
 def _zlpr_outputs(input: Tensor, compute_grad: bool) -> Tuple[Tensor, Tensor]:
     grad = input.new_empty(input.shape) if compute_grad else input.new_empty((0,))
     return input.new_empty(input.shape[:-1]), grad
@@ -261,6 +267,8 @@ def _zlpr_outputs(input: Tensor, compute_grad: bool) -> Tuple[Tensor, Tensor]:
 def _zlpr_fake(input: Tensor, labels: Tensor, mask: Optional[Tensor] = None,
                compute_grad: bool = True, grad_scale: float = 1.0) -> Tuple[Tensor, Tensor]:
     same_device("torchxc::zlpr_loss", input, target=labels, mask=mask)
+    _zlpr_metadata("torchxc::zlpr_loss", input, mask)
+    metadata("torchxc::zlpr_loss", "target", labels, (torch.bool, input.dtype))
     return _zlpr_outputs(input, compute_grad)
 
 
@@ -268,6 +276,8 @@ def _zlpr_fake(input: Tensor, labels: Tensor, mask: Optional[Tensor] = None,
 def _zlpr_sparse_fake(input: Tensor, labels: Tensor, mask: Optional[Tensor] = None,
                       compute_grad: bool = True, grad_scale: float = 1.0) -> Tuple[Tensor, Tensor]:
     same_device("torchxc::zlpr_loss_sparse", input, positives=labels, mask=mask)
+    _zlpr_metadata("torchxc::zlpr_loss_sparse", input, mask)
+    metadata("torchxc::zlpr_loss_sparse", "positives", labels, (torch.int64,))
     return _zlpr_outputs(input, compute_grad)
 
 # Autograd: csrc/autograd/zlpr_autograd.cpp (the backward scales the gradient the forward stored).
