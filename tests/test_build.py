@@ -100,6 +100,11 @@ def _bad_calls():
         (ops.tree_log_prob.default, (z, w, b, l2l[:0], lab), "label_to_leaf"),
         (ops.tree_log_prob_backward.default, (torch.ones(3, 2, dtype=torch.long), z, w, b, l2l, lab), "grad"),
         (ops.tree_log_prob_all.default, (z[None], w, b, l2l), "z"),
+        (ops.tree_log_prob_all.default, (z, w.double(), b.double(), l2l), "node_weight"),
+        (ops.tree_log_prob_all.default, (z, torch.randn(7, 3), b, l2l), "node_weight"),
+        (ops.sparsemax_loss.default, (f, torch.zeros(3, dtype=torch.int32), -100), "target"),
+        (ops.sparsemax_loss.default, (f, d, -100), "target"),
+        (ops.zlpr_loss_sparse.default, (f, torch.zeros(3, dtype=torch.long), None, True, 1.0), "positives"),
     ]
 
 

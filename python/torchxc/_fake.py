@@ -25,7 +25,7 @@ def metadata(op: str, name: str, t: Tensor, dtypes=None, dim=None, min_dim: int 
     if dtypes is not None:
         torch._check(t.dtype in dtypes, lambda: f"{op}: expected {name} of dtype "
                                                 f"{' or '.join(str(d).replace('torch.', '') for d in dtypes)}, "
-                                                f"but got {t.dtype}")
+                                                f"but got {str(t.dtype).replace('torch.', '')}")
     torch._check(t.dim() == dim if dim is not None else t.dim() >= min_dim,
                  lambda: f"{op}: expected {name} with " + (f"{dim} dimensions" if dim is not None else
                                                            f"at least {min_dim} dimension(s)") + f", but got {t.dim()}")
@@ -33,4 +33,5 @@ def metadata(op: str, name: str, t: Tensor, dtypes=None, dim=None, min_dim: int 
 
 def floating_grad(op: str, name: str, t: Tensor) -> None:
     """An incoming gradient of a real floating-point dtype, as the backward kernels require."""
-    torch._check(t.is_floating_point(), lambda: f"{op}: expected a floating-point {name}, but got {t.dtype}")
+    torch._check(t.is_floating_point(), lambda: f"{op}: expected a floating-point {name}, but got "
+                                                f"{str(t.dtype).replace('torch.', '')}")

@@ -903,10 +903,15 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
 # ---- fake kernels of the tree ops ----------------------------------------------------------------------------------
 
 
-def _tree_metadata(op: str, z: Tensor, leaf_map: Tensor, map_name: str, labels: Tensor | None = None) -> None:
-    """What the kernels require of z [B, k] (float32 / float64), a label map (int64 [n], n >= 1) and labels (int64
-    [B, P])."""
+def _tree_metadata(op: str, z: Tensor, node_weight: Tensor, node_bias: Tensor, leaf_map: Tensor, map_name: str,
+                   labels: Tensor | None = None) -> None:
+    """What the kernels require of z [B, k] (float32 / float64), the node parameters (z's dtype, [n, k] and [n]), a
+    label map (int64 [n], n >= 1) and labels (int64 [B, P])."""
     metadata(op, "z", z, (torch.float32, torch.float64), dim=2)
+    metadata(op, "node_weight", node_weight, (z.dtype,), dim=2)
+    metadata(op, "node_bias", node_bias, (z.dtype,), dim=1)
+    torch._check(node_weight.shape[1] == z.shape[1], lambda: f"{op}: expected node_weight with k = {z.shape[1]} "
+                                                             f"columns (z's), but got {list(node_weight.shape)}")
     metadata(op, map_name, leaf_map, (torch.int64,), dim=1)
     torch._check(leaf_map.shape[0] >= 1, lambda: f"{op}: expected a non-empty {map_name}")
     if labels is not None:
@@ -918,7 +923,7 @@ def _tree_metadata(op: str, z: Tensor, leaf_map: Tensor, map_name: str, labels: 
 @torch.library.register_fake("torchxc::tree_sample")
 def _tree_sample_fake(z, node_weight, node_bias, leaf_to_label, num_labels, num_samples, seed):
     same_device("torchxc::tree_sample", z, node_weight=node_weight, node_bias=node_bias, leaf_to_label=leaf_to_label)
-    _tree_metadata("torchxc::tree_sample", z, leaf_to_label, "leaf_to_label")
+    _tree_metadata("torchxc::tree_sample", z, node_weight, node_bias, leaf_to_label, "leaf_to_label")
     torch._check(0 <= num_samples <= 1 << 32, lambda: f"torchxc::tree_sample: expected 0 <= num_samples <= 2^32, but "
                                                        f"got {num_samples}")
     B = z.shape[0]
@@ -929,7 +934,7 @@ def _tree_sample_fake(z, node_weight, node_bias, leaf_to_label, num_labels, num_
 def _tree_log_prob_fake(z, node_weight, node_bias, label_to_leaf, labels):
     same_device("torchxc::tree_log_prob", z, node_weight=node_weight, node_bias=node_bias,
                 label_to_leaf=label_to_leaf, labels=labels)
-    _tree_metadata("torchxc::tree_log_prob", z, label_to_leaf, "label_to_leaf", labels)
+    _tree_metadata("torchxc::tree_log_prob", z, node_weight, node_bias, label_to_leaf, "label_to_leaf", labels)
     return z.new_empty(labels.shape)
 
 
@@ -937,7 +942,8 @@ def _tree_log_prob_fake(z, node_weight, node_bias, label_to_leaf, labels):
 def _tree_log_prob_backward_fake(grad, z, node_weight, node_bias, label_to_leaf, labels):
     same_device("torchxc::tree_log_prob_backward", z, grad=grad, node_weight=node_weight, node_bias=node_bias,
                 label_to_leaf=label_to_leaf, labels=labels)
-    _tree_metadata("torchxc::tree_log_prob_backward", z, label_to_leaf, "label_to_leaf", labels)
+    _tree_metadata("torchxc::tree_log_prob_backward", z, node_weight, node_bias, label_to_leaf, "label_to_leaf",
+                   labels)
     floating_grad("torchxc::tree_log_prob_backward", "grad", grad)
     # contiguous, as the kernels return them (empty_like kept a transposed input's strides)
     return z.new_empty(z.shape), node_weight.new_empty(node_weight.shape), node_bias.new_empty(node_bias.shape)
@@ -947,7 +953,7 @@ def _tree_log_prob_backward_fake(grad, z, node_weight, node_bias, label_to_leaf,
 def _tree_log_prob_all_fake(z, node_weight, node_bias, label_to_leaf):
     same_device("torchxc::tree_log_prob_all", z, node_weight=node_weight, node_bias=node_bias,
                 label_to_leaf=label_to_leaf)
-    _tree_metadata("torchxc::tree_log_prob_all", z, label_to_leaf, "label_to_leaf")
+    _tree_metadata("torchxc::tree_log_prob_all", z, node_weight, node_bias, label_to_leaf, "label_to_leaf")
     return z.new_empty((z.shape[0], label_to_leaf.shape[0]))
 
 

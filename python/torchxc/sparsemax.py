@@ -175,6 +175,9 @@ def _sparsemax_backward_fake(grad_output: Tensor, output: Tensor, dim: int = -1)
 def _sparsemax_loss_fake(input: Tensor, target: Tensor, ignore_index: int = -100) -> Tuple[Tensor, Tensor]:
     same_device("torchxc::sparsemax_loss", input, target=target)
     metadata("torchxc::sparsemax_loss", "input", input, FLOATS, min_dim=1)
+    # class indices [...] or label weights of the input's dtype and shape
+    metadata("torchxc::sparsemax_loss", "target", target, (torch.int64, input.dtype),
+             dim=input.dim() - (1 if target.dtype == torch.int64 else 0))
     stats_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     batch = input.shape[:-1]
     return input.new_empty(batch), input.new_empty((*batch, 3), dtype=stats_dtype)

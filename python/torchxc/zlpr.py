@@ -277,7 +277,7 @@ def _zlpr_sparse_fake(input: Tensor, labels: Tensor, mask: Optional[Tensor] = No
                       compute_grad: bool = True, grad_scale: float = 1.0) -> Tuple[Tensor, Tensor]:
     same_device("torchxc::zlpr_loss_sparse", input, positives=labels, mask=mask)
     _zlpr_metadata("torchxc::zlpr_loss_sparse", input, mask)
-    metadata("torchxc::zlpr_loss_sparse", "positives", labels, (torch.int64,))
+    metadata("torchxc::zlpr_loss_sparse", "positives", labels, (torch.int64,), dim=input.dim())
     return _zlpr_outputs(input, compute_grad)
 
 # Autograd: csrc/autograd/zlpr_autograd.cpp (the backward scales the gradient the forward stored).

@@ -70,8 +70,8 @@ void zlpr_family() {
   const auto [ls, grads] = sparse.call(s, at::tensor({int64_t(0), int64_t(-1)}).view({1, 2}), std::nullopt, true, 1.0);
   expect(close(ls, l) && close(grads, grad), "zlpr_loss_sparse equals the dense form");
   const T sg = s.clone().set_requires_grad(true);
-  std::get<0>(dense.call(sg, target, std::nullopt, true, 1.0)).sum().backward();
-  expect(close(sg.grad(), grad), "zlpr_loss backward");
+  (2.0 * std::get<0>(dense.call(sg, target, std::nullopt, true, 1.0))).sum().backward();  // scales the stored grad
+  expect(close(sg.grad(), 2.0 * grad), "zlpr_loss backward");
 }
 
 void tree_family() {
@@ -94,18 +94,34 @@ void tree_family() {
   expect(labels.min().item<int64_t>() >= 0 && labels.max().item<int64_t>() < 3, "tree_sample labels in [0, 3)");
   expect(close(log_q, all.gather(1, labels)), "tree_sample log q equals log q of the drawn labels");
   expect(at::equal(std::get<0>(sample.call(z, w, b, leaf_to_label, 3, 64, 7)), labels), "tree_sample seeded");
-  // autograd: log_prob through the C++ kernel against the same formula in ATen
-  const T wg = w.clone().set_requires_grad(true);
+  // the draws follow q: 4096 per row, frequencies within 0.05 of exp(log q) (binomial sd <= 0.008)
+  const T many = std::get<0>(sample.call(z, w, b, leaf_to_label, 3, 4096, 11));
+  const T freq = at::stack({(many == 0).sum(1), (many == 1).sum(1), (many == 2).sum(1)}, 1).to(at::kDouble) / 4096;
+  expect(close(freq, all.exp(), 0.05), "tree_sample frequencies against exp(log_prob_all)");
+  // autograd: log_prob through the C++ kernel against the same formula in ATen (z, weights and biases)
   const T lab = at::tensor({int64_t(0), int64_t(2), int64_t(1), int64_t(1)}).view({2, 2});
-  log_prob.call(z, wg, b, label_to_leaf, lab).sum().backward();
-  const T wr = w.clone().set_requires_grad(true);
-  const T r0 = at::mv(z, wr[0]) + b[0], r1 = at::mv(z, wr[1]) + b[1];
-  const T ref = at::stack({at::log_sigmoid(-r0) + at::log_sigmoid(-r1), at::log_sigmoid(-r0) + at::log_sigmoid(r1),
-                           at::log_sigmoid(r0)}, 1).index_select(1, label_to_leaf).gather(1, lab);
-  ref.sum().backward();
-  expect(close(wg.grad(), wr.grad()), "tree_log_prob backward");
-  // not differentiable: the draws' log q never requires grad
-  expect(!std::get<1>(sample.call(z.clone().set_requires_grad(true), w, b, leaf_to_label, 3, 4, 0)).requires_grad(),
+  const T up = at::tensor({1.0, -2.0, 0.5, 3.0}, at::kDouble).view({2, 2});  // a weighted sum: backward scales
+  T grads[2][3];
+  for (int ref = 0; ref < 2; ++ref) {
+    T zz = z.clone().set_requires_grad(true), ww = w.clone().set_requires_grad(true);
+    T bb = b.clone().set_requires_grad(true);
+    T out;
+    if (ref) {
+      const T r0 = at::mv(zz, ww[0]) + bb[0], r1 = at::mv(zz, ww[1]) + bb[1];
+      out = at::stack({at::log_sigmoid(-r0) + at::log_sigmoid(-r1), at::log_sigmoid(-r0) + at::log_sigmoid(r1),
+                       at::log_sigmoid(r0)}, 1).index_select(1, label_to_leaf).gather(1, lab);
+    } else {
+      out = log_prob.call(zz, ww, bb, label_to_leaf, lab);
+    }
+    (out * up).sum().backward();
+    grads[ref][0] = zz.grad(), grads[ref][1] = ww.grad(), grads[ref][2] = bb.grad();
+  }
+  expect(close(grads[0][0], grads[1][0]), "tree_log_prob backward: z");
+  expect(close(grads[0][1], grads[1][1]), "tree_log_prob backward: node_weight");
+  expect(close(grads[0][2], grads[1][2]), "tree_log_prob backward: node_bias");
+  // not differentiable: the draws' log q never requires grad (the node parameters are trained ones in a sampler)
+  const T wp = w.clone().set_requires_grad(true);
+  expect(!std::get<1>(sample.call(z, wp, b, leaf_to_label, 3, 4, 0)).requires_grad(),
          "tree_sample output does not require grad");
 }
 
