@@ -18,7 +18,7 @@ from common import RESULTS_DIR, write_csv  # noqa: E402
 from temporal_sets_table import DEFAULT_DATA  # noqa: E402
 
 from torchxc.temporal_sets import ndcg_at_k, phr_at_k, recall_at_k  # noqa: E402
-from torchxc.temporal_sets.train import load  # noqa: E402
+from torchxc.temporal_sets.train import _targets, load  # noqa: E402
 
 
 def recency_scores(examples: list, sequences: dict, index: dict, popularity: torch.Tensor, r: float) -> torch.Tensor:
@@ -54,10 +54,7 @@ def main(argv=None) -> int:
     index = {v: i for i, v in enumerate(data.vocab)}
     rows = []
     for split, examples in (("validate", data.validate), ("test", data.test)):
-        target = torch.zeros(len(examples), data.num_labels, dtype=torch.bool)
-        for b, ex in enumerate(examples):
-            target[b, ex.target] = True
-        unseen = torch.tensor([ex.n_unseen for ex in examples])
+        target, unseen = _targets(examples, data.num_labels)
         sequences = {str(user): seq for user, seq in raw[split].items()}
         for r in decays:
             s = recency_scores(examples, sequences, index, data.popularity, r)

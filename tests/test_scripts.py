@@ -280,7 +280,7 @@ def test_temporal_sets_recency_at_r_1_is_personal_frequency(tmp_path):
     refused."""
     import torch
     from torchxc.temporal_sets import ndcg_at_k, personal_frequency_scores, recall_at_k
-    from torchxc.temporal_sets.train import load
+    from torchxc.temporal_sets.train import _targets, load
 
     data = favourite_label_users(1, 12, {"train": 30, "validate": 8, "test": 40}, max_events=6)
     path = tmp_path / "Tiny.json"
@@ -290,10 +290,7 @@ def test_temporal_sets_recency_at_r_1_is_personal_frequency(tmp_path):
                     "--decays", "1,0.5", "--out", str(out)], check=True, capture_output=True)
     rows = {(r["split"], float(r["r"])): r for r in csv.DictReader(open(out))}
     sets = load(str(path))
-    target = torch.zeros(len(sets.test), sets.num_labels, dtype=torch.bool)
-    for b, ex in enumerate(sets.test):
-        target[b, ex.target] = True
-    unseen = torch.tensor([ex.n_unseen for ex in sets.test])
+    target, unseen = _targets(sets.test, sets.num_labels)
     freq = personal_frequency_scores(sets.test, sets.popularity)
     assert float(rows["test", 1.0]["recall@10"]) == pytest.approx(recall_at_k(freq, target, 10, unseen))
     assert float(rows["test", 1.0]["ndcg@10"]) == pytest.approx(ndcg_at_k(freq, target, 10, unseen))
