@@ -78,6 +78,15 @@ inline int64_t check_log_prob_inputs(const at::Tensor& z, const at::Tensor& weig
   return check_tree_inputs(z, weight, bias, label_to_leaf.size(0), op);
 }
 
+// tree_log_prob_backward's incoming gradient: real floating point (a complex one would lose its imaginary part), of
+// the labels' shape.
+inline void check_log_prob_grad(const at::Tensor& grad, const at::Tensor& labels, const char* op) {
+  TORCH_CHECK(grad.sizes() == labels.sizes(), op, ": expected grad of the labels' shape ", labels.sizes(),
+              ", but got ", grad.sizes());
+  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), op, ": expected a floating-point grad, but got ",
+              grad.scalar_type());
+}
+
 // The error of a label_to_leaf that is not a permutation of the leaves 0 .. C - 1 (tree_log_prob_all).
 inline std::string not_a_permutation_message(const char* op, int64_t num_labels) {
   return std::string(op) + ": label_to_leaf must be a permutation of the leaves 0 .. C - 1 = " +

@@ -125,10 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_log_prob_backward_cuda(const
                                                                            const at::Tensor& label_to_leaf,
                                                                            const at::Tensor& labels) {
   constexpr const char* op = "torchxc::tree_log_prob_backward";
-  TORCH_CHECK(grad.sizes() == labels.sizes(), op, ": expected grad of the labels' shape ", labels.sizes(),
-              ", but got ", grad.sizes());
-  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), op, ": expected a floating-point grad, but got ",
-              grad.scalar_type());
+  check_log_prob_grad(grad, labels, op);
   auto paths = tree_paths_cuda(z, weight, bias, label_to_leaf, labels, true, op);
   return tree_grads_from_paths(grad, z.contiguous(), weight.contiguous(), std::get<1>(paths), std::get<2>(paths));
 }
