@@ -89,7 +89,10 @@ TORCHXC_ALWAYS_INLINE int64_t collect_impl(const S* x, int64_t n, acc_t<S> m, ac
 }
 
 #if TORCHXC_HAVE_AVX512_COLLECT
-// The same with AVX-512 compress-stores: no per-candidate work at all. Same arithmetic as collect_impl.
+// The same with AVX-512 compresses: no per-candidate work at all. Same arithmetic as collect_impl. The compress goes
+// to a register and a masked store writes the kept lanes: the compress-store to memory (vcompressps m512) is
+// microcoded on AMD Zen 4, where it made the float32 8192x128 forward 3.8x slower than the AVX2 rows (1.51 against
+// 0.40 ms, 2-core VM); the register form costs the same as the memory form on Intel.
 TORCHXC_AVX512 inline __m512 load16(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
 TORCHXC_AVX512 inline __m512 load16(const c10::Half* p, __mmask16 k) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
@@ -106,8 +109,9 @@ TORCHXC_AVX512 int64_t collect_avx512(const S* x, int64_t n, float m, float shif
     const __mmask16 valid = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
     const __m512 v = load16(x + j, valid);
     const __mmask16 keep = _mm512_mask_cmp_ps_mask(valid, _mm512_sub_ps(v, vm), minus_one, _CMP_GT_OQ);
-    _mm512_mask_compressstoreu_ps(cand + k, keep, _mm512_sub_ps(v, vs));  // branchless: keep is unpredictable
-    k += __builtin_popcount(keep);
+    const int kept = __builtin_popcount(keep);  // branchless: keep is unpredictable
+    _mm512_mask_storeu_ps(cand + k, __mmask16((1u << kept) - 1), _mm512_maskz_compress_ps(keep, _mm512_sub_ps(v, vs)));
+    k += kept;
   }
   return k;
 }
@@ -119,8 +123,9 @@ TORCHXC_AVX512 int64_t collect_avx512(const double* x, int64_t n, double m, doub
     const __mmask8 valid = n - j >= 8 ? __mmask8(0xFF) : __mmask8((1u << (n - j)) - 1);
     const __m512d v = _mm512_maskz_loadu_pd(valid, x + j);
     const __mmask8 keep = _mm512_mask_cmp_pd_mask(valid, _mm512_sub_pd(v, vm), minus_one, _CMP_GT_OQ);
-    _mm512_mask_compressstoreu_pd(cand + k, keep, _mm512_sub_pd(v, vs));
-    k += __builtin_popcount(keep);
+    const int kept = __builtin_popcount(keep);
+    _mm512_mask_storeu_pd(cand + k, __mmask8((1u << kept) - 1), _mm512_maskz_compress_pd(keep, _mm512_sub_pd(v, vs)));
+    k += kept;
   }
   return k;
 }
