@@ -147,12 +147,14 @@ def test_bisection_fallback(device, monkeypatch):
 
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
                     reason="the AVX2 row path runs on x86 CPUs with AVX2")
-def test_portable_rows_match_avx2_rows():
-    """On AVX2 CPUs the float32/bfloat16/float16 forward and backward use hand-written AVX2 rows;
-    TORCHXC_SPARSEMAX_NO_AVX2=1 forces the portable ones (on AVX-512 CPUs, TORCHXC_SPARSEMAX_NO_AVX512=1 first
-    turns the AVX-512 path off, so that the AVX2 rows run at all). Both must match the reference on every row length 1..70
-    (all vector tails), rows with more candidates than the AVX2 path keeps in registers, masks, NaN and huge
-    values."""
+@pytest.mark.parametrize("avx512", ["off", "as_the_cpu_has_it"])
+def test_portable_rows_match_avx2_rows(avx512):
+    """On AVX2 CPUs without AVX-512 and on AMD CPUs the float32/bfloat16/float16 forward and backward use
+    hand-written AVX2 rows, on Intel AVX-512 CPUs AVX-512 rows. With TORCHXC_SPARSEMAX_NO_AVX512=1 (avx512="off")
+    the AVX2 rows run and TORCHXC_SPARSEMAX_NO_AVX2=1 forces the portable ones; without it, TORCHXC_SPARSEMAX_NO_AVX2=1
+    forces the AVX-512 rows on AVX-512 CPUs (on AMD ones the run without it is the AVX2 rows with the AVX-512
+    register search). Each must match the reference on every row length 1..70 (all vector tails), rows with more
+    candidates than the AVX2 path keeps in registers, masks, NaN and huge values."""
     code = (
         "import math, sys, torch, torchxc\n"
         "g = torch.Generator().manual_seed(5)\n"
@@ -168,8 +170,8 @@ def test_portable_rows_match_avx2_rows():
         "    out.append([torchxc.sparsemax(x.to(dt)) for x in xs])\n"
         "    back.append([torch.ops.torchxc.sparsemax_backward(gr.to(dt), p) for gr, p in zip(gs, out[-1])])\n"
         "torch.save((xs, gs, out, back), sys.argv[1])\n")
-    outs = outputs_without_and_with("TORCHXC_SPARSEMAX_NO_AVX2", code,
-                                    base_env={"TORCHXC_SPARSEMAX_NO_AVX512": "1"})
+    base_env = {"TORCHXC_SPARSEMAX_NO_AVX512": "1"} if avx512 == "off" else {"TORCHXC_SPARSEMAX_NO_AVX512": ""}
+    outs = outputs_without_and_with("TORCHXC_SPARSEMAX_NO_AVX2", code, base_env=base_env)
     xs, gs = outs[0][0], outs[0][1]
     for i, dtype in enumerate((torch.float32, torch.bfloat16, torch.float16)):
         eps = torch.finfo(dtype).eps

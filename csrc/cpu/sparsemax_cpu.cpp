@@ -173,7 +173,7 @@ TORCHXC_AVX512 double search_in_registers(const T* cand, int64_t n, int max_newt
 const bool kCpuHasAVX512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                            __builtin_cpu_supports("avx512vl") && !env_switch("TORCHXC_SPARSEMAX_NO_AVX512");
 
-// ---- float32 / bfloat16 / float16 rows on AVX2 CPUs without AVX-512 -------------------------------------
+// ---- float32 / bfloat16 / float16 rows on AVX2 CPUs without AVX-512, and on AMD CPUs --------------------
 // The row kernels written with AVX2 intrinsics: the maximum and a superset of the candidates in one pass (values
 // within 1 of their lane's running maximum, stored by an emulated compress-store: a permutation looked up by the
 // 8-bit compare mask, no branch per candidate), the candidates filtered against the row maximum, Newton steps
@@ -181,10 +181,16 @@ const bool kCpuHasAVX512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_su
 // and output pass. The same arithmetic as the portable primitives, which GCC compiled for AVX2 with spilled
 // accumulators, scalar reduction tails and a call per Newton step; only the order of the sums differs.
 // 8192x128 float32 on one core of the AMD EPYC (Zen 1) VM: forward 4.17 -> 3.2 ms, backward 2.69 -> 2.35 ms.
-// TORCHXC_SPARSEMAX_NO_AVX2=1 selects the portable primitives on an AVX2 machine too (tests compare the two).
+// AMD CPUs with AVX-512 run these rows too (the AVX-512 collection and register search still serve the long-row
+// chunks and searches of 33-64 candidates): on a 2-core Zen 4 VM, forward+backward 1.50x / 1.36x faster than the
+// AVX-512 rows (two passes: the maximum, then the collection) at float32 / bfloat16 8192x128 and 1.31x at bfloat16
+// 4096x1024, level within noise at float32 4096x1024 and 256x32768 (alternating processes, five rounds). Intel CPUs
+// with AVX-512 keep the AVX-512 rows, measured there in earlier sessions; the two were not compared on an Intel CPU.
+// TORCHXC_SPARSEMAX_NO_AVX2=1 selects the AVX-512 rows where the CPU has AVX-512, else the portable primitives
+// (tests compare each with the other paths).
 #define TORCHXC_AVX2 __attribute__((target("avx2,fma,f16c")))
-const bool kCpuAVX2Rows = !kCpuHasAVX512 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          !env_switch("TORCHXC_SPARSEMAX_NO_AVX2");
+const bool kCpuAVX2Rows = (!kCpuHasAVX512 || __builtin_cpu_is("amd")) && __builtin_cpu_supports("avx2") &&
+                          __builtin_cpu_supports("fma") && !env_switch("TORCHXC_SPARSEMAX_NO_AVX2");
 
 // kCompress.idx[mask]: the lanes set in `mask`, in order, then zeros.
 struct CompressTable {
