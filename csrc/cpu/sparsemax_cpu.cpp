@@ -92,7 +92,7 @@ TORCHXC_ALWAYS_INLINE int64_t collect_impl(const S* x, int64_t n, acc_t<S> m, ac
 // The same with AVX-512 compresses: no per-candidate work at all. Same arithmetic as collect_impl. The compress goes
 // to a register and a masked store writes the kept lanes: the compress-store to memory (vcompressps m512) is
 // microcoded on AMD Zen 4, where it made the float32 8192x128 forward 3.8x slower than the AVX2 rows (1.51 against
-// 0.40 ms, 2-core VM); the register form costs the same as the memory form on Intel.
+// 0.40 ms, 2-core VM). (The two forms were not compared on an Intel CPU.)
 TORCHXC_AVX512 inline __m512 load16(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
 TORCHXC_AVX512 inline __m512 load16(const c10::Half* p, __mmask16 k) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
