@@ -18,14 +18,19 @@ def same_device(op: str, first: Tensor, **others: Optional[Tensor]) -> None:
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _dtype_name(d: torch.dtype) -> str:
+    """float32 rather than torch.float32, in the fake kernels' messages."""
+    return str(d).replace("torch.", "")
+
+
 def metadata(op: str, name: str, t: Tensor, dtypes=None, dim=None, min_dim: int = 0) -> None:
     """The dtype and rank that the CPU/CUDA kernels require of an argument (they determine the outputs' metadata,
     so a fake kernel that skipped them returned outputs for calls the kernels refuse): ``dtypes`` a tuple, ``dim``
     an exact rank or None, ``min_dim`` a least rank."""
     if dtypes is not None:
         torch._check(t.dtype in dtypes, lambda: f"{op}: expected {name} of dtype "
-                                                f"{' or '.join(str(d).replace('torch.', '') for d in dtypes)}, "
-                                                f"but got {str(t.dtype).replace('torch.', '')}")
+                                                f"{' or '.join(_dtype_name(d) for d in dtypes)}, "
+                                                f"but got {_dtype_name(t.dtype)}")
     torch._check(t.dim() == dim if dim is not None else t.dim() >= min_dim,
                  lambda: f"{op}: expected {name} with " + (f"{dim} dimensions" if dim is not None else
                                                            f"at least {min_dim} dimension(s)") + f", but got {t.dim()}")
@@ -33,5 +38,5 @@ def metadata(op: str, name: str, t: Tensor, dtypes=None, dim=None, min_dim: int 
 
 def floating_grad(op: str, name: str, t: Tensor) -> None:
     """An incoming gradient of a real floating-point dtype, as the backward kernels require."""
-    torch._check(t.is_floating_point(), lambda: f"{op}: expected a floating-point {name}, but got "
-                                                f"{str(t.dtype).replace('torch.', '')}")
+    torch._check(t.is_floating_point(),
+                 lambda: f"{op}: expected a floating-point {name}, but got {_dtype_name(t.dtype)}")
