@@ -105,6 +105,15 @@ def test_xc_training_seeds_average_the_runs(tmp_path):
         assert {r["seed"] for r in csv.DictReader(f)} == {"0", "1"}
 
 
+def test_xc_training_padded_positives():
+    """The accidental-hit check's table: each example's labels padded with -1, an example without labels all -1."""
+    import torch
+
+    xc_training = benchmark_module("xc_training")
+    d = xc_training.XCData(torch.zeros(3, 2), torch.tensor([0, 2, 2, 5]), torch.tensor([1, 4, 0, 2, 3]), 5)
+    assert xc_training.padded_positives(d).tolist() == [[1, 4, -1], [-1, -1, -1], [0, 2, 3]]
+
+
 def test_xc_training_summary_uses_uniform_best_when_it_falls_again():
     """A uniform curve whose P@1 peaks and falls before the budget ends: the speed-up against its final P@1 would
     flatter the other methods, so the summary also times them to uniform's best P@1 (linear interpolation)."""

@@ -695,6 +695,61 @@ def test_adversarial_loss_value_and_optimum():
     assert max_err(torch.softmax(torchxc.corrected_logits(xi.detach(), torch.log(q)), 0), p) < 1e-6
 
 
+def test_adversarial_loss_removes_accidental_hits():
+    """A sampled label among the example's positives drops out of the negative term and the regulariser; the mean
+    still divides by S."""
+    g = torch.Generator().manual_seed(3)
+    B, S, C = 7, 5, 6
+    pos, neg = torch.randn(B, generator=g, dtype=torch.float64), torch.randn(B, S, generator=g, dtype=torch.float64)
+    plq, nlq = -torch.rand(B, generator=g, dtype=torch.float64), -torch.rand(B, S, generator=g, dtype=torch.float64)
+    neg_labels = torch.randint(C, (B, S), generator=g)
+    positives = torch.tensor([[0, 1, -1], [2, -1, -1], [-1, -1, -1], [3, 3, 4], [5, 0, 1], [1, 2, 3], [4, -1, -1]])
+    hit = torch.zeros(B, S, dtype=torch.bool)
+    for b in range(B):
+        for s_ in range(S):
+            hit[b, s_] = int(neg_labels[b, s_]) in positives[b].tolist()
+    assert 0 < hit.sum() < B * S  # the seed gives both kinds
+    sp = torch.nn.functional.softplus
+    keep = (~hit).double()
+    ref = sp(-pos) + (keep * sp(neg)).sum(1) / S + 0.1 * ((pos + plq) ** 2 + (keep * (neg + nlq) ** 2).sum(1) / S)
+    A = torchxc.adversarial_negative_sampling_loss
+    out = A(pos, neg, plq, nlq, reg=0.1, reduction="none", neg_labels=neg_labels, positives=positives)
+    assert max_err(out, ref) < 1e-12
+    # no hit possible (labels outside every row's positives): the plain loss, bit for bit
+    assert torch.equal(A(pos, neg, plq, nlq, reg=0.1, reduction="none", neg_labels=neg_labels + C,
+                         positives=positives), A(pos, neg, plq, nlq, reg=0.1, reduction="none"))
+    # gradients (hits get none) and an infinite hit: finite loss, finite gradients, no NaN through the square
+    pos_, neg_ = pos.clone().requires_grad_(), neg.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: A(a, b, plq, nlq, reg=0.1, neg_labels=neg_labels,
+                                                   positives=positives), (pos_, neg_))
+    A(pos_, neg_, plq, nlq, reg=0.1, neg_labels=neg_labels, positives=positives).backward()
+    assert (neg_.grad[hit] == 0).all() and (neg_.grad[~hit] != 0).all()
+    inf_neg = neg.masked_fill(hit, math.inf).requires_grad_()
+    loss = A(pos, inf_neg, plq, nlq.masked_fill(hit, -math.inf), reg=0.1, neg_labels=neg_labels, positives=positives)
+    loss.backward()
+    assert loss.item() == pytest.approx(ref.mean().item(), rel=1e-12) and torch.isfinite(inf_neg.grad).all()
+    compiled = torch.compile(A, fullgraph=True)
+    assert max_err(compiled(pos, neg, plq, nlq, reg=0.1, reduction="none", neg_labels=neg_labels,
+                            positives=positives), ref) < 1e-12
+    # bad input: one of the two, other shapes, float or multi-hot positives, labels of another shape
+    with pytest.raises(ValueError, match="adversarial_negative_sampling_loss: accidental hits are removed with both "
+                                         "neg_labels and positives, got only neg_labels"):
+        A(pos, neg, plq, nlq, neg_labels=neg_labels)
+    with pytest.raises(ValueError, match="got only positives"):
+        A(pos, neg, plq, nlq, positives=positives)
+    with pytest.raises(ValueError, match=r"adversarial_negative_sampling_loss: expected neg_labels of neg_logits' "
+                                         r"shape \(7, 5\), got \(7, 4\)"):
+        A(pos, neg, plq, nlq, neg_labels=neg_labels[:, :4], positives=positives)
+    with pytest.raises(ValueError, match=r"adversarial_negative_sampling_loss: expected positives int64 \[B = 7, P\]"):
+        A(pos, neg, plq, nlq, neg_labels=neg_labels, positives=positives[:3])
+    with pytest.raises(ValueError, match="adversarial_negative_sampling_loss: expected positives of an integer dtype"):
+        A(pos, neg, plq, nlq, neg_labels=neg_labels, positives=positives.double())
+    with pytest.raises(ValueError, match="adversarial_negative_sampling_loss: positives holds only 0s and 1s"):
+        A(pos, neg, plq, nlq, neg_labels=neg_labels, positives=torch.zeros(B, C, dtype=torch.long))
+    with pytest.raises(TypeError, match="adversarial_negative_sampling_loss: neg_labels must be a tensor"):
+        A(pos, neg, plq, nlq, neg_labels=neg_labels.tolist(), positives=positives)
+
+
 def test_sampled_softmax_loss():
     g = torch.Generator().manual_seed(1)
     C, B = 6, 4
