@@ -125,6 +125,21 @@ def pairs(d: XCData):
     return torch.repeat_interleave(torch.arange(d.num_examples), d.indptr.diff()), d.indices
 
 
+def fit_subset(n, rows, seed):
+    """Sorted random example rows for the tree's fit (None: all n)."""
+    if rows <= 0 or rows >= n:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:rows].sort().values
+
+
+def subset(d: XCData, rows):
+    counts = d.indptr.diff()[rows]
+    take = torch.repeat_interleave(d.indptr[rows], counts) + torch.arange(int(counts.sum())) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts)
+    return XCData(d.features[rows], torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)]),
+                  d.indices[take], d.num_labels)
+
+
 def padded_positives(d: XCData):
     """int64 [N, max labels per example]: each example's labels, padded with -1."""
     counts = d.indptr.diff()
@@ -178,7 +193,9 @@ def train(method, train_d: XCData, test_d: XCData, args, seconds, progress, lr=N
     elif method == "frequency":
         sampler = Frequency(labels, C)
     elif method == "tree":
-        sampler = torchxc.TreeSampler.fit(train_d.features, (train_d.indptr, train_d.indices), C, dim=args.tree_dim,
+        fit_rows = fit_subset(train_d.num_examples, args.tree_fit_rows, seed)
+        fit_d = train_d if fit_rows is None else subset(train_d, fit_rows)
+        sampler = torchxc.TreeSampler.fit(fit_d.features, (fit_d.indptr, fit_d.indices), C, dim=args.tree_dim,
                                           l2=args.tree_l2, progress=False, seed=seed)
     clock += time.perf_counter() - start
     sparse = method != "full_softmax"
@@ -336,6 +353,8 @@ def main(argv=None):
                          "twenty-seventh session kept them (--no-remove-accidental-hits)")
     ap.add_argument("--tree-dim", type=int, default=16)
     ap.add_argument("--tree-l2", type=float, default=1.0, help="L2 penalty of the tree's node classifiers (fit)")
+    ap.add_argument("--tree-fit-rows", type=int, default=0,
+                    help="fit the tree on this many training examples drawn at random (0: all of them)")
     ap.add_argument("--evals", type=int, default=9, help="evaluations per run, at budget * 2^-j")
     ap.add_argument("--eval-rows", type=int, default=3000,
                     help="test rows evaluated: the first ones of the test file (Bibtex has 2515, all of them; "

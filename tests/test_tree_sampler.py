@@ -748,6 +748,12 @@ def test_adversarial_loss_removes_accidental_hits():
         A(pos, neg, plq, nlq, neg_labels=neg_labels, positives=torch.zeros(B, C, dtype=torch.long))
     with pytest.raises(TypeError, match="adversarial_negative_sampling_loss: neg_labels must be a tensor"):
         A(pos, neg, plq, nlq, neg_labels=neg_labels.tolist(), positives=positives)
+    with pytest.raises(ValueError, match=r"adversarial_negative_sampling_loss: expected neg_labels of neg_logits' "
+                                         r"shape \(7, 5\), got \(35,\)"):
+        A(pos, neg, plq, nlq, neg_labels=neg_labels.flatten(), positives=positives)
+    with pytest.raises(ValueError, match="adversarial_negative_sampling_loss: expected positives on the logits' "
+                                         "device cpu, got meta"):
+        A(pos, neg, plq, nlq, neg_labels=neg_labels, positives=positives.to("meta"))
 
 
 def test_sampled_softmax_loss():

@@ -757,15 +757,21 @@ def _reduce(loss: Tensor, reduction: str, op: str) -> Tensor:
     return loss.sum() if reduction == "sum" else loss.mean()
 
 
-def _accidental_hits(op: str, neg_labels: Tensor, positives: Tensor, B: int) -> Tensor:
+def _accidental_hits(op: str, neg_labels: Tensor, positives: Tensor, neg_logits: Tensor) -> Tensor:
     """bool [B, S]: which sampled labels neg_labels [B, S] are among the example's positives [B, P] (padded with -1).
-    Checks both as label tensors first."""
+    Checks both as label tensors of neg_logits' rows and device first."""
     for name, t in (("neg_labels", neg_labels), ("positives", positives)):
         check_tensor(t, name, op)
         if not is_integer_dtype(t):
             raise ValueError(f"{op}: expected {name} of an integer dtype (class indices"
                              + (", int64 [B, P] padded with -1, not a multi-hot mask" if name == "positives" else "")
                              + f"), got {t.dtype}")
+        if t.device != neg_logits.device:
+            raise ValueError(f"{op}: expected {name} on the logits' device {neg_logits.device}, got {t.device}")
+    if neg_labels.shape != neg_logits.shape:
+        raise ValueError(f"{op}: expected neg_labels of neg_logits' shape {tuple(neg_logits.shape)}, got "
+                         f"{tuple(neg_labels.shape)}")
+    B = neg_logits.shape[0]
     if positives.dim() != 2 or positives.shape[0] != B:
         raise ValueError(f"{op}: expected positives int64 [B = {B}, P] (padded with -1), got {tuple(positives.shape)}")
     wraps = "2^64 - 1 into the padding -1"
@@ -839,10 +845,7 @@ def adversarial_negative_sampling_loss(pos_logits: Tensor, neg_logits: Tensor, p
                          f"positives, got only {'neg_labels' if positives is None else 'positives'}")
     hit = None
     if neg_labels is not None:
-        hit = _accidental_hits("adversarial_negative_sampling_loss", neg_labels, positives, neg_logits.shape[0])
-        if hit.shape != neg_logits.shape:
-            raise ValueError(f"adversarial_negative_sampling_loss: expected neg_labels of neg_logits' shape "
-                             f"{tuple(neg_logits.shape)}, got {tuple(neg_labels.shape)}")
+        hit = _accidental_hits("adversarial_negative_sampling_loss", neg_labels, positives, neg_logits)
     pos_log_q, neg_log_q = pos_log_q.detach(), neg_log_q.detach()  # q is fitted on its own (see the docstring)
     if hit is not None:
         # hits' inputs are set to 0 (which makes their regulariser terms 0; an infinite hit would give a NaN
@@ -938,7 +941,7 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
     diff = (neg_logits - neg_log_q.detach()) - pos[:, None]
     if remove_accidental_hits:  # masked after the difference: -inf - (-inf) for a positive of logit -inf was NaN
         hit = _accidental_hits(op, neg_labels, positives if positives is not None else pos_labels[:, None],
-                               pos_logits.shape[0])
+                               neg_logits)
         diff = diff.masked_fill(hit, float("-inf"))
     loss = torch.logsumexp(torch.cat([torch.zeros_like(pos)[:, None], diff], 1), 1)
     return _reduce(loss, reduction, "sampled_softmax_loss")
