@@ -133,20 +133,12 @@ def fit_subset(n, rows, seed):
 
 
 def subset(d: XCData, rows):
+    """The examples ``rows`` (sorted) with their features and labels."""
+    keep = torch.zeros(d.num_examples, dtype=torch.bool)
+    keep[rows] = True
     counts = d.indptr.diff()[rows]
-    take = torch.repeat_interleave(d.indptr[rows], counts) + torch.arange(int(counts.sum())) - torch.repeat_interleave(
-        torch.cumsum(counts, 0) - counts, counts)
     return XCData(d.features[rows], torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)]),
-                  d.indices[take], d.num_labels)
-
-
-def padded_positives(d: XCData):
-    """int64 [N, max labels per example]: each example's labels, padded with -1."""
-    counts = d.indptr.diff()
-    out = torch.full((d.num_examples, max(int(counts.max()), 1) if d.num_examples else 1), -1, dtype=torch.long)
-    rows = torch.repeat_interleave(torch.arange(d.num_examples), counts)
-    out[rows, torch.arange(d.indices.numel()) - d.indptr[rows]] = d.indices
-    return out
+                  d.indices[keep[pairs(d)[0]]], d.num_labels)
 
 
 @torch.no_grad()
@@ -184,7 +176,7 @@ def train(method, train_d: XCData, test_d: XCData, args, seconds, progress, lr=N
     torch.manual_seed(seed)
     C, Fdim = train_d.num_labels, train_d.features.shape[1]
     rows, labels = pairs(train_d)
-    positives = padded_positives(train_d) if args.remove_accidental_hits and method != "full_softmax" else None
+    positives = train_d.padded_labels() if args.remove_accidental_hits and method != "full_softmax" else None
     clock = 0.0
     sampler = None
     start = time.perf_counter()
@@ -218,17 +210,18 @@ def train(method, train_d: XCData, test_d: XCData, args, seconds, progress, lr=N
         for i in range(0, perm.numel(), B):
             t0 = time.perf_counter()
             idx = perm[i:i + B]
-            x, y = x_all[rows[idx]], labels[idx]
+            r = rows[idx]
+            x, y = x_all[r], labels[idx]
             if method == "full_softmax":
                 loss = F.cross_entropy(x @ emb.weight.T, y)
             else:
                 with torch.no_grad():
-                    raw = train_d.features[rows[idx]]
+                    raw = train_d.features[r]
                     neg, neg_lq = sampler.sample(raw, S)
                     pos_lq = sampler.log_prob(raw, y[:, None])[:, 0]
                 w = emb(torch.cat([y[:, None], neg], 1))  # [B, 1 + S, F + 1]
                 xi = torch.einsum("bsf,bf->bs", w, x)
-                hits = {} if positives is None else dict(neg_labels=neg, positives=positives[rows[idx]])
+                hits = {} if positives is None else dict(neg_labels=neg, positives=positives[r])
                 loss = torchxc.adversarial_negative_sampling_loss(xi[:, 0], xi[:, 1:], pos_lq, neg_lq, reg=args.reg,
                                                                   **hits)
                 if args.l2:  # on the rows this step touches, once per occurrence (the sparse-gradient way)

@@ -105,18 +105,18 @@ def test_xc_training_seeds_average_the_runs(tmp_path):
         assert {r["seed"] for r in csv.DictReader(f)} == {"0", "1"}
 
 
-def test_xc_training_padded_positives():
-    """The accidental-hit check's table: each example's labels padded with -1, an example without labels all -1; and
-    the examples a tree is fitted on with --tree-fit-rows."""
+def test_xc_training_tree_fit_rows():
+    """--tree-fit-rows: the examples a tree is fitted on, with their features and labels (an example without labels
+    kept)."""
     import torch
 
     xc_training = benchmark_module("xc_training")
     d = xc_training.XCData(torch.arange(6.0).view(3, 2), torch.tensor([0, 2, 2, 5]), torch.tensor([1, 4, 0, 2, 3]), 5)
-    assert xc_training.padded_positives(d).tolist() == [[1, 4, -1], [-1, -1, -1], [0, 2, 3]]
-    # --tree-fit-rows: the chosen examples with their features and labels (an example without labels kept)
     e = xc_training.subset(d, torch.tensor([1, 2]))
     assert e.features.tolist() == [[2.0, 3.0], [4.0, 5.0]] and e.indptr.tolist() == [0, 0, 3]
     assert e.indices.tolist() == [0, 2, 3] and e.num_labels == 5
+    e = xc_training.subset(d, torch.tensor([0, 2]))
+    assert e.indptr.tolist() == [0, 2, 5] and e.indices.tolist() == [1, 4, 0, 2, 3]
     rows = xc_training.fit_subset(10, 4, seed=0)
     assert rows.tolist() == sorted(set(rows.tolist())) and len(rows) == 4 and 0 <= rows.min() and rows.max() < 10
     assert xc_training.fit_subset(10, 0, seed=0) is None and xc_training.fit_subset(10, 10, seed=0) is None

@@ -757,26 +757,25 @@ def _reduce(loss: Tensor, reduction: str, op: str) -> Tensor:
     return loss.sum() if reduction == "sum" else loss.mean()
 
 
-def _accidental_hits(op: str, neg_labels: Tensor, positives: Tensor, neg_logits: Tensor) -> Tensor:
-    """bool [B, S]: which sampled labels neg_labels [B, S] are among the example's positives [B, P] (padded with -1).
-    Checks both as label tensors of neg_logits' rows and device first."""
-    for name, t in (("neg_labels", neg_labels), ("positives", positives)):
-        check_tensor(t, name, op)
-        if not is_integer_dtype(t):
-            raise ValueError(f"{op}: expected {name} of an integer dtype (class indices"
-                             + (", int64 [B, P] padded with -1, not a multi-hot mask" if name == "positives" else "")
-                             + f"), got {t.dtype}")
-        if t.device != neg_logits.device:
-            raise ValueError(f"{op}: expected {name} on the logits' device {neg_logits.device}, got {t.device}")
-    if neg_labels.shape != neg_logits.shape:
-        raise ValueError(f"{op}: expected neg_labels of neg_logits' shape {tuple(neg_logits.shape)}, got "
-                         f"{tuple(neg_labels.shape)}")
-    B = neg_logits.shape[0]
+_WRAPS = "2^64 - 1 into the padding -1"  # what .long() makes of an unsigned label tensor's largest value
+
+
+def _positives(op: str, positives: Tensor, B: int) -> Tensor:
+    """Every positive of each example, int64 [B, P] padded with -1 (checked: an integer dtype, that shape)."""
+    if not is_integer_dtype(positives):
+        raise ValueError(f"{op}: expected positives of an integer dtype (class indices, int64 [B, P] padded with -1, "
+                         f"not a multi-hot mask), got {positives.dtype}")
     if positives.dim() != 2 or positives.shape[0] != B:
         raise ValueError(f"{op}: expected positives int64 [B = {B}, P] (padded with -1), got {tuple(positives.shape)}")
-    wraps = "2^64 - 1 into the padding -1"
-    neg_labels, positives = long_indices(neg_labels, op, "neg_labels", wraps), long_indices(positives, op,
-                                                                                            "positives", wraps)
+    return long_indices(positives, op, "positives", _WRAPS)
+
+
+def _accidental_hits(op: str, neg_labels: Tensor, positives: Tensor, device: torch.device) -> Tensor:
+    """bool [B, S]: which sampled labels (int64 [B, S]) are among the example's positives (from :func:`_positives`).
+    Both must be on the logits' device."""
+    for name, t in (("neg_labels", neg_labels), ("positives", positives)):
+        if t.device != device:
+            raise ValueError(f"{op}: expected {name} on the logits' device {device}, got {t.device}")
     # an integer 0/1 multi-hot matrix [B, C] made labels 0 and 1 the positives of every row: refused when it can be
     # told apart (at least 3 columns, every value 0 or 1, so no -1 padding and labels repeated; a repeated label of a
     # padded list is harmless); on CPU tensors outside compile, elsewhere it would cost a sync
@@ -845,7 +844,16 @@ def adversarial_negative_sampling_loss(pos_logits: Tensor, neg_logits: Tensor, p
                          f"positives, got only {'neg_labels' if positives is None else 'positives'}")
     hit = None
     if neg_labels is not None:
-        hit = _accidental_hits("adversarial_negative_sampling_loss", neg_labels, positives, neg_logits)
+        op = "adversarial_negative_sampling_loss"
+        check_tensor(neg_labels, "neg_labels", op)
+        check_tensor(positives, "positives", op)
+        if not is_integer_dtype(neg_labels):
+            raise ValueError(f"{op}: expected neg_labels of an integer dtype (class indices), got {neg_labels.dtype}")
+        if neg_labels.shape != neg_logits.shape:
+            raise ValueError(f"{op}: expected neg_labels of neg_logits' shape {tuple(neg_logits.shape)}, got "
+                             f"{tuple(neg_labels.shape)}")
+        hit = _accidental_hits(op, long_indices(neg_labels, op, "neg_labels", _WRAPS),
+                               _positives(op, positives, neg_logits.shape[0]), neg_logits.device)
     pos_log_q, neg_log_q = pos_log_q.detach(), neg_log_q.detach()  # q is fitted on its own (see the docstring)
     if hit is not None:
         # hits' inputs are set to 0 (which makes their regulariser terms 0; an infinite hit would give a NaN
@@ -915,9 +923,6 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
         if not is_integer_dtype(t):
             raise ValueError(f"sampled_softmax_loss: expected {name} of an integer dtype (class indices), got "
                              f"{t.dtype}")
-    if positives is not None and not is_integer_dtype(positives):
-        raise ValueError("sampled_softmax_loss: expected positives of an integer dtype (class indices, int64 [B, P] "
-                         f"padded with -1, not a multi-hot mask), got {positives.dtype}")
     if neg_logits.shape[1] == 0:
         raise ValueError("sampled_softmax_loss: needs at least one sampled negative per example (S >= 1), got "
                          f"neg_logits of shape {tuple(neg_logits.shape)}; with none the loss would be 0 whatever the "
@@ -927,21 +932,17 @@ def sampled_softmax_loss(pos_logits: Tensor, neg_logits: Tensor, neg_labels: Ten
     if pos_log_q is not None and pos_log_q.shape != pos_logits.shape:
         raise ValueError(f"sampled_softmax_loss: expected pos_log_q of shape {tuple(pos_logits.shape)}, got "
                          f"{tuple(pos_log_q.shape)}")
-    if positives is not None and (positives.dim() != 2 or positives.shape[0] != pos_logits.shape[0]):
-        raise ValueError(f"sampled_softmax_loss: expected positives int64 [B = {pos_logits.shape[0]}, P] (padded with "
-                         f"-1), got {tuple(positives.shape)}")
-    wraps = "2^64 - 1 into the padding -1"
-    neg_labels, pos_labels = long_indices(neg_labels, op, "neg_labels", wraps), long_indices(pos_labels, op,
-                                                                                             "pos_labels", wraps)
-    if positives is not None and not remove_accidental_hits:
-        long_indices(positives, op, "positives", wraps)  # checked as it would be with removal
+    if positives is not None:  # checked whether or not hits are removed
+        positives = _positives(op, positives, pos_logits.shape[0])
+    neg_labels, pos_labels = long_indices(neg_labels, op, "neg_labels", _WRAPS), long_indices(pos_labels, op,
+                                                                                              "pos_labels", _WRAPS)
     pos = pos_logits - (pos_log_q.detach() if pos_log_q is not None else 0)  # log q is a constant (as above)
     # log(1 + sum_s e^(neg_s - pos)): 0, not inf - inf, when pos - log q_pos is +inf (q_pos = 0, e.g. a label of
     # weight 0 in a WeightTree)
     diff = (neg_logits - neg_log_q.detach()) - pos[:, None]
     if remove_accidental_hits:  # masked after the difference: -inf - (-inf) for a positive of logit -inf was NaN
         hit = _accidental_hits(op, neg_labels, positives if positives is not None else pos_labels[:, None],
-                               neg_logits)
+                               neg_logits.device)
         diff = diff.masked_fill(hit, float("-inf"))
     loss = torch.logsumexp(torch.cat([torch.zeros_like(pos)[:, None], diff], 1), 1)
     return _reduce(loss, reduction, "sampled_softmax_loss")
