@@ -42,4 +42,8 @@ TORCH_LIBRARY(torchxc, m) {
   m.def("tree_log_prob_backward(Tensor grad, Tensor z, Tensor node_weight, Tensor node_bias, Tensor label_to_leaf, Tensor labels) -> (Tensor grad_z, Tensor grad_node_weight, Tensor grad_node_bias)");
   // log q(y | z) for every label: [B, C].
   m.def("tree_log_prob_all(Tensor z, Tensor node_weight, Tensor node_bias, Tensor label_to_leaf) -> Tensor");
+  // TreeSampler.fit's solver (CPU only; csrc/cpu/tree_fit_cpu.cpp): `steps` Newton steps of one L2-regularised
+  // logistic regression per node (weights and bias: theta [nodes, k + 1], bias last) over z [E, k] sorted by node
+  // (node n: rows offsets[n] .. offsets[n + 1]) toward target [E]. Returns (theta, margins [E] under that theta).
+  m.def("tree_fit_newton(Tensor z, Tensor offsets, Tensor theta, Tensor target, Tensor reg, int steps, float max_step) -> (Tensor theta, Tensor margins)");
 }

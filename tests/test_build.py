@@ -105,6 +105,10 @@ def _bad_calls():
         (ops.sparsemax_loss.default, (f, torch.zeros(3, dtype=torch.int32), -100), "target"),
         (ops.sparsemax_loss.default, (f, d, -100), "target"),
         (ops.zlpr_loss_sparse.default, (f, torch.zeros(3, dtype=torch.long), None, True, 1.0), "positives"),
+        (ops.tree_fit_newton.default, (d, torch.tensor([0, 3]), torch.zeros(1, 6), f[:, 0], torch.ones(6), 1, 4.0),
+         "z"),
+        (ops.tree_fit_newton.default, (f, torch.tensor([0, 3]), torch.zeros(1, 5), f[:, 0], torch.ones(6), 1, 4.0),
+         "theta"),
     ]
 
 

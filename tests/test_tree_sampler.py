@@ -396,6 +396,92 @@ def test_fit_learns_the_data(label_form):
     assert max_err(sampler.log_prob_all(x[:4]).exp().sum(1), torch.ones(4)) < 1e-4
 
 
+def _newton_reference(z, offsets, theta, target, reg, steps, max_step):
+    """TreeSampler.fit's Newton steps in float64, one node at a time: logistic regression of target on (z, 1) with
+    penalty reg, trust-region steps of norm at most max_step. Returns (theta, margins under it)."""
+    z, theta, target, reg = z.double(), theta.double(), target.double(), reg.double()
+    x = torch.cat([z, torch.ones(len(z), 1, dtype=torch.float64)], 1)
+    for _ in range(steps):
+        new = theta.clone()
+        for n in range(len(theta)):
+            xn, tn = x[offsets[n]:offsets[n + 1]], target[offsets[n]:offsets[n + 1]]
+            p = torch.sigmoid(xn @ theta[n])
+            g = reg * theta[n] + xn.T @ (p - tn)
+            h = torch.diag(reg) + xn.T @ ((p * (1 - p))[:, None] * xn)
+            step = torch.linalg.solve(h, g)
+            new[n] = theta[n] - step * (max_step / max(step.norm().item(), max_step))
+        theta = new
+    node = torch.repeat_interleave(torch.arange(len(theta)), offsets[1:] - offsets[:-1])
+    return theta, (x * theta[node]).sum(1)
+
+
+def _scale(t):
+    return 1 + (t.abs().max().item() if t.numel() else 0.0)
+
+
+# (examples per node, k): empty nodes, a node across many of the kernel's chunks (4096 examples), k = 0 (bias only)
+@pytest.mark.parametrize("counts,k", [([3, 0, 5, 1], 2), ([9000], 4), ([0, 5000, 0, 4000, 7], 16), ([40, 2], 0),
+                                      ([0, 0, 0], 3), ([5] * 300 + [0] * 20 + [4100], 9)])
+def test_fit_newton_kernel_matches_float64_reference(counts, k):
+    """The CPU kernel behind TreeSampler.fit (torchxc::tree_fit_newton) against Newton steps written out per node
+    in float64, and against the ATen solver that other devices use; its result does not depend on the thread
+    count (fixed chunks, partial sums added in chunk order)."""
+    from torchxc.sampling import _NodeLogistic
+
+    g = torch.Generator().manual_seed(len(counts) + k)
+    offsets = torch.tensor([0] + counts).cumsum(0)
+    E, n = int(offsets[-1]), len(counts)
+    z = torch.randn(E, k, generator=g) * 2
+    target = (torch.rand(E, generator=g) < 0.4).float()
+    theta = torch.randn(n, k + 1, generator=g)
+    reg = torch.full((k + 1,), 0.5)
+    reg[-1] = 1e-3
+    ops = torch.ops.torchxc
+    for steps, max_step in ((0, 4.0), (1, 4.0), (3, 4.0), (2, 0.25)):
+        th, margins = ops.tree_fit_newton(z, offsets, theta, target, reg, steps, max_step)
+        ref_th, ref_m = _newton_reference(z, offsets, theta, target, reg, steps, max_step)
+        assert th.dtype == margins.dtype == torch.float32 and margins.shape == (E,)
+        assert max_err(th, ref_th) < 1e-5 * _scale(ref_th) and max_err(margins, ref_m) < 1e-5 * _scale(ref_m)
+        with num_threads(1):
+            th1, margins1 = ops.tree_fit_newton(z, offsets, theta, target, reg, steps, max_step)
+        assert torch.equal(th1, th) and torch.equal(margins1, margins)
+    # the ATen path of _NodeLogistic (examples given unsorted, with their nodes) agrees
+    node = torch.repeat_interleave(torch.arange(n), offsets[1:] - offsets[:-1])
+    perm = torch.randperm(E, generator=g)
+    aten = _NodeLogistic(z[perm], node[perm], n, 0.5, fused=False)
+    fused = _NodeLogistic(z[perm], node[perm], n, 0.5)
+    assert fused.fused and not aten.fused and torch.equal(aten.order, fused.order)
+    t = target[perm][aten.order]
+    (a_th, a_m), (f_th, f_m) = aten.solve(t, theta, 2), fused.solve(t, theta, 2)
+    assert max_err(a_th, f_th) < 1e-4 * _scale(f_th) and max_err(a_m, f_m) < 1e-4 * _scale(f_m)
+
+
+def test_fit_newton_kernel_checks_opcheck_and_compile():
+    ops = torch.ops.torchxc
+    z, off, th, t, reg = torch.randn(6, 2), torch.tensor([0, 2, 2, 6]), torch.zeros(3, 3), torch.ones(6), torch.ones(3)
+    torch.library.opcheck(ops.tree_fit_newton.default, (z, off, th, t, reg, 2, 4.0))
+    compiled = torch.compile(lambda *a: ops.tree_fit_newton(*a, 2, 4.0), fullgraph=True)
+    for got, want in zip(compiled(z, off, th, t, reg), ops.tree_fit_newton(z, off, th, t, reg, 2, 4.0)):
+        assert torch.equal(got, want)
+    name = "torchxc::tree_fit_newton"
+    for args, what in [((z.double(), off, th, t, reg), "z"), ((z, off, th[:, :2], t, reg), "theta"),
+                       ((z, off[:3], th, t, reg), "offsets"), ((z, off.int(), th, t, reg), "offsets"),
+                       ((z, off, th, t[:5], reg), "target"), ((z, off, th, t, reg[:2]), "reg")]:
+        with pytest.raises(RuntimeError, match=f"{name}: expected {what}"):
+            ops.tree_fit_newton(*args, 1, 4.0)
+    ends = "must start at 0 and end at E = 6, got"
+    for bad_off, what in [([0, 3, 2, 6], "must not decrease"), ([0, 2, 2, 5], f"{ends} 0 and 5"),
+                          ([1, 2, 2, 6], f"{ends} 1 and 6")]:
+        with pytest.raises(RuntimeError, match=f"{name}: offsets {what}"):
+            ops.tree_fit_newton(z, torch.tensor(bad_off), th, t, reg, 1, 4.0)
+    with pytest.raises(RuntimeError, match=f"{name}: reg must be positive"):
+        ops.tree_fit_newton(z, off, th, t, torch.tensor([1.0, 0.0, 1.0]), 1, 4.0)
+    with pytest.raises(RuntimeError, match=f"{name}: steps must be >= 0"):
+        ops.tree_fit_newton(z, off, th, t, reg, -1, 4.0)
+    with pytest.raises(RuntimeError, match=f"{name}: max_step must be positive"):
+        ops.tree_fit_newton(z, off, th, t, reg, 1, 0.0)
+
+
 def test_fit_multilabel_and_tiny_cases():
     x, y = clustered_data(5, 4, 500, seed=1)
     multi = torch.stack([y, (y + 1) % 5], 1)  # two positives per example

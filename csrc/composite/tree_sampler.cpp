@@ -60,10 +60,20 @@ at::Tensor tree_log_prob_all(const at::Tensor& z, const at::Tensor& weight, cons
   return logp.index_select(1, label_to_leaf);
 }
 
+// TreeSampler.fit's solver has a CPU kernel only (cpu/tree_fit_cpu.cpp); on other devices the fit runs the same
+// Newton steps with ATen ops in Python (_NodeLogistic in python/torchxc/sampling.py).
+std::tuple<at::Tensor, at::Tensor> tree_fit_newton_elsewhere(const at::Tensor& z, const at::Tensor&,
+                                                              const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                              int64_t, double) {
+  TORCH_CHECK(false, "torchxc::tree_fit_newton: has a CPU kernel only, got z on ", z.device(),
+              "; TreeSampler.fit uses ATen ops on other devices");
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torchxc, CompositeExplicitAutograd, m) {
   m.impl("tree_log_prob_all", &tree_log_prob_all);
+  m.impl("tree_fit_newton", &tree_fit_newton_elsewhere);
 }
 
 }  // namespace torchxc

@@ -367,13 +367,14 @@ class TreeSampler(torch.nn.Module):
                              "overflows; rescale the features")
         z = (x - mean) @ projection
         ex, lab = _pairs(labels, N, num_labels, device)
-        zt = torch.cat([z[ex], torch.ones(len(ex), 1, device=device)], 1)  # [E, k + 1]: a bias column
+        ze = z.index_select(0, ex)  # [E, k]: one row per positive
         C, D = num_labels, _depth(num_labels)
-        node_weight = torch.zeros((1 << D) - 1, k, device=device)
-        node_bias = torch.zeros((1 << D) - 1, device=device)
+        f32 = dict(dtype=torch.float32, device=device)  # explicit: a float64 default dtype must not leak in
+        node_weight = torch.zeros((1 << D) - 1, k, **f32)
+        node_bias = torch.zeros((1 << D) - 1, **f32)
         # initial order: labels by the mean of their examples' first component (labels without examples last)
-        count = torch.zeros(C, device=device).index_add_(0, lab, torch.ones(len(lab), device=device))
-        centroid = torch.zeros(C, device=device).index_add_(0, lab, zt[:, 0]) / count.clamp(min=1)
+        count = torch.zeros(C, **f32).index_add_(0, lab, torch.ones(len(lab), **f32))
+        centroid = torch.zeros(C, **f32).index_add_(0, lab, ze[:, 0]) / count.clamp(min=1)
         centroid = torch.where(count > 0, centroid, torch.full_like(centroid, float("inf")))
         pos = torch.empty(C, dtype=torch.long, device=device)
         pos[torch.argsort(centroid, stable=True)] = torch.arange(C, device=device)
@@ -391,20 +392,19 @@ class TreeSampler(torch.nn.Module):
             start = torch.arange(n_nodes, device=device) * span
             size = (C - start).clamp(min=0, max=span)  # labels per node
             n_left = size.clamp(max=span // 2)
-            theta = torch.zeros(n_nodes, k + 1, device=device)
+            theta = torch.zeros(n_nodes, k + 1, **f32)
             # a node keeps its labels while they are reassigned between its children, so the examples' nodes (and
             # the solver's layout) are fixed for the whole level
             node_of_label = pos // span
-            solver = _NodeLogistic(zt, node_of_label[lab], n_nodes, l2)
+            solver = _NodeLogistic(ze, node_of_label[lab], n_nodes, l2)
             lab_sorted = lab[solver.order]
             for _ in range(max(1, iterations)):
                 side = (pos - start[node_of_label]) >= n_left[node_of_label]  # True: right child
-                theta = solver.solve(side[lab_sorted].to(zt.dtype), theta, newton_steps)
+                theta, margins = solver.solve(side[lab_sorted].to(ze.dtype), theta, newton_steps)
                 # reassign: within each node, labels sorted by mean score; the lowest n_left go left
-                score = torch.zeros(C, device=device).index_add_(0, lab_sorted, solver.margins(theta))
+                score = torch.zeros(C, **f32).index_add_(0, lab_sorted, margins)
                 score /= count.clamp(min=1)
-                order = torch.argsort(score, stable=True)
-                order = order[torch.argsort(node_of_label[order], stable=True)]  # by node, then by score
+                order = torch.argsort(_node_score_key(node_of_label, score), stable=True)  # by node, then by score
                 rank = torch.empty(C, dtype=torch.long, device=device)
                 rank[order] = torch.arange(C, device=device)
                 pos = rank  # node p's labels keep the positions [start_p, start_p + size_p), now ordered by score
@@ -417,6 +417,15 @@ class TreeSampler(torch.nn.Module):
         dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         mean = mean.to(dtype) if offset is None else offset + mean.to(dtype)
         return cls(node_weight.to(dtype), node_bias.to(dtype), C, leaf_to_label, projection.to(dtype), mean)
+
+
+def _node_score_key(node: Tensor, score: Tensor) -> Tensor:
+    """int64 keys that sort as (node, score) pairs do, for float32 scores (one integer sort is 2.5x faster than a
+    float sort followed by a stable sort by node). A float's bits, read as int32, sort like the float once a
+    negative one has its magnitude bits flipped; -0.0 is made +0.0 first, so that it ties with 0.0 as a float
+    would."""
+    bits = (score + 0.0).view(torch.int32).long()
+    return (node << 32) + (bits ^ ((bits >> 31) & 0x7FFFFFFF)) + (1 << 31)
 
 
 def _pairs(labels, N, num_labels, device) -> tuple[Tensor, Tensor]:
@@ -478,30 +487,38 @@ def _pairs(labels, N, num_labels, device) -> tuple[Tensor, Tensor]:
 
 
 class _NodeLogistic:
-    """Batched Newton steps for one L2-regularised logistic regression per node: example e (features zt[e],
-    [.., k + 1] with a bias column) belongs to node node_e[e]. The weights are regularised with l2, the bias
-    lightly; each step is a trust-region step (norm at most `max_step`), so that a node whose examples are all on
+    """Batched Newton steps for one L2-regularised logistic regression per node, with weights and a bias (theta
+    [n_nodes, k + 1], bias last): example e (features z[e], [E, k]) belongs to node node_e[e]. The weights are
+    regularised with l2, the bias lightly; each step is a trust-region step (norm at most `max_step`), so that a node whose examples are all on
     one side, or whose probabilities saturate in float32, moves a bounded distance instead of diverging.
 
-    The examples are sorted by node once. Row (n, i) of a fixed CSR matrix M [n_nodes * (k + 1), E] holds z_e,i for
-    the examples e of node n, so that a Newton step's gradients are M @ (p - t) and its Hessians
-    H_n = sum_{e in n} w_e z_e z_e^T are M @ (w * Z): sparse @ dense products, with no per-step gathers."""
+    The examples are sorted by node once. On the CPU a fused kernel (torchxc::tree_fit_newton,
+    csrc/cpu/tree_fit_cpu.cpp) makes each step one pass over them. Elsewhere row (n, i) of a fixed CSR matrix
+    M [n_nodes * (k + 1), E] holds x_e,i for the examples e of node n (x_e = (z_e, 1)), so that a Newton step's
+    gradients are M @ (p - t) and its Hessians H_n = sum_{e in n} w_e x_e x_e^T are M @ (w * X): sparse @ dense
+    products, with no per-step gathers (``fused=False`` takes this path on the CPU too)."""
 
-    def __init__(self, zt: Tensor, node_e: Tensor, n_nodes: int, l2: float):
-        E, k1 = zt.shape
-        device = zt.device
+    def __init__(self, z: Tensor, node_e: Tensor, n_nodes: int, l2: float, fused: bool = True):
+        E, k1 = z.shape[0], z.shape[1] + 1
+        device = z.device
         self.n_nodes, self.k1 = n_nodes, k1
-        self.reg = torch.full((k1,), l2, device=device)
+        self.reg = torch.full((k1,), l2, dtype=z.dtype, device=device)
         self.reg[-1] = 1e-3  # the bias: a weak prior, which also keeps nodes without examples solvable
         self.order = torch.argsort(node_e, stable=True)
-        self.zs = zt[self.order]
         self.counts = torch.bincount(node_e, minlength=n_nodes)
+        self.fused = fused and device.type == "cpu" and z.dtype == torch.float32
+        if self.fused:
+            self.zs = z.index_select(0, self.order)
+            self.offsets = torch.zeros(n_nodes + 1, dtype=torch.long, device=device)
+            torch.cumsum(self.counts, 0, out=self.offsets[1:])
+            return
+        self.zs = torch.cat([z.index_select(0, self.order), torch.ones(E, 1, dtype=z.dtype, device=device)], 1)
         seg = torch.cumsum(self.counts, 0) - self.counts
         ns = node_e[self.order]
         # CSR layout: node n's block starts at k1 * seg[n]; row (n, i) is its i-th run of counts[n] values
         pos = ((k1 * seg[ns] + torch.arange(E, device=device) - seg[ns])[:, None]
                + torch.arange(k1, device=device)[None, :] * self.counts[ns][:, None]).flatten()
-        values = torch.empty(E * k1, dtype=zt.dtype, device=device)
+        values = torch.empty(E * k1, dtype=z.dtype, device=device)
         values[pos] = self.zs.flatten()
         col = torch.empty(E * k1, dtype=torch.long, device=device)
         col[pos] = torch.arange(E, device=device).repeat_interleave(k1)
@@ -515,12 +532,14 @@ class _NodeLogistic:
             self.m = torch.sparse_csr_tensor(crow, col, values, size=(n_nodes * k1, E), check_invariants=False)
 
     def margins(self, theta: Tensor) -> Tensor:
-        """z_e . theta_{node(e)} for the examples in node order."""
+        """x_e . theta_{node(e)} (x_e = (z_e, 1)) for the examples in node order (the ATen path)."""
         return (self.zs * theta.repeat_interleave(self.counts, 0, output_size=self.zs.shape[0])).sum(1)
 
-    def solve(self, target: Tensor, theta: Tensor, steps: int, max_step: float = 4.0) -> Tensor:
+    def solve(self, target: Tensor, theta: Tensor, steps: int, max_step: float = 4.0) -> tuple[Tensor, Tensor]:
         """`steps` Newton steps from theta [n_nodes, k + 1] toward fitting the targets in {0, 1} of the examples, given
-        in node order (zt[order])."""
+        in node order (z[order]). Returns the new theta and the examples' margins under it."""
+        if self.fused:
+            return torch.ops.torchxc.tree_fit_newton(self.zs, self.offsets, theta, target, self.reg, steps, max_step)
         n, k1 = self.n_nodes, self.k1
         for _ in range(steps):
             p = torch.sigmoid(self.margins(theta))
@@ -529,7 +548,7 @@ class _NodeLogistic:
             step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
             norm = step.norm(dim=1, keepdim=True)
             theta = theta - step * (max_step / norm.clamp(min=max_step))
-        return theta
+        return theta, self.margins(theta)
 
 
 # ---- frequency sampler -------------------------------------------------------------------------------------------
@@ -1003,6 +1022,25 @@ def _tree_log_prob_all_fake(z, node_weight, node_bias, label_to_leaf):
                 label_to_leaf=label_to_leaf)
     _tree_metadata("torchxc::tree_log_prob_all", z, node_weight, node_bias, label_to_leaf, "label_to_leaf")
     return z.new_empty((z.shape[0], label_to_leaf.shape[0]))
+
+
+@torch.library.register_fake("torchxc::tree_fit_newton")
+def _tree_fit_newton_fake(z, offsets, theta, target, reg, steps, max_step):
+    op = "torchxc::tree_fit_newton"
+    same_device(op, z, offsets=offsets, theta=theta, target=target, reg=reg)
+    metadata(op, "z", z, (torch.float32,), dim=2)
+    metadata(op, "offsets", offsets, (torch.int64,), dim=1)
+    metadata(op, "theta", theta, (torch.float32,), dim=2)
+    metadata(op, "target", target, (torch.float32,), dim=1)
+    metadata(op, "reg", reg, (torch.float32,), dim=1)
+    E, k1, n = z.shape[0], z.shape[1] + 1, theta.shape[0]
+    torch._check(theta.shape[1] == k1, lambda: f"{op}: expected theta [nodes, k + 1 = {k1}], got {list(theta.shape)}")
+    torch._check(offsets.shape[0] == n + 1, lambda: f"{op}: expected offsets [nodes + 1 = {n + 1}], got "
+                                                    f"{list(offsets.shape)}")
+    torch._check(target.shape[0] == E, lambda: f"{op}: expected target [E = {E}], got {list(target.shape)}")
+    torch._check(reg.shape[0] == k1, lambda: f"{op}: expected reg [k + 1 = {k1}], got {list(reg.shape)}")
+    torch._check(steps >= 0, lambda: f"{op}: steps must be >= 0, got {steps}")
+    return theta.new_empty(theta.shape), z.new_empty((E,))
 
 
 # Autograd of tree_log_prob: csrc/autograd/tree_sampler_autograd.cpp (backward: the tree_log_prob_backward op).
