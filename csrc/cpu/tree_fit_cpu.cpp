@@ -223,8 +223,10 @@ std::tuple<at::Tensor, at::Tensor> tree_fit_newton_cpu(const at::Tensor& z, cons
   const float* tp = tc.data_ptr<float>();
   const Layout l{k, (k + 7) / 8 * 8};
   const int64_t acc_size = l.size(), work_size = (k + 1) * (k + 3);
-  // fixed chunks: at most 256 of them, at least 4096 examples each (the partial slots stay small)
-  const int64_t chunk = std::max<int64_t>(4096, (E + 255) / 256);
+  // fixed chunks (never from the thread count): at least 4096 examples each, at most 256 of them, and at most as
+  // many as keep the partial slots (two per chunk) within 64 MB at wide k (k = 512: 16 chunks)
+  const int64_t max_chunks = std::clamp<int64_t>((int64_t(64) << 20) / (16 * acc_size), 16, 256);
+  const int64_t chunk = std::max<int64_t>(4096, (E + max_chunks - 1) / max_chunks);
   const int64_t n_chunks = (E + chunk - 1) / chunk;
   std::vector<double> slots(static_cast<size_t>(2 * n_chunks * acc_size));
   std::vector<int64_t> slot_node(static_cast<size_t>(2 * n_chunks));

@@ -292,7 +292,8 @@ class TreeSampler(torch.nn.Module):
            this repeats ``iterations`` times (each time ``newton_steps`` Newton steps, warm-started from the
            previous regression), then the next level refines each half.
 
-        Every level is one batched Newton solve over all its nodes (no Python loop per node). The defaults (4
+        Every level is one batched Newton solve over all its nodes (no Python loop per node; on the CPU a fused
+        kernel, torchxc::tree_fit_newton, makes each step one pass over the level's examples). The defaults (4
         reassignments of one Newton step each) gave held-out log q(y | x) better than 3 x 3 steps on Bibtex and a
         synthetic C = 100,000 set and equal within 0.002 on Delicious, in 0.6x the time (numbers in the "Tree
         sampler" section of README.md).
