@@ -460,6 +460,10 @@ def test_fit_newton_kernel_checks_opcheck_and_compile():
     ops = torch.ops.torchxc
     z, off, th, t, reg = torch.randn(6, 2), torch.tensor([0, 2, 2, 6]), torch.zeros(3, 3), torch.ones(6), torch.ones(3)
     torch.library.opcheck(ops.tree_fit_newton.default, (z, off, th, t, reg, 2, 4.0))
+    # not differentiable: outputs that never require grad, also from inputs that do
+    outs = ops.tree_fit_newton(z.requires_grad_(), off, th.requires_grad_(), t, reg, 1, 4.0)
+    assert not any(o.requires_grad for o in outs)
+    z, th = z.detach(), th.detach()
     compiled = torch.compile(lambda *a: ops.tree_fit_newton(*a, 2, 4.0), fullgraph=True)
     for got, want in zip(compiled(z, off, th, t, reg), ops.tree_fit_newton(z, off, th, t, reg, 2, 4.0)):
         assert torch.equal(got, want)

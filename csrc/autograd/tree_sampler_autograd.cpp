@@ -41,10 +41,11 @@ at::Tensor tree_log_prob_autograd(const at::Tensor& z, const at::Tensor& node_we
 
 TORCH_LIBRARY_IMPL(torchxc, Autograd, m) {
   m.impl("tree_log_prob", &tree_log_prob_autograd);
-  // not differentiable: the draws, the evaluation-time log q of every label, log_prob's backward
+  // not differentiable: the draws, the evaluation-time log q of every label, log_prob's backward, the fit's solver
   m.impl("tree_sample", torch::CppFunction::makeFromBoxedFunction<&run_non_differentiable>());
   m.impl("tree_log_prob_all", torch::CppFunction::makeFromBoxedFunction<&run_non_differentiable>());
   m.impl("tree_log_prob_backward", torch::CppFunction::makeFromBoxedFunction<&run_non_differentiable>());
+  m.impl("tree_fit_newton", torch::CppFunction::makeFromBoxedFunction<&run_non_differentiable>());
 }
 
 }  // namespace torchxc
