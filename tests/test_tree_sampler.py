@@ -456,6 +456,20 @@ def test_fit_newton_kernel_matches_float64_reference(counts, k):
     assert max_err(a_th, f_th) < 1e-4 * _scale(f_th) and max_err(a_m, f_m) < 1e-4 * _scale(f_m)
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.floats(allow_nan=False, width=32)), min_size=1, max_size=60))
+def test_fit_reassignment_key_sorts_like_node_then_score(pairs):
+    """TreeSampler.fit orders labels by node, then score, with one integer sort of _node_score_key: the same order
+    as a stable float sort by score followed by a stable sort by node (ties, -0.0 against 0.0, infinities)."""
+    from torchxc.sampling import _node_score_key
+
+    node = torch.tensor([p[0] for p in pairs])
+    score = torch.tensor([p[1] for p in pairs], dtype=torch.float32)
+    order = torch.argsort(score, stable=True)
+    want = order[torch.argsort(node[order], stable=True)]
+    assert torch.equal(torch.argsort(_node_score_key(node, score), stable=True), want)
+
+
 def test_fit_newton_kernel_checks_opcheck_and_compile():
     ops = torch.ops.torchxc
     z, off, th, t, reg = torch.randn(6, 2), torch.tensor([0, 2, 2, 6]), torch.zeros(3, 3), torch.ones(6), torch.ones(3)

