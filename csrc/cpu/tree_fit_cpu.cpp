@@ -138,7 +138,7 @@ void newton_update(const double* acc, const float* theta, const float* reg, Layo
     for (int64_t r = a + 1; r < n; ++r) {
       const double f = Ua[r];
       double* Ur = U + r * n;
-        for (int64_t c = r; c < n; ++c) Ur[c] -= f * Ua[c];
+      for (int64_t c = r; c < n; ++c) Ur[c] -= f * Ua[c];
     }
   }
   for (int64_t a = 0; a < n; ++a) {  // U^T y = g, column by column
@@ -172,9 +172,16 @@ void margins_of(const float* z, int64_t b, int64_t e, const float* theta, int64_
   }
 }
 
-// The node holding example i (offsets non-decreasing, offsets[0] = 0 <= i < offsets[n]).
-int64_t node_of(const int64_t* offsets, int64_t n, int64_t i) {
-  return static_cast<int64_t>(std::upper_bound(offsets, offsets + n + 1, i) - offsets) - 1;
+// f(node, begin, end) for each node's share [begin, end) of the examples [b, e), in order (nodes without examples
+// skipped); offsets non-decreasing, offsets[0] = 0 <= b < e <= offsets[n].
+template <typename F>
+void for_each_node_segment(const int64_t* offsets, int64_t n, int64_t b, int64_t e, const F& f) {
+  int64_t node = static_cast<int64_t>(std::upper_bound(offsets, offsets + n + 1, b) - offsets) - 1;
+  for (int64_t pos = b; pos < e; ++node) {
+    const int64_t end = std::min(offsets[node + 1], e);
+    if (end > pos) f(node, pos, end);
+    pos = std::max(pos, end);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> tree_fit_newton_cpu(const at::Tensor& z, const at::Tensor& offsets,
@@ -239,23 +246,17 @@ std::tuple<at::Tensor, at::Tensor> tree_fit_newton_cpu(const at::Tensor& z, cons
       std::vector<double> zd(static_cast<size_t>(4 * l.kp), 0.0);
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t b = c * chunk, e = std::min(E, b + chunk);
-        int64_t node = node_of(off, n, b);
-        int64_t pos = b;
-        int partial = 0;
-        while (pos < e) {
-          const int64_t nb = std::max(off[node], b), ne = std::min(off[node + 1], e);
+        for_each_node_segment(off, n, b, e, [&](int64_t node, int64_t nb, int64_t ne) {
           std::fill(acc.begin(), acc.end(), 0.0);
           accumulate(zp, tp, nb, ne, th + node * (k + 1), l, acc.data(), zd.data());
           if (off[node] >= b && off[node + 1] <= e) {
             newton_update(acc.data(), th + node * (k + 1), rp, l, max_step, out + node * (k + 1), work.data());
-          } else {  // crosses the chunk's start (slot 2c) or its end (slot 2c + 1)
-            const int64_t s = 2 * c + (partial++ == 0 && off[node] < b ? 0 : 1);
+          } else {  // crosses the chunk's start (slot 2c; a node covering the whole chunk too) or its end (2c + 1)
+            const int64_t s = 2 * c + (off[node] < b ? 0 : 1);
             slot_node[s] = node;
             std::copy(acc.begin(), acc.end(), slots.begin() + s * acc_size);
           }
-          pos = ne;
-          while (node < n && off[node + 1] <= pos) ++node;  // next node with examples left (skips empty ones)
-        }
+        });
       }
     });
     // nodes crossing chunk boundaries: their slots in chunk order, then one update each
@@ -289,11 +290,9 @@ std::tuple<at::Tensor, at::Tensor> tree_fit_newton_cpu(const at::Tensor& z, cons
   at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t b = c * chunk, e = std::min(E, b + chunk);
-      for (int64_t node = node_of(off, n, b), pos = b; pos < e; ++node) {
-        const int64_t ne = std::min(off[node + 1], e);
-        margins_of(zp, pos, ne, th + node * (k + 1), k, mp);
-        pos = ne;
-      }
+      for_each_node_segment(off, n, b, e, [&](int64_t node, int64_t nb, int64_t ne) {
+        margins_of(zp, nb, ne, th + node * (k + 1), k, mp);
+      });
     }
   });
   return {cur, margins};

@@ -508,13 +508,13 @@ class _NodeLogistic:
         self.reg[-1] = 1e-3  # the bias: a weak prior, which also keeps nodes without examples solvable
         self.order = torch.argsort(node_e, stable=True)
         self.counts = torch.bincount(node_e, minlength=n_nodes)
+        self.zs = z.index_select(0, self.order)
         self.fused = fused and device.type == "cpu" and z.dtype == torch.float32
         if self.fused:
-            self.zs = z.index_select(0, self.order)
             self.offsets = torch.zeros(n_nodes + 1, dtype=torch.long, device=device)
             torch.cumsum(self.counts, 0, out=self.offsets[1:])
             return
-        self.zs = torch.cat([z.index_select(0, self.order), torch.ones(E, 1, dtype=z.dtype, device=device)], 1)
+        self.zs = torch.cat([self.zs, torch.ones(E, 1, dtype=z.dtype, device=device)], 1)  # x_e = (z_e, 1)
         seg = torch.cumsum(self.counts, 0) - self.counts
         ns = node_e[self.order]
         # CSR layout: node n's block starts at k1 * seg[n]; row (n, i) is its i-th run of counts[n] values
