@@ -5,7 +5,8 @@ The model is linear: xi_y(x) = w_y . x + b_y. Every (example, positive label) pa
 - full_softmax: cross-entropy over all C labels (O(C) per example), Adagrad on dense gradients;
 - uniform / frequency / tree: S negatives per pair from q(. | x) and the binary logistic loss of Bamler & Mandt
   (torchxc.adversarial_negative_sampling_loss), where a sampled label that is a positive of the pair's example
-  (an accidental hit) drops out of the loss (--no-remove-accidental-hits keeps it); sparse gradients (only the
+  (an accidental hit) drops out of the loss (--no-remove-accidental-hits keeps it), or with --loss sampled_softmax
+  the sampled softmax over the positive and the negatives with the log-Q correction; sparse gradients (only the
   rows of the sampled labels), sparse Adagrad. Predictions and the test log-likelihood use the corrected logits
   xi + log q(y | x) (their Theorem 1), normalised by a softmax over all C labels. The tree is fitted on the
   training set first and its fitting time counts as training time.
@@ -167,6 +168,20 @@ def evaluate(W, sampler, test: XCData, max_rows, chunk=512):
     return p1 / n, p5 / n, ll / max(n_pairs, 1)
 
 
+def sampled_loss(kind, xi, y, neg, pos_lq, neg_lq, positives, reg):
+    """One step's loss with sampled negatives. xi [B, 1 + S]: the model's scores of the positive y [B] and of the
+    negatives neg [B, S]; pos_lq [B] / neg_lq [B, S]: their log q; positives [B, P] padded with -1, every label of
+    each pair's example (negatives among them drop out of the loss), or None to keep such accidental hits.
+    kind "binary_logistic": the paper's loss with its regulariser reg; "sampled_softmax": the model's logit is
+    xi + log q (the prediction rule of evaluate), so after the log-Q correction the softmax over the positive and
+    the negatives sees xi itself."""
+    if kind == "sampled_softmax":
+        return torchxc.sampled_softmax_loss(xi[:, 0] + pos_lq, xi[:, 1:] + neg_lq, neg, neg_lq, y, pos_lq,
+                                            positives=positives, remove_accidental_hits=positives is not None)
+    hits = {} if positives is None else dict(neg_labels=neg, positives=positives)
+    return torchxc.adversarial_negative_sampling_loss(xi[:, 0], xi[:, 1:], pos_lq, neg_lq, reg=reg, **hits)
+
+
 def default_lr(method, args):
     return {"full_softmax": args.lr_full, "tree": args.lr_tree}.get(method, args.lr_sampled)
 
@@ -221,9 +236,8 @@ def train(method, train_d: XCData, test_d: XCData, args, seconds, progress, lr=N
                     pos_lq = sampler.log_prob(raw, y[:, None])[:, 0]
                 w = emb(torch.cat([y[:, None], neg], 1))  # [B, 1 + S, F + 1]
                 xi = torch.einsum("bsf,bf->bs", w, x)
-                hits = {} if positives is None else dict(neg_labels=neg, positives=positives[r])
-                loss = torchxc.adversarial_negative_sampling_loss(xi[:, 0], xi[:, 1:], pos_lq, neg_lq, reg=args.reg,
-                                                                  **hits)
+                loss = sampled_loss(args.loss, xi, y, neg, pos_lq, neg_lq,
+                                    None if positives is None else positives[r], args.reg)
                 if args.l2:  # on the rows this step touches, once per occurrence (the sparse-gradient way)
                     loss = loss + args.l2 * w.pow(2).sum() / idx.numel()
             opt.zero_grad(set_to_none=True)
@@ -337,6 +351,10 @@ def main(argv=None):
     ap.add_argument("--lr-grid", default="",
                     help="comma-separated learning rates: train every sampled method at each, compare each method at "
                          "its best final test P@1 (the same grid and rule for every method), write xc_lr_grid.*")
+    ap.add_argument("--loss", choices=("binary_logistic", "sampled_softmax"), default="binary_logistic",
+                    help="sampled methods: the paper's binary logistic loss with its regulariser --reg "
+                         "(adversarial_negative_sampling_loss) or the sampled softmax with the log-Q correction "
+                         "(sampled_softmax_loss; the model's logit is xi + log q for both, --reg unused)")
     ap.add_argument("--reg", type=float, default=1e-3)
     ap.add_argument("--l2", type=float, default=0.0,
                     help="sampled methods: L2 penalty on the weight rows of each step's positives and negatives")

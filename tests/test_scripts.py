@@ -2,11 +2,13 @@
 import csv
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 from testing import favourite_label_users
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,6 +105,38 @@ def test_xc_training_seeds_average_the_runs(tmp_path):
     assert res["uniform_final_p1"] == res["curves"]["uniform"][-1]["p@1"]
     with open(tmp_path / "xc_training_seeds_quick.csv") as f:
         assert {r["seed"] for r in csv.DictReader(f)} == {"0", "1"}
+
+
+def test_xc_training_sampled_losses_match_their_definitions():
+    """xc_training's --loss: the paper's binary logistic loss and the sampled softmax of the model xi + log q,
+    against float64 formulas written here, with accidental hits dropped (positives given) or kept (None)."""
+    xc = benchmark_module("xc_training")
+    g = torch.Generator().manual_seed(0)
+    B, S, reg = 7, 5, 0.3
+    xi = torch.randn(B, 1 + S, dtype=torch.float64, generator=g) * 3
+    y = torch.randint(0, 40, (B,), generator=g)
+    neg = torch.randint(0, 40, (B, S), generator=g)
+    pos_lq = -torch.rand(B, dtype=torch.float64, generator=g) * 8
+    neg_lq = -torch.rand(B, S, dtype=torch.float64, generator=g) * 8
+    positives = torch.full((B, 3), -1)
+    positives[:, 0] = y
+    positives[2, 1] = 33
+    neg[0, 1], neg[2, 3], neg[2, 4], neg[5, 0] = y[0], 33, y[2], y[5]  # four accidental hits, two in one row
+    hit = (neg[:, :, None] == positives[:, None, :]).any(-1)
+    assert int(hit.sum()) >= 4
+    for drop in (True, False):
+        keep = ~hit if drop else torch.ones_like(hit)
+        # sampled softmax: log q cancels against the log-Q correction, the softmax runs over xi
+        masked = torch.cat([xi[:, :1], xi[:, 1:].masked_fill(~keep, -math.inf)], 1)
+        want = -torch.log_softmax(masked, 1)[:, 0].mean()
+        got = xc.sampled_loss("sampled_softmax", xi, y, neg, pos_lq, neg_lq, positives if drop else None, reg)
+        torch.testing.assert_close(got, want)
+        # binary logistic: a mean over the S negatives (a dropped hit counts 0) and the regulariser on xi + log q
+        neg_term = (-torch.nn.functional.logsigmoid(-xi[:, 1:]) + reg * (xi[:, 1:] + neg_lq) ** 2) * keep
+        want = (-torch.nn.functional.logsigmoid(xi[:, 0]) + reg * (xi[:, 0] + pos_lq) ** 2
+                + neg_term.sum(1) / S).mean()
+        got = xc.sampled_loss("binary_logistic", xi, y, neg, pos_lq, neg_lq, positives if drop else None, reg)
+        torch.testing.assert_close(got, want)
 
 
 def test_xc_training_tree_fit_rows():
@@ -320,3 +354,34 @@ def test_temporal_sets_recency_at_r_1_is_personal_frequency(tmp_path):
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "temporal_sets_recency.py"), "--data",
                           str(path), "--decays", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--decays must lie in (0, 1]" in bad.stderr
+
+
+def test_xc_training_compare_times_curves_against_a_reference(tmp_path):
+    """benchmarks/xc_training_compare.py: curves of separate runs timed against one of them (linear interpolation),
+    and clear errors for a bad curve spec, a missing method and an unknown reference."""
+    cmp = benchmark_module("xc_training_compare")
+
+    def run(path, **curves):
+        pts = {m: [dict(seconds=t, steps=0, epochs=0.0, **{"p@1": p, "p@5": 0.0, "test_ll": -1.0})
+                   for t, p in c] for m, c in curves.items()}
+        path.write_text(json.dumps(dict(results=dict(synthetic=dict(info=dict(num_labels=5, train_pairs=9), curves=pts)))))
+        return str(path)
+
+    a = run(tmp_path / "a.json", uniform=[(0, 0.0), (10, 0.5), (100, 0.6), (200, 0.55)])
+    b = run(tmp_path / "b.json", tree=[(2, 0.3), (4, 0.7)])
+    res = cmp.compare([("u", a, "uniform"), ("t", b, "tree")], "synthetic", "u")
+    assert res["reference_final_p1"] == 0.55 and res["reference_best_p1"] == 0.6
+    t = res["methods"]["t"]
+    assert t["time_to_reference_final_p1"] == pytest.approx(2 + 2 * 0.25 / 0.4)
+    assert t["time_to_reference_best_p1"] == pytest.approx(2 + 2 * 0.3 / 0.4)
+    assert t["speedup_vs_reference_final"] == pytest.approx(55 / (2 + 2 * 0.25 / 0.4))  # u first had 0.55 at 55 s
+    assert t["speedup_vs_reference_best"] == pytest.approx(100 / (2 + 2 * 0.3 / 0.4))
+    assert res["methods"]["u"]["speedup_vs_reference_best"] == 1.0
+    with pytest.raises(SystemExit, match="not one of the labels"):
+        cmp.compare([("u", a, "uniform")], "synthetic", "tree")
+    with pytest.raises(SystemExit, match="no 'tree' curve"):
+        cmp.compare([("u", a, "tree")], "synthetic", "u")
+    with pytest.raises(Exception, match="LABEL=FILE.json:METHOD"):
+        cmp.parse_curve("u:a.json")
+    cmp.main(["--reference", "u", "--out", str(tmp_path / "out" / "cmp"), f"u={a}:uniform", f"t={b}:tree"])
+    assert json.load(open(tmp_path / "out" / "cmp.json"))["results"]["methods"]["t"]["final"]["p@1"] == 0.7
