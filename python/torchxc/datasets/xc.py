@@ -4,10 +4,14 @@ a space). The rows after the header are svmlight/libsvm multi-label rows, which 
 from __future__ import annotations  # X | None annotations on Python 3.9
 from dataclasses import dataclass
 
+import re
+
 import numpy as np
 import torch
 
 __all__ = ["XCData", "load_xc"]
+
+_INTEGER = re.compile(rb"-?[0-9]+")  # a label (a negative one gets the range error below)
 
 
 @dataclass
@@ -77,7 +81,7 @@ def load_xc(path: str, dense: bool = True) -> XCData:
         lines[i] = b" 0:0"
     try:
         # scikit-learn wants n_features >= 1: with F = 0 a feature is caught below
-        x, y = load_svmlight_file(io.BytesIO(b"\n".join(lines) if blank else body), multilabel=True,
+        x, _ = load_svmlight_file(io.BytesIO(b"\n".join(lines) if blank else body), multilabel=True,
                                   n_features=max(num_features, 1), zero_based=True, dtype=np.float32)
     except ValueError as e:
         raise ValueError(f"load_xc: {path}: {_first_bad_line(lines, num_features) or e}") from None
@@ -97,10 +101,15 @@ def load_xc(path: str, dense: bool = True) -> XCData:
                          f"{x.data[bad[0]]}; feature values must be finite float32 numbers ({len(bad)} such values "
                          "in all)")
     x.eliminate_zeros()
+    # the labels from the text itself: the svmlight reader returns them as float64, which took "1e0" or "1.0" for
+    # label 1 and rounded labels above 2^53
     labels = []
-    for i, row in enumerate(y):
-        if not all(np.isfinite(v) and v == int(v) for v in row):
-            raise ValueError(f"load_xc: {path}: line {i + 2}: labels must be integers, got {list(row)}")
+    for i, line in enumerate(lines):
+        tokens = line.split(None, 1)
+        row = tokens[0].split(b",") if tokens and b":" not in tokens[0] else []
+        if not all(_INTEGER.fullmatch(v) for v in row):
+            raise ValueError(f"load_xc: {path}: line {i + 2}: labels must be integers (decimal digits, comma-"
+                             f"separated), got {tokens[0].decode('utf-8', errors='replace')!r}")
         labels.append(sorted({int(v) for v in row}))
     flat = [v for row in labels for v in row]
     if flat and (min(flat) < 0 or max(flat) >= num_labels):
