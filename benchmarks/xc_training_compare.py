@@ -1,10 +1,11 @@
 """Puts curves from several benchmarks/xc_training.py runs (separate processes: other losses, rates or seeds on
 the same data) into one table and one plot, and times each against a reference curve's final and best P@1.
 
+    R=benchmarks/results
     python benchmarks/xc_training_compare.py --reference "uniform, sampled softmax" \
-        --out benchmarks/results/xc_training_synthetic_600s_losses_seed0 \
-        "uniform, binary logistic=benchmarks/results/xc_training_synthetic_600s_fused_fit_seed0.json:uniform" \
-        "uniform, sampled softmax=benchmarks/results/xc_training_synthetic_600s_sampled_softmax_uniform_seed0.json:uniform"
+        --out $R/xc_training_synthetic_600s_losses_seed0 \
+        "uniform, binary logistic=$R/xc_training_synthetic_600s_fused_fit_seed0.json:uniform" \
+        "uniform, sampled softmax=$R/xc_training_synthetic_600s_sampled_softmax_uniform_seed0.json:uniform"
 
 Each curve is LABEL=FILE.json:METHOD (the dataset is --dataset). Writes OUT.json (the curves, each one's time to the
 reference's final and best P@1 and the ratio of the reference's own time to it) and OUT.png.

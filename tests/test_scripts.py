@@ -364,7 +364,8 @@ def test_xc_training_compare_times_curves_against_a_reference(tmp_path):
     def run(path, **curves):
         pts = {m: [dict(seconds=t, steps=0, epochs=0.0, **{"p@1": p, "p@5": 0.0, "test_ll": -1.0})
                    for t, p in c] for m, c in curves.items()}
-        path.write_text(json.dumps(dict(results=dict(synthetic=dict(info=dict(num_labels=5, train_pairs=9), curves=pts)))))
+        info = dict(num_labels=5, train_pairs=9)
+        path.write_text(json.dumps(dict(results=dict(synthetic=dict(info=info, curves=pts)))))
         return str(path)
 
     a = run(tmp_path / "a.json", uniform=[(0, 0.0), (10, 0.5), (100, 0.6), (200, 0.55)])

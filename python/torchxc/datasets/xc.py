@@ -2,9 +2,9 @@
 row per example, ``l1,l2,... f:v f:v ...`` with 0-based label and feature indices (a row without labels starts with
 a space). The rows after the header are svmlight/libsvm multi-label rows, which scikit-learn parses."""
 from __future__ import annotations  # X | None annotations on Python 3.9
-from dataclasses import dataclass
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import torch
