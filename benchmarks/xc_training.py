@@ -282,19 +282,27 @@ def time_to_reach(curve, target):
     return None
 
 
+def times_against(curves, reference):
+    """The reference curve's final and best P@1, and for each curve (the reference's too) its time to each and the
+    reference's own first time at that value divided by it: {name: (t_final, speedup, t_best, speedup_best)}."""
+    ref = curves[reference]
+    final, best = ref[-1]["p@1"], max(c["p@1"] for c in ref)
+    t_final, t_best = time_to_reach(ref, final), time_to_reach(ref, best)
+    out = {}
+    for name, curve in curves.items():
+        a, b = time_to_reach(curve, final), time_to_reach(curve, best)
+        out[name] = (a, t_final / a if a else None, b, t_best / b if b else None)
+    return final, best, out
+
+
 def summarise(name, curves):
     """Each method's time to reach uniform's final P@1, and (for curves that are not monotone, where uniform's P@1
     falls again before the budget ends) its time to reach uniform's best P@1 against the time uniform first had it."""
-    target = curves["uniform"][-1]["p@1"]
-    best = max(c["p@1"] for c in curves["uniform"])
-    t_uniform, t_uniform_best = time_to_reach(curves["uniform"], target), time_to_reach(curves["uniform"], best)
+    target, best, times = times_against(curves, "uniform")
     out = {}
-    for method, curve in curves.items():
-        t, t_best = time_to_reach(curve, target), time_to_reach(curve, best)
-        out[method] = dict(final=curve[-1], time_to_uniform_final_p1=t,
-                           speedup_vs_uniform=(t_uniform / t) if t else None,
-                           time_to_uniform_best_p1=t_best,
-                           speedup_vs_uniform_best=(t_uniform_best / t_best) if t_best else None)
+    for method, (t, speedup, t_best, speedup_best) in times.items():
+        out[method] = dict(final=curves[method][-1], time_to_uniform_final_p1=t, speedup_vs_uniform=speedup,
+                           time_to_uniform_best_p1=t_best, speedup_vs_uniform_best=speedup_best)
     return dict(dataset=name, uniform_final_p1=target, uniform_best_p1=best, methods=out)
 
 

@@ -16,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from xc_training import plot, time_to_reach  # noqa: E402
+from xc_training import plot, times_against  # noqa: E402
 
 
 def parse_curve(spec):
@@ -41,15 +41,10 @@ def compare(specs, dataset, reference):
         info = info or res[dataset]["info"]
     if reference not in curves:
         raise SystemExit(f"--reference {reference!r} is not one of the labels {list(curves)}")
-    ref = curves[reference]
-    final, best = ref[-1]["p@1"], max(c["p@1"] for c in ref)
-    t_final, t_best = time_to_reach(ref, final), time_to_reach(ref, best)
-    rows = {}
-    for label, curve in curves.items():
-        a, b = time_to_reach(curve, final), time_to_reach(curve, best)
-        rows[label] = dict(final=curve[-1], time_to_reference_final_p1=a,
-                           speedup_vs_reference_final=t_final / a if a else None,
-                           time_to_reference_best_p1=b, speedup_vs_reference_best=t_best / b if b else None)
+    final, best, times = times_against(curves, reference)
+    rows = {label: dict(final=curves[label][-1], time_to_reference_final_p1=a, speedup_vs_reference_final=x,
+                        time_to_reference_best_p1=b, speedup_vs_reference_best=y)
+            for label, (a, x, b, y) in times.items()}
     return dict(info=info, curves=curves, reference=reference, reference_final_p1=final, reference_best_p1=best,
                 methods=rows)
 

@@ -105,12 +105,11 @@ def load_xc(path: str, dense: bool = True) -> XCData:
     # label 1 and rounded labels above 2^53
     labels = []
     for i, line in enumerate(lines):
-        tokens = line.split(None, 1)
-        row = tokens[0].split(b",") if tokens and b":" not in tokens[0] else []
-        if not all(_INTEGER.fullmatch(v) for v in row):
+        field, row = _row_labels(line)
+        if row is None:
             raise ValueError(f"load_xc: {path}: line {i + 2}: labels must be integers (decimal digits, comma-"
-                             f"separated), got {tokens[0].decode('utf-8', errors='replace')!r}")
-        labels.append(sorted({int(v) for v in row}))
+                             f"separated), got {field.decode('utf-8', errors='replace')!r}")
+        labels.append(sorted(set(row)))
     flat = [v for row in labels for v in row]
     if flat and (min(flat) < 0 or max(flat) >= num_labels):
         raise ValueError(f"load_xc: {path}: label {min(flat) if min(flat) < 0 else max(flat)} outside [0, "
@@ -130,18 +129,27 @@ def load_xc(path: str, dense: bool = True) -> XCData:
     return XCData(features, indptr, indices, num_labels)
 
 
+def _row_labels(line: bytes) -> tuple[bytes, list[int] | None]:
+    """A row's label field (its first token unless that is a feature ``f:v``; b"" for a row without labels) and its
+    labels, None where one is not a decimal integer. Splits on ASCII whitespace, as the svmlight parser does."""
+    first = line.split(None, 1)[:1]
+    field = first[0] if first and b":" not in first[0] else b""
+    values = field.split(b",") if field else []
+    if not all(_INTEGER.fullmatch(v) for v in values):
+        return field, None
+    return field, [int(v) for v in values]
+
+
 def _first_bad_line(lines, num_features) -> str | None:
     """'line L: why' for the first row that is not ``l1,l2,... f:v f:v ...`` (labels integers, feature indices in
     [0, F) and increasing, values numbers); None if every row looks fine. Only runs after a parse error."""
     for i, line in enumerate(lines):
+        field, row = _row_labels(line)
+        if row is None:
+            return f"line {i + 2}: labels must be comma-separated integers, got {field.decode('utf-8', 'replace')!r}"
         # split on ASCII whitespace, as the svmlight parser does (str.split took a no-break space for one)
         tokens = [t.decode("utf-8", errors="replace") for t in line.rstrip(b"\r").split()]
-        labels = tokens[0] if tokens and ":" not in tokens[0] else ""
-        features = tokens[1:] if labels else tokens
-        try:
-            [int(v) for v in labels.split(",")] if labels else []
-        except ValueError:
-            return f"line {i + 2}: labels must be comma-separated integers, got {labels!r}"
+        features = tokens[1:] if field else tokens
         last = -1
         for tok in features:
             idx, sep, val = tok.partition(":")
