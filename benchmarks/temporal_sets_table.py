@@ -29,7 +29,9 @@ DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data",
 # *_ema: validated and tested with an exponential moving average of the weights (--ema 0.995, per step);
 # *_d128: --d-model 128 with 4 heads instead of 64 with 2 (token width 160 against 96 with past counts and
 # transitions); *_cos: cosine learning-rate decay over the epochs;
-# *_do2: dropout 0.2 instead of 0.1; *_smx: the paper's softmax cross-entropy over the positives instead of ZLPR.
+# *_do2: dropout 0.2 instead of 0.1; *_smx: the paper's softmax cross-entropy over the positives instead of ZLPR;
+# *_nb: plus the label distribution of the user's 100 most similar training users (--neighbours 100, torchxc
+# extension; frequency_nb breaks frequency's ties by it).
 PC_TR_EMA = ["--model", "lanet", "--attention", "softmax", "--past-counts", "--transitions", "--ema", "0.995"]
 VARIANTS = {"frequency": ["--model", "frequency"], "transformer": ["--model", "transformer"],
             "lanet_softmax": ["--model", "lanet", "--attention", "softmax"],
@@ -44,7 +46,9 @@ VARIANTS = {"frequency": ["--model", "frequency"], "transformer": ["--model", "t
             "lanet_softmax_pc_tr_ema_d128": PC_TR_EMA + ["--d-model", "128", "--heads", "4"],
             "lanet_softmax_pc_tr_ema_cos": PC_TR_EMA + ["--lr-schedule", "cosine"],
             "lanet_softmax_pc_tr_ema_do2": PC_TR_EMA + ["--dropout", "0.2"],
-            "lanet_softmax_pc_tr_ema_smx": PC_TR_EMA + ["--loss", "softmax"]}
+            "lanet_softmax_pc_tr_ema_smx": PC_TR_EMA + ["--loss", "softmax"],
+            "frequency_nb": ["--model", "frequency", "--neighbours", "100"],
+            "lanet_softmax_pc_tr_nb_ema": PC_TR_EMA + ["--neighbours", "100"]}
 METRICS = ["recall@10", "ndcg@10", "phr@10", "recall@20", "ndcg@20", "micro_auc", "macro_auc", "weighted_f1",
            "micro_f1", "train_seconds"]
 # DC, DNNTSP split, as rerun in the PIETSP manuscript's table: recall@10, NDCG@10, PHR@10

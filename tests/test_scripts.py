@@ -356,6 +356,39 @@ def test_temporal_sets_recency_at_r_1_is_personal_frequency(tmp_path):
     assert bad.returncode == 2 and "--decays must lie in (0, 1]" in bad.stderr
 
 
+def test_temporal_sets_neighbours_rows_are_the_cli_frequency_metrics(tmp_path):
+    """benchmarks/temporal_sets_neighbours.py: its k = 0 row is plain personal frequency and each (k, beta) row gives
+    the metrics of personal_frequency_scores with that NeighbourPrior (the CLI's --model frequency --neighbours K at
+    beta 1); a neighbour tie-break changes some ranking of this set; bad --k is refused."""
+    from torchxc.temporal_sets import NeighbourPrior, personal_frequency_scores
+    from torchxc.temporal_sets.__main__ import main as cli_main
+    from torchxc.temporal_sets.train import load
+
+    data = favourite_label_users(1, 12, {"train": 30, "validate": 8, "test": 40}, max_events=6)
+    path = tmp_path / "Tiny.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "neighbours.csv"
+    script = os.path.join(ROOT, "benchmarks", "temporal_sets_neighbours.py")
+    subprocess.run([sys.executable, script, "--data", str(path), "--k", "3,10", "--beta", "1,5", "--out", str(out)],
+                   check=True, capture_output=True)
+    rows = {(r["split"], int(r["k"]), float(r["beta"])): r for r in csv.DictReader(open(out))}
+    assert len(rows) == 10
+    for k, extra in ((0, []), (3, ["--neighbours", "3"]), (10, ["--neighbours", "10"])):
+        res = tmp_path / f"cli{k}.json"
+        assert cli_main(["--data", str(path), "--model", "frequency", "--output", str(res)] + extra) == 0
+        cli = json.loads(res.read_text())
+        row = rows["test", k, 1.0 if k else 0.0]
+        for key in ("recall@10", "ndcg@10", "phr@10"):
+            assert float(row[key]) == pytest.approx(cli[key]), (k, key)
+    sets = load(str(path))
+    plain = personal_frequency_scores(sets.test, sets.popularity)
+    near = personal_frequency_scores(sets.test, sets.popularity, neighbours=NeighbourPrior(sets, k=3))
+    assert not torch.equal(plain.argsort(dim=1, descending=True, stable=True),
+                           near.argsort(dim=1, descending=True, stable=True))
+    bad = subprocess.run([sys.executable, script, "--data", str(path), "--k", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--k must be > 0" in bad.stderr
+
+
 def test_xc_training_compare_times_curves_against_a_reference(tmp_path):
     """benchmarks/xc_training_compare.py: curves of separate runs timed against one of them (linear interpolation),
     and clear errors for a bad curve spec, a missing method and an unknown reference."""

@@ -10,10 +10,12 @@ import torch
 from testing import favourite_label_users
 
 from torchxc.models import LANET, TimeStepTransformer
-from torchxc.temporal_sets import (collate, evaluate_scores, load_temporal_sets_csv, load_temporal_sets_json, ndcg_at_k,
-                                   past_count_matrix, personal_frequency_scores, phr_at_k, recall_at_k, tune_thresholds)
+from torchxc.temporal_sets import (Example, collate, evaluate_scores, load_temporal_sets_csv, load_temporal_sets_json,
+                                   ndcg_at_k, past_count_matrix, personal_frequency_scores, phr_at_k, recall_at_k,
+                                   tune_thresholds)
 from torchxc.temporal_sets.__main__ import main as cli_main, parser as cli_parser
 from torchxc.temporal_sets.data import NUM_AMOUNTS, NUM_GAPS, gap_bucket
+from torchxc.temporal_sets.neighbours import NeighbourPrior
 from torchxc.temporal_sets.train import run
 from torchxc.temporal_sets.transitions import TransitionPrior
 
@@ -197,6 +199,13 @@ def test_cli_refuses_options_the_model_ignores(tmp_path, capsys):
                        (["--model", "lanet", "--d-model", "16", "--d-time", "16"], "expected 0 <= --d-time < --d-model"),
                        (["--model", "lanet", "--d-time", "0", "--past-counts"], "--d-time 0 would drop --past-counts"),
                        (["--model", "lanet", "--d-time", "0", "--transitions"], "--d-time 0 would drop --transitions"),
+                       (["--model", "lanet", "--d-time", "0", "--neighbours", "5"],
+                        "--d-time 0 would drop --neighbours"),
+                       (["--model", "transformer", "--neighbours", "5"], "--neighbours applies to"),
+                       (["--model", "lanet", "--neighbours", "-1"], "--neighbours must be an int >= 0"),
+                       (["--model", "frequency", "--neighbours", "5", "--transitions"], "one prior: --transitions or"),
+                       (["--model", "lanet", "--heads", "3", "--neighbours", "5"],
+                        "--heads 3 must divide LANET's token width 80"),
                        (["--model", "lanet", "--heads", "8", "--d-time", "12", "--past-counts"],
                         "--heads 8 must divide LANET's token width 76"),
                        (["--model", "transformer", "--heads", "3"], "--heads 3 must divide --d-model 64"),
@@ -539,6 +548,141 @@ def test_lanet_transitions(tmp_path):
     assert cli_main(["--data", str(p), "--model", "lanet", "--past-counts", "--transitions", "--epochs", "1",
                      "--d-model", "16", "--d-time", "4", "--output", str(res_path)]) == 0
     assert 0 <= json.loads(res_path.read_text())["recall@10"] <= 1
+
+
+def _neighbour_reference(train, vocab, popularity, past_counts, k, beta, leave_out=None):
+    """(float64 neighbour share [C], every user's cosine sorted from the largest) written from the definition:
+    whole-sequence profiles of the training users (events containing each label), cosine to the past counts, the k
+    most similar users (ties: any; the caller skips them), share = (sum_u w_u n_u / |n_u| + beta pop) /
+    (sum_u w_u + beta)."""
+    index = {v: i for i, v in enumerate(vocab)}
+    C = len(vocab)
+    pop = popularity.double().clamp(min=1)
+    pop = pop / pop.sum()
+    m = torch.zeros(C, dtype=torch.float64)
+    for c, n in past_counts.items():
+        m[c] = n
+    sims = []
+    for user, seq in train.items():
+        if user == leave_out:
+            continue
+        n = torch.zeros(C, dtype=torch.float64)
+        for event in seq:
+            for lab in set(event):
+                n[index[lab]] += 1
+        cos = float(m @ n) / (float(m.norm() * n.norm()) or 1.0)
+        sims.append((cos, n / n.sum()))
+    sims.sort(key=lambda t: -t[0])
+    top = sims[:k]
+    mass = sum(w * dist for w, dist in top) + beta * pop
+    return mass / (sum(w for w, _ in top) + beta), [w for w, _ in sims]
+
+
+def test_neighbour_prior_against_its_definition(tmp_path):
+    """NeighbourPrior.share equals the share written from its definition for training examples (with and without
+    leaving the user out) and test examples; rows sum to 1; without a past it is popularity; features are the lift
+    log share - log pop; k above the number of users takes them all."""
+    rnd = random.Random(5)
+    labels = [f"l{i}" for i in range(8)]
+    # distinct profiles, so that the k most similar users are unambiguous
+    train = {f"u{u}": [rnd.sample(labels, rnd.randint(1, 3)) for _ in range(rnd.randint(2, 7))] for u in range(15)}
+    test = {"t0": [["l0", "l1"], ["l2"], ["l1", "l0"], ["l3"]], "t1": [["l5"], ["l6"]]}
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps({"train": train, "validate": {}, "test": test}))
+    d = load_temporal_sets_json(str(p), look_back=2)
+    checked = skipped = 0
+    for k, beta in ((4, 0.5), (1, 2.0), (100, 1.0)):
+        prior = NeighbourPrior(d, k=k, beta=beta)
+        for examples, loo in ((d.train, True), (d.train, False), (d.test, False)):
+            share = prior.share(examples, leave_user_out=loo)
+            assert share.shape == (len(examples), d.num_labels) and share.dtype == torch.float32
+            torch.testing.assert_close(share.sum(1), torch.ones(len(examples)))
+            for b, ex in enumerate(examples):
+                ref, sims = _neighbour_reference(train, d.vocab, d.popularity, ex.past_counts, k, beta,
+                                                 ex.user if loo else None)
+                if len(sims) > k and sims[k - 1] - sims[k] < 1e-6:
+                    skipped += 1
+                    continue  # a tie at the k-th neighbour: either user is right
+                torch.testing.assert_close(share[b].double(), ref, rtol=1e-5, atol=1e-7)
+                checked += 1
+        f = prior.features(d.test)
+        torch.testing.assert_close(f[..., 0], prior.share(d.test).log() - prior.log_pop)
+    assert checked > 3 * skipped, (checked, skipped)
+    # the own user is left out: a training example whose user is unique gets a different share
+    ex = d.train[-1]
+    prior = NeighbourPrior(d, k=1)
+    assert not torch.equal(prior.share([ex], leave_user_out=True), prior.share([ex]))
+    # no past: popularity, and a zero lift
+    nopast = Example(history=[], gaps=[], target=[0])
+    torch.testing.assert_close(prior.share([nopast])[0], prior.pop)
+    assert prior.features([nopast]).abs().max() < 1e-6
+    for bad in ({"k": 0}, {"k": True}, {"k": 2.5}, {"beta": 0.0}, {"beta": math.nan}, {"beta": math.inf}):
+        with pytest.raises(ValueError, match="NeighbourPrior: (k|beta) must be"):
+            NeighbourPrior(d, **bad)
+    bad_ex = Example(history=[], gaps=[], target=[0], past_counts={d.num_labels: 1})
+    with pytest.raises(ValueError, match=r"NeighbourPrior.share: example 0 has past_counts label ids"):
+        prior.share([bad_ex])
+
+
+def test_frequency_breaks_ties_by_the_neighbours(tmp_path):
+    """With a NeighbourPrior, personal frequency still ranks by past counts and orders equal counts by the
+    neighbour share; one prior at a time."""
+    rnd = random.Random(6)
+    labels = [f"l{i}" for i in range(9)]
+    train = {f"u{u}": [rnd.sample(labels, 2) for _ in range(5)] for u in range(25)}
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps({"train": train, "validate": {}, "test": train}))
+    d = load_temporal_sets_json(str(p), look_back=2)
+    near = NeighbourPrior(d, k=5)
+    s = personal_frequency_scores(d.test, d.popularity, neighbours=near)
+    counts = past_count_matrix(d.test, d.num_labels)
+    torch.testing.assert_close(s.floor(), counts)
+    torch.testing.assert_close(s - counts, 0.999 * near.share(d.test), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one prior"):
+        personal_frequency_scores(d.test, d.popularity, TransitionPrior(d), near)
+    with pytest.raises(ValueError, match="the neighbour prior covers 9 labels, popularity 8"):
+        personal_frequency_scores(d.test, d.popularity[:8], neighbours=near)
+
+
+def test_lanet_neighbours(tmp_path):
+    """The neighbour part reaches every label's logit (token or not), the model refuses a batch without the
+    features, features it would ignore and non-finite ones, and the command line trains with --neighbours."""
+    rnd = random.Random(7)
+    labels = [f"l{i}" for i in range(10)]
+    train = {f"u{u}": [rnd.sample(labels, 2) for _ in range(4)] for u in range(20)}
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps({"train": train, "validate": train, "test": train}))
+    d = load_temporal_sets_json(str(p), look_back=2)
+    batch = d.test[:3]
+    h, g, _, _ = collate(batch, d.num_labels, 2)
+    nb = NeighbourPrior(d, k=4).features(batch)
+    torch.manual_seed(0)
+    m = LANET(d.num_labels, 2, d_label=8, d_time=4, n_layers=1, n_heads=2, max_tokens=6, popularity=d.popularity,
+              neighbours=True)
+    assert LANET.token_width(8, 4, neighbours=True) == 16 and "neighbours=True" in repr(m)
+    with pytest.raises(ValueError, match=r"needs neighbours \[B, C, 1\]"):
+        m(h, g)
+    with pytest.raises(ValueError, match="needs neighbours"):
+        m(h, g, neighbours=nb[:, :5])
+    with pytest.raises(ValueError, match="neighbours must be finite"):
+        m(h, g, neighbours=torch.where(nb == nb.max(), math.nan, nb))
+    with pytest.raises(ValueError, match="built without neighbours=True"):
+        LANET(d.num_labels, 2, d_label=8, d_time=4, n_layers=1, n_heads=2)(h, g, neighbours=nb)
+    out = m(h, g, neighbours=nb)
+    out.sum().backward()
+    assert m.nbr.weight.grad.abs().sum() > 0 and m.nbr_out.weight.grad.abs().sum() > 0
+    cand = m.candidates(h)
+    m.eval()
+    with torch.no_grad():
+        other = torch.ones_like(out, dtype=torch.bool).scatter_(1, cand, False)
+        changed = m(h, g, neighbours=nb) != m(h, g, neighbours=torch.zeros_like(nb))
+        assert changed[other].all() and changed[~other].any()
+    res_path = tmp_path / "r.json"
+    assert cli_main(["--data", str(p), "--model", "lanet", "--past-counts", "--neighbours", "4", "--epochs", "1",
+                     "--d-model", "16", "--d-time", "4", "--output", str(res_path)]) == 0
+    res = json.loads(res_path.read_text())
+    assert 0 <= res["recall@10"] <= 1 and res["config"]["neighbours"] == 4
+    assert cli_main(["--data", str(p), "--model", "frequency", "--neighbours", "4", "--output", str(res_path)]) == 0
 
 
 def test_time_step_transformer_shapes():

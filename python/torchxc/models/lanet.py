@@ -14,6 +14,9 @@ Each label c of the vocabulary is a token, the concatenation of
       (:class:`torchxc.temporal_sets.transitions.TransitionPrior`): what the training users did next, which is
       the signal for labels new to the user; the same two numbers also enter every label's logit through one
       learned linear map, so that labels outside the tokens of a large vocabulary get them too;
+  (f) optionally (``neighbours=True``, a torchxc extension) a projection of the label's lift in the label distribution
+      of the user's most similar training users (:class:`torchxc.temporal_sets.neighbours.NeighbourPrior`), which
+      also enters every label's logit through a learned scale;
 an optional learned id token goes in front, a TransformerEncoder mixes the tokens, and one shared Linear head gives
 each label token its logit. The attention normaliser is ``softmax`` or ``sparsemax`` (torchxc.sparsemax: sparse
 label attention); :attr:`LANET.zero_fraction` reports the share of exactly-zero attention weights over the eval-mode
@@ -137,6 +140,8 @@ class LANET(nn.Module):
       (:func:`torchxc.temporal_sets.data.past_count_matrix`);
     - ``transitions`` float [B, C, 2] or None (required when ``transitions``): the transition lifts
       (:meth:`torchxc.temporal_sets.transitions.TransitionPrior.features`);
+    - ``neighbours`` float [B, C, 1] or None (required when ``neighbours``): the neighbour lifts
+      (:meth:`torchxc.temporal_sets.neighbours.NeighbourPrior.features`);
     and returns logits [B, C] (class c predicted when its logit is high; ZLPR: > 0).
 
     Args:
@@ -144,7 +149,8 @@ class LANET(nn.Module):
         look_back: J, the most history events a token sums over (the data's ``look_back``).
         d_label, d_time, d_amount: widths of the label embedding, of the time-gap + position part and of the
             amount part (0: no amounts); the token width d_model is their sum, plus ``d_time`` for each of
-            ``past_counts`` and ``transitions`` (:meth:`token_width`), and must be divisible by ``n_heads``.
+            ``past_counts``, ``transitions`` and ``neighbours`` (:meth:`token_width`), and must be divisible by
+            ``n_heads``.
         n_layers, n_heads, d_ff, dropout: the encoder: layers, attention heads, feed-forward width, dropout.
         attention: ``"softmax"`` or ``"sparsemax"`` (torchxc.sparsemax over the keys: sparse label attention).
         id_token: a learned token in front of the label tokens.
@@ -155,13 +161,14 @@ class LANET(nn.Module):
         past_counts: a token part from the label's count over the whole past (``counts`` in forward).
         transitions: a token part from the transition lifts, plus their own logit term (``transitions`` in
             forward).
+        neighbours: a token part from the neighbour lift, plus its own logit term (``neighbours`` in forward).
     """
 
     def __init__(self, num_labels: int, look_back: int = 3, d_label: int = 48, d_time: int = 16, d_amount: int = 0,
                  n_layers: int = 2, n_heads: int = 4, d_ff: int = 128, dropout: float = 0.1,
                  attention: str = "softmax", id_token: bool = True, max_tokens: int = 512,
                  num_gaps: int = 32, num_amounts: int = 16, popularity: Tensor | None = None,
-                 past_counts: bool = False, transitions: bool = False):
+                 past_counts: bool = False, transitions: bool = False, neighbours: bool = False):
         super().__init__()
         if num_labels < 1 or look_back < 1 or max_tokens < 1:
             raise ValueError(f"LANET: num_labels, look_back and max_tokens must be >= 1, got {num_labels}, {look_back}, "
@@ -172,18 +179,21 @@ class LANET(nn.Module):
                 raise ValueError(f"LANET: popularity must be [{num_labels}] finite label counts >= 0, got {got}")
             check_counts(popularity, "LANET", "popularity", f"[{num_labels}] ")
         self.C, self.look_back, self.max_tokens = num_labels, look_back, max_tokens
-        d_model = self.token_width(d_label, d_time, d_amount, past_counts, transitions)
+        d_model = self.token_width(d_label, d_time, d_amount, past_counts, transitions, neighbours)
         if n_heads < 1:
             raise ValueError(f"LANET: n_heads must be >= 1, got {n_heads}")
         if d_model % n_heads:
             parts = f"d_label {d_label} + d_time {d_time}" + (f" + d_amount {d_amount}" if d_amount else "") + \
                 (f" + d_time {d_time} (past_counts)" if past_counts else "") + \
-                (f" + d_time {d_time} (transitions)" if transitions else "")
+                (f" + d_time {d_time} (transitions)" if transitions else "") + \
+                (f" + d_time {d_time} (neighbours)" if neighbours else "")
             raise ValueError(f"LANET: the token width {parts} = {d_model} must be divisible by n_heads, got "
                              f"n_heads={n_heads}")
         self.count = nn.Linear(3, d_time) if past_counts else None
         self.trans = nn.Linear(2, d_time) if transitions else None
         self.trans_out = nn.Linear(2, 1, bias=False) if transitions else None
+        self.nbr = nn.Linear(1, d_time) if neighbours else None
+        self.nbr_out = nn.Linear(1, 1, bias=False) if neighbours else None
         self.label = nn.Embedding(num_labels, d_label)
         self.gap = nn.Embedding(num_gaps, d_time)
         self.pos = nn.Embedding(look_back, d_time)
@@ -205,14 +215,14 @@ class LANET(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_labels={self.C}, look_back={self.look_back}, max_tokens={self.max_tokens}, "
                 f"id_token={self.id_token is not None}, past_counts={self.count is not None}, "
-                f"transitions={self.trans is not None}")
+                f"transitions={self.trans is not None}, neighbours={self.nbr is not None}")
 
     @staticmethod
     def token_width(d_label: int, d_time: int, d_amount: int = 0, past_counts: bool = False,
-                    transitions: bool = False) -> int:
+                    transitions: bool = False, neighbours: bool = False) -> int:
         """The width of a label token (the model's d_model): label, time and amount parts, plus a d_time wide part
-        for each of past counts and transitions."""
-        return d_label + d_time + d_amount + (d_time if past_counts else 0) + (d_time if transitions else 0)
+        for each of past counts, transitions and neighbours."""
+        return d_label + d_time + d_amount + d_time * (bool(past_counts) + bool(transitions) + bool(neighbours))
 
     @property
     def zero_fraction(self) -> float:
@@ -251,7 +261,8 @@ class LANET(nn.Module):
         return torch.topk(key, self.max_tokens, dim=1, largest=False).indices
 
     def forward(self, history: Tensor, gap: Tensor, amount: Tensor | None = None,
-                counts: Tensor | None = None, transitions: Tensor | None = None) -> Tensor:
+                counts: Tensor | None = None, transitions: Tensor | None = None,
+                neighbours: Tensor | None = None) -> Tensor:
         _check_events("LANET", history, gap, self.C, self.look_back, self.gap.num_embeddings)
         B, J, C = history.shape
         if amount is not None and (self.amount is None or tuple(amount.shape) != (B, J, C)):
@@ -267,7 +278,12 @@ class LANET(nn.Module):
             raise ValueError(f"LANET(transitions=True).forward needs transitions [B, C, 2] = [{B}, {C}, 2] "
                              "(TransitionPrior.features), got "
                              f"{None if transitions is None else list(transitions.shape)}")
-        for name, value, part in (("counts", counts, self.count), ("transitions", transitions, self.trans)):
+        if self.nbr is not None and (neighbours is None or neighbours.shape != (B, C, 1)):
+            raise ValueError(f"LANET(neighbours=True).forward needs neighbours [B, C, 1] = [{B}, {C}, 1] "
+                             "(NeighbourPrior.features), got "
+                             f"{None if neighbours is None else list(neighbours.shape)}")
+        for name, value, part in (("counts", counts, self.count), ("transitions", transitions, self.trans),
+                                  ("neighbours", neighbours, self.nbr)):
             if value is None:
                 continue
             if part is None:  # it would be ignored: the caller meant a model that uses it
@@ -277,9 +293,10 @@ class LANET(nn.Module):
             if not value.is_floating_point():
                 raise ValueError(f"LANET.forward: {name} must be a floating-point tensor, got {value.dtype}")
             if value.device.type == "cpu" and not torch.compiler.is_compiling():  # elsewhere a sync per forward
-                bad = ~torch.isfinite(value) if name == "transitions" else ~(torch.isfinite(value) & (value >= 0))
+                lift = name != "counts"  # transition and neighbour lifts may be negative
+                bad = ~torch.isfinite(value) if lift else ~(torch.isfinite(value) & (value >= 0))
                 if bool(bad.any()):  # NaN logits for every label of the example otherwise
-                    what = "finite" if name == "transitions" else "finite counts >= 0"
+                    what = "finite" if lift else "finite counts >= 0"
                     raise ValueError(f"LANET.forward: {name} must be {what}, got {value[bad][0].item()} (example "
                                      f"{int(bad.reshape(B, -1).any(1).nonzero()[0])})")
         cand = self.candidates(history, counts, transitions)
@@ -300,6 +317,9 @@ class LANET(nn.Module):
         if transitions is not None:
             transitions = transitions.to(self.label.weight.dtype)
             parts.append(self.trans(transitions.gather(1, cand[..., None].expand(B, L, 2))))
+        if neighbours is not None:
+            neighbours = neighbours.to(self.label.weight.dtype)
+            parts.append(self.nbr(neighbours.gather(1, cand[..., None])))
         x = torch.cat(parts, -1)
         if self.id_token is not None:
             x = torch.cat([self.id_token.expand(B, 1, -1), x], 1)
@@ -311,6 +331,8 @@ class LANET(nn.Module):
         logits = self.bias.expand(B, -1).clone()
         if transitions is not None:
             logits = logits + self.trans_out(transitions).squeeze(-1)
+        if neighbours is not None:
+            logits = logits + self.nbr_out(neighbours).squeeze(-1)
         # in the bias's dtype: under autocast the head gives bfloat16 token logits, which scatter_add refused to mix
         return logits.scatter_add(1, cand, token_logits.to(logits.dtype))
 

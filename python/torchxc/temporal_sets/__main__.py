@@ -39,6 +39,10 @@ def parser():
                     help="LANET: add each label's transition lift from the user's last event and whole past, counted "
                          "over the training users (torchxc extension); frequency: break ties by the transition "
                          "probability from the user's past instead of popularity")
+    ap.add_argument("--neighbours", type=int, default=0, metavar="K",
+                    help="LANET: add each label's lift in the label distribution of the user's K most similar "
+                         "training users (cosine of whole-past counts; torchxc extension, e.g. 300); frequency: break "
+                         "ties by that distribution instead of popularity. 0: off")
     ap.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     ap.add_argument("--split-seed", type=int, default=0,
                     help="CSV data: the random split of users into train / validate / test (JSON data has its own)")

@@ -22,6 +22,7 @@ from .baselines import personal_frequency_scores
 from .data import (NUM_GAPS, TemporalSets, _check_id_list, collate, load_temporal_sets_csv, load_temporal_sets_json,
                    past_count_matrix)
 from .metrics import evaluate_scores, ndcg_at_k, tune_thresholds
+from .neighbours import NeighbourPrior
 from .transitions import TransitionPrior
 
 __all__ = ["load", "run"]
@@ -45,13 +46,16 @@ def _targets(examples, C):
 
 
 def _forward(model, batch, data: TemporalSets, device, training: bool = False):
-    """(logits, target) of one batch of examples (``training``: transition features leave the user out)."""
+    """(logits, target) of one batch of examples (``training``: transition and neighbour features leave the user
+    out)."""
     h, g, a, t = collate(batch, data.num_labels, data.look_back, data.has_amounts)
     extra = {}
     if getattr(model, "count", None) is not None:
         extra["counts"] = past_count_matrix(batch, data.num_labels).to(device)
     if getattr(model, "trans", None) is not None:
         extra["transitions"] = model.prior.features(batch, leave_user_out=training).to(device)
+    if getattr(model, "nbr", None) is not None:
+        extra["neighbours"] = model.neighbour_prior.features(batch, leave_user_out=training).to(device)
     return model(h.to(device), g.to(device), None if a is None else a.to(device), **extra), t
 
 
@@ -95,6 +99,8 @@ def build_model(args, data: TemporalSets):
                       max_tokens=args.max_tokens, num_gaps=NUM_GAPS, popularity=data.popularity)
         if model.trans is not None:
             model.prior = TransitionPrior(data)  # counts from the training users (not a parameter)
+        if model.nbr is not None:
+            model.neighbour_prior = NeighbourPrior(data, k=args.neighbours)  # the training users' profiles
         return model
     return TimeStepTransformer(data.num_labels, data.look_back, d_model=args.d_model, n_layers=args.layers,
                                n_heads=args.heads, d_ff=2 * args.d_model, dropout=args.dropout, num_gaps=NUM_GAPS)
@@ -112,9 +118,11 @@ class DataError(ValueError):
 
 def _lanet_sizes(args, has_amounts: bool) -> dict:
     """LANET's token parts from the options: --d-model split into the label part and a --d-time part, a --d-time
-    wide amount part when the data has amounts, and the past-count and transition switches (each --d-time wide)."""
+    wide amount part when the data has amounts, and the past-count, transition and neighbour switches (each --d-time
+    wide)."""
     return dict(d_label=args.d_model - args.d_time, d_time=args.d_time, d_amount=args.d_time if has_amounts else 0,
-                past_counts=getattr(args, "past_counts", False), transitions=getattr(args, "transitions", False))
+                past_counts=getattr(args, "past_counts", False), transitions=getattr(args, "transitions", False),
+                neighbours=getattr(args, "neighbours", 0) > 0)
 
 
 def check_args(args, has_amounts: bool | None = None) -> None:
@@ -129,6 +137,13 @@ def check_args(args, has_amounts: bool | None = None) -> None:
             problems.append("--past-counts applies to --model lanet only (frequency always ranks by the whole past)")
     if args.model == "transformer" and getattr(args, "transitions", False):
         problems.append("--transitions applies to --model lanet and frequency only")
+    neighbours = getattr(args, "neighbours", 0)
+    if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 0:
+        problems.append(f"--neighbours must be an int >= 0 (0: off), got {neighbours!r}")
+    elif neighbours and args.model == "transformer":
+        problems.append("--neighbours applies to --model lanet and frequency only")
+    elif neighbours and args.model == "frequency" and getattr(args, "transitions", False):
+        problems.append("frequency breaks ties by one prior: --transitions or --neighbours, not both")
     if args.model == "frequency" and args.loss != "zlpr":
         problems.append("--loss applies to the trained models (lanet, transformer), not frequency")
     if neural and args.epochs < 1:
@@ -160,16 +175,18 @@ def check_args(args, has_amounts: bool | None = None) -> None:
         elif args.d_time == 0:
             dropped = [name for name, on in (("--past-counts", getattr(args, "past_counts", False)),
                                              ("--transitions", getattr(args, "transitions", False)),
+                                             ("--neighbours", getattr(args, "neighbours", 0) > 0),
                                              ("the data's amounts", bool(has_amounts))) if on]
             if dropped:
-                problems.append(f"the past-count, transition and amount parts of LANET's label tokens are --d-time "
-                                f"wide: --d-time 0 would drop {', '.join(dropped)}")
+                problems.append(f"the past-count, transition, neighbour and amount parts of LANET's label tokens are "
+                                f"--d-time wide: --d-time 0 would drop {', '.join(dropped)}")
         if args.max_tokens < 1:
             problems.append(f"--max-tokens must be >= 1, got {args.max_tokens}")
         width = LANET.token_width(**_lanet_sizes(args, bool(has_amounts)))
         if has_amounts is not None and args.heads >= 1 and width % args.heads:
             problems.append(f"--heads {args.heads} must divide LANET's token width {width} (--d-model {args.d_model} "
-                            f"plus --d-time {args.d_time} for each of past counts, transitions and amounts)")
+                            f"plus --d-time {args.d_time} for each of past counts, transitions, neighbours and "
+                            f"amounts)")
     if args.model == "transformer" and args.heads >= 1 and args.d_model % args.heads:
         problems.append(f"--heads {args.heads} must divide --d-model {args.d_model}")
     if problems:
@@ -204,8 +221,10 @@ def run(args, data: TemporalSets | None = None, progress: bool = True, scores: d
     info = {}
     if args.model == "frequency":
         prior = TransitionPrior(data) if getattr(args, "transitions", False) else None
-        val_s = personal_frequency_scores(data.validate, data.popularity, prior)
-        test_s = personal_frequency_scores(data.test, data.popularity, prior)
+        k = getattr(args, "neighbours", 0)
+        near = NeighbourPrior(data, k=k) if k else None
+        val_s = personal_frequency_scores(data.validate, data.popularity, prior, near)
+        test_s = personal_frequency_scores(data.test, data.popularity, prior, near)
         epochs_run = 0
     else:
         model = build_model(args, data).to(device)
