@@ -13,11 +13,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS_DIR, write_csv  # noqa: E402
+from temporal_sets_recency import save_rows, top10_row  # noqa: E402
 from temporal_sets_table import DEFAULT_DATA  # noqa: E402
 
-from torchxc.temporal_sets import (NeighbourPrior, ndcg_at_k, personal_frequency_scores, phr_at_k,  # noqa: E402
-                                   recall_at_k)
+from torchxc.temporal_sets import NeighbourPrior, personal_frequency_scores  # noqa: E402
 from torchxc.temporal_sets.train import _targets, load  # noqa: E402
 
 
@@ -47,15 +46,8 @@ def main(argv=None) -> int:
         target, unseen = _targets(examples, data.num_labels)
         for k, beta, prior in [(0, 0.0, None)] + priors:
             s = personal_frequency_scores(examples, data.popularity, neighbours=prior)
-            rows.append({"split": split, "k": k, "beta": beta, "recall@10": recall_at_k(s, target, 10, unseen),
-                         "ndcg@10": ndcg_at_k(s, target, 10, unseen), "phr@10": phr_at_k(s, target, 10),
-                         "users": len(examples)})
-            print(f"{split:8s} k={k:<5d} beta={beta:<4g} recall@10 {rows[-1]['recall@10']:.4f}  "
-                  f"ndcg@10 {rows[-1]['ndcg@10']:.4f}  phr@10 {rows[-1]['phr@10']:.4f}")
-    name = os.path.splitext(os.path.basename(args.data))[0]
-    out = args.out or os.path.join(RESULTS_DIR, f"temporal_sets_neighbours_{name}.csv")
-    write_csv(out, rows)
-    print(f"wrote {out}")
+            rows.append(top10_row(split, s, target, unseen, k=k, beta=beta))
+    save_rows(rows, args.data, args.out, "temporal_sets_neighbours")
     return 0
 
 

@@ -35,6 +35,25 @@ def recency_scores(examples: list, sequences: dict, index: dict, popularity: tor
     return scores + 1e-9 * pop / (pop.max() + 1)
 
 
+def top10_row(split: str, scores, target, unseen, **keys) -> dict:
+    """One CSV row: the split, ``keys`` (the setting), recall@10 / NDCG@10 / PHR@10 of ``scores`` and the users;
+    also printed."""
+    row = {"split": split, **keys, "recall@10": recall_at_k(scores, target, 10, unseen),
+           "ndcg@10": ndcg_at_k(scores, target, 10, unseen), "phr@10": phr_at_k(scores, target, 10),
+           "users": len(target)}
+    print(f"{split:8s} " + " ".join(f"{k}={v:<5g}" for k, v in keys.items()) + f" recall@10 {row['recall@10']:.4f}  "
+          f"ndcg@10 {row['ndcg@10']:.4f}  phr@10 {row['phr@10']:.4f}")
+    return row
+
+
+def save_rows(rows: list, data_path: str, out: str | None, stem: str) -> None:
+    """Writes the rows to ``out``, by default benchmarks/results/<stem>_<data file name>.csv."""
+    name = os.path.splitext(os.path.basename(data_path))[0]
+    out = out or os.path.join(RESULTS_DIR, f"{stem}_{name}.csv")
+    write_csv(out, rows)
+    print(f"wrote {out}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=os.path.join(DEFAULT_DATA, "DC.json"), help="a DNNTSP JSON file")
@@ -58,15 +77,8 @@ def main(argv=None) -> int:
         sequences = {str(user): seq for user, seq in raw[split].items()}
         for r in decays:
             s = recency_scores(examples, sequences, index, data.popularity, r)
-            rows.append({"split": split, "r": r, "recall@10": recall_at_k(s, target, 10, unseen),
-                         "ndcg@10": ndcg_at_k(s, target, 10, unseen), "phr@10": phr_at_k(s, target, 10),
-                         "users": len(examples)})
-            print(f"{split:8s} r={r:<5g} recall@10 {rows[-1]['recall@10']:.4f}  ndcg@10 {rows[-1]['ndcg@10']:.4f}  "
-                  f"phr@10 {rows[-1]['phr@10']:.4f}")
-    name = os.path.splitext(os.path.basename(args.data))[0]
-    out = args.out or os.path.join(RESULTS_DIR, f"temporal_sets_recency_{name}.csv")
-    write_csv(out, rows)
-    print(f"wrote {out}")
+            rows.append(top10_row(split, s, target, unseen, r=r))
+    save_rows(rows, args.data, args.out, "temporal_sets_recency")
     return 0
 
 

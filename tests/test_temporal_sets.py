@@ -503,16 +503,22 @@ def test_transition_prior_against_counts(tmp_path):
         TransitionPrior(d, alpha=0.0)
 
 
-def test_lanet_transitions(tmp_path):
-    """The transition part reaches the logits of token and non-token labels, candidates follow the transition
-    score on a large vocabulary, a model built with it refuses a batch without the features, and the command line
-    trains with --transitions."""
-    rnd = random.Random(4)
+def _pair_sets(tmp_path, seed):
+    """A JSON file of 20 users with 4 events of 2 of 10 labels each, the same users in every split, and its
+    TemporalSets (look-back 2)."""
+    rnd = random.Random(seed)
     labels = [f"l{i}" for i in range(10)]
     train = {f"u{u}": [rnd.sample(labels, 2) for _ in range(4)] for u in range(20)}
     p = tmp_path / "d.json"
     p.write_text(json.dumps({"train": train, "validate": train, "test": train}))
-    d = load_temporal_sets_json(str(p), look_back=2)
+    return p, load_temporal_sets_json(str(p), look_back=2)
+
+
+def test_lanet_transitions(tmp_path):
+    """The transition part reaches the logits of token and non-token labels, candidates follow the transition
+    score on a large vocabulary, a model built with it refuses a batch without the features, and the command line
+    trains with --transitions."""
+    p, d = _pair_sets(tmp_path, 4)
     prior = TransitionPrior(d)
     batch = d.test[:3]
     h, g, _, _ = collate(batch, d.num_labels, 2)
@@ -647,12 +653,7 @@ def test_frequency_breaks_ties_by_the_neighbours(tmp_path):
 def test_lanet_neighbours(tmp_path):
     """The neighbour part reaches every label's logit (token or not), the model refuses a batch without the
     features, features it would ignore and non-finite ones, and the command line trains with --neighbours."""
-    rnd = random.Random(7)
-    labels = [f"l{i}" for i in range(10)]
-    train = {f"u{u}": [rnd.sample(labels, 2) for _ in range(4)] for u in range(20)}
-    p = tmp_path / "d.json"
-    p.write_text(json.dumps({"train": train, "validate": train, "test": train}))
-    d = load_temporal_sets_json(str(p), look_back=2)
+    p, d = _pair_sets(tmp_path, 7)
     batch = d.test[:3]
     h, g, _, _ = collate(batch, d.num_labels, 2)
     nb = NeighbourPrior(d, k=4).features(batch)
