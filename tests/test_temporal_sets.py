@@ -10,9 +10,9 @@ import torch
 from testing import favourite_label_users
 
 from torchxc.models import LANET, TimeStepTransformer
-from torchxc.temporal_sets import (Example, collate, evaluate_scores, load_temporal_sets_csv, load_temporal_sets_json,
-                                   ndcg_at_k, past_count_matrix, personal_frequency_scores, phr_at_k, recall_at_k,
-                                   tune_thresholds)
+from torchxc.temporal_sets import (Example, TemporalSets, collate, evaluate_scores, load_temporal_sets_csv,
+                                   load_temporal_sets_json, ndcg_at_k, past_count_matrix, personal_frequency_scores,
+                                   phr_at_k, recall_at_k, tune_thresholds)
 from torchxc.temporal_sets.__main__ import main as cli_main, parser as cli_parser
 from torchxc.temporal_sets.data import NUM_AMOUNTS, NUM_GAPS, gap_bucket
 from torchxc.temporal_sets.neighbours import NeighbourPrior
@@ -628,6 +628,12 @@ def test_neighbour_prior_against_its_definition(tmp_path):
     bad_ex = Example(history=[], gaps=[], target=[0], past_counts={d.num_labels: 1})
     with pytest.raises(ValueError, match=r"NeighbourPrior.share: example 0 has past_counts label ids"):
         prior.share([bad_ex])
+    for count in (math.nan, -1.0):  # a NaN count made NaN shares, a negative one a negative cosine
+        with pytest.raises(ValueError, match=r"NeighbourPrior.share: example 0: counts must be finite numbers >= 0"):
+            prior.share([Example(history=[], gaps=[], target=[0], past_counts={0: count})])
+    # no training user at all: every share is popularity
+    empty = NeighbourPrior(TemporalSets([], [], [], d.vocab, d.popularity, 2), k=3)
+    torch.testing.assert_close(empty.share(d.test), empty.pop.expand(len(d.test), -1))
 
 
 def test_frequency_breaks_ties_by_the_neighbours(tmp_path):

@@ -23,7 +23,7 @@ import warnings
 
 import torch
 
-from .data import _checked_past_ids
+from .data import past_count_matrix
 
 __all__ = ["NeighbourPrior"]
 
@@ -38,7 +38,7 @@ class NeighbourPrior:
         beta: shrinkage towards popularity, > 0.
     """
 
-    def __init__(self, data, k: int = 300, beta: float = 1.0):
+    def __init__(self, data, k: int = 100, beta: float = 1.0):
         if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
             raise ValueError(f"NeighbourPrior: k must be an int >= 1, got {k!r}")
         if not isinstance(beta, numbers.Real) or isinstance(beta, bool) or not 0 < beta < math.inf:
@@ -73,15 +73,8 @@ class NeighbourPrior:
     def share(self, batch: list, leave_user_out: bool = False) -> torch.Tensor:
         """float32 [B, C]: the neighbour share of every label (see the module docstring). ``leave_user_out``: an
         example's own user is not its neighbour (for training examples)."""
-        B, C = len(batch), self.C
-        query = torch.zeros(B, C)
-        own = []
-        for b, ex in enumerate(batch):
-            ids = _checked_past_ids("NeighbourPrior.share", b, ex, C)
-            if ids:
-                query[b, ids] = torch.tensor([float(ex.past_counts[i]) for i in ids])
-            if leave_user_out and ex.user in self.index:
-                own.append((b, self.index[ex.user]))
+        query = past_count_matrix(batch, self.C, "NeighbourPrior.share")  # checks ids and counts (finite, >= 0)
+        own = [(b, self.index[ex.user]) for b, ex in enumerate(batch) if leave_user_out and ex.user in self.index]
         query = query / query.norm(dim=1, keepdim=True).clamp(min=1e-30)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
