@@ -16,7 +16,7 @@ Each label c of the vocabulary is a token, the concatenation of
       learned linear map, so that labels outside the tokens of a large vocabulary get them too;
   (f) optionally (``neighbours=True``, a torchxc extension) a projection of the label's lift in the label distribution
       of the user's most similar training users (:class:`torchxc.temporal_sets.neighbours.NeighbourPrior`), which
-      also enters every label's logit through a learned scale;
+      also enters every label's logit through a learned scale (it does not choose the tokens of a large vocabulary);
 an optional learned id token goes in front, a TransformerEncoder mixes the tokens, and one shared Linear head gives
 each label token its logit. The attention normaliser is ``softmax`` or ``sparsemax`` (torchxc.sparsemax: sparse
 label attention); :attr:`LANET.zero_fraction` reports the share of exactly-zero attention weights over the eval-mode
