@@ -271,23 +271,17 @@ class LANET(nn.Module):
                              f"{0 if self.amount is None else self.amount.embedding_dim})")
         if amount is not None:
             _check_buckets("LANET", "amount", amount, self.amount.num_embeddings)
-        if self.count is not None and (counts is None or tuple(counts.shape) != (B, C)):
-            raise ValueError(f"LANET(past_counts=True).forward needs counts [B, C] = [{B}, {C}] (past_count_matrix), "
-                             f"got {None if counts is None else tuple(counts.shape)}")
-        if self.trans is not None and (transitions is None or transitions.shape != (B, C, 2)):
-            raise ValueError(f"LANET(transitions=True).forward needs transitions [B, C, 2] = [{B}, {C}, 2] "
-                             "(TransitionPrior.features), got "
-                             f"{None if transitions is None else list(transitions.shape)}")
-        if self.nbr is not None and (neighbours is None or neighbours.shape != (B, C, 1)):
-            raise ValueError(f"LANET(neighbours=True).forward needs neighbours [B, C, 1] = [{B}, {C}, 1] "
-                             "(NeighbourPrior.features), got "
-                             f"{None if neighbours is None else list(neighbours.shape)}")
-        for name, value, part in (("counts", counts, self.count), ("transitions", transitions, self.trans),
-                                  ("neighbours", neighbours, self.nbr)):
+        extras = (("counts", counts, self.count, "past_counts", (B, C), "past_count_matrix"),
+                  ("transitions", transitions, self.trans, "transitions", (B, C, 2), "TransitionPrior.features"),
+                  ("neighbours", neighbours, self.nbr, "neighbours", (B, C, 1), "NeighbourPrior.features"))
+        for name, value, part, flag, shape, source in extras:
+            if part is not None and (value is None or tuple(value.shape) != shape):
+                dims = ", ".join(["B", "C"] + [str(d) for d in shape[2:]])
+                raise ValueError(f"LANET({flag}=True).forward needs {name} [{dims}] = {list(shape)} ({source}), got "
+                                 f"{None if value is None else list(value.shape)}")
             if value is None:
                 continue
             if part is None:  # it would be ignored: the caller meant a model that uses it
-                flag = "past_counts" if name == "counts" else name
                 raise ValueError(f"LANET.forward: got {name}, but the model was built without {flag}=True and "
                                  f"would ignore them")
             if not value.is_floating_point():
