@@ -11,8 +11,10 @@ import json
 import math
 import numbers
 import random
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -241,6 +243,14 @@ def load_temporal_sets_csv(path: str, look_back: int = 3, split=(0.7, 0.1, 0.2),
 def _is_int(v) -> bool:
     """An integer (numpy's too), not a bool."""
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+@contextmanager
+def _quiet_sparse_csr():
+    """Silences torch's warning that sparse CSR support is beta (the label priors' sparse products go through CSR)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        yield
 
 
 def _check_look_back(fn: str, look_back) -> None:

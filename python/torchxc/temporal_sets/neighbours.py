@@ -19,11 +19,10 @@ training data, not with users x labels; a batch of B examples costs a dense [B, 
 """
 import math
 import numbers
-import warnings
 
 import torch
 
-from .data import past_count_matrix
+from .data import _quiet_sparse_csr, past_count_matrix
 
 __all__ = ["NeighbourPrior"]
 
@@ -60,8 +59,7 @@ class NeighbourPrior:
         norm = torch.zeros(U, dtype=torch.float64).index_add_(0, r, n * n).sqrt().clamp(min=1e-30)
         total = torch.zeros(U, dtype=torch.float64).index_add_(0, r, n).clamp(min=1e-30)
         # n_u / ||n_u|| (for the cosine) as [U, C], and (n_u / |n_u|) transposed to [C, U]: both CSR, float32
-        with warnings.catch_warnings():  # torch warns that sparse CSR is beta
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        with _quiet_sparse_csr():
             self.unit = torch.sparse_coo_tensor(counts.indices(), (n / norm[r]).float(), (U, C),
                                                 check_invariants=True).to_sparse_csr()
             self.dist_t = torch.sparse_coo_tensor(torch.stack([c, r]), (n / total[r]).float(), (C, U),
@@ -76,8 +74,7 @@ class NeighbourPrior:
         query = past_count_matrix(batch, self.C, "NeighbourPrior.share")  # checks ids and counts (finite, >= 0)
         own = [(b, self.index[ex.user]) for b, ex in enumerate(batch) if leave_user_out and ex.user in self.index]
         query = query / query.norm(dim=1, keepdim=True).clamp(min=1e-30)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        with _quiet_sparse_csr():
             sim = (self.unit @ query.T).T.contiguous()  # [B, U], in [0, 1]: profiles and counts are >= 0
         if own:
             rows, cols = torch.tensor(own).T
@@ -88,8 +85,7 @@ class NeighbourPrior:
         w, who = w[:, :self.k], who[:, :self.k]
         w = w.clamp(min=0)  # the left-out user, if it had to be taken (a single training user), weighs nothing
         weights = torch.zeros_like(sim).scatter_(1, who, w)  # [B, U] sparse in effect: k nonzeros per row
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        with _quiet_sparse_csr():
             mass = (self.dist_t @ weights.T).T + self.beta * self.pop
         return mass / (w.sum(1, keepdim=True) + self.beta)
 

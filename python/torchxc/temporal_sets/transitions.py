@@ -18,12 +18,11 @@ has never met. The counts are sparse (a COO matrix), so this also works for larg
 """
 import math
 import numbers
-import warnings
 from collections import Counter
 
 import torch
 
-from .data import _check_id_list, _checked_past_ids
+from .data import _check_id_list, _checked_past_ids, _quiet_sparse_csr
 
 __all__ = ["TransitionPrior"]
 
@@ -98,8 +97,7 @@ class TransitionPrior:
             if keys:
                 W[1, b, keys] = 1.0 / len(keys)
         Wf = W.view(2 * B, C)
-        with warnings.catch_warnings():  # torch routes the product through sparse CSR and warns that it is beta
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        with _quiet_sparse_csr():  # torch routes the product through sparse CSR
             f = torch.sparse.mm(Wf.to_sparse(), self.S).to_dense()
         f = f - (Wf @ self.log_out.float())[:, None]
         f = f.reshape(2, B, C)
