@@ -19,7 +19,8 @@ void no_cuda_kernels(const c10::OperatorHandle& op, torch::jit::Stack*) {
 
 TORCH_LIBRARY_IMPL(torchxc, CUDA, m) {
   for (const char* name : {"sparsemax", "sparsemax_backward", "sparsemax_loss", "sparsemax_loss_backward",
-                           "zlpr_loss", "zlpr_loss_sparse", "tree_sample", "tree_log_prob", "tree_log_prob_backward"}) {
+                           "zlpr_loss", "zlpr_loss_sparse", "_zlpr_scale_grad_",
+                           "tree_sample", "tree_log_prob", "tree_log_prob_backward"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&no_cuda_kernels>());
   }
 }

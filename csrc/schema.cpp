@@ -20,12 +20,17 @@ TORCH_LIBRARY(torchxc, m) {
   // ---- ZLPR loss (python/torchxc/zlpr.py) ----
   // Per-row ZLPR loss with classes last; target bool (hard) or the input's float dtype (soft, in [0, 1]); mask
   // None, bool like input, or bool [C]. Returns (loss [...], grad): grad = grad_scale * dloss/dinput, computed in
-  // the same pass when compute_grad (else an empty tensor), so that the backward only scales it (or, on the CPU
-  // when the incoming gradient equals grad_scale everywhere and the graph is freed, as for a mean with grad_scale
-  // 1 / rows, hands it on as is: the input's gradient is then this very tensor).
+  // the same pass when compute_grad (else an empty tensor), so that the backward only scales it. When the graph is
+  // freed, the input's gradient is this very tensor: handed on as is where the incoming gradient equals grad_scale
+  // (a mean with grad_scale 1 / rows, a sum with 1), its other rows scaled in place (_zlpr_scale_grad_).
   m.def("zlpr_loss(Tensor input, Tensor target, Tensor? mask=None, bool compute_grad=True, float grad_scale=1.0) -> (Tensor loss, Tensor grad)");
   // The same with positives int64 [..., P]: positive class indices padded with -1 (duplicates count once).
   m.def("zlpr_loss_sparse(Tensor input, Tensor positives, Tensor? mask=None, bool compute_grad=True, float grad_scale=1.0) -> (Tensor loss, Tensor grad)");
+  // The backward's in-place scaling of a stored gradient it owns (csrc/autograd/zlpr_autograd.cpp): each row r of
+  // grad [..., C] (contiguous) is multiplied by grad_loss[r] / grad_scale where grad_loss[r] != grad_scale; rows
+  // whose incoming gradient equals grad_scale are not read (the usual mean or sum: the whole call reads grad_loss
+  // alone, with no host sync to find that out).
+  m.def("_zlpr_scale_grad_(Tensor(a!) grad, Tensor grad_loss, float grad_scale) -> ()");
 
   // Whether the backward now running keeps its graph (retain_graph); fused_linear_zlpr's Python backward asks.
   m.def("_backward_keeps_graph() -> bool");

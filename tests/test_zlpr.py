@@ -574,14 +574,23 @@ def test_backward_fills_no_zeros_for_the_extra_outputs(loss):
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))
 @pytest.mark.parametrize("dtype", dtypes, ids=str)
 def test_backward_hands_on_the_stored_gradient(device, dtype):
-    """On the CPU, a mean (grad_scale = 1 / rows, rounded as mean's backward rounds it; not for float16) or a sum of
-    the rows, seeded with 1 by a backward that frees the graph, hands the stored gradient on (no input-sized multiply
-    in the backward). Any other seed, and any backward that keeps the graph, scales it into a new tensor, so that
-    gradients of retained graphs never share memory."""
+    """A backward that frees the graph makes the stored gradient the input's gradient, with no input-sized multiply:
+    a mean (grad_scale = 1 / rows, rounded as mean's backward rounds it; not for float16) or a sum seeded with 1
+    hands it on untouched (on the CPU after a value test; on a GPU _zlpr_scale_grad_ finds on the device that no row
+    needs scaling: no host sync), any other seed scales its rows in place. A backward that keeps the graph scales it
+    into a new tensor, so that gradients of retained graphs never share memory."""
     from torch.profiler import ProfilerActivity, profile
 
     s, t = make_case((3 * 1021, 40), dtype, device)
     tol = 2e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-6
+
+    def grad_and_ops(loss, **kw):
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            (g,) = torch.autograd.grad(loss, x, **kw)
+        big = [e.name for e in prof.events()
+               if e.name in ("aten::mul", "aten::div") and e.input_shapes and list(e.input_shapes[0]) == list(s.shape)]
+        return g, big, sum(e.name == "torchxc::_zlpr_scale_grad_" for e in prof.events())
+
     for reduction in ("mean", "sum"):
         xr = s.double().clone().requires_grad_(True)
         (ref,) = torch.autograd.grad(zlpr_reference(xr, t).mean() if reduction == "mean"
@@ -590,20 +599,77 @@ def test_backward_hands_on_the_stored_gradient(device, dtype):
         loss = torchxc.zlpr_loss(x, t, reduction=reduction)
         want = zlpr_reference(s, t).mean() if reduction == "mean" else zlpr_reference(s, t).sum()
         assert max_err(loss, want) < tol * want.abs().item()
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            (g,) = torch.autograd.grad(loss, x)
-        big = [e.name for e in prof.events()
-               if e.name in ("aten::mul", "aten::div") and e.input_shapes and list(e.input_shapes[0]) == list(s.shape)]
-        handed_on = device.type == "cpu" and (reduction == "sum" or dtype != torch.float16)
-        assert (not big) == handed_on, big
+        g, big, scaled_in_place = grad_and_ops(loss)
+        untouched = reduction == "sum" or dtype != torch.float16  # float16's mean is not folded into the kernel
+        assert not big and scaled_in_place == (0 if untouched and device.type == "cpu" else 1), (big, scaled_in_place)
         assert max_err(g, ref) < tol * ref.abs().max().item()
-        (scaled,) = torch.autograd.grad(torchxc.zlpr_loss(x, t, reduction=reduction) * -3.0, x)
+        scaled, big, scaled_in_place = grad_and_ops(torchxc.zlpr_loss(x, t, reduction=reduction) * -3.0)
+        assert not big and scaled_in_place == 1, (big, scaled_in_place)
         assert max_err(scaled, -3.0 * ref) < 3 * tol * ref.abs().max().item()
         loss = torchxc.zlpr_loss(x, t, reduction=reduction)
-        (first,) = torch.autograd.grad(loss, x, retain_graph=True)
+        first, big, scaled_in_place = grad_and_ops(loss, retain_graph=True)
+        assert len(big) == 1 and not scaled_in_place, (big, scaled_in_place)  # grad * incoming, a new tensor
         first.mul_(2)  # a gradient of a kept graph is its own tensor
         (second,) = torch.autograd.grad(loss, x)
         assert torch.equal(first, 2 * second) and max_err(second, ref) < tol * ref.abs().max().item()
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+def test_raw_op_second_output_is_the_gradient_buffer(device):
+    """The raw op's second output is the buffer the backward owns: a backward that frees the graph scales its rows
+    in place by their incoming gradient and hands it on (documented in csrc/schema.cpp); autograd copies it into
+    .grad here, since the caller still holds it."""
+    s, t = make_case((4, 6), torch.float32, device)
+    x = s.clone().requires_grad_(True)
+    loss, g = torch.ops.torchxc.zlpr_loss(x, t, None, True, 1.0)
+    unscaled = g.clone()
+    w = torch.tensor([1.0, -2.0, 0.5, 1.0], device=device)
+    (loss * w).sum().backward()
+    assert torch.equal(g, unscaled * w[:, None]) and torch.equal(x.grad, g)
+
+
+@pytest.mark.parametrize("device", devices, ids=device_ids(devices))
+@pytest.mark.parametrize("dtype", dtypes, ids=str)
+def test_scale_grad_in_place(device, dtype):
+    """torchxc::_zlpr_scale_grad_ against a float64 product: rows whose incoming gradient is grad_scale stay
+    bit-identical (a NaN row too: they are never read), the others are multiplied by grad_loss / grad_scale; an
+    expanded scalar, a non-contiguous grad_loss and a row longer than one CUDA block's share; bad arguments refused."""
+    op = torch.ops.torchxc._zlpr_scale_grad_.default
+
+    def same_bits(a, b):
+        return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+    gen = torch.Generator().manual_seed(3)
+    for shape in ((5, 7), (2, 3, 9000), (3, 1), (0, 4), (4, 0)):
+        g0 = torch.randn(shape, generator=gen, dtype=torch.float64)
+        if g0.numel():
+            g0.view(-1, shape[-1])[0, 0] = math.nan
+        scale = 0.25
+        go = torch.full(shape[:-1], scale, dtype=torch.float64)
+        flat = go.view(-1)
+        flat[1::2] = torch.randn(flat[1::2].shape, generator=gen, dtype=torch.float64)
+        g = g0.to(device=device, dtype=dtype)
+        before = g.clone()
+        op(g, go.to(device=device, dtype=dtype), scale)
+        factor = go.to(dtype).double() / scale
+        want = before.double() * factor.unsqueeze(-1)
+        keep = (factor == 1).unsqueeze(-1).expand(shape)
+        assert same_bits(g[keep.to(device)], before[keep.to(device)])
+        tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-7}.get(dtype, 1e-16)
+        assert torch.allclose(g.double(), want.to(device), rtol=tol, atol=0, equal_nan=True)
+        g = before.clone()  # one value for every row, given as an expanded 0-d tensor: nothing to do
+        op(g, torch.tensor(scale, dtype=dtype, device=device).expand(shape[:-1]), scale)
+        assert same_bits(g, before)
+    g = torch.ones(4, 6, dtype=dtype, device=device)
+    op(g, torch.tensor([[1.0, 2.0], [2.0, 3.0], [1.0, 4.0], [5.0, 5.0]], dtype=dtype, device=device)[:, 0], 1.0)
+    assert g[:, 0].tolist() == [1.0, 2.0, 1.0, 5.0]
+    if dtype != torch.float32 or device.type != "cpu":
+        return
+    for args, what in (((g.t(), g[:, 0], 1.0), "contiguous"), ((g, g[:, 0].double(), 1.0), "grad_loss of the"),
+                       ((g, g[:3, 0], 1.0), "grad_loss of shape"), ((g, g[:, 0], 0.0), "non-zero grad_scale"),
+                       ((g.long(), g[:, 0].long(), 1.0), "grad")):
+        with pytest.raises(RuntimeError, match=f"torchxc::_zlpr_scale_grad_: expected .*{what}"):
+            op(*args)
 
 
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))

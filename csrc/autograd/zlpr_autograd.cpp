@@ -1,8 +1,9 @@
 // Autograd of the ZLPR losses (see autograd_common.h). The forward kernel computes the loss and, when
-// compute_grad, its gradient (times grad_scale) in the same pass; the backward scales that stored gradient by the
-// incoming row gradients (divided by grad_scale), or hands it on when they all equal grad_scale (can_hand_on). The
-// stored gradient is an output without gradient of its own: differentiating the backward again raises
-// (once_differentiable in autograd_common.h).
+// compute_grad, its gradient (times grad_scale) in the same pass; the backward hands that stored gradient on as the
+// input's gradient, after scaling in place the rows whose incoming gradient is not grad_scale (none, for a mean or
+// sum seeded with 1: then the backward moves no gradient memory, on the CPU or a GPU). A backward that cannot own
+// it (retained graph, tracing) scales it into a new tensor. The stored gradient is an output without gradient of its
+// own: differentiating the backward again raises (once_differentiable in autograd_common.h).
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
@@ -17,20 +18,24 @@ using torch::autograd::variable_list;
 using ZlprSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                    const std::optional<at::Tensor>&, bool, double);
 
-// Whether the stored gradient (already scaled by grad_scale) can be handed on as the input's gradient: go is
-// grad_scale in every element, and the graph is not kept (so autograd frees the saved gradient after this node and
-// the returned one has no other owner inside autograd). CPU tensors only: on a GPU the value test would cost a host
-// sync (and break CUDA graph capture). Never while tracing (torch.compile: fake or functional tensors, dispatch
-// modes), where the value is unknown and the traced backward always scales.
+// Whether this backward owns the stored gradient: not traced (torch.compile: fake or functional tensors, dispatch
+// modes, symbolic shapes; functorch transforms), and the graph is freed after this node (a retained graph keeps the
+// tensor, and a later backward through it must find it unchanged). It may then become the input's gradient itself,
+// scaled in place where needed, with no second input-sized tensor.
+bool owns_stored_gradient(const at::Tensor& go, const at::Tensor& grad) {
+  constexpr auto traced =
+      c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot, c10::DispatchKey::Functionalize,
+                           c10::DispatchKey::FuncTorchBatched, c10::DispatchKey::FuncTorchGradWrapper});
+  return !go.key_set().has_any(traced) && !grad.key_set().has_any(traced) &&
+         !c10::impl::TorchDispatchModeTLS::any_modes_set() && !go.unsafeGetTensorImpl()->has_symbolic_sizes_strides() &&
+         !torch::autograd::get_current_graph_task_keep_graph() && grad.is_contiguous() && grad.numel() > 0;
+}
+
+// Whether the owned gradient (already scaled by grad_scale) is the input's gradient as it is: go is grad_scale in
+// every element. On the CPU only: on a GPU the value test would cost a host sync (and break CUDA graph capture), so
+// there _zlpr_scale_grad_ makes it on the device and skips the rows that need nothing.
 bool can_hand_on(const at::Tensor& go, double grad_scale) {
-  constexpr auto traced = c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
-                                               c10::DispatchKey::Functionalize});
-  if (!go.is_cpu() || go.key_set().has_any(traced) || c10::impl::TorchDispatchModeTLS::any_modes_set() ||
-      go.unsafeGetTensorImpl()->has_symbolic_sizes_strides() || go.numel() == 0 ||
-      torch::autograd::get_current_graph_task_keep_graph()) {
-    return false;
-  }
-  return (go == grad_scale).all().item<bool>();  // called under no_grad (once_differentiable)
+  return go.is_cpu() && (go == grad_scale).all().item<bool>();  // called under no_grad (once_differentiable)
 }
 
 template <typename Tag>
@@ -57,9 +62,14 @@ struct ZlprFunction : public torch::autograd::Function<ZlprFunction<Tag>> {
     const double grad_scale = ctx->saved_data["grad_scale"].toDouble();
     return once_differentiable(Tag::name, grads, [&]() -> variable_list {
       variable_list out = none;
-      // The common case (a mean or sum of the rows, seed 1): hand on the stored gradient itself, with no second
-      // input-sized tensor (a caller of the raw op who kept its second output gets that same tensor back).
-      if (can_hand_on(grads[0], grad_scale)) {
+      // The common case (a mean or sum of the rows, seed 1) needs no work: the stored gradient, already scaled by
+      // grad_scale, is handed on (a caller of the raw op who kept its second output gets that same tensor back, and
+      // sees it scaled in place when the incoming gradient differs from grad_scale).
+      if (owns_stored_gradient(grads[0], grad)) {
+        if (!can_hand_on(grads[0], grad_scale)) {
+          TORCHXC_OP("torchxc::_zlpr_scale_grad_", void(const at::Tensor&, const at::Tensor&, double))
+              .call(grad, grads[0].to(grad.scalar_type()), grad_scale);
+        }
         out[0] = grad;
       } else {
         const at::Tensor go = grad_scale == 1.0 ? grads[0] : grads[0] / grad_scale;

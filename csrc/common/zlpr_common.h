@@ -87,4 +87,34 @@ struct ZlprProblem {
   }
 };
 
+// Arguments of _zlpr_scale_grad_(grad, grad_loss, grad_scale): checked, with grad_loss as one value per row (an
+// expanded scalar keeps its zero stride: a mean's incoming gradient is not copied).
+struct ZlprScaleProblem {
+  int64_t rows = 0, d = 0;
+  at::Tensor go;      // [rows], any stride
+  int64_t go_stride = 0;
+
+  static ZlprScaleProblem make(const at::Tensor& grad, const at::Tensor& grad_loss, double grad_scale) {
+    constexpr const char* op = "torchxc::_zlpr_scale_grad_";
+    check_float_input(grad, op, "grad");
+    TORCH_CHECK(grad_loss.scalar_type() == grad.scalar_type(), op, ": expected grad_loss of the gradient's dtype ",
+                grad.scalar_type(), ", but got ", grad_loss.scalar_type());
+    check_same_device(grad, grad_loss, op, "grad", "grad_loss");
+    TORCH_CHECK(grad.dim() >= 1 && grad.is_contiguous(), op,
+                ": expected a contiguous gradient with at least 1 dimension, but got sizes ", grad.sizes(),
+                " and strides ", grad.strides());
+    const auto batch = grad.sizes().slice(0, grad.dim() - 1);
+    TORCH_CHECK(grad_loss.sizes() == batch, op, ": expected grad_loss of shape ", batch,
+                " (the gradient's leading dims), but got ", grad_loss.sizes());
+    TORCH_CHECK(std::isfinite(grad_scale) && grad_scale != 0.0, op, ": expected a finite, non-zero grad_scale, but got ",
+                grad_scale);
+    ZlprScaleProblem p;
+    p.d = grad.size(-1);
+    p.rows = c10::multiply_integers(batch);
+    p.go = grad_loss.reshape({p.rows});
+    p.go_stride = p.rows > 1 ? p.go.stride(0) : 0;
+    return p;
+  }
+};
+
 }  // namespace torchxc

@@ -135,10 +135,10 @@ def _wants_grad(input: Tensor) -> bool:
 def _grad_scale(input: Tensor, reduction: str) -> float:
     """The factor the kernels put into the stored gradient. For "mean" it is the incoming gradient of every row
     that loss.backward() brings (1 / rows, rounded to the loss dtype as mean's backward rounds it), so that the
-    backward can hand the stored gradient on instead of scaling it into a second input-sized tensor. 1.0 under
-    torch.compile (whose traced backward always scales), on CUDA (no hand-on there yet) and for float16, whose
-    range would flush a gradient divided by the row count to zero before a loss scaler's factor reaches it."""
-    if reduction != "mean" or input.dtype == torch.float16 or not input.is_cpu or torch.compiler.is_compiling():
+    backward can hand the stored gradient on without touching it. 1.0 under torch.compile (whose traced backward
+    always scales) and for float16, whose range would flush a gradient divided by the row count to zero before a
+    loss scaler's factor reaches it."""
+    if reduction != "mean" or input.dtype == torch.float16 or torch.compiler.is_compiling():
         return 1.0
     rows = math.prod(input.shape[:-1])
     return _round_to_dtype(1.0 / rows, input.dtype) if rows > 0 else 1.0
