@@ -4,7 +4,8 @@ Meant to run under compute-sanitizer (memcheck, racecheck), where the full test 
     compute-sanitizer --tool memcheck --error-exitcode 1 python tools/cuda_paths.py
 Paths: warp per row (d <= 1024), block per row (d <= 32768), split rows (longer), with vector and scalar loads
 (odd d), every dtype: sparsemax forward, backward, loss (index and weight targets) and its backward; ZLPR with
-hard, soft and sparse labels, with and without a mask, with and without the gradient; the tree sampler's draws
+hard, soft and sparse labels, with and without a mask, with and without the gradient (the backward's in-place
+row scaling: weighted rows and a mean); the tree sampler's draws
 (float32 and float64, C a power of two and not), log q of given labels and its backward.
 --sizes / --dtypes narrow the run (racecheck, which only sees shared memory, needs the block and split paths only).
 """
@@ -93,9 +94,14 @@ def zlpr_paths(gen, sizes, dtypes):
                     lr = fn(sr, target, m, reduction="none")
                     tag = f"zlpr[{name}{', mask' if m is not None else ''}] {dtype} d={d}"
                     ok &= check(tag, lc, lr, tol * max(1.0, lr.abs().max().item()))
-                    (gc,) = torch.autograd.grad(lc.sum(), sc)
-                    (gr,) = torch.autograd.grad(lr.sum(), sr)
-                    ok &= check(tag + " grad", gc, gr, tol)
+                    # row weights 1, -2, 0.5: the backward's in-place scaling skips the first row, scales the others
+                    w = torch.tensor([1.0, -2.0, 0.5], dtype=dtype)
+                    (gc,) = torch.autograd.grad((lc * w.cuda()).sum(), sc)
+                    (gr,) = torch.autograd.grad((lr * w).sum(), sr)
+                    ok &= check(tag + " grad", gc, gr, tol * 2)
+                    (gc,) = torch.autograd.grad(fn(sc, target.cuda(), None if m is None else m.cuda()), sc)  # mean
+                    (gr,) = torch.autograd.grad(fn(sr, target, m), sr)
+                    ok &= check(tag + " grad of the mean", gc, gr, tol)
                 with torch.no_grad():  # the forward without the gradient pass
                     ok &= check(f"zlpr[{name}, no grad] {dtype} d={d}", fn(s.cuda(), target.cuda(), reduction="none"),
                                 fn(s, target, reduction="none"), tol * 10)
