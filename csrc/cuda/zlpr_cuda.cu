@@ -347,20 +347,26 @@ std::tuple<at::Tensor, at::Tensor> zlpr_loss_sparse_cuda(const at::Tensor& input
   return {P.loss, P.grad};
 }
 
-// Block (chunk, row): reads the row's incoming gradient and returns at once when it equals grad_scale (the usual
-// mean or sum), so that the common backward reads one value per block and no gradient memory.
+// Tiles of kTile values of one row, taken by the blocks in turn: a tile whose row's incoming gradient equals
+// grad_scale (every tile, for the usual mean or sum) costs one cached read of that value and no gradient memory.
+// The grid is capped, so that this common case is a few loop steps per block rather than a block per tile.
+constexpr int kScaleThreads = 256, kScaleTile = kScaleThreads * 16;
+
 template <typename scalar_t>
 __global__ void zlpr_scale_grad_kernel(scalar_t* __restrict__ g, const scalar_t* __restrict__ go, int64_t go_stride,
                                        int64_t rows, int64_t d, double grad_scale) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+  const int64_t tiles_per_row = (d + kScaleTile - 1) / kScaleTile;
+  const acc_t scale = static_cast<acc_t>(grad_scale);
+  for (int64_t tile = blockIdx.x; tile < rows * tiles_per_row; tile += gridDim.x) {
+    const int64_t r = tile / tiles_per_row;
     const acc_t w = static_cast<acc_t>(go[r * go_stride]);
-    const acc_t scale = static_cast<acc_t>(grad_scale);
     if (w == scale) continue;
     const acc_t f = w / scale;
+    const int64_t c0 = (tile % tiles_per_row) * kScaleTile;
+    const int64_t c1 = c0 + kScaleTile < d ? c0 + kScaleTile : d;
     scalar_t* row = g + r * d;
-    for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < d;
-         c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    for (int64_t c = c0 + threadIdx.x; c < c1; c += kScaleThreads) {
       row[c] = static_cast<scalar_t>(static_cast<acc_t>(row[c]) * f);
     }
   }
@@ -371,11 +377,10 @@ void zlpr_scale_grad_cuda(const at::Tensor& grad, const at::Tensor& grad_loss, d
   if (P.rows == 0 || P.d == 0) return;
   const c10::cuda::CUDAGuard guard(grad.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  constexpr int kThreads = 256, kPerThread = 16;  // a block covers up to 4096 values of a row
-  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(ceil_div(P.d, kThreads * kPerThread), 1024)),
-                  static_cast<unsigned>(std::min<int64_t>(P.rows, 65535)));
+  const int64_t tiles = P.rows * ceil_div(P.d, kScaleTile);
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(tiles, 1024));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "zlpr_scale_grad_cuda", [&] {
-    zlpr_scale_grad_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+    zlpr_scale_grad_kernel<scalar_t><<<blocks, kScaleThreads, 0, stream>>>(
         grad.mutable_data_ptr<scalar_t>(), P.go.const_data_ptr<scalar_t>(), P.go_stride, P.rows, P.d, grad_scale);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
