@@ -4,6 +4,7 @@ Reference: q(y | z) is the product over the path to y's leaf of sigmoid(+-(w_i .
 right subtree holds only padding, where the walk goes left with probability 1. The reference below enumerates
 every leaf's path explicitly in float64.
 """
+import functools
 import math
 import os
 import types
@@ -79,6 +80,25 @@ def test_log_prob_all_matches_reference_and_sums_to_one(device, C):
     assert max_err(lqa.exp().sum(1), torch.ones(7, dtype=torch.float64)) < 1e-12
     labels = torch.randint(C, (7, 11), generator=torch.Generator().manual_seed(2)).to(device)
     assert max_err(sampler.log_prob(z, labels), lqa.gather(1, labels)) < 1e-12
+
+
+@pytest.mark.parametrize("C", [1, 2, 3, 37, 64, 1000, 1025])
+def test_log_prob_all_aten_version(C):
+    """The ATen version of tree_log_prob_all (CompositeExplicitAutograd: what CUDA runs; called here on the CPU by
+    redispatch): float64 equals the reference walk, padding nodes (a suffix of each level, filled in place) give
+    exactly 0 and -inf, a logit of -21 keeps its log1p tail, inf and NaN logits as the CPU kernel gives them, and
+    an empty batch has C columns."""
+    op = torch.ops.torchxc.tree_log_prob_all.default
+    aten = functools.partial(op.redispatch, torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd))
+    sampler = make_tree(C, 5)
+    z = torch.randn(7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    args = (sampler.node_weight, sampler.node_bias, sampler.label_to_leaf)
+    got = aten(z, *args)
+    assert max_err(got, reference_log_q(sampler, z)) < 1e-12 and max_err(got, op(z, *args)) < 1e-12
+    assert aten(z[:0], *args).shape == (0, C)
+    x = torch.tensor([[-21.0], [float("inf")], [float("nan")], [30.0]], dtype=torch.float64)
+    one = (torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), torch.arange(2))
+    torch.testing.assert_close(aten(x, *one), op(x, *one), rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("C,B,k", [(1, 3, 6), (2, 17, 6), (37, 1, 6), (1000, 5, 6), (1000, 70, 6), (3000, 21, 6),
