@@ -28,8 +28,8 @@ TORCH_LIBRARY(torchxc, m) {
   m.def("zlpr_loss_sparse(Tensor input, Tensor positives, Tensor? mask=None, bool compute_grad=True, float grad_scale=1.0) -> (Tensor loss, Tensor grad)");
   // The backward's in-place scaling of a stored gradient it owns (csrc/autograd/zlpr_autograd.cpp): each row r of
   // grad [..., C] (contiguous) is multiplied by grad_loss[r] / grad_scale where grad_loss[r] != grad_scale; rows
-  // whose incoming gradient equals grad_scale are not read (the usual mean or sum: the whole call reads grad_loss
-  // alone, with no host sync to find that out).
+  // whose incoming gradient equals grad_scale are left as they are; on a GPU they are not even read (the usual mean
+  // or sum: the whole call reads grad_loss alone, with no host sync to find that out).
   m.def("_zlpr_scale_grad_(Tensor(a!) grad, Tensor grad_loss, float grad_scale) -> ()");
 
   // Whether the backward now running keeps its graph (retain_graph); fused_linear_zlpr's Python backward asks.

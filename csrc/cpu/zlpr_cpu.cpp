@@ -396,25 +396,16 @@ std::tuple<at::Tensor, at::Tensor> zlpr_loss_sparse_cpu(const at::Tensor& input,
   return {P.loss, P.grad};
 }
 
+// On the CPU the backward calls this only after its value test found a row to scale, so every row is multiplied (by
+// exactly 1 where the incoming gradient equals grad_scale, which leaves those rows bit-identical): one vectorized,
+// parallel ATen multiply by per-row factors in the gradient's dtype (a float16 / bfloat16 factor is rounded once from
+// the float32 quotient; a mixed-dtype multiply took 35x as long).
 void zlpr_scale_grad_cpu(const at::Tensor& grad, const at::Tensor& grad_loss, double grad_scale) {
   const ZlprScaleProblem P = ZlprScaleProblem::make(grad, grad_loss, grad_scale);
   if (P.rows == 0 || P.d == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "zlpr_scale_grad_cpu", [&] {
-    using A = acc_t<scalar_t>;
-    scalar_t* g = grad.mutable_data_ptr<scalar_t>();
-    const scalar_t* go = P.go.const_data_ptr<scalar_t>();
-    const A scale = static_cast<A>(grad_scale);
-    const int64_t d = P.d, stride = P.go_stride;
-    at::parallel_for(0, P.rows, std::max<int64_t>(1, 32768 / d), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const A w = static_cast<A>(go[r * stride]);
-        if (w == scale) continue;
-        const A f = w / scale;
-        scalar_t* row = g + r * d;
-        for (int64_t c = 0; c < d; ++c) row[c] = static_cast<scalar_t>(static_cast<A>(row[c]) * f);
-      }
-    });
-  });
+  const auto acc = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor factor = (P.go.to(acc) / grad_scale).to(grad.scalar_type());
+  grad.view({P.rows, P.d}).mul_(factor.unsqueeze(-1));
 }
 
 }  // namespace
