@@ -23,9 +23,9 @@ using ZlprSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::
 // tensor, and a later backward through it must find it unchanged). It may then become the input's gradient itself,
 // scaled in place where needed, with no second input-sized tensor.
 bool owns_stored_gradient(const at::Tensor& go, const at::Tensor& grad) {
-  constexpr auto traced =
-      c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot, c10::DispatchKey::Functionalize,
-                           c10::DispatchKey::FuncTorchBatched, c10::DispatchKey::FuncTorchGradWrapper});
+  constexpr auto traced = c10::DispatchKeySet(
+      {c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot, c10::DispatchKey::Functionalize,
+       c10::DispatchKey::FuncTorchBatched, c10::DispatchKey::FuncTorchGradWrapper});
   return !go.key_set().has_any(traced) && !grad.key_set().has_any(traced) &&
          !c10::impl::TorchDispatchModeTLS::any_modes_set() && !go.unsafeGetTensorImpl()->has_symbolic_sizes_strides() &&
          !torch::autograd::get_current_graph_task_keep_graph() && grad.is_contiguous() && grad.numel() > 0;

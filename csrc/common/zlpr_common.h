@@ -106,8 +106,8 @@ struct ZlprScaleProblem {
     const auto batch = grad.sizes().slice(0, grad.dim() - 1);
     TORCH_CHECK(grad_loss.sizes() == batch, op, ": expected grad_loss of shape ", batch,
                 " (the gradient's leading dims), but got ", grad_loss.sizes());
-    TORCH_CHECK(std::isfinite(grad_scale) && grad_scale != 0.0, op, ": expected a finite, non-zero grad_scale, but got ",
-                grad_scale);
+    TORCH_CHECK(std::isfinite(grad_scale) && grad_scale != 0.0, op,
+                ": expected a finite, non-zero grad_scale, but got ", grad_scale);
     ZlprScaleProblem p;
     p.d = grad.size(-1);
     p.rows = c10::multiply_integers(batch);

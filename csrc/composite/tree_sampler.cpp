@@ -33,8 +33,8 @@ namespace {
 // their children with one matrix product per level (O(B 2^D k) work). The padding nodes are a suffix of each level
 // and are filled in place; masks over whole levels and a log sigmoid written out in five ATen ops made an earlier
 // version 0.70-0.72x the speed of the plain level walk (bench_tree_sampler.py) on an H200. Serves CUDA and other
-// devices; the CPU has a fused kernel (tree_log_prob_all_cpu in cpu/tree_sampler_cpu.cpp; at C = 10^6 this version's output-sized
-// temporaries of the deep levels dominate: 12.9 s against 1.4 s for 512 rows on a 2-core Xeon).
+// devices; the CPU has a fused kernel (tree_log_prob_all_cpu in cpu/tree_sampler_cpu.cpp; at C = 10^6 this
+// version's output-sized temporaries of the deep levels dominate: 12.9 s against 1.4 s for 512 rows on a 2-core Xeon).
 at::Tensor tree_log_prob_all(const at::Tensor& z, const at::Tensor& weight, const at::Tensor& bias,
                              const at::Tensor& label_to_leaf) {
   constexpr const char* op = "torchxc::tree_log_prob_all";
