@@ -4,7 +4,8 @@ bandwidth targets are missed on the GPU, from torch.profiler, with its share of 
     python tools/profile_kernels.py [--device cuda] [--reps 20] [--out DIR]
 
 Cases: ZLPR forward+backward at 1024x32768 and 4096x1024 float32 (as bench_zlpr.py times them: mean reduction,
-torch.autograd.grad), sparsemax forward at 4096x1024 and 256x32768 float32 (as bench_sparsemax.py). For each case it
+torch.autograd.grad), sparsemax forward at 4096x1024 and 256x32768 float32 (as bench_sparsemax.py), and the tree
+sampler's log_prob_all at 512 rows x 2^14 labels (as bench_tree_sampler.py). For each case it
 prints the kernels sorted by total device time, their count per call and the call's device time per rep, and
 writes the tables to DIR/profile_kernels.txt. A gap between the call's wall time and the sum of its kernels is time
 the device sat idle (launch gaps, host work).
@@ -30,6 +31,12 @@ def cases(device):
     for rows, C in ((4096, 1024), (256, 32768)):
         x = torch.randn(rows, C, generator=g).to(device)
         out[f"sparsemax fwd {rows}x{C} float32"] = lambda x=x: torchxc.sparsemax(x)
+    # log q of every label, as bench_tree_sampler.py times it (C = 2^14, 512 rows, k = 16): on CUDA an ATen composite
+    C, k = 2 ** 14, 16
+    sampler = torchxc.TreeSampler.from_parameters(torch.randn(C - 1, k, generator=g) * 0.5,
+                                                  torch.randn(C - 1, generator=g) * 0.5, C).to(device)
+    z = torch.randn(512, k, generator=g).to(device)
+    out[f"tree log_prob_all 512x{C} float32"] = lambda: sampler.log_prob_all(z)
     return out
 
 
@@ -53,7 +60,10 @@ def profile_case(fn, device, reps):
     rows = []
     for e in prof.key_averages():
         t = getattr(e, key, 0.0)
-        if t > 0 and (device.type == "cuda" or e.key.startswith(("aten::", "torchxc::"))):
+        # on CUDA the kernels alone: an op's row repeats its kernels' time (which counted every kernel twice)
+        is_op = e.key.startswith(("aten::", "torchxc::"))
+        wanted = not is_op if device.type == "cuda" else is_op
+        if t > 0 and wanted:
             rows.append((t / reps, e.count / reps, e.key))
     rows.sort(reverse=True)
     return wall_us, rows
