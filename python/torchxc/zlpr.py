@@ -16,8 +16,9 @@ What torchxc does differently from the formulas usually copied around:
 * The sparse form never computes log(1 - e^x): positives are excluded from the negative sum exactly, so it stays
   finite and exact when every positive is fitted.
 * Both sums are log-sum-exps with their own maximum: scores of +-1e4 in float32 give finite, exact losses.
-* One fused pass computes the loss and its gradient; the backward only scales the stored gradient. float16 and
-  bfloat16 are computed in float32.
+* One fused pass computes the loss and its gradient; the backward hands the stored gradient on (for a mean or a
+  sum, untouched; other incoming gradients scale its rows in place; no host sync on a GPU). float16 and bfloat16
+  are computed in float32.
 
 Masked classes (mask False) and -inf scores are excluded from both sums. Scores should otherwise be finite: a NaN
 score makes its row's loss and gradient NaN, and so does +inf on a class with negative weight (t < 1; the loss would be
