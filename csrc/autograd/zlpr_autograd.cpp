@@ -19,14 +19,16 @@ using ZlprSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::
                                                    const std::optional<at::Tensor>&, bool, double);
 
 // Whether this backward owns the stored gradient: not traced (torch.compile: fake or functional tensors, dispatch
-// modes, symbolic shapes; functorch transforms), and the graph is freed after this node (a retained graph keeps the
+// modes, symbolic shapes), not batched (functorch transforms; the legacy vmap of is_grads_batched=True and
+// jacobian(vectorize=True), whose one buffer would be scaled for a whole batch of incoming gradients), and the graph
+// is freed after this node (a retained graph keeps the
 // tensor, and a later backward through it must find it unchanged). It may then become the input's gradient itself,
 // scaled in place where needed, with no second input-sized tensor.
 bool owns_stored_gradient(const at::Tensor& go, const at::Tensor& grad) {
-  constexpr auto traced = c10::DispatchKeySet(
+  constexpr auto traced_or_batched = c10::DispatchKeySet(
       {c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot, c10::DispatchKey::Functionalize,
-       c10::DispatchKey::FuncTorchBatched, c10::DispatchKey::FuncTorchGradWrapper});
-  return !go.key_set().has_any(traced) && !grad.key_set().has_any(traced) &&
+       c10::DispatchKey::FuncTorchBatched, c10::DispatchKey::FuncTorchGradWrapper, c10::DispatchKey::Batched});
+  return !go.key_set().has_any(traced_or_batched) && !grad.key_set().has_any(traced_or_batched) &&
          !c10::impl::TorchDispatchModeTLS::any_modes_set() && !go.unsafeGetTensorImpl()->has_symbolic_sizes_strides() &&
          !torch::autograd::get_current_graph_task_keep_graph() && grad.is_contiguous() && grad.numel() > 0;
 }

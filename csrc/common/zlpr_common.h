@@ -108,6 +108,8 @@ struct ZlprScaleProblem {
                 " (the gradient's leading dims), but got ", grad_loss.sizes());
     TORCH_CHECK(std::isfinite(grad_scale) && grad_scale != 0.0, op,
                 ": expected a finite, non-zero grad_scale, but got ", grad_scale);
+    TORCH_CHECK(!grad_loss.is_alias_of(grad), op,
+                ": expected grad_loss in memory apart from grad (it is read while grad is scaled in place)");
     ZlprScaleProblem p;
     p.d = grad.size(-1);
     p.rows = c10::multiply_integers(batch);

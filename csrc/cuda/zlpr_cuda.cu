@@ -347,9 +347,11 @@ std::tuple<at::Tensor, at::Tensor> zlpr_loss_sparse_cuda(const at::Tensor& input
   return {P.loss, P.grad};
 }
 
-// Tiles of kTile values of one row, taken by the blocks in turn: a tile whose row's incoming gradient equals
-// grad_scale (every tile, for the usual mean or sum) costs one cached read of that value and no gradient memory.
-// The grid is capped, so that this common case is a few loop steps per block rather than a block per tile.
+// Tiles of kScaleTile values of one row, taken by the blocks in turn: a tile whose row's incoming gradient equals
+// grad_scale costs one cached read of that value and no gradient memory. The grid is capped, so that this is a few
+// loop steps per block rather than a block per tile; and for the usual mean or sum (one incoming value for every
+// row) each block reads that value once and returns, whatever the number of rows (short rows, e.g. the span rows of
+// a GlobalPointer head, would otherwise make it a loop over millions of tiles).
 constexpr int kScaleThreads = 256, kScaleTile = kScaleThreads * 16;
 
 template <typename scalar_t>
@@ -358,6 +360,8 @@ __global__ void zlpr_scale_grad_kernel(scalar_t* __restrict__ g, const scalar_t*
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t tiles_per_row = (d + kScaleTile - 1) / kScaleTile;
   const acc_t scale = static_cast<acc_t>(grad_scale);
+  // one value for every row (an expanded scalar: a mean or a sum): no tile needs a look when it is grad_scale
+  if (go_stride == 0 && static_cast<acc_t>(go[0]) == scale) return;
   for (int64_t tile = blockIdx.x; tile < rows * tiles_per_row; tile += gridDim.x) {
     const int64_t r = tile / tiles_per_row;
     const acc_t w = static_cast<acc_t>(go[r * go_stride]);
