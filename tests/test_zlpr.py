@@ -695,6 +695,9 @@ def test_scale_grad_in_place(device, dtype):
                        ((g.long(), g[:, 0].long(), 1.0), "grad"), ((g, g[:, 0], 1.0), "memory apart")):
         with pytest.raises(RuntimeError, match=f"torchxc::_zlpr_scale_grad_: expected .*{what}"):
             op(*args)
+    with pytest.raises(RuntimeError, match="torchxc::_zlpr_scale_grad_: grad_scale 1e-50 is not a finite, non-zero "
+                       "float32"):  # the forward's own check: the kernels divide by it in float32
+        op(g, g[:, 0].clone(), 1e-50)
 
 
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))

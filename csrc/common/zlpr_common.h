@@ -29,6 +29,16 @@ enum class ZlprLabels {
   kBits,  // bitmask [rows, ceil(C / 32)] built from sparse positive indices
 };
 
+// grad_scale of the ZLPR ops: finite and non-zero, also as the float32 the kernels of float32 / 16-bit tensors
+// multiply (the forward) or divide (the backward's _zlpr_scale_grad_) by.
+inline void check_grad_scale(double grad_scale, at::ScalarType dtype, const char* op) {
+  TORCH_CHECK(std::isfinite(grad_scale) && grad_scale != 0.0, op, ": expected a finite, non-zero grad_scale, but got ",
+              grad_scale);
+  const float grad_scale_f = static_cast<float>(grad_scale);
+  TORCH_CHECK(dtype == at::kDouble || (std::isfinite(grad_scale_f) && grad_scale_f != 0.0f), op, ": grad_scale ",
+              grad_scale, " is not a finite, non-zero float32, in which ", dtype, " input is computed");
+}
+
 struct ZlprProblem {
   int64_t rows = 0, d = 0;
   at::Tensor x;           // [rows * d] contiguous scores
@@ -41,12 +51,7 @@ struct ZlprProblem {
   static ZlprProblem make(const at::Tensor& input, const at::Tensor& labels, const c10::optional<at::Tensor>& mask,
                           bool compute_grad, double grad_scale, bool sparse, const char* op) {
     check_float_input(input, op, "input");
-    TORCH_CHECK(std::isfinite(grad_scale) && grad_scale != 0.0, op,
-                ": expected a finite, non-zero grad_scale, but got ", grad_scale);
-    const float grad_scale_f = static_cast<float>(grad_scale);  // what the float32-computing kernels multiply by
-    TORCH_CHECK(input.scalar_type() == at::kDouble || (std::isfinite(grad_scale_f) && grad_scale_f != 0.0f), op,
-                ": grad_scale ", grad_scale, " is not a finite, non-zero float32, in which ", input.scalar_type(),
-                " input is computed");
+    check_grad_scale(grad_scale, input.scalar_type(), op);
     TORCH_CHECK(input.dim() >= 1, op, ": expected input with at least 1 dimension (classes last), but got a 0-d tensor");
     check_same_device(input, labels, op, "input", sparse ? "positives" : "target");
     const auto batch = input.sizes().slice(0, input.dim() - 1);
@@ -106,8 +111,7 @@ struct ZlprScaleProblem {
     const auto batch = grad.sizes().slice(0, grad.dim() - 1);
     TORCH_CHECK(grad_loss.sizes() == batch, op, ": expected grad_loss of shape ", batch,
                 " (the gradient's leading dims), but got ", grad_loss.sizes());
-    TORCH_CHECK(std::isfinite(grad_scale) && grad_scale != 0.0, op,
-                ": expected a finite, non-zero grad_scale, but got ", grad_scale);
+    check_grad_scale(grad_scale, grad.scalar_type(), op);
     TORCH_CHECK(!grad_loss.is_alias_of(grad), op,
                 ": expected grad_loss in memory apart from grad (it is read while grad is scaled in place)");
     ZlprScaleProblem p;
