@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import torchxc
-from testing import (check_against_reference, device_ids, devices, dtypes, max_err, num_threads,
-                     outputs_without_and_with,
-                     requires_cuda)
+from testing import (CUDA_PATHS, check_against_reference, device_ids, devices, dtypes, max_err, num_threads,
+                     outputs_without_and_with, requires_cuda, use_cuda_path)
 
 
 def sparsemax_reference(x: torch.Tensor, dim: int = -1, dtype=torch.float64) -> torch.Tensor:
@@ -113,6 +112,23 @@ def test_masked_long_rows(device, d):
     out = torchxc.sparsemax(x)
     assert (out[mask.to(device)] == 0).all()
     check_against_reference(out, sparsemax_reference(x), None, torch.float32)
+
+
+@requires_cuda
+@pytest.mark.parametrize("path", list(CUDA_PATHS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_cuda_row_paths(monkeypatch, path, dtype):
+    """Each CUDA path (cooperative chunks, register rows, split rows) on rows the default would send elsewhere:
+    forward and backward against the float64 reference, adversarial rows, masks."""
+    use_cuda_path(monkeypatch, path)
+    for shape in [(3, 5000), (2, 8193), (3, 40000), (2, 100003)]:
+        for scale in (0.01, 1.0, 30.0):
+            test_forward_matches_reference("cuda", dtype, shape, -1, scale)
+        test_backward_matches_reference("cuda", dtype, shape, -1)
+    test_adversarial_rows("cuda", dtype)
+    if dtype == torch.float32:
+        for d in (5, 5000, 40000):
+            test_masked_long_rows("cuda", d)
 
 
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))

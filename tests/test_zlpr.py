@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torchxc
-from testing import check_against_reference, devices, device_ids, dtypes, max_err, num_threads, requires_cuda
+from testing import (CUDA_PATHS, check_against_reference, devices, device_ids, dtypes, max_err, num_threads,
+                     requires_cuda, use_cuda_path)
 
 NEG_INF = -math.inf
 
@@ -167,6 +168,20 @@ def test_sparse_equals_dense(device, shape, dtype):
         (gd,) = torch.autograd.grad(ld.sum(), sd)
         (gs,) = torch.autograd.grad(ls.sum(), ss)
         assert torch.equal(gd, gs)
+
+
+@requires_cuda
+@pytest.mark.parametrize("path", list(CUDA_PATHS))
+@pytest.mark.parametrize("shape", [(3, 5000), (2, 8193), (5, 20000), (2, 40000)], ids=str)
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_cuda_row_paths(monkeypatch, path, shape, kind, dtype):
+    """Each CUDA path (cooperative chunks, register rows, split rows) on rows the default would send elsewhere:
+    loss and gradient against the float64 reference, masked, and the sparse form equal to the dense one."""
+    use_cuda_path(monkeypatch, path)
+    test_loss_and_gradient_match_reference("cuda", dtype, kind, shape, masked=True)
+    if kind == "hard":
+        test_sparse_equals_dense("cuda", shape, dtype)
 
 
 @pytest.mark.parametrize("device", devices, ids=device_ids(devices))

@@ -37,6 +37,19 @@ requires_cuda = pytest.mark.skipif(
 )
 
 
+# Environment settings (read by the CUDA kernels at every call) that send rows to each CUDA path of the row ops.
+CUDA_PATHS = {
+    "coop": {"TORCHXC_CUDA_COOP_ABOVE": "0"},  # cooperative chunks on every row length (ZLPR, sparsemax)
+    "register": {"TORCHXC_CUDA_COOP_ABOVE": str(2 ** 62)},  # a warp or block per row where a row fits, else split
+    "split": {"TORCHXC_CUDA_COOP_ABOVE": str(2 ** 62), "TORCHXC_CUDA_SPLIT_ABOVE": "0"},
+}
+
+
+def use_cuda_path(monkeypatch, path: str) -> None:
+    for k, v in CUDA_PATHS[path].items():
+        monkeypatch.setenv(k, v)
+
+
 def device_ids(devs):
     return [d.type for d in devs]
 

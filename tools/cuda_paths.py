@@ -7,7 +7,10 @@ Paths: warp per row (d <= 1024), block per row (d <= 32768), split rows (longer)
 hard, soft and sparse labels, with and without a mask, with and without the gradient (the backward's in-place
 row scaling: weighted rows and a mean); the tree sampler's draws
 (float32 and float64, C a power of two and not), log q of given labels and its backward.
---sizes / --dtypes narrow the run (racecheck, which only sees shared memory, needs the block and split paths only).
+--sizes / --dtypes / --ops narrow the run (racecheck, which only sees shared memory, needs the block and split paths
+only). TORCHXC_CUDA_COOP_ABOVE=0 sends every ZLPR and sparsemax row to the cooperative chunk path (by default only
+float32 sparsemax backward rows longer than 16384 take it), a value above every row length (with or without
+TORCHXC_CUDA_SPLIT_ABOVE=0) to the register and split paths.
 """
 import argparse
 import sys
@@ -34,13 +37,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="row lengths, comma-separated")
     ap.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated, of " + ", ".join(DTYPES))
+    ap.add_argument("--ops", default="sparsemax,zlpr,tree", help="comma-separated, of sparsemax, zlpr, tree")
     args = ap.parse_args(argv)
     sizes = [int(v) for v in args.sizes.split(",")]
     dtypes = [DTYPES[v] for v in args.dtypes.split(",")]
+    ops = set(args.ops.split(","))
+    assert ops <= {"sparsemax", "zlpr", "tree"}, f"unknown --ops {args.ops}"
     assert torch.cuda.is_available() and torchxc.cuda_kernels_built(), "needs a GPU and a CUDA build"
     gen = torch.Generator().manual_seed(0)
     ok = True
-    for dtype in dtypes:
+    for dtype in dtypes if "sparsemax" in ops else ():
         tol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 1e-2)
         for d in sizes:
             rows = 3
@@ -67,8 +73,10 @@ def main(argv=None):
                 (glc,) = torch.autograd.grad(lc.sum(), xc)
                 (glr,) = torch.autograd.grad(lr.sum(), xr)
                 ok &= check(f"sparsemax_loss backward[{tname}] {dtype} d={d}", glc, glr, tol * 10)
-    ok &= zlpr_paths(gen, sizes, dtypes)
-    ok &= tree_paths(gen)
+    if "zlpr" in ops:
+        ok &= zlpr_paths(gen, sizes, dtypes)
+    if "tree" in ops:
+        ok &= tree_paths(gen)
     torch.cuda.synchronize()
     print("ALL OK" if ok else "SOME FAILED")
     return 0 if ok else 1

@@ -153,10 +153,19 @@ for step in "${STEPS[@]}"; do
       run bench_fused_linear_zlpr "${T_BENCH_FUSED:-90}" $PY benchmarks/bench_fused_linear_zlpr.py --device cuda \
         --out "$R"
       ;;
-    split-paths)  # the split path on every row length (it normally serves rows > 32768 only), then its timing
-      TAIL=4 run split_paths "${T_SPLIT_PATHS:-120}" env TORCHXC_CUDA_SPLIT_ABOVE=0 $PY tools/cuda_paths.py
-      TAIL=4 run split_paths_memcheck "${T_SPLIT_MEMCHECK:-120}" env TORCHXC_CUDA_SPLIT_ABOVE=0 \
+    split-paths)  # the split path on every row length (it normally serves rows > 32768 only), the same for the
+      # cooperative chunks (ZLPR, sparsemax; csrc/cuda/coop.cuh) and the register rows, then the paths' timings
+      NO_COOP=TORCHXC_CUDA_COOP_ABOVE=4611686018427387904
+      TAIL=4 run split_paths "${T_SPLIT_PATHS:-120}" env TORCHXC_CUDA_SPLIT_ABOVE=0 $NO_COOP $PY tools/cuda_paths.py
+      TAIL=4 run split_paths_memcheck "${T_SPLIT_MEMCHECK:-120}" env TORCHXC_CUDA_SPLIT_ABOVE=0 $NO_COOP \
         PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 $PY tools/cuda_paths.py
+      TAIL=4 run coop_paths "${T_COOP_PATHS:-60}" env TORCHXC_CUDA_COOP_ABOVE=0 $PY tools/cuda_paths.py \
+        --ops sparsemax,zlpr
+      TAIL=4 run coop_paths_memcheck "${T_COOP_MEMCHECK:-90}" env TORCHXC_CUDA_COOP_ABOVE=0 \
+        PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 $PY tools/cuda_paths.py \
+        --ops sparsemax,zlpr
+      TAIL=4 run register_paths "${T_REGISTER_PATHS:-60}" env $NO_COOP $PY tools/cuda_paths.py --ops zlpr \
+        --sizes 5000,20000,32768
       TAIL=50 run tune_split_threshold "${T_TUNE:-120}" $PY tools/tune_split_threshold.py --out "$WORK/results"
       ;;
     sanitize)  # one cudaMalloc per tensor, so that an access past a tensor's end is outside any allocation

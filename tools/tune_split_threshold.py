@@ -1,11 +1,14 @@
 """Times the register paths of the CUDA row kernels against their split path on the same rows (GPU only).
 
-Every row-wise CUDA op of torchxc (sparsemax, its backward, sparsemax_loss, ZLPR dense and sparse) keeps rows of up
-to 32768 values in registers (a warp or a block per row) and splits longer rows into chunks of 8192 values handled
-by separate blocks. Which is faster for rows of 8192..32768 depends on the row count and the chip (a 1024-thread
-block per row leaves one block per multiprocessor, the split path re-reads the row). This script runs both paths
-on the same inputs, forcing the split path with TORCHXC_CUDA_SPLIT_ABOVE=0, checks that they agree, and prints
-kernel times (CUDA events, L2 flushed, no autograd) and effective bandwidth:
+Every row-wise CUDA op of torchxc (sparsemax, its backward, sparsemax_loss, ZLPR dense and sparse) keeps rows of up to
+32768 values in registers (a warp or a block per row) and splits longer rows into chunks of 8192 values handled by
+separate blocks. Which is faster for rows of 8192..32768 depends on the row count and the chip (a 1024-thread block
+per row leaves one block per multiprocessor, the split path re-reads the row). ZLPR and sparsemax (forward and
+backward) have a third path, the cooperative chunks (4096 values per 256-thread block, the chunks of a row meeting
+through global memory; by default only for float32 sparsemax backward rows longer than 16384, csrc/cuda/coop.cuh).
+This script runs the paths on the same inputs, forcing the split path with TORCHXC_CUDA_SPLIT_ABOVE=0 and the
+cooperative one with TORCHXC_CUDA_COOP_ABOVE=0 (and keeping it off for the other two), checks that they agree, and
+prints kernel times (CUDA events, L2 flushed, no autograd) and effective bandwidth:
 
     python tools/tune_split_threshold.py [--out DIR]
 """
@@ -21,9 +24,18 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from common import Timer, write_csv  # noqa: E402  (flushes the L2 before each call, warms the GPU up first)
 
 SHAPES = [(4096, 2048), (256, 8192), (4096, 8192), (256, 16384), (4096, 16384), (256, 32768), (1024, 32768),
-          (4096, 32768)]
+          (4096, 32768), (64, 1048576)]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 ENV = "TORCHXC_CUDA_SPLIT_ABOVE"
+COOP_ENV = "TORCHXC_CUDA_COOP_ABOVE"
+NO_COOP = str(2**62)
+PATHS = {"register": {COOP_ENV: NO_COOP}, "split": {ENV: "0", COOP_ENV: NO_COOP}, "coop": {COOP_ENV: "0"}}
+
+
+def set_path(name):
+    for k in (ENV, COOP_ENV):
+        os.environ.pop(k, None)
+    os.environ.update(PATHS[name] if name else {})
 
 
 def cases(rows, d, dtype, gen):
@@ -58,31 +70,39 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=30)
     args = ap.parse_args(argv)
     assert torch.cuda.is_available() and torchxc.cuda_kernels_built(), "needs a GPU and a CUDA build"
-    os.environ.pop(ENV, None)
+    set_path(None)
     timer = Timer(torch.device("cuda"), budget_s=0.0, min_reps=args.reps, max_reps=args.reps)
     gen = torch.Generator(device="cuda").manual_seed(0)
     rows_out = []
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print(f"{'op':<22} {'dtype':<9} {'shape':>11} {'register ms':>12} {'split ms':>9} {'reg GB/s':>9} "
-          f"{'split GB/s':>10} {'split/reg':>9} {'max diff':>9}")
+    print("register: a warp or block per row where the row fits (else split); coop: not sparsemax_loss; GB/s of the "
+          "bytes each op must move once")
+    print(f"{'op':<22} {'dtype':<9} {'shape':>12} {'register ms':>12} {'split ms':>9} {'coop ms':>8} "
+          f"{'reg GB/s':>9} {'split GB/s':>10} {'coop GB/s':>9} {'split/reg':>9} {'coop/reg':>8} {'max diff':>9}")
+    nan = float("nan")
     for dt_name, dtype in DTYPES.items():
         for rows, d in SHAPES:
             for name, fn, nbytes in cases(rows, d, dtype, gen):
-                os.environ.pop(ENV, None)
-                ref = fn()
-                t_reg = timer(fn).median_ms
-                os.environ[ENV] = "0"
-                out = fn()
-                t_split = timer(fn).median_ms
-                os.environ.pop(ENV, None)
-                diff = max_diff(ref, out)
-                row = dict(op=name, dtype=dt_name, rows=rows, d=d, register_ms=t_reg, split_ms=t_split,
-                           register_gbs=nbytes / t_reg / 1e6, split_gbs=nbytes / t_split / 1e6,
-                           split_over_register=t_split / t_reg, max_diff=diff, device=torch.cuda.get_device_name())
+                t, diff, ref = {}, 0.0, None
+                for path in PATHS:
+                    if path == "coop" and name == "sparsemax_loss":  # no cooperative path
+                        t[path] = nan
+                        continue
+                    set_path(path)
+                    out = fn()
+                    t[path] = timer(fn).median_ms
+                    diff = max(diff, max_diff(ref, out)) if ref is not None else diff
+                    ref = out if ref is None else ref
+                set_path(None)
+                row = dict(op=name, dtype=dt_name, rows=rows, d=d, register_ms=t["register"], split_ms=t["split"],
+                           coop_ms=t["coop"], register_gbs=nbytes / t["register"] / 1e6,
+                           split_gbs=nbytes / t["split"] / 1e6, coop_gbs=nbytes / t["coop"] / 1e6,
+                           split_over_register=t["split"] / t["register"], coop_over_register=t["coop"] / t["register"],
+                           max_diff=diff, device=torch.cuda.get_device_name())
                 rows_out.append(row)
-                print(f"{name:<22} {dt_name:<9} {f'{rows}x{d}':>11} {t_reg:12.4f} {t_split:9.4f} "
-                      f"{row['register_gbs']:9.0f} {row['split_gbs']:10.0f} {row['split_over_register']:9.2f} "
-                      f"{diff:9.1e}", flush=True)
+                print(f"{name:<22} {dt_name:<9} {f'{rows}x{d}':>12} {t['register']:12.4f} {t['split']:9.4f} "
+                      f"{t['coop']:8.4f} {row['register_gbs']:9.0f} {row['split_gbs']:10.0f} {row['coop_gbs']:9.0f} "
+                      f"{row['split_over_register']:9.2f} {row['coop_over_register']:8.2f} {diff:9.1e}", flush=True)
             torch.cuda.empty_cache()
     path = os.path.join(args.out, "split_threshold_cuda.csv")
     write_csv(path, rows_out)

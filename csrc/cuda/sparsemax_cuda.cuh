@@ -8,6 +8,8 @@
 //     finds its own sparsemax threshold; the largest chunk threshold is a lower bound of the row's, so only
 //     values above it (usually a few hundred of 1M) are gathered, and one block per row finishes the exact
 //     search on them. Then the output is written chunk by chunk.
+// sparsemax_cuda.cu also has cooperative chunk kernels (coop.cuh), the default only for float32 backward rows longer
+// than 16384.
 // Everything runs on the current stream; no host synchronisation.
 #pragma once
 

@@ -7,7 +7,8 @@
 // them per row (rescaling the sums), and the gradient pass reads the chunk again. Hard labels and masks are kept
 // as bits; sparse positives become a per-row bitmask first, after which they are hard labels. Soft labels
 // outside [0, 1] and positive indices out of range trigger device-side assertions. Current stream, launch
-// checks, no host synchronisation.
+// checks, no host synchronisation. A cooperative chunk path (coop.cuh) runs when TORCHXC_CUDA_COOP_ABOVE asks for it:
+// slower than these on an H200, kept for tuning on other chips.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -15,6 +16,7 @@
 #include <torch/library.h>
 
 #include "../common/zlpr_common.h"
+#include "coop.cuh"
 #include "sparsemax_cuda.cuh"
 
 namespace torchxc {
@@ -98,11 +100,24 @@ struct ZlprTile {
     }
   }
 
+  // Hard labels put each valid value in exactly one of the two sums: its exponential e^{+-s - m} is the only one
+  // computed (the exponentials are most of a row's arithmetic; soft labels need both).
+  __device__ __forceinline__ acc_t hard_exp(int i, acc_t mneg, acc_t mpos) const {
+    const bool p = (pos >> i) & 1u;
+    return exp(p ? -s[i] - mpos : s[i] - mneg);
+  }
+
   __device__ __forceinline__ void local_sum(acc_t mneg, acc_t mpos, acc_t& sneg, acc_t& spos) const {
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
-      if (in_neg(i)) sneg += w_neg(i) * exp(s[i] - mneg);
-      if (in_pos(i)) spos += w_pos(i) * exp(-s[i] - mpos);
+      if constexpr (L == ZlprLabels::kSoft) {
+        if (in_neg(i)) sneg += w_neg(i) * exp(s[i] - mneg);
+        if (in_pos(i)) spos += w_pos(i) * exp(-s[i] - mpos);
+      } else {
+        const acc_t e = hard_exp(i, mneg, mpos);
+        if (in_neg(i)) sneg += e;
+        if (in_pos(i)) spos += e;
+      }
     }
   }
 
@@ -112,8 +127,13 @@ struct ZlprTile {
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       acc_t g = 0;
-      if (in_neg(i)) g += w_neg(i) * exp(s[i] - mneg) * inv_zneg;
-      if (in_pos(i)) g -= w_pos(i) * exp(-s[i] - mpos) * inv_zpos;
+      if constexpr (L == ZlprLabels::kSoft) {
+        if (in_neg(i)) g += w_neg(i) * exp(s[i] - mneg) * inv_zneg;
+        if (in_pos(i)) g -= w_pos(i) * exp(-s[i] - mpos) * inv_zpos;
+      } else {
+        const acc_t e = hard_exp(i, mneg, mpos);
+        g = in_neg(i) ? e * inv_zneg : in_pos(i) ? -(e * inv_zpos) : acc_t(0);
+      }
       s[i] = nan_row ? quiet_nan<acc_t>() : g;
     }
   }
@@ -225,6 +245,83 @@ __global__ void __launch_bounds__(kChunkThreads) zlpr_chunk_grad_kernel(
   }
 }
 
+// ---- cooperative chunks (coop.cuh): only when TORCHXC_CUDA_COOP_ABOVE asks for them -------------------------------
+
+// Each block loads its chunk, publishes the chunk's maxima and sums (relative to its maxima) and, for the gradient,
+// waits for the row's other chunks; then it merges them as zlpr_merge_kernel does and stores its chunk's gradient from
+// the registers. The row's last block to arrive writes the loss (without the gradient, nobody waits).
+// At least 4 blocks per SM (64 registers per thread), 2 for double soft labels (64 registers of values alone).
+template <typename scalar_t, ZlprLabels L>
+constexpr int zlpr_coop_min_blocks() {
+  return sizeof(at::opmath_type<scalar_t>) == 8 && L == ZlprLabels::kSoft ? 2 : 4;
+}
+
+template <typename scalar_t, int VEC, ZlprLabels L>
+__global__ void __launch_bounds__(kCoopThreads, zlpr_coop_min_blocks<scalar_t, L>()) zlpr_coop_kernel(
+    const scalar_t* __restrict__ x, ZlprArgs a, at::opmath_type<scalar_t>* part, int* count,
+    scalar_t* __restrict__ loss, scalar_t* __restrict__ grad, int64_t d, int nchunks,
+    at::opmath_type<scalar_t> grad_scale) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ RowSmem<acc_t> smem_a, smem_b;
+  __shared__ int s_last;
+  int64_t row;
+  int chunk;
+  coop_task(nchunks, &row, &chunk);
+  const int64_t c0 = static_cast<int64_t>(chunk) * kCoopChunk;
+  const int64_t len = d - c0 < kCoopChunk ? d - c0 : kCoopChunk;
+  ZlprTile<scalar_t, kCoopThreads, kCoopItems, VEC, L> tile;
+  tile.load(x, a, row, d, c0, len, threadIdx.x, true);
+  acc_t mneg = 0, mpos = 0;
+  tile.local_max(mneg, mpos);
+  row_allreduce2<kCoopThreads>(mneg, mpos, MaxNaN(), MaxNaN(), smem_a.f, smem_b.f);
+  acc_t sneg = 0, spos = 0;
+  tile.local_sum(mneg, mpos, sneg, spos);
+  row_allreduce2<kCoopThreads>(sneg, spos, Sum(), Sum(), smem_a.f, smem_b.f);
+  acc_t* const q = part + row * nchunks * 4;
+  if (threadIdx.x == 0) {
+    q[4 * chunk] = mneg;
+    q[4 * chunk + 1] = sneg;
+    q[4 * chunk + 2] = mpos;
+    q[4 * chunk + 3] = spos;
+    s_last = coop_arrive(count + row, nchunks) == nchunks - 1;
+    if (grad) coop_wait(count + row, nchunks);
+  }
+  __syncthreads();
+  if (!grad && !s_last) return;  // uniform across the block
+  // merge (as zlpr_merge_kernel): the maxima, then the sums rescaled to them
+  acc_t Mneg = 0, Mpos = 0;
+  for (int k = threadIdx.x; k < nchunks; k += kCoopThreads) {
+    Mneg = MaxNaN()(Mneg, __ldcg(q + 4 * k));
+    Mpos = MaxNaN()(Mpos, __ldcg(q + 4 * k + 2));
+  }
+  row_allreduce2<kCoopThreads>(Mneg, Mpos, MaxNaN(), MaxNaN(), smem_a.f, smem_b.f);
+  acc_t Sneg = 0, Spos = 0;
+  for (int k = threadIdx.x; k < nchunks; k += kCoopThreads) {
+    Sneg += __ldcg(q + 4 * k + 1) * exp(__ldcg(q + 4 * k) - Mneg);
+    Spos += __ldcg(q + 4 * k + 3) * exp(__ldcg(q + 4 * k + 2) - Mpos);
+  }
+  row_allreduce2<kCoopThreads>(Sneg, Spos, Sum(), Sum(), smem_a.f, smem_b.f);
+  if (s_last && threadIdx.x == 0) loss[row] = static_cast<scalar_t>(zlpr_term(Mneg, Sneg) + zlpr_term(Mpos, Spos));
+  if (!grad) return;
+  tile.gradient(Mneg, Mpos, grad_scale / (exp(-Mneg) + Sneg), grad_scale / (exp(-Mpos) + Spos));
+  tile_store<kCoopThreads, kCoopItems, VEC>(tile.s, grad + row * d + c0, len, threadIdx.x, true);
+}
+
+// Runs the cooperative chunk path and returns true, or returns false when the rows do not qualify.
+template <typename scalar_t, int VEC, ZlprLabels L>
+bool zlpr_coop_launch(const ZlprProblem& P, const ZlprArgs& a, const scalar_t* xp, scalar_t* lp, scalar_t* gp,
+                      at::opmath_type<scalar_t> gs, cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr auto K = &zlpr_coop_kernel<scalar_t, VEC, L>;
+  if (!coop_fits<K>(P.rows, P.d, kCoopNever)) return false;  // slower than the register and split paths
+  const int64_t nchunks = ceil_div(P.d, kCoopChunk);
+  CoopScratch<acc_t> scratch(P.x, P.rows, 1, nchunks * 4, stream);
+  K<<<static_cast<unsigned>(P.rows * nchunks), kCoopThreads, 0, stream>>>(xp, a, scratch.data, scratch.count, lp, gp,
+                                                                          P.d, static_cast<int>(nchunks), gs);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
 // ---- sparse positives to bitmask -------------------------------------------------------------------------------
 
 __global__ void positives_to_bits_kernel(const int64_t* __restrict__ positives, uint32_t* __restrict__ bits,
@@ -255,6 +352,12 @@ void zlpr_cuda_kernel(const ZlprProblem& P, const void* labels, int64_t words, c
     return rows_aligned(d, vec, {xp, gp ? static_cast<const void*>(gp) : static_cast<const void*>(xp), label_ptr,
                                  a.mask ? static_cast<const void*>(a.mask) : static_cast<const void*>(xp)});
   };
+  {
+    constexpr int V = max_vec<scalar_t, kCoopItems>();
+    const bool coop = aligned(V) ? zlpr_coop_launch<scalar_t, V, L>(P, a, xp, lp, gp, gs, stream)
+                                 : zlpr_coop_launch<scalar_t, 1, L>(P, a, xp, lp, gp, gs, stream);
+    if (coop) return;
+  }
   constexpr int kWords = static_cast<int>(sizeof(acc_t) / 4) * (L == ZlprLabels::kSoft ? 2 : 1);
   const bool done = dispatch_row_config<kWords>(d, [&](auto cfg) {
     using C = decltype(cfg);
