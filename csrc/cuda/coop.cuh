@@ -11,8 +11,9 @@
 // blocks of its own row, and the host takes this path only when a row's chunks fit in at most half of the blocks the
 // device keeps resident at once (coop_fits): blocks are dispatched in index order, as CUB's single-pass scan also
 // assumes, so the rows before a waiting block's row hold no slot for long and the rest of its row gets one. (A ticket
-// counter taken by every block would make the order explicit, but one address taken by every block serialised the
-// kernel: 8192 blocks of 1024x32768 cost 86 us more on an H200.)
+// counter taken by every block would make the order explicit; a first version had one, and the row's last block
+// publishing the merged values for the others to wait on: ZLPR 1024x32768 took 224 us on an H200, against 164 us
+// now.)
 #pragma once
 
 #include <ATen/ATen.h>
@@ -32,12 +33,13 @@ constexpr int kCoopThreads = 256, kCoopItems = 16, kCoopChunk = kCoopThreads * k
 
 // Rows longer than this take an op's cooperative path where the row qualifies: the environment variable
 // TORCHXC_CUDA_COOP_ABOVE, read at every call, for tuning and for testing the path on short rows (0) or the paths it
-// replaces (a value above every row length); without it, the op's own default. On an H200 (tools/tune_split_threshold.py,
-// 2026-11-30) the cooperative path lost to the register and split paths everywhere except sparsemax's float32 backward
-// on rows of 32768 and more (0.75-0.84x their time at 256-4096 rows of 32768, 0.97x at 64 of 2^20), so that is the
-// only default that takes it; the waits cost more than the overlap gains (1024x32768 float32: ZLPR 164 us against 137
-// us in registers; sparsemax forward 255 us against 119 us, and 2.19 ms against 0.48 ms split at 64 rows of 2^20, where
-// one block searches the candidates of 256 chunks while the others wait).
+// replaces (a value above every row length); without it, the op's own default. On an H200
+// (tools/tune_split_threshold.py, 2026-11-30) the cooperative path lost to the register and split paths everywhere
+// except sparsemax's float32 backward on rows of 32768 and more (0.75-0.84x their time at 256-4096 rows of 32768, 0.97x
+// at 64 of 2^20), so that is the only default that takes it; most likely the waits cost more than the overlap gains
+// (1024x32768 float32: ZLPR 164 us against 137 us in registers; sparsemax forward 255 us against 119 us, and 2.19 ms
+// against 0.48 ms split at 64 rows of 2^20, where one block searches the candidates of 256 chunks while the others
+// wait).
 constexpr int64_t kCoopNever = std::numeric_limits<int64_t>::max();
 
 inline int64_t cuda_coop_above(int64_t default_above) {
