@@ -8,7 +8,8 @@
 # renamed) after every step, with a one-line-per-step $OUT/summary.txt, so that a run cut short still returns what it
 # did ($OUT defaults to ./gpu-check-out). Each step has a time limit in seconds (T_BUILD, T_TEST_CUDA, T_TEST_REST,
 # T_HOST_OVERHEAD, T_BENCH_SPARSEMAX, T_BENCH_ZLPR, T_PROFILE, T_BENCH_TREE, T_BENCH_FUSED, T_MEMCHECK, T_RACECHECK,
-# T_SPLIT_PATHS, T_SPLIT_MEMCHECK, T_TUNE), so that one slow step cannot starve the rest, and every step ends by
+# T_SPLIT_PATHS, T_SPLIT_MEMCHECK, T_COOP_PATHS, T_COOP_MEMCHECK, T_REGISTER_PATHS, T_TUNE), so that one slow step
+# cannot starve the rest, and every step ends by
 # DEADLINE seconds after the start (default 560, inside the device tool's 600-s command limit; 2026-11-29 the whole
 # run took 524 s with the last step, the rest of the tests, at 173 of the 179 s it had left): a step is cut to the
 # time left and skipped when less than 15 s are left. On an H200 (2026-11-29) the steps took: CUDA test cases 53 s
