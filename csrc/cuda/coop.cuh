@@ -91,10 +91,20 @@ struct CoopScratch {
   }
 };
 
-// The block's task: chunk `chunk` of row `row`.
-__device__ __forceinline__ void coop_task(int nchunks, int64_t* row, int* chunk) {
-  *row = static_cast<int64_t>(blockIdx.x) / nchunks;
-  *chunk = static_cast<int>(blockIdx.x % static_cast<unsigned>(nchunks));
+// The block's task: chunk `chunk` of row `row`, values [c0, c0 + len) of the row (len < kCoopChunk in the last one).
+struct CoopTask {
+  int64_t row;
+  int chunk;
+  int64_t c0, len;
+};
+
+__device__ __forceinline__ CoopTask coop_task(int nchunks, int64_t d) {
+  CoopTask t;
+  t.row = static_cast<int64_t>(blockIdx.x) / nchunks;
+  t.chunk = static_cast<int>(blockIdx.x % static_cast<unsigned>(nchunks));
+  t.c0 = static_cast<int64_t>(t.chunk) * kCoopChunk;
+  t.len = d - t.c0 < kCoopChunk ? d - t.c0 : kCoopChunk;
+  return t;
 }
 
 // Thread 0, after writing what its block publishes: makes it visible, then counts the block in *counter; returns the

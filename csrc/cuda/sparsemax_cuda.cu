@@ -164,11 +164,7 @@ __global__ void __launch_bounds__(kCoopThreads, coop_min_blocks<scalar_t>()) spa
   __shared__ int scan[kCoopThreads / kWarp];
   __shared__ acc_t s_t;
   __shared__ int s_last;
-  int64_t row;
-  int chunk;
-  coop_task(nchunks, &row, &chunk);
-  const int64_t c0 = static_cast<int64_t>(chunk) * kCoopChunk;
-  const int64_t len = d - c0 < kCoopChunk ? d - c0 : kCoopChunk;
+  const auto [row, chunk, c0, len] = coop_task(nchunks, d);
   acc_t* const q = part + row * (3 * nchunks + 1);  // per chunk: m_c, tau_c, candidate count; then the row's t
   acc_t v[kCoopItems];
   tile_load<kCoopThreads, kCoopItems, VEC>(v, x + row * d + c0, len, threadIdx.x, true, neg_inf<acc_t>());
@@ -277,11 +273,7 @@ __global__ void __launch_bounds__(kCoopThreads, coop_min_blocks<scalar_t>()) spa
     at::opmath_type<scalar_t>* part, int* count, int64_t d, int nchunks) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ RowSmem<acc_t> smem;
-  int64_t row;
-  int chunk;
-  coop_task(nchunks, &row, &chunk);
-  const int64_t c0 = static_cast<int64_t>(chunk) * kCoopChunk;
-  const int64_t len = d - c0 < kCoopChunk ? d - c0 : kCoopChunk;
+  const auto [row, chunk, c0, len] = coop_task(nchunks, d);
   const int64_t off = row * d + c0;
   acc_t v[kCoopItems];
   tile_load<kCoopThreads, kCoopItems, VEC>(v, p + off, len, threadIdx.x, true, acc_t(0));

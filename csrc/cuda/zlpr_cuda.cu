@@ -121,6 +121,19 @@ struct ZlprTile {
     }
   }
 
+  // The tile's maxima over each sum (0 stands for the "1 +" term) and the sums of exponentials relative to them,
+  // reduced over the TPR threads that hold it.
+  template <int RTPR>
+  __device__ __forceinline__ void row_stats(acc_t& mneg, acc_t& sneg, acc_t& mpos, acc_t& spos, RowSmem<acc_t>& smem_a,
+                                            RowSmem<acc_t>& smem_b) const {
+    mneg = 0, mpos = 0;
+    local_max(mneg, mpos);
+    row_allreduce2<RTPR>(mneg, mpos, MaxNaN(), MaxNaN(), smem_a.f, smem_b.f);
+    sneg = 0, spos = 0;
+    local_sum(mneg, mpos, sneg, spos);
+    row_allreduce2<RTPR>(sneg, spos, Sum(), Sum(), smem_a.f, smem_b.f);
+  }
+
   // Gradient into s (then stored): w e^{s - m_neg} inv_zneg - t e^{-s - m_pos} inv_zpos; all NaN for a NaN row.
   __device__ __forceinline__ void gradient(acc_t mneg, acc_t mpos, acc_t inv_zneg, acc_t inv_zpos) {
     const bool nan_row = mneg != mneg || mpos != mpos;
@@ -151,12 +164,8 @@ __global__ void __launch_bounds__(BLOCK) zlpr_rows_kernel(const scalar_t* __rest
   const bool valid = row < rows;
   ZlprTile<scalar_t, TPR, ITEMS, VEC, L> tile;
   tile.load(x, a, row, d, 0, d, lane, valid);
-  acc_t mneg = 0, mpos = 0;
-  tile.local_max(mneg, mpos);
-  row_allreduce2<TPR>(mneg, mpos, MaxNaN(), MaxNaN(), smem_a.f, smem_b.f);
-  acc_t sneg = 0, spos = 0;
-  tile.local_sum(mneg, mpos, sneg, spos);
-  row_allreduce2<TPR>(sneg, spos, Sum(), Sum(), smem_a.f, smem_b.f);
+  acc_t mneg, sneg, mpos, spos;
+  tile.template row_stats<TPR>(mneg, sneg, mpos, spos, smem_a, smem_b);
   if (valid && lane == 0) loss[row] = static_cast<scalar_t>(zlpr_term(mneg, sneg) + zlpr_term(mpos, spos));
   if (grad) {
     // 1 / (1 + sum) in the units of the shifted exponentials: e^{-m} / Z = 1 / (e^{-m} + s); grad_scale folded in
@@ -180,12 +189,8 @@ __global__ void __launch_bounds__(kChunkThreads) zlpr_chunk_kernel(const scalar_
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     ZlprTile<scalar_t, kChunkThreads, kChunkItems, VEC, L> tile;
     tile.load(x, a, row, d, c0, len, threadIdx.x, true);
-    acc_t mneg = 0, mpos = 0;
-    tile.local_max(mneg, mpos);
-    row_allreduce2<kChunkThreads>(mneg, mpos, MaxNaN(), MaxNaN(), smem_a.f, smem_b.f);
-    acc_t sneg = 0, spos = 0;
-    tile.local_sum(mneg, mpos, sneg, spos);
-    row_allreduce2<kChunkThreads>(sneg, spos, Sum(), Sum(), smem_a.f, smem_b.f);
+    acc_t mneg, sneg, mpos, spos;
+    tile.template row_stats<kChunkThreads>(mneg, sneg, mpos, spos, smem_a, smem_b);
     if (threadIdx.x == 0) {
       acc_t* p = part + (row * nchunks + blockIdx.x) * 4;
       p[0] = mneg;
@@ -264,19 +269,11 @@ __global__ void __launch_bounds__(kCoopThreads, zlpr_coop_min_blocks<scalar_t, L
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ RowSmem<acc_t> smem_a, smem_b;
   __shared__ int s_last;
-  int64_t row;
-  int chunk;
-  coop_task(nchunks, &row, &chunk);
-  const int64_t c0 = static_cast<int64_t>(chunk) * kCoopChunk;
-  const int64_t len = d - c0 < kCoopChunk ? d - c0 : kCoopChunk;
+  const auto [row, chunk, c0, len] = coop_task(nchunks, d);
   ZlprTile<scalar_t, kCoopThreads, kCoopItems, VEC, L> tile;
   tile.load(x, a, row, d, c0, len, threadIdx.x, true);
-  acc_t mneg = 0, mpos = 0;
-  tile.local_max(mneg, mpos);
-  row_allreduce2<kCoopThreads>(mneg, mpos, MaxNaN(), MaxNaN(), smem_a.f, smem_b.f);
-  acc_t sneg = 0, spos = 0;
-  tile.local_sum(mneg, mpos, sneg, spos);
-  row_allreduce2<kCoopThreads>(sneg, spos, Sum(), Sum(), smem_a.f, smem_b.f);
+  acc_t mneg, sneg, mpos, spos;
+  tile.template row_stats<kCoopThreads>(mneg, sneg, mpos, spos, smem_a, smem_b);
   acc_t* const q = part + row * nchunks * 4;
   if (threadIdx.x == 0) {
     q[4 * chunk] = mneg;
